@@ -1,0 +1,1 @@
+"""What leaves the ledger: outbox relay -> Kafka, Kafka -> DynamoDB sink, replay and verify."""

@@ -1,0 +1,1 @@
+"""The small core shared by the ledger service and the CDC workers: settings and the event schema."""

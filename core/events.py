@@ -1,0 +1,58 @@
+"""The Event as it leaves the ledger: in HTTP answers, on the Kafka topic and in DynamoDB."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Mapping
+from uuid import UUID
+
+import msgspec
+
+
+class Price(msgspec.Struct, frozen=True):
+    amount: str
+    currency: str
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One recorded change to the price of a booking."""
+
+    event_id: UUID
+    booking_code: str
+    version: int
+    type: str
+    price: Price | None
+    data: dict[str, Any] | None
+    department: str
+    occurred_at: datetime | None
+    recorded_at: datetime
+    position: int
+
+
+# The columns every event query selects, in the names `event_from_row` reads.
+EVENT_COLUMNS = (
+    "event_id, booking_code, version, type, price_amount, price_currency, data, "
+    "department, occurred_at, recorded_at, position"
+)
+
+
+def price_of(amount: Decimal | None, currency: str | None) -> Price | None:
+    if amount is None or currency is None:
+        return None
+    return Price(format(amount, "f"), currency)
+
+
+def event_from_row(row: Mapping[str, Any]) -> Event:
+    return Event(
+        event_id=row["event_id"],
+        booking_code=row["booking_code"],
+        version=row["version"],
+        type=row["type"],
+        price=price_of(row["price_amount"], row["price_currency"]),
+        data=row["data"],
+        department=row["department"],
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+        position=row["position"],
+    )

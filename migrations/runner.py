@@ -1,0 +1,43 @@
+"""Alembic driven from Python: `booking-ledger migrate`, the test set-up and the readiness check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from core.settings import get_settings
+
+_INI = Path(__file__).with_name("alembic.ini")
+
+
+def sqlalchemy_url(url: str | None) -> str:
+    """The asyncpg dialect URL SQLAlchemy needs for a plain postgresql:// URL."""
+    url = url or get_settings().database.url
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    config = Config(str(_INI))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str | None = None, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str | None = None, revision: str = "base") -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str:
+    """The revision the code expects the schema to be at."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "migrations have no head"
+    return head

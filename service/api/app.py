@@ -1,0 +1,90 @@
+"""The app factory: routes, error mapping, OpenAPI, and the asyncpg pool opened in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from core.settings import Settings, get_settings
+from migrations.runner import head_revision
+from service.api import metrics
+from service.api.auth import RateLimiter
+from service.api.problems import EXCEPTION_HANDLERS, problem
+from service.api.routes import MAX_BODY_BYTES, ROUTES
+from service.api.schemas import append_request_schema
+from service.ledger.db import create_pool, translate_errors
+from service.ledger.errors import StoreUnavailable
+
+SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
+
+
+@get("/health/live", summary="The process is up", include_in_schema=True)
+async def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@get("/health/ready", summary="Postgres answers and its schema is at the code's head revision")
+async def ready(request: Request) -> Response[dict[str, str] | bytes]:
+    expected = request.app.state.schema_head
+    try:
+        with translate_errors():
+            current = await request.app.state.pool.fetchval(SCHEMA_VERSION_SQL, timeout=2)
+    except StoreUnavailable as error:
+        return problem(503, "unavailable", f"Postgres is not reachable: {error.detail}", {"Retry-After": "1"})
+    except Exception as error:  # no alembic_version table yet, ...
+        return problem(503, "unavailable", f"schema not readable: {type(error).__name__}", {"Retry-After": "1"})
+    if current != expected:
+        return problem(503, "unavailable", f"schema at {current}, code expects {expected}: run migrate",
+                       {"Retry-After": "1"})
+    return Response({"status": "ready", "schema": current})
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain")
+async def prometheus_metrics() -> Response[bytes]:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+def _openapi() -> OpenAPIConfig:
+    _, append_components = append_request_schema()
+    return OpenAPIConfig(
+        title="booking-ledger",
+        version="1",
+        description="The booking price ledger. Every /v1 route takes 'Authorization: Bearer <api-key>'.",
+        path="/schema",
+        components=Components(
+            schemas=append_components,  # type: ignore[arg-type]  (plain JSON Schema from msgspec)
+            security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer")},
+        ),
+        security=[{"apiKey": []}],
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(settings.database)
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.wait_for(app.state.pool.close(), timeout=10)
+            except asyncio.TimeoutError:
+                app.state.pool.terminate()
+
+    return Litestar(
+        route_handlers=[*ROUTES, live, ready, prometheus_metrics],
+        lifespan=[pool_lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=_openapi(),
+        state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": head_revision()}),
+    )

@@ -1,0 +1,59 @@
+"""Bearer-key authentication, scopes and the per-key rate limit."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from litestar import Request
+
+from service.api.problems import ApiError
+from service.ledger.keys import ApiKey, authenticate
+
+
+class RateLimiter:
+    """A token bucket per key: `rate` requests per second, bursts up to one second's worth.
+
+    It lives in one worker process; with N workers a key may get up to N times the rate.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, last refill)
+
+    def retry_after(self, key_id: str) -> int | None:
+        """Take a token for `key_id`; None when allowed, else whole seconds until a token is due."""
+        if self.rate <= 0:
+            return None
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key_id, (float(self.rate), now))
+        tokens = min(float(self.rate), tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key_id] = (tokens - 1.0, now)
+            return None
+        self._buckets[key_id] = (tokens, now)
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+
+READ_SCOPES = ("read",)
+WRITE_SCOPES = ("write", "write:any")
+
+
+async def require_key(request: Request, scopes: tuple[str, ...]) -> ApiKey:
+    """The request's active API key holding one of `scopes`, or an ApiError (401, 403 or 429)."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'", _CHALLENGE)
+    key = await authenticate(request.app.state.pool, presented)
+    if key is None:
+        raise ApiError(401, "unauthorized", "the API key is unknown or revoked", _CHALLENGE)
+    wait = request.app.state.rate_limiter.retry_after(key.id)
+    if wait is not None:
+        raise ApiError(429, "rate_limited", "this key is over its request rate", {"Retry-After": str(wait)})
+    if not any(key.allows(scope) for scope in scopes):
+        raise ApiError(403, "forbidden", f"this key has none of the scopes {', '.join(scopes)}")
+    return key
+
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}

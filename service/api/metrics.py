@@ -1,0 +1,28 @@
+"""Prometheus metrics of the API. With several worker processes, each writes its samples to
+PROMETHEUS_MULTIPROC_DIR (set by `booking-ledger api`) and /metrics sums them."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+APPENDS = Counter("ledger_appends_total", "Append requests answered, by outcome code.", ["outcome"])
+APPENDED_EVENTS = Counter("ledger_appended_events_total", "Events newly written to the ledger.")
+APPEND_SECONDS = Histogram(
+    "ledger_append_duration_seconds",
+    "Time to answer an append request, from the body read to the answer.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every worker's samples, and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,152 @@
+"""Thin routes: authenticate, validate, call one ledger function, shape the answer."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.params import Parameter
+
+from service.api import metrics
+from service.api.auth import READ_SCOPES, WRITE_SCOPES, require_key
+from service.api.problems import PROBLEM_JSON, ApiError
+from service.api.schemas import (
+    BOOKING_CODE_PATTERN,
+    AppendOut,
+    BookingEventsOut,
+    BookingOut,
+    FeedOut,
+    Problem,
+    decode_append,
+)
+from service.ledger.append import NewEvent, append
+from service.ledger.errors import LedgerError
+from service.ledger.reads import get_booking, read_booking_events, read_feed
+
+MAX_BODY_BYTES = 1024 * 1024
+_CODE = re.compile(BOOKING_CODE_PATTERN)
+_JSON_MEDIA = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+
+
+def _problems(*statuses: int) -> dict[int, ResponseSpec]:
+    return {
+        s: ResponseSpec(Problem, description="problem details", media_type=PROBLEM_JSON, generate_examples=False)
+        for s in statuses
+    }
+
+
+def _booking_code(code: str) -> str:
+    if not _CODE.match(code):
+        raise ApiError(422, "validation_error", f"booking code must match {BOOKING_CODE_PATTERN}")
+    return code
+
+
+@dataclass
+class _AppendOperation(Operation):
+    """Documents the append body, which the route decodes itself (strictly) instead of the framework."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            content={"application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/AppendIn"))},
+        )
+
+
+@post(
+    "/v1/bookings/{code:str}/events",
+    status_code=201,
+    operation_class=_AppendOperation,
+    request_max_body_size=MAX_BODY_BYTES,
+    summary="Append events to a booking (expected_version 0 creates it)",
+    responses={200: ResponseSpec(AppendOut, description="idempotent retry: the events recorded before")}
+    | _problems(401, 403, 404, 409, 413, 415, 422, 429, 503),
+)
+async def append_events(request: Request, code: str) -> Response[AppendOut]:
+    key = await require_key(request, WRITE_SCOPES)
+    _booking_code(code)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not _JSON_MEDIA.match(media_type):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    started = time.perf_counter()
+    outcome = "internal_error"
+    try:
+        body = decode_append(await request.body())
+        result = await append(
+            request.app.state.pool,
+            code=code,
+            department=key.department,
+            may_write_any=key.allows("write:any"),
+            expected_version=body.expected_version,
+            events=[
+                NewEvent(
+                    event_id=e.event_id or uuid.uuid4(),
+                    type=e.type,
+                    price=e.price.money() if e.price else None,
+                    data=e.data,
+                    occurred_at=e.occurred_at,
+                )
+                for e in body.events
+            ],
+        )
+        outcome = "replayed" if result.replayed else "appended"
+    except LedgerError as error:
+        outcome = error.code
+        raise
+    except Exception:
+        outcome = "validation_error"
+        raise
+    finally:
+        metrics.APPENDS.labels(outcome).inc()
+        metrics.APPEND_SECONDS.observe(time.perf_counter() - started)
+    if not result.replayed:
+        metrics.APPENDED_EVENTS.inc(len(result.events))
+    return Response(
+        AppendOut(booking_code=result.booking_code, version=result.version, events=result.events),
+        status_code=200 if result.replayed else 201,
+    )
+
+
+@get("/v1/bookings/{code:str}", summary="A booking: owner, version, latest price", responses=_problems(401, 403, 404, 422, 429, 503))
+async def booking(request: Request, code: str) -> BookingOut:
+    await require_key(request, READ_SCOPES)
+    found = await get_booking(request.app.state.pool, _booking_code(code))
+    return BookingOut(
+        booking_code=found.booking_code,
+        department=found.department,
+        version=found.version,
+        price=found.price,
+        created_at=found.created_at,
+        updated_at=found.updated_at,
+    )
+
+
+@get("/v1/bookings/{code:str}/events", summary="A booking's events in version order", responses=_problems(401, 403, 404, 422, 429, 503))
+async def booking_events(
+    request: Request,
+    code: str,
+    from_version: Annotated[int, Parameter(ge=1, le=2**31 - 1)] = 1,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+) -> BookingEventsOut:
+    await require_key(request, READ_SCOPES)
+    events, next_from = await read_booking_events(request.app.state.pool, _booking_code(code), from_version, limit)
+    return BookingEventsOut(booking_code=code, events=events, next_from_version=next_from)
+
+
+@get("/v1/events", summary="The global feed in position order", responses=_problems(401, 403, 422, 429, 503))
+async def feed(
+    request: Request,
+    after: Annotated[int, Parameter(ge=0, le=2**63 - 1)] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
+) -> FeedOut:
+    await require_key(request, READ_SCOPES)
+    events, next_after = await read_feed(request.app.state.pool, after, limit)
+    return FeedOut(events=events, next_after=next_after)
+
+
+ROUTES = [append_events, booking, booking_events, feed]

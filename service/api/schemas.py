@@ -1,0 +1,107 @@
+"""Request and response bodies. Requests are decoded strictly: no type coercion, no unknown fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+from core.events import Event, Price
+from service.money import Money
+
+BOOKING_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_EVENTS = 100
+MAX_DATA_BYTES = 256 * 1024
+
+EventType = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$", examples=["BookingPriced"])]
+Amount = Annotated[str, Meta(pattern=r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$", examples=["129.90"])]
+CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+
+
+class PriceIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Money: a non-negative decimal string with at most the currency's minor-unit digits."""
+
+    amount: Amount
+    currency: CurrencyCode
+
+    def __post_init__(self) -> None:
+        self.money()  # raises MoneyError (a ValueError), which msgspec reports with its path
+
+    def money(self) -> Money:
+        return Money.parse(self.amount, self.currency)
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True):
+    type: EventType
+    event_id: UUID | None = None
+    price: PriceIn | None = None
+    data: dict[str, Any] | None = None
+    occurred_at: Annotated[datetime, Meta(tz=True)] | None = None
+
+
+class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
+    """1 to 100 events, appended atomically, versions assigned in list order."""
+
+    events: Annotated[list[EventIn], Meta(min_length=1, max_length=MAX_EVENTS)]
+    expected_version: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+
+    def __post_init__(self) -> None:
+        ids = [e.event_id for e in self.events if e.event_id is not None]
+        if len(ids) != len(set(ids)):
+            raise ValueError("event_id values must be distinct within one request")
+        size = sum(len(msgspec.json.encode(e.data)) for e in self.events if e.data is not None)
+        if size > MAX_DATA_BYTES:
+            raise ValueError(f"data of all events together is {size} bytes, over the {MAX_DATA_BYTES} byte limit")
+
+
+class AppendOut(msgspec.Struct):
+    booking_code: str
+    version: int
+    events: list[Event]
+
+
+class BookingOut(msgspec.Struct):
+    booking_code: str
+    department: str
+    version: int
+    price: Price | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class BookingEventsOut(msgspec.Struct):
+    booking_code: str
+    events: list[Event]
+    next_from_version: int | None
+
+
+class FeedOut(msgspec.Struct):
+    events: list[Event]
+    next_after: int
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details; `code` is the stable, machine-readable part."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    department: str | None = None
+    current_version: int | None = None
+    event_ids: list[str] | None = None
+
+
+def decode_append(body: bytes) -> AppendIn:
+    """Decode and validate an append body; raises msgspec.ValidationError or DecodeError."""
+    return msgspec.json.decode(body, type=AppendIn, strict=True)
+
+
+def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """JSON Schema of the append body for the OpenAPI document: (reference, components)."""
+    (schema,), components = msgspec.json.schema_components((AppendIn,), ref_template="#/components/schemas/{name}")
+    return schema, components

@@ -1,0 +1,108 @@
+"""`booking-ledger`: the one command line of the service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+
+from core.settings import SettingsError, get_settings
+from service.ledger import keys
+from service.ledger.errors import LedgerError
+
+T = TypeVar("T")
+
+
+def _with_connection(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        conn = await asyncpg.connect(get_settings().database.url, timeout=10)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from migrations.runner import downgrade, upgrade
+
+    if args.revision.startswith("-") or args.revision == "base":
+        downgrade(revision=args.revision)
+    else:
+        upgrade(revision=args.revision)
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    serve()
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    scopes = keys.parse_scopes(args.scopes)
+    record, secret = _with_connection(lambda conn: keys.create_key(conn, args.department, scopes))
+    print(f"created key {record.id} for department {record.department} with scopes {','.join(scopes)}")
+    print("it is shown only this once; store it now:")
+    print(secret)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    for key in _with_connection(keys.list_keys):
+        scopes = ",".join(s for s in keys.SCOPES if s in key.scopes)
+        revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+        print(f"{key.id}\t{key.department}\t{scopes}\t{key.created_at.isoformat()}\t{revoked}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    if _with_connection(lambda conn: keys.revoke_key(conn, args.key_id)):
+        print(f"revoked key {args.key_id}")
+        return 0
+    print(f"no active key with id {args.key_id}", file=sys.stderr)
+    return 1
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="booking-ledger", description="The booking price ledger.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    migrate = commands.add_parser("migrate", help="bring the Postgres schema to the code's revision")
+    migrate.add_argument("revision", nargs="?", default="head", help="target revision (default head; 'base' drops all)")
+    migrate.set_defaults(run=_migrate)
+
+    commands.add_parser("api", help="serve the HTTP API in the foreground").set_defaults(run=_api)
+
+    key_commands = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = key_commands.add_parser("create", help="create a key; prints it once, alone on the last line")
+    create.add_argument("--department", required=True, help="the department the key writes as")
+    create.add_argument("--scopes", default=",".join(keys.DEFAULT_SCOPES), help="comma-separated: read,write,write:any")
+    create.set_defaults(run=_keys_create)
+    key_commands.add_parser("list", help="id, department, scopes, created, revoked").set_defaults(run=_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key at once, in every API process")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_keys_revoke)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (SettingsError, keys.InvalidKeySpec) as error:
+        print(f"booking-ledger: {error}", file=sys.stderr)
+        return 2
+    except (LedgerError, OSError, asyncpg.PostgresError) as error:
+        print(f"booking-ledger: ledger database error: {error} (is Postgres up and migrated?)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The append transaction: booking row, events and outbox rows, in one call to ledger_append.
+
+The function (migrations/versions/0001_ledger.py) does the whole transaction in one round
+trip: it serializes appends per booking, answers idempotent retries, creates the booking or
+advances its version, inserts the events and their outbox rows, and raises the contract's
+errors. A success is returned only after Postgres committed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from core.events import Event, event_from_row
+from service.ledger.db import translate_errors
+from service.money import Money
+
+APPEND_SQL = "SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    event_id: UUID
+    type: str
+    price: Money | None = None
+    data: dict[str, Any] | None = None
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    booking_code: str
+    version: int
+    events: list[Event]
+    replayed: bool  # True: an idempotent retry; nothing new was written
+
+
+async def append(
+    pool: asyncpg.Pool,
+    *,
+    code: str,
+    department: str,
+    may_write_any: bool,
+    expected_version: int | None,
+    events: Sequence[NewEvent],
+) -> AppendResult:
+    """Append `events` to booking `code` atomically (all or none).
+
+    expected_version 0 creates the booking, owned by `department`; n >= 1 appends only at
+    version n; None appends at whatever version the booking is. Raises the LedgerError
+    subclasses of service.ledger.errors.
+    """
+    with translate_errors():
+        rows = await pool.fetch(
+            APPEND_SQL,
+            code,
+            department,
+            may_write_any,
+            expected_version,
+            [e.event_id for e in events],
+            [e.type for e in events],
+            [e.price.amount if e.price else None for e in events],
+            [e.price.currency if e.price else None for e in events],
+            [e.data for e in events],
+            [e.occurred_at for e in events],
+        )
+    recorded = [event_from_row(row) for row in rows]
+    return AppendResult(
+        booking_code=code,
+        version=recorded[-1].version,
+        events=recorded,
+        replayed=rows[0]["replayed"],
+    )

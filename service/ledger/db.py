@@ -1,0 +1,94 @@
+"""The connection pool, and the one place where driver errors become the ledger's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+import msgspec
+
+from core.settings import DatabaseSettings
+from service.ledger.errors import (
+    BookingCodeTaken,
+    BookingNotFound,
+    EventIdConflict,
+    InvalidData,
+    LedgerError,
+    NotOwner,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+# Raised by ledger_append (migrations/versions/0001_ledger.py) with DETAIL as a JSON object.
+_RAISED: dict[str, tuple[type[LedgerError], str]] = {
+    "BL001": (BookingCodeTaken, "booking code is taken"),
+    "BL002": (VersionConflict, "booking is not at the expected version"),
+    "BL003": (BookingNotFound, "no booking with this code"),
+    "BL004": (NotOwner, "booking belongs to another department"),
+    "BL005": (EventIdConflict, "an event_id is already recorded with other content or for another booking"),
+}
+
+# SQLSTATE classes and codes that mean "the store is not there right now": retry later.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator intervention, system
+_UNAVAILABLE_CODES = ("25006", "40001", "40P01")  # read-only (mid-failover), serialization, deadlock
+
+
+async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
+    """A pool that opens its connections lazily, so the API starts even while Postgres is down."""
+    return await asyncpg.create_pool(
+        settings.url,
+        min_size=0,
+        max_size=settings.pool_size,
+        command_timeout=settings.command_timeout,
+        init=_init_connection,
+        server_settings={
+            "application_name": "booking-ledger",
+            "statement_timeout": str(settings.command_timeout * 1000),
+            "idle_in_transaction_session_timeout": str(settings.command_timeout * 1000),
+            "TimeZone": "UTC",
+        },
+    )
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn asyncpg and socket errors into LedgerError subclasses; let anything else through."""
+    try:
+        yield
+    except asyncpg.PostgresError as error:
+        raise _translate_postgres(error) from error
+    except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as error:
+        raise StoreUnavailable(f"ledger store unavailable: {type(error).__name__}") from error
+
+
+def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
+    sqlstate = error.sqlstate or ""
+    if sqlstate in _RAISED:
+        kind, detail = _RAISED[sqlstate]
+        context = json.loads(error.detail) if error.detail else {}
+        return kind(detail, **context)
+    if isinstance(error, asyncpg.UniqueViolationError):
+        if error.constraint_name == "events_event_id_key":
+            return EventIdConflict(_RAISED["BL005"][1])
+        if error.constraint_name == "bookings_pkey":
+            return BookingCodeTaken(_RAISED["BL001"][1])
+    if sqlstate.startswith("22"):
+        return InvalidData(f"the ledger cannot store this input: {error.message}")
+    if sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate in _UNAVAILABLE_CODES:
+        return StoreUnavailable(f"ledger store unavailable ({sqlstate})")
+    return error
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # json/jsonb travel as Python objects, encoded and decoded by msgspec.
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, schema="pg_catalog", encoder=_json_text, decoder=msgspec.json.decode, format="text"
+        )
+
+
+def _json_text(value: object) -> str:
+    return msgspec.json.encode(value).decode()

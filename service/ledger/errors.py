@@ -1,0 +1,48 @@
+"""What the ledger can refuse, in the contract's words. The API maps each to an HTTP answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LedgerError(Exception):
+    """A refusal with a stable snake_case code; `context` holds the fields the answer carries."""
+
+    code = "ledger_error"
+
+    def __init__(self, detail: str, **context: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.context = context
+
+
+class BookingCodeTaken(LedgerError):
+    code = "booking_code_taken"
+
+
+class VersionConflict(LedgerError):
+    code = "version_conflict"
+
+
+class BookingNotFound(LedgerError):
+    code = "booking_not_found"
+
+
+class NotOwner(LedgerError):
+    code = "not_owner"
+
+
+class EventIdConflict(LedgerError):
+    code = "event_id_conflict"
+
+
+class InvalidData(LedgerError):
+    """Input the API's validation let through but Postgres cannot store (e.g. \\u0000 in JSON)."""
+
+    code = "validation_error"
+
+
+class StoreUnavailable(LedgerError):
+    """Postgres cannot be reached or did not answer in time; the request may be retried."""
+
+    code = "unavailable"

@@ -1,0 +1,94 @@
+"""Reads, all from Postgres, the system of record: a read after a 2xx append always sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from core.events import EVENT_COLUMNS, Event, Price, event_from_row, price_of
+from service.ledger.db import translate_errors
+from service.ledger.errors import BookingNotFound
+
+BOOKING_SQL = """
+SELECT code, department, version, price_amount, price_currency, created_at, updated_at
+  FROM bookings WHERE code = $1
+"""
+
+# One round trip answers both "does the booking exist" and "its events from a version on".
+BOOKING_EVENTS_SQL = f"""
+SELECT b.version AS booking_version, e.*
+  FROM bookings b
+  LEFT JOIN LATERAL (
+        SELECT {EVENT_COLUMNS} FROM events
+         WHERE booking_code = b.code AND version >= $2
+         ORDER BY version
+         LIMIT $3
+  ) e ON true
+ WHERE b.code = $1
+"""
+
+# The global feed in position order, only below the visibility fence.
+#
+# position = transaction id * 1000 + index (see ledger_append). Every transaction whose id is
+# below pg_snapshot_xmin(pg_current_snapshot()) has ended, and every transaction still running
+# or yet to start has an id at or above it, so its events will get positions at or above
+# xmin * 1000. Reading only below that fence therefore returns a prefix of the feed that can
+# never grow behind the reader: an event whose transaction commits late is not skipped, it is
+# held back (with everything after it) until it commits. The snapshot is the statement's own,
+# so every row below the fence is visible to this very query.
+FEED_SQL = f"""
+SELECT {EVENT_COLUMNS} FROM events
+ WHERE position > $1
+   AND position < pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 1000
+ ORDER BY position
+ LIMIT $2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    booking_code: str
+    department: str
+    version: int
+    price: Price | None
+    created_at: datetime
+    updated_at: datetime
+
+
+async def get_booking(pool: asyncpg.Pool, code: str) -> Booking:
+    with translate_errors():
+        row = await pool.fetchrow(BOOKING_SQL, code)
+    if row is None:
+        raise BookingNotFound("no booking with this code")
+    return Booking(
+        booking_code=row["code"],
+        department=row["department"],
+        version=row["version"],
+        price=price_of(row["price_amount"], row["price_currency"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def read_booking_events(
+    pool: asyncpg.Pool, code: str, from_version: int, limit: int
+) -> tuple[list[Event], int | None]:
+    """Events of one booking from `from_version` on, and the version to read next (None: none left)."""
+    with translate_errors():
+        rows = await pool.fetch(BOOKING_EVENTS_SQL, code, from_version, limit)
+    if not rows:
+        raise BookingNotFound("no booking with this code")
+    events = [event_from_row(row) for row in rows if row["event_id"] is not None]
+    last = events[-1].version if events else from_version - 1
+    next_from = last + 1 if last < rows[0]["booking_version"] else None
+    return events, next_from
+
+
+async def read_feed(pool: asyncpg.Pool, after: int, limit: int) -> tuple[list[Event], int]:
+    """Events after position `after`, in position order, and the cursor for the next page."""
+    with translate_errors():
+        rows = await pool.fetch(FEED_SQL, after, limit)
+    events = [event_from_row(row) for row in rows]
+    return events, events[-1].position if events else after

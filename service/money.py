@@ -1,0 +1,56 @@
+"""Money as exact decimals, with ISO 4217 currencies and their minor units.
+
+Amounts travel as decimal strings, are held as `Decimal` and stored as `numeric`; a float
+never touches them. The currency list and minor units come from the `iso4217` package,
+which follows the ISO 4217 maintenance agency's published list.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+from iso4217 import Currency
+
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$")
+
+# Active codes that carry a minor unit; funds, metals and test codes have none ("N.A.").
+_MINOR_UNITS: dict[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
+
+
+class MoneyError(ValueError):
+    """An amount or currency that is not valid money."""
+
+
+def minor_unit(currency: str) -> int:
+    """Fraction digits of `currency`; raises MoneyError for a code that is not an active currency."""
+    try:
+        return _MINOR_UNITS[currency]
+    except KeyError:
+        raise MoneyError(f"{currency!r} is not an active ISO 4217 currency code") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    amount: Decimal
+    currency: str
+
+    @classmethod
+    def parse(cls, amount: str, currency: str) -> Money:
+        """Parse a decimal string, scaled to the currency's minor unit.
+
+        "120" EUR becomes 120.00; "120.001" EUR is refused rather than rounded.
+        """
+        digits = minor_unit(currency)
+        match = _AMOUNT.match(amount)
+        if match is None:
+            raise MoneyError(
+                f"amount {amount!r} must be a non-negative decimal string such as '129.90' "
+                "(no sign, exponent or leading zeros, at most 18 integer digits)"
+            )
+        fraction = match.group(2)
+        if fraction is not None and len(fraction) - 1 > digits:
+            raise MoneyError(f"{currency} has {digits} fraction digits; amount {amount!r} has more")
+        return cls(Decimal(amount).quantize(Decimal(1).scaleb(-digits)), currency)
+
