@@ -1,0 +1,66 @@
+"""Real servers for the suite: a private Postgres cluster on a free port, migrated by Alembic.
+
+Nothing here touches the developer's `make run` data or the machine's own services.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from core.settings import DatabaseSettings
+from devstack.postgres import LocalPostgres
+from migrations.runner import upgrade
+from service.ledger.db import create_pool
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_code(prefix: str = "T") -> str:
+    """Tests isolate by random booking codes, never by wiping tables."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    base = Path(tempfile.mkdtemp(prefix="booking-ledger-test-"))
+    base.chmod(0o755)  # the cluster may belong to the postgres user (when the suite runs as root)
+    server = LocalPostgres(base / "pg", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: LocalPostgres) -> str:
+    upgrade(postgres.url)
+    return postgres.url
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(DatabaseSettings(url=database_url, pool_size=50, command_timeout=30))
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ambient_settings() -> None:
+    for name in list(os.environ):
+        if name.startswith("LEDGER_"):
+            del os.environ[name]
