@@ -1,0 +1,99 @@
+"""The API as users meet it: `booking-ledger api` with two worker processes, keys from the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+CLI = str(Path(sys.executable).with_name("booking-ledger"))
+
+
+def cli(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LEDGER_DATABASE_URL": database_url}
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=check, timeout=60)
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(database_url: str, workers: int = 2, ready_path: str = "/health/ready", **env: str) -> Server:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_HTTP_PORT": str(port),
+        "LEDGER_HTTP_WORKERS": str(workers),
+        **env,
+    }
+    process = subprocess.Popen([CLI, "api"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server(f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"API did not become ready on {server.url}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def api(database_url: str) -> Iterator[str]:
+    server = start_server(database_url)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class Keys:
+    hotel: str
+    car: str
+    pricing: str  # write:any
+    reader: str  # read only
+    writer: str  # write only
+
+
+def make_key(database_url: str, department: str, scopes: str) -> str:
+    return cli(database_url, "keys", "create", "--department", department, "--scopes", scopes).stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def keys(database_url: str) -> Keys:
+    return Keys(
+        hotel=make_key(database_url, "hotel", "read,write"),
+        car=make_key(database_url, "car", "read,write"),
+        pricing=make_key(database_url, "pricing", "read,write:any"),
+        reader=make_key(database_url, "audit", "read"),
+        writer=make_key(database_url, "flight", "write"),
+    )
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
