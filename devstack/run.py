@@ -47,9 +47,18 @@ def main() -> int:
                 api.kill()
             return 0
     finally:
+        # Finish the shutdown even if Ctrl-C is pressed again or stdout has gone (a pipe).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if postgres is not None:
-            print("stopping Postgres", flush=True)
             postgres.stop()
+            _say("stopped Postgres")
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":
