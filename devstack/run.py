@@ -1,4 +1,10 @@
-"""`make run`: start the local stack on loopback and the API in the foreground; Ctrl-C stops all."""
+"""`make run`: the whole local stack on loopback, under one supervisor, in the foreground.
+
+Postgres (the system of record) is started first with pg_ctl and migrated; then supervisord
+runs the broker, DynamoDB Local, the API, the relay and the sink, and restarts any of them
+that dies (within a second or two). Ctrl-C stops all of it, Postgres last. A part whose
+LEDGER_* variable is set is not started: the given server is used instead.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +15,103 @@ import sys
 from pathlib import Path
 
 from devstack.postgres import LocalPostgres
+from devstack.processes import Broker, DynamoDBLocal
 
-LOCAL = Path(".local")
+LOCAL = Path(".local").absolute()
 POSTGRES_PORT = 55432
+BROKER_PORT = 19092
+DYNAMODB_PORT = 18000
+
+
+def supervisor_config(bin_dir: Path) -> str:
+    logs = LOCAL / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    programs: dict[str, tuple[list[str], str]] = {}
+    if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
+        programs["broker"] = (Broker(BROKER_PORT).command(), "TERM")
+    if not os.environ.get("LEDGER_DYNAMODB_ENDPOINT"):
+        programs["dynamodb"] = (DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb").command(), "TERM")
+    cli = str(bin_dir / "booking-ledger")
+    programs.update({"api": ([cli, "api"], "INT"), "relay": ([cli, "relay"], "TERM"), "sink": ([cli, "sink"], "TERM")})
+    sections = [
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={logs / 'supervisord.log'}",
+        f"pidfile={LOCAL / 'supervisord.pid'}",
+        f"childlogdir={logs}",
+        "",
+        "[unix_http_server]",
+        f"file={LOCAL / 'supervisor.sock'}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
+    ]
+    for name, (command, stop_signal) in programs.items():
+        quiet = name in ("broker", "dynamodb")  # their own logs go to files, ours to the terminal
+        output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
+            "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
+        sections += [
+            "",
+            f"[program:{name}]",
+            "command=" + " ".join(_quote(part) for part in command),
+            f"directory={Path.cwd()}",
+            "priority=" + ("10" if quiet else "20"),
+            "autorestart=true",
+            "startsecs=1",
+            "startretries=100",
+            f"stopsignal={stop_signal}",
+            "stopwaitsecs=15",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            *output,
+        ]
+    return "\n".join(sections) + "\n"
+
+
+def _quote(part: str) -> str:
+    return f'"{part}"' if " " in part else part
 
 
 def main() -> int:
     LOCAL.mkdir(exist_ok=True)
+    bin_dir = Path(sys.executable).parent
     postgres = None
     if not os.environ.get("LEDGER_DATABASE_URL"):
         postgres = LocalPostgres(LOCAL / "postgres", POSTGRES_PORT)
         print(f"starting Postgres on 127.0.0.1:{POSTGRES_PORT} (data in {postgres.data_dir})", flush=True)
         postgres.start()
-    cli = str(Path(sys.executable).with_name("booking-ledger"))
     try:
-        subprocess.run([cli, "migrate"], check=True)
+        subprocess.run([str(bin_dir / "booking-ledger"), "migrate"], check=True)
+        config = LOCAL / "supervisord.conf"
+        config.write_text(supervisor_config(bin_dir))
         host = os.environ.get("LEDGER_HTTP_HOST", "127.0.0.1")
         port = os.environ.get("LEDGER_HTTP_PORT", "8000")
         print(
-            "\nbooking-ledger is starting:\n"
-            f"  API       http://{host}:{port}   (OpenAPI: http://{host}:{port}/schema/openapi.json)\n"
-            f"  Postgres  {os.environ.get('LEDGER_DATABASE_URL') or postgres.url}\n"  # type: ignore[union-attr]
+            "\nbooking-ledger is starting (supervisord restarts any part that dies):\n"
+            f"  API        http://{host}:{port}   (OpenAPI: /schema/openapi.json, metrics: /metrics)\n"
+            f"  Postgres   {os.environ.get('LEDGER_DATABASE_URL') or postgres.url}\n"  # type: ignore[union-attr]
+            f"  Kafka      {os.environ.get('LEDGER_KAFKA_BOOTSTRAP', f'127.0.0.1:{BROKER_PORT}')}\n"
+            f"  DynamoDB   {os.environ.get('LEDGER_DYNAMODB_ENDPOINT', f'http://127.0.0.1:{DYNAMODB_PORT}')}\n"
+            f"  logs       {LOCAL / 'logs'}   status: .venv/bin/supervisorctl -c {config} status\n"
             "  make a key (in another shell):\n"
             "    .venv/bin/booking-ledger keys create --department hotel\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
-        api = subprocess.Popen([cli, "api"])
-        signal.signal(signal.SIGTERM, lambda *_: api.send_signal(signal.SIGINT))
+        supervisor = subprocess.Popen([str(bin_dir / "supervisord"), "-c", str(config)])
+        signal.signal(signal.SIGTERM, lambda *_: supervisor.send_signal(signal.SIGTERM))
         try:
-            return api.wait()
+            return supervisor.wait()
         except KeyboardInterrupt:
-            api.send_signal(signal.SIGINT)
+            supervisor.send_signal(signal.SIGINT)  # (it got the terminal's Ctrl-C too; once more is harmless)
             try:
-                api.wait(timeout=15)
+                supervisor.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                api.kill()
+                supervisor.kill()
             return 0
     finally:
         # Finish the shutdown even if Ctrl-C is pressed again or stdout has gone (a pipe).

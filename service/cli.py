@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -45,6 +48,56 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from cdc.relay import Relay
+
+    _logging()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Relay(get_settings()).run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def _sink(args: argparse.Namespace) -> int:
+    from cdc.sink import Sink
+
+    _logging()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    Sink(get_settings()).run(stop)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from cdc.replay import replay
+
+    written = asyncio.run(replay(get_settings(), after=args.after, progress=not args.quiet))
+    print(f"replayed {written} events into DynamoDB table {get_settings().dynamo.table}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from cdc.verify import verify
+
+    report = asyncio.run(verify(get_settings(), grace=args.grace))
+    for drift in report.drift:
+        print(drift)
+    print(report.summary())
+    return 1 if report.drift else 0
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     scopes = keys.parse_scopes(args.scopes)
     record, secret = _with_connection(lambda conn: keys.create_key(conn, args.department, scopes))
@@ -79,6 +132,18 @@ def parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     commands.add_parser("api", help="serve the HTTP API in the foreground").set_defaults(run=_api)
+    commands.add_parser("relay", help="stream the outbox to Kafka (one leader, others stand by)").set_defaults(
+        run=_relay
+    )
+    commands.add_parser("sink", help="write the Kafka topic into DynamoDB").set_defaults(run=_sink)
+    replay = commands.add_parser("replay", help="rebuild the DynamoDB read store from the ledger")
+    replay.add_argument("--after", type=int, default=0, help="only events with a position above this")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(run=_replay)
+    verify = commands.add_parser("verify", help="compare ledger and DynamoDB; exit 1 on drift")
+    verify.add_argument("--grace", type=float, default=5.0,
+                        help="seconds before drifted bookings are looked at again (events in flight)")
+    verify.set_defaults(run=_verify)
 
     key_commands = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
     create = key_commands.add_parser("create", help="create a key; prints it once, alone on the last line")

@@ -20,6 +20,7 @@ from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import append_request_schema
 from service.ledger.db import create_pool, translate_errors
 from service.ledger.errors import StoreUnavailable
+from service.ledger.notify import OutboxNotifier
 
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
 
@@ -68,9 +69,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings.database)
+        app.state.notifier = OutboxNotifier(app.state.pool)
+        app.state.notifier.start()
         try:
             yield
         finally:
+            await app.state.notifier.stop()
             try:
                 await asyncio.wait_for(app.state.pool.close(), timeout=10)
             except asyncio.TimeoutError:

@@ -105,6 +105,7 @@ async def append_events(request: Request, code: str) -> Response[AppendOut]:
         metrics.APPENDS.labels(outcome).inc()
         metrics.APPEND_SECONDS.observe(time.perf_counter() - started)
     if not result.replayed:
+        request.app.state.notifier.poke()
         metrics.APPENDED_EVENTS.inc(len(result.events))
     return Response(
         AppendOut(booking_code=result.booking_code, version=result.version, events=result.events),

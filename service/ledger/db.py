@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
-import msgspec
 
+from core.pg import init_connection
 from core.settings import DatabaseSettings
 from service.ledger.errors import (
     BookingCodeTaken,
@@ -43,7 +43,7 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
         min_size=0,
         max_size=settings.pool_size,
         command_timeout=settings.command_timeout,
-        init=_init_connection,
+        init=init_connection,
         server_settings={
             "application_name": "booking-ledger",
             "statement_timeout": str(settings.command_timeout * 1000),
@@ -81,14 +81,3 @@ def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
         return StoreUnavailable(f"ledger store unavailable ({sqlstate})")
     return error
 
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # json/jsonb travel as Python objects, encoded and decoded by msgspec.
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name, schema="pg_catalog", encoder=_json_text, decoder=msgspec.json.decode, format="text"
-        )
-
-
-def _json_text(value: object) -> str:
-    return msgspec.json.encode(value).decode()

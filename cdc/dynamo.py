@@ -1,0 +1,164 @@
+"""The DynamoDB read store: table layout, item format, and batch writes that never skip.
+
+Table `booking_events` (LEDGER_DYNAMODB_TABLE), for whoever provisions it in AWS:
+  partition key booking_code (S), sort key version (N), on-demand capacity. Attributes:
+  event_id, type, department, position (N), recorded_at, occurred_at (when given),
+  price_amount + price_currency (when priced, amount as a decimal string), data (JSON text,
+  when given). Items are written whole with PutItem semantics: rewriting the ledger's content
+  for a (booking_code, version) changes nothing, which is what makes redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
+
+import boto3
+import msgspec
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cdc.backoff import Backoff
+from core.events import Event
+from core.settings import DynamoSettings
+
+log = logging.getLogger("booking_ledger.dynamodb")
+
+Item = dict[str, dict[str, str]]
+BATCH_LIMIT = 25  # BatchWriteItem's maximum
+
+
+class Stopped(Exception):
+    """Shutdown was requested while a write was still being retried; nothing was skipped."""
+
+
+def client(settings: DynamoSettings):
+    """A low-level DynamoDB client; local endpoints get placeholder credentials when none are set."""
+    options: dict[str, Any] = {
+        "region_name": settings.region,
+        "config": Config(
+            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=2,
+            read_timeout=10,
+            max_pool_connections=32,
+        ),
+    }
+    if settings.endpoint_url:
+        options["endpoint_url"] = settings.endpoint_url
+        if not os.environ.get("AWS_ACCESS_KEY_ID"):
+            # DynamoDB Local (-sharedDb) accepts any credentials; these are not secrets.
+            options.update(aws_access_key_id="local", aws_secret_access_key="local")
+    return boto3.client("dynamodb", **options)
+
+
+def ensure_table(dynamodb, table: str, timeout: float = 60) -> None:
+    """Create the events table when it is missing (the local stack; AWS may pre-provision it)."""
+    try:
+        dynamodb.describe_table(TableName=table)
+        return
+    except dynamodb.exceptions.ResourceNotFoundException:
+        pass
+    try:
+        dynamodb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "booking_code", "KeyType": "HASH"},
+                       {"AttributeName": "version", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": "booking_code", "AttributeType": "S"},
+                                  {"AttributeName": "version", "AttributeType": "N"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        log.info("created DynamoDB table %s", table)
+    except dynamodb.exceptions.ResourceInUseException:
+        pass  # created by someone else meanwhile
+    dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": int(timeout)})
+
+
+def item_of(event: Event) -> Item:
+    """The DynamoDB item of an event (CONTRACT.md section 3)."""
+    item: Item = {
+        "booking_code": {"S": event.booking_code},
+        "version": {"N": str(event.version)},
+        "event_id": {"S": str(event.event_id)},
+        "type": {"S": event.type},
+        "department": {"S": event.department},
+        "position": {"N": str(event.position)},
+        "recorded_at": {"S": _timestamp(event.recorded_at)},
+    }
+    if event.occurred_at is not None:
+        item["occurred_at"] = {"S": _timestamp(event.occurred_at)}
+    if event.price is not None:
+        item["price_amount"] = {"S": event.price.amount}
+        item["price_currency"] = {"S": event.price.currency}
+    if event.data is not None:
+        item["data"] = {"S": msgspec.json.encode(event.data).decode()}
+    return item
+
+
+def _timestamp(value) -> str:
+    return msgspec.json.encode(value).decode().strip('"')
+
+
+def write_items(
+    dynamodb,
+    table: str,
+    items: Sequence[Item],
+    *,
+    executor: ThreadPoolExecutor | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_wait: Callable[[], None] = lambda: None,
+    backoff: Backoff | None = None,
+) -> None:
+    """Write every item, retrying throttling, UnprocessedItems and outages with capped backoff.
+
+    Returns only when all items are written; raises Stopped if `should_stop()` turns true
+    first. Chunks of 25 go out in parallel on `executor`; meanwhile the calling thread runs
+    `on_wait` every half second (the sink keeps its consumer group membership alive there).
+    """
+    backoff = backoff or Backoff(log)
+    unique = _dedupe(items)
+    chunks = [unique[i : i + BATCH_LIMIT] for i in range(0, len(unique), BATCH_LIMIT)]
+    if executor is None:
+        for chunk in chunks:
+            _write_chunk(dynamodb, table, chunk, should_stop, backoff)
+        return
+    futures = [executor.submit(_write_chunk, dynamodb, table, chunk, should_stop, backoff) for chunk in chunks]
+    while wait(futures, timeout=0.5).not_done:
+        on_wait()
+    for future in futures:
+        future.result()
+
+
+def _write_chunk(dynamodb, table: str, chunk: list[Item], should_stop: Callable[[], bool], backoff: Backoff) -> None:
+    while chunk:
+        try:
+            answer = dynamodb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": i}} for i in chunk]})
+            chunk = [r["PutRequest"]["Item"] for r in answer.get("UnprocessedItems", {}).get(table, [])]
+            if not chunk:
+                backoff.succeeded("DynamoDB accepts writes again")
+                return
+            delay = backoff.failed("DynamoDB left %d items unprocessed (throttled); retrying", len(chunk))
+        except (ClientError, BotoCoreError) as error:
+            delay = backoff.failed("DynamoDB write failed, retrying: %s", error)
+        _sleep(delay, should_stop)
+
+
+def _dedupe(items: Iterable[Item]) -> list[Item]:
+    """One item per key (BatchWriteItem refuses duplicates); later items win, content is equal anyway."""
+    by_key: dict[tuple[str, str], Item] = {}
+    for item in items:
+        by_key[(item["booking_code"]["S"], item["version"]["N"])] = item
+    return list(by_key.values())
+
+
+def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not should_stop():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(remaining, 0.2))
+    raise Stopped()

@@ -1,0 +1,73 @@
+"""Kafka clients configured for the pipeline, and topic creation when the topic is missing.
+
+The local broker (Tansu) keeps topics in memory, so whoever needs the topic creates it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from core.settings import KafkaSettings
+
+log = logging.getLogger("booking_ledger.kafka")
+
+
+def producer_config(settings: KafkaSettings) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "client.id": "booking-ledger-relay",
+        # Idempotent and fully acknowledged: a retry inside the client never duplicates or
+        # reorders a partition, and an acknowledged message is on every in-sync replica.
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "batch.num.messages": 1000,
+        # A message not acknowledged in this time is reported failed; the relay sends it again.
+        "message.timeout.ms": 10_000,
+        "socket.connection.setup.timeout.ms": 3_000,
+        "reconnect.backoff.max.ms": 1_000,
+    }
+
+
+def consumer_config(settings: KafkaSettings) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": settings.sink_group,
+        "client.id": "booking-ledger-sink",
+        "auto.offset.reset": "earliest",
+        # Offsets are stored by the sink only after DynamoDB accepted the events, then
+        # committed in the background; nothing is committed past an unwritten event.
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": 1_000,
+        # Group joins take ~20 s on the local broker with the default session timeout.
+        "session.timeout.ms": 6_000,
+        "heartbeat.interval.ms": 1_000,
+        "fetch.wait.max.ms": 100,
+        "reconnect.backoff.max.ms": 1_000,
+    }
+
+
+def ensure_topic(settings: KafkaSettings, topic: str | None = None, timeout: float = 10) -> bool:
+    """Create `topic` (default: the events topic) when missing. True when it exists afterwards."""
+    topic = topic or settings.topic
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap, "socket.connection.setup.timeout.ms": 3_000})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as error:
+        log.warning("broker %s not reachable to check topic %s: %s", settings.bootstrap, topic, error)
+        return False
+    if topic in metadata.topics and metadata.topics[topic].error is None:
+        return True
+    futures = admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)])
+    try:
+        futures[topic].result(timeout)
+        log.info("created topic %s with %d partitions", topic, settings.partitions)
+    except KafkaException as error:
+        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            log.warning("could not create topic %s: %s", topic, error)
+            return False
+    return True

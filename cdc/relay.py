@@ -1,0 +1,172 @@
+"""The outbox relay: committed outbox rows -> Kafka, in version order per booking.
+
+Why this never skips or reorders an event:
+- It does not tail by a cursor. Each pass reads the unsent rows that are visible now, in
+  position order, sends them, and deletes them once Kafka acknowledged them. A row whose
+  transaction commits late is simply visible on a later pass.
+- Per booking, ledger_append gives v(n+1) a transaction id only after v(n) committed, so when
+  v(n+1) is visible v(n) is visible too (or already sent) and has the smaller position.
+- One relay sends at a time: the leader holds a session advisory lock on its connection; a
+  standby polls for the lock and takes over within a second of the leader's connection dying.
+- Rows are deleted only for the unbroken prefix of clean delivery reports. After a failed
+  report nothing past it is marked; the next pass resends from the oldest unsent row, and the
+  duplicates this may cause downstream are absorbed by the sink's idempotent writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import asyncpg
+from confluent_kafka import Producer
+
+from cdc.backoff import Backoff
+from cdc.kafka import ensure_topic, producer_config
+from core.events import OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
+from core.pg import connect
+from core.settings import Settings
+
+log = logging.getLogger("booking_ledger.relay")
+
+LEADER_LOCK = int.from_bytes(b"bl-relay", "big")  # advisory lock key of the relay leader
+
+BATCH_SQL = f"""
+SELECT {event_columns('e')}
+  FROM outbox o JOIN events e ON e.position = o.position
+ ORDER BY o.position
+ LIMIT $1
+"""
+MARK_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
+
+_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                      asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CannotConnectNowError)
+
+
+class Relay:
+    def __init__(self, settings: Settings, batch_size: int = 500, poll_interval: float = 1.0) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        # Test-only: seconds to wait between Kafka's acknowledgement and marking rows sent,
+        # so a test can kill the relay in exactly that window.
+        self.mark_delay = float(os.environ.get("LEDGER_RELAY_TEST_MARK_DELAY", "0"))
+        self.is_leader = False
+        self.sent_total = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Campaign for leadership and relay while leader, until `stop` is set."""
+        backoff = Backoff(log)
+        while not stop.is_set():
+            try:
+                conn = await connect(self.settings.database.url, timeout=5, command_timeout=30)
+            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+                await _wait(stop, backoff.failed("relay cannot reach Postgres: %r", error))
+                continue
+            backoff.succeeded("relay reaches Postgres again")
+            try:
+                if await self._campaign(conn, stop):
+                    await self._lead(conn, stop)
+            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+                log.warning("relay lost its Postgres connection (and with it any leadership): %r", error)
+                await _wait(stop, 0.5)
+            finally:
+                if self.is_leader:
+                    log.info("relay leadership released")
+                self.is_leader = False
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+
+    async def _campaign(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
+        announced = False
+        while not stop.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+                self.is_leader = True
+                log.info("relay is the leader")
+                return True
+            if not announced:
+                log.info("relay is standby: another relay holds the lease")
+                announced = True
+            await _wait(stop, 1.0)
+        return False
+
+    async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()
+        await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
+        kafka = self.settings.kafka
+        while not await asyncio.to_thread(ensure_topic, kafka):
+            await _wait(stop, 2.0)
+            if stop.is_set():
+                return
+        producer = Producer(producer_config(kafka))
+        backoff = Backoff(log)
+        while not stop.is_set():
+            wake.clear()
+            rows = await conn.fetch(BATCH_SQL, self.batch_size)
+            if not rows:
+                await _wait(stop, self.poll_interval, wake)
+                continue
+            delivered = await asyncio.to_thread(self._send, producer, rows)
+            if delivered:
+                if self.mark_delay:
+                    await asyncio.sleep(self.mark_delay)
+                await conn.execute(MARK_SQL, [row["position"] for row in rows[:delivered]])
+                self.sent_total += delivered
+            if delivered < len(rows):
+                # A fresh producer after a failure: a fatal idempotence error leaves the old
+                # one unusable, and the unsent rows are sent again from the oldest anyway.
+                producer = Producer(producer_config(kafka))
+                delay = backoff.failed("Kafka did not acknowledge %d of %d events; resending from the oldest unsent",
+                                       len(rows) - delivered, len(rows))
+                await _wait(stop, delay)
+                if not await asyncio.to_thread(ensure_topic, kafka):  # a restarted broker forgot it
+                    continue
+            else:
+                backoff.succeeded("Kafka acknowledges again; the outbox drains")
+
+    def _send(self, producer: Producer, rows: list[asyncpg.Record]) -> int:
+        """Produce `rows` in order; the number of leading rows whose delivery report was clean."""
+        topic = self.settings.kafka.topic
+        reports: list[object] = [None] * len(rows)
+
+        def report(index: int):
+            def on_delivery(error, _message) -> None:
+                reports[index] = error or True
+
+            return on_delivery
+
+        for index, row in enumerate(rows):
+            event = event_from_row(row)
+            while True:
+                try:
+                    producer.produce(topic, key=event.booking_code.encode(), value=encode_event(event),
+                                     on_delivery=report(index))
+                    break
+                except BufferError:  # the client's queue is full: let it drain
+                    producer.poll(0.1)
+        deadline = time.monotonic() + 15
+        while producer.flush(1.0) and time.monotonic() < deadline:
+            pass
+        delivered = 0
+        for outcome in reports:
+            if outcome is not True:
+                if outcome is not None:
+                    log.debug("delivery failed: %s", outcome)
+                break
+            delivered += 1
+        return delivered
+
+
+async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+    """Sleep up to `seconds`, returning early when `stop` (or `wake`) is set."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

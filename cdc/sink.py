@@ -1,0 +1,140 @@
+"""The sink: Kafka topic booking-events -> DynamoDB table booking_events, in a consumer group.
+
+Offsets are stored only after DynamoDB accepted every event of the batch (and committed in the
+background), so a crash anywhere replays events instead of losing them; replays rewrite the same
+item content and change nothing. While DynamoDB is down the sink retries with capped backoff,
+pausing its partitions and polling so that it keeps its place in the group.
+
+A message that is not Event JSON is never dropped silently: it goes to the dead-letter topic
+(LEDGER_KAFKA_DEAD_LETTER_TOPIC) with headers naming its origin and the parse error, is logged at
+ERROR, and only then is its offset stored. If the dead-letter topic cannot take it, the sink
+retries and does not move past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+
+from cdc import dynamo
+from cdc.backoff import Backoff
+from cdc.kafka import consumer_config, ensure_topic, producer_config
+from core.events import decode_event
+from core.settings import Settings
+
+log = logging.getLogger("booking_ledger.sink")
+
+
+class Sink:
+    def __init__(self, settings: Settings, batch_size: int = 500, threads: int = 8) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.threads = threads
+        self.written_total = 0
+        self.dead_lettered_total = 0
+        self._paused = False
+        self._carry: list[Message] = []
+
+    def run(self, stop: threading.Event) -> None:
+        kafka, tables = self.settings.kafka, self.settings.dynamo
+        dynamodb = dynamo.client(tables)
+        backoff = Backoff(log)
+        while not stop.is_set():
+            try:
+                dynamo.ensure_table(dynamodb, tables.table)
+                if ensure_topic(kafka):
+                    break
+            except Exception as error:  # DynamoDB Local or the broker still starting
+                log.debug("set-up attempt failed: %r", error)
+            stop.wait(backoff.failed("sink waits for the broker and DynamoDB to be reachable"))
+        backoff.succeeded("broker and DynamoDB reachable")
+        consumer = Consumer(consumer_config(kafka))
+        consumer.subscribe([kafka.topic])
+        dead_letters: Producer | None = None
+        write_backoff = Backoff(log)
+        try:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="dynamodb") as executor:
+                while not stop.is_set():
+                    messages = self._carry + consumer.consume(self.batch_size, timeout=0.5)
+                    self._carry = []
+                    events, last = [], {}
+                    for message in messages:
+                        if message.error():
+                            self._on_error(message.error())
+                            continue
+                        try:
+                            events.append(decode_event(message.value()))
+                        except (msgspec.DecodeError, TypeError) as error:
+                            dead_letters = dead_letters or Producer(producer_config(kafka))
+                            self._dead_letter(dead_letters, message, error, stop)
+                        last[(message.topic(), message.partition())] = message
+                    if events:
+                        dynamo.write_items(
+                            dynamodb, tables.table, [dynamo.item_of(e) for e in events], executor=executor,
+                            should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
+                        )
+                        self.written_total += len(events)
+                    for message in last.values():
+                        self._store(consumer, message)
+                    self._resume(consumer)
+        except dynamo.Stopped:
+            log.info("sink stopping with a batch unwritten; its offsets were not stored")
+        finally:
+            consumer.close()  # commits the offsets stored so far
+            if dead_letters is not None:
+                dead_letters.flush(5)
+
+    def _keep_alive(self, consumer: Consumer) -> None:
+        """While a write is retried: stop fetching, but poll so the group keeps our partitions."""
+        if not self._paused:
+            consumer.pause(consumer.assignment())
+            self._paused = True
+        message = consumer.poll(0)
+        if message is not None and not message.error():
+            self._carry.append(message)  # fetched before the pause took effect: keep it
+
+    def _resume(self, consumer: Consumer) -> None:
+        if self._paused:
+            consumer.resume(consumer.assignment())
+            self._paused = False
+
+    @staticmethod
+    def _store(consumer: Consumer, message: Message) -> None:
+        try:
+            consumer.store_offsets(message=message)
+        except KafkaException as error:  # the partition moved to another sink in a rebalance
+            log.info("offset not stored for %s[%d]: %s", message.topic(), message.partition(), error)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            ensure_topic(self.settings.kafka)  # a restarted in-memory broker forgot the topic
+        log.warning("consumer error: %s", error)
+
+    def _dead_letter(self, producer: Producer, message: Message, error: Exception, stop: threading.Event) -> None:
+        topic = self.settings.kafka.dead_letter_topic
+        log.error("unparseable message at %s[%d]@%d moved to %s: %s",
+                  message.topic(), message.partition(), message.offset(), topic, error)
+        headers = [
+            ("source-topic", message.topic().encode()),
+            ("source-partition", str(message.partition()).encode()),
+            ("source-offset", str(message.offset()).encode()),
+            ("error", str(error).encode()),
+        ]
+        backoff = Backoff(log)
+        while not stop.is_set():
+            outcome: list[object] = []
+            ensure_topic(self.settings.kafka, topic)
+            producer.produce(topic, key=message.key(), value=message.value(), headers=headers,
+                             on_delivery=lambda err, _msg: outcome.append(err or True))
+            producer.flush(10)
+            if outcome == [True]:
+                self.dead_lettered_total += 1
+                return
+            stop.wait(backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome))
+        raise dynamo.Stopped()

