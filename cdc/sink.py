@@ -14,6 +14,7 @@ retries and does not move past it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +39,9 @@ class Sink:
         self.dead_lettered_total = 0
         self._paused = False
         self._carry: list[Message] = []
+        # Test-only: seconds to wait between DynamoDB's acceptance and storing the offsets,
+        # so a test can kill the sink in exactly that window.
+        self.store_delay = float(os.environ.get("LEDGER_SINK_TEST_STORE_DELAY", "0"))
 
     def run(self, stop: threading.Event) -> None:
         kafka, tables = self.settings.kafka, self.settings.dynamo
@@ -54,6 +58,7 @@ class Sink:
         backoff.succeeded("broker and DynamoDB reachable")
         consumer = Consumer(consumer_config(kafka))
         consumer.subscribe([kafka.topic])
+        log.info("sink consuming %s into DynamoDB table %s", kafka.topic, tables.table)
         dead_letters: Producer | None = None
         write_backoff = Backoff(log)
         try:
@@ -78,6 +83,8 @@ class Sink:
                             should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
                         )
                         self.written_total += len(events)
+                        if self.store_delay:
+                            stop.wait(self.store_delay)
                     for message in last.values():
                         self._store(consumer, message)
                     self._resume(consumer)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from devstack.postgres import LocalPostgres
@@ -102,7 +103,12 @@ def main() -> int:
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
-        supervisor = subprocess.Popen([str(bin_dir / "supervisord"), "-c", str(config)])
+        # supervisord writes our workers' output into this pipe, and we copy it to the terminal:
+        # if the terminal side goes away, supervisord still has a reader and keeps control.
+        supervisor = subprocess.Popen(
+            [str(bin_dir / "supervisord"), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        threading.Thread(target=_forward, args=(supervisor.stdout,), daemon=True).start()
         signal.signal(signal.SIGTERM, lambda *_: supervisor.send_signal(signal.SIGTERM))
         try:
             return supervisor.wait()
@@ -119,6 +125,15 @@ def main() -> int:
         if postgres is not None:
             postgres.stop()
             _say("stopped Postgres")
+
+
+def _forward(stream) -> None:
+    for line in iter(stream.readline, b""):
+        try:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+        except OSError:
+            pass
 
 
 def _say(text: str) -> None:

@@ -5,6 +5,7 @@ Nothing here touches the developer's `make run` data or the machine's own servic
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import tempfile
@@ -30,6 +31,19 @@ def free_port() -> int:
 def random_code(prefix: str = "T") -> str:
     """Tests isolate by random booking codes, never by wiping tables."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def sql(url: str, statement: str, *args: object) -> object:
+    """Run one statement on a fresh connection, from synchronous code; returns its first value."""
+
+    async def run() -> object:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(statement, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 @pytest.fixture(scope="session")

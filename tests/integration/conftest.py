@@ -1,0 +1,191 @@
+"""The pipeline's real parts: Tansu broker, DynamoDB Local, and relay/sink as processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from cdc import dynamo
+from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
+from devstack.postgres import LocalPostgres
+from devstack.processes import Broker, DynamoDBLocal
+from migrations.runner import upgrade
+from tests.conftest import free_port, sql
+
+CLI = str(Path(sys.executable).with_name("booking-ledger"))
+LOGS = Path(tempfile.mkdtemp(prefix="booking-ledger-test-logs-"))
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    server = Broker(free_port(), log_file=LOGS / "broker.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    server = DynamoDBLocal(free_port(), log_file=LOGS / "dynamodb.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline_template(postgres: LocalPostgres) -> str:
+    """A migrated database to copy: each pipeline test gets its own ledger (and relay lock)."""
+    sql(postgres.url, 'CREATE DATABASE "pipeline_template"')
+    url = postgres.url.rsplit("/", 1)[0] + "/pipeline_template"
+    upgrade(url)
+    return url
+
+
+def wait_until(check: Callable[[], object], timeout: float = 60, interval: float = 0.25, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Worker:
+    """`booking-ledger relay|sink|api` as a child process we can kill -9."""
+
+    kind: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([CLI, self.kind], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        wait_until(lambda: text in self.log(), timeout, what=f"{self.kind} to log {text!r}")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Pipeline:
+    """One test's own ledger database, topic, consumer group and DynamoDB table."""
+
+    database_url: str
+    broker: Broker
+    dynamodb: DynamoDBLocal
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            database=DatabaseSettings(url=self.database_url, pool_size=20, command_timeout=30),
+            kafka=KafkaSettings(bootstrap=self.broker.bootstrap, topic=f"events-{self.name}",
+                                dead_letter_topic=f"dead-{self.name}", sink_group=f"sink-{self.name}",
+                                partitions=3),
+            dynamo=DynamoSettings(endpoint=self.dynamodb.endpoint, table=f"events_{self.name}",
+                                  heads_table=f"heads_{self.name}", region="eu-west-1"),
+        )
+
+    def env(self, **extra: str) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "LEDGER_DATABASE_URL": self.database_url,
+            "LEDGER_KAFKA_BOOTSTRAP": s.kafka.bootstrap,
+            "LEDGER_KAFKA_TOPIC": s.kafka.topic,
+            "LEDGER_KAFKA_PARTITIONS": str(s.kafka.partitions),
+            "LEDGER_KAFKA_DEAD_LETTER_TOPIC": s.kafka.dead_letter_topic,
+            "LEDGER_SINK_GROUP": s.kafka.sink_group,
+            "LEDGER_DYNAMODB_ENDPOINT": s.dynamo.endpoint,
+            "LEDGER_DYNAMODB_TABLE": s.dynamo.table,
+            **extra,
+        }
+
+    def start(self, kind: str, **extra: str) -> Worker:
+        worker = Worker(kind, self.env(**extra), LOGS / f"{self.name}-{kind}-{len(self.workers)}.log").start()
+        self.workers.append(worker)
+        return worker
+
+    def dynamodb_client(self):
+        return dynamo.client(self.settings.dynamo)
+
+    def items(self, code: str) -> dict[int, dict]:
+        client = self.dynamodb_client()
+        try:
+            page = client.query(TableName=self.settings.dynamo.table, KeyConditionExpression="booking_code = :c",
+                                ExpressionAttributeValues={":c": {"S": code}}, ConsistentRead=True)
+        except client.exceptions.ResourceNotFoundException:
+            return {}
+        return {int(item["version"]["N"]): item for item in page["Items"]}
+
+    def topic_messages(self, expected: int, timeout: float = 30) -> list[tuple[str, bytes]]:
+        """(key, value) of the topic's messages from the start, waiting for at least `expected`."""
+        consumer = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "session.timeout.ms": 6000})
+        try:
+            topic = self.settings.kafka.topic
+            metadata = consumer.list_topics(topic, timeout=10)
+            partitions = list(metadata.topics[topic].partitions) if topic in metadata.topics else []
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+            messages: list[tuple[str, bytes]] = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and len(messages) < expected:
+                message = consumer.poll(0.5)
+                if message is not None and not message.error():
+                    messages.append((message.key().decode(), message.value()))
+            # a little longer, to see duplicates that are on their way
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                message = consumer.poll(0.2)
+                if message is not None and not message.error():
+                    messages.append((message.key().decode(), message.value()))
+            return messages
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def pipeline(postgres: LocalPostgres, pipeline_template: str, broker: Broker, dynamodb_local: DynamoDBLocal):
+    name = f"pipeline_{uuid.uuid4().hex[:10]}"
+
+    sql(postgres.url, f'CREATE DATABASE "{name}" TEMPLATE "pipeline_template"')
+    result = Pipeline(postgres.url.rsplit("/", 1)[0] + "/" + name, broker, dynamodb_local)
+    yield result
+    result.stop()

@@ -1,0 +1,294 @@
+"""Outbox -> relay -> Kafka -> sink -> DynamoDB, on the real broker and DynamoDB Local, with faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+
+import asyncpg
+import httpx
+import msgspec
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from cdc import dynamo
+from cdc.replay import replay
+from cdc.verify import verify
+from core.events import decode_event, encode_event
+from service.ledger.append import APPEND_SQL, NewEvent, append
+from service.ledger.db import create_pool
+from service.money import Money
+from tests.conftest import random_code, sql
+from tests.e2e.conftest import auth, make_key, start_server
+from tests.integration.conftest import Pipeline, wait_until
+
+
+def append_events(pipeline: Pipeline, codes: list[str], per_booking: int) -> list:
+    """Create each booking with one event, then append `per_booking - 1` more, one call each."""
+
+    async def run() -> list:
+        pool = await create_pool(pipeline.settings.database)
+        try:
+            events = []
+            for code in codes:
+                for version in range(per_booking):
+                    result = await append(
+                        pool, code=code, department="hotel", may_write_any=False,
+                        expected_version=0 if version == 0 else None,
+                        events=[NewEvent(uuid.uuid4(), "BookingPriced", Money.parse(f"{100 + version}", "EUR"),
+                                         {"n": version}, None)],
+                    )
+                    events.extend(result.events)
+            return events
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def in_dynamodb(pipeline: Pipeline, events: list) -> bool:
+    by_code = defaultdict(dict)
+    for event in events:
+        by_code[event.booking_code][event.version] = dynamo.item_of(event)
+    return all(pipeline.items(code) == expected for code, expected in by_code.items())
+
+
+def wait_replicated(pipeline: Pipeline, events: list, timeout: float = 90) -> None:
+    wait_until(lambda: in_dynamodb(pipeline, events), timeout, interval=0.5, what="events in DynamoDB")
+
+
+def outbox_size(pipeline: Pipeline) -> int:
+    return sql(pipeline.database_url, "SELECT count(*) FROM outbox")
+
+
+def assert_version_order(messages: list[tuple[str, bytes]]) -> None:
+    """Per booking, no version arrives before the first arrival of the version below it."""
+    seen: dict[str, set[int]] = defaultdict(set)
+    for key, value in messages:
+        event = decode_event(value)
+        assert key == event.booking_code
+        assert event.version == 1 or event.version - 1 in seen[key], f"{key} v{event.version} before v{event.version - 1}"
+        seen[key].add(event.version)
+
+
+def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline: Pipeline) -> None:
+    server = start_server(pipeline.database_url)
+    pipeline.start("relay")
+    pipeline.start("sink")
+    try:
+        key = make_key(pipeline.database_url, "hotel", "read,write")
+        code = random_code("E2E")
+        with httpx.Client(timeout=30) as client:
+            first = client.post(f"{server.url}/v1/bookings/{code}/events", headers=auth(key), json={
+                "expected_version": 0,
+                "events": [{"type": "BookingPriced", "price": {"amount": "120.00", "currency": "EUR"},
+                            "data": {"reason": "quote", "nested": {"b": [1, 2.5, None]}}, "occurred_at": "2026-11-26T10:00:00Z"},
+                           {"type": "Note"}]})
+            second = client.post(f"{server.url}/v1/bookings/{code}/events", headers=auth(key), json={
+                "expected_version": 2, "events": [{"type": "PriceChanged", "price": {"amount": "5", "currency": "KWD"}}]})
+        assert first.status_code == 201 and second.status_code == 201
+        events = [msgspec.convert(e, type=type(decode_event(msgspec.json.encode(e))))
+                  for e in first.json()["events"] + second.json()["events"]]
+        wait_replicated(pipeline, events, timeout=60)
+        items = pipeline.items(code)
+        assert items[1]["price_amount"] == {"S": "120.00"} and items[1]["price_currency"] == {"S": "EUR"}
+        assert msgspec.json.decode(items[1]["data"]["S"]) == {"reason": "quote", "nested": {"b": [1, 2.5, None]}}
+        assert "price_amount" not in items[2] and "data" not in items[2]
+        assert items[3]["price_amount"] == {"S": "5.000"}
+        assert outbox_size(pipeline) == 0
+    finally:
+        server.stop()
+
+
+def test_relay_killed_between_produce_and_mark_loses_and_reorders_nothing(pipeline: Pipeline) -> None:
+    codes = [random_code("KILL") for _ in range(3)]
+    events = append_events(pipeline, codes, per_booking=4)
+    relay = pipeline.start("relay", LEDGER_RELAY_TEST_MARK_DELAY="30")
+    # Kafka has the events, the outbox still holds them: kill -9 in exactly that window.
+    wait_until(lambda: len(pipeline.topic_messages(len(events), timeout=2)) >= len(events), 60, what="messages in Kafka")
+    assert outbox_size(pipeline) == len(events)
+    relay.kill()
+    pipeline.start("relay")
+    pipeline.start("sink")
+    wait_replicated(pipeline, events)
+    wait_until(lambda: outbox_size(pipeline) == 0, 30, what="outbox drained")
+    messages = pipeline.topic_messages(2 * len(events))
+    assert len(messages) == 2 * len(events)  # every event twice: sent, not marked, sent again
+    assert_version_order(messages)
+    for code in codes:
+        assert sorted(pipeline.items(code)) == [1, 2, 3, 4]
+
+
+def test_two_relays_one_sends_and_the_standby_takes_over(pipeline: Pipeline) -> None:
+    first = pipeline.start("relay")
+    first.wait_for_log("relay is the leader")
+    second = pipeline.start("relay")
+    second.wait_for_log("relay is standby")
+    pipeline.start("sink")
+    before = append_events(pipeline, [random_code("HA")], per_booking=3)
+    wait_replicated(pipeline, before)
+    assert "relay is the leader" not in second.log()
+    first.kill()
+    killed_at = time.monotonic()
+    second.wait_for_log("relay is the leader", timeout=10)
+    assert time.monotonic() - killed_at < 5
+    after = append_events(pipeline, [random_code("HA")], per_booking=3)
+    wait_replicated(pipeline, after)
+
+
+def test_sink_killed_after_write_before_offset_store(pipeline: Pipeline) -> None:
+    codes = [random_code("SINK") for _ in range(4)]
+    events = append_events(pipeline, codes, per_booking=3)
+    pipeline.start("relay")
+    sink = pipeline.start("sink", LEDGER_SINK_TEST_STORE_DELAY="60")
+    wait_replicated(pipeline, events)  # written to DynamoDB; offsets not stored yet
+    sink.kill()
+    pipeline.start("sink")  # consumes the same messages again
+    more = append_events(pipeline, [random_code("SINK")], per_booking=2)
+    wait_replicated(pipeline, events + more)
+    report = asyncio.run(verify(pipeline.settings, grace=1))
+    assert report.drift == [] and report.events == len(events) + len(more)
+
+
+def test_dynamodb_frozen_appends_still_succeed_and_it_catches_up(pipeline: Pipeline, dynamodb_local) -> None:
+    server = start_server(pipeline.database_url)
+    pipeline.start("relay")
+    pipeline.start("sink")
+    try:
+        key = make_key(pipeline.database_url, "hotel", "read,write")
+        warmup = append_events(pipeline, [random_code("WARM")], per_booking=1)
+        wait_replicated(pipeline, warmup)
+        dynamodb_local.freeze()
+        codes = []
+        try:
+            with httpx.Client(timeout=10) as client:
+                for _ in range(20):
+                    code = random_code("FROZEN")
+                    response = client.post(f"{server.url}/v1/bookings/{code}/events", headers=auth(key),
+                                           json={"expected_version": 0, "events": [{"type": "BookingPriced"}]})
+                    assert response.status_code == 201
+                    assert client.get(f"{server.url}/v1/bookings/{code}", headers=auth(key)).status_code == 200
+                    codes.append(code)
+            time.sleep(3)  # DynamoDB stays frozen a while longer
+        finally:
+            dynamodb_local.thaw()
+        wait_until(lambda: all(pipeline.items(code) for code in codes), 90, interval=0.5, what="catch-up")
+        assert asyncio.run(verify(pipeline.settings, grace=1)).drift == []
+    finally:
+        server.stop()
+
+
+def test_broker_killed_and_restarted_appends_succeed_and_pipeline_resumes(pipeline: Pipeline, broker) -> None:
+    server = start_server(pipeline.database_url)
+    pipeline.start("relay")
+    pipeline.start("sink")
+    try:
+        key = make_key(pipeline.database_url, "hotel", "read,write")
+        before = append_events(pipeline, [random_code("PRE")], per_booking=2)
+        wait_replicated(pipeline, before)
+        broker.kill()
+        codes = []
+        try:
+            with httpx.Client(timeout=10) as client:
+                for _ in range(20):
+                    code = random_code("NOBROKER")
+                    response = client.post(f"{server.url}/v1/bookings/{code}/events", headers=auth(key),
+                                           json={"expected_version": 0, "events": [{"type": "BookingPriced"}]})
+                    assert response.status_code == 201
+                    codes.append(code)
+            time.sleep(2)
+            assert outbox_size(pipeline) >= 20  # held in the ledger while the broker is away
+        finally:
+            broker.start()  # a new, empty broker: topics and offsets are gone
+        wait_until(lambda: all(pipeline.items(code) for code in codes), 120, interval=0.5, what="catch-up")
+        assert asyncio.run(verify(pipeline.settings, grace=1)).drift == []
+    finally:
+        server.stop()
+
+
+def test_redelivered_and_out_of_order_messages_change_nothing(pipeline: Pipeline) -> None:
+    code = random_code("OOO")
+    events = append_events(pipeline, [code], per_booking=5)
+    pipeline.start("relay")
+    pipeline.start("sink")
+    wait_replicated(pipeline, events)
+    producer = Producer({"bootstrap.servers": pipeline.broker.bootstrap})
+    for event in [events[4], events[3], events[4], events[0], events[2]]:  # v5 before v4, duplicates
+        producer.produce(pipeline.settings.kafka.topic, key=code.encode(), value=encode_event(event))
+    producer.flush(10)
+    probe = append_events(pipeline, [random_code("PROBE")], per_booking=1)  # behind the redeliveries
+    wait_replicated(pipeline, probe)
+    assert in_dynamodb(pipeline, events)
+    assert asyncio.run(verify(pipeline.settings, grace=1)).drift == []
+
+
+def test_unparseable_messages_go_to_the_dead_letter_topic(pipeline: Pipeline) -> None:
+    sink = pipeline.start("sink")
+    pipeline.start("relay")
+    sink.wait_for_log("sink consuming")
+    producer = Producer({"bootstrap.servers": pipeline.broker.bootstrap})
+    producer.produce(pipeline.settings.kafka.topic, key=b"BAD", value=b'{"not": "an event"}')
+    producer.flush(10)
+    events = append_events(pipeline, [random_code("AFTER")], per_booking=1)
+    wait_replicated(pipeline, events)  # the sink went on past the bad message
+    sink.wait_for_log("unparseable message")
+    consumer_topic = pipeline.settings.kafka.dead_letter_topic
+    consumer = Consumer({"bootstrap.servers": pipeline.broker.bootstrap, "group.id": uuid.uuid4().hex})
+    try:
+        consumer.assign([TopicPartition(consumer_topic, 0, 0)])
+        message = wait_until(lambda: (m := consumer.poll(0.5)) is not None and not m.error() and m, 30,
+                             what="dead letter")
+        assert message.value() == b'{"not": "an event"}'
+        assert dict(message.headers())["source-topic"] == pipeline.settings.kafka.topic.encode()
+    finally:
+        consumer.close()
+
+
+def test_relay_does_not_skip_a_row_whose_transaction_commits_late(pipeline: Pipeline) -> None:
+    pipeline.start("relay")
+    pipeline.start("sink")
+
+    async def held_then_later() -> tuple[list, list]:
+        held = await asyncpg.connect(pipeline.database_url)
+        try:
+            transaction = held.transaction()
+            await transaction.start()
+            code = random_code("HELD")
+            rows = await held.fetch(APPEND_SQL, code, "hotel", False, 0, [uuid.uuid4()], ["Held"], [None], [None],
+                                    [None], [None])
+            later = await asyncio.to_thread(append_events, pipeline, [random_code("LATER")], 1)
+            await asyncio.to_thread(wait_replicated, pipeline, later)  # the relay passed the held row's position
+            await transaction.commit()
+            return rows, later
+        finally:
+            await held.close()
+
+    rows, later = asyncio.run(held_then_later())
+    assert rows[0]["position"] < later[0].position
+    wait_until(lambda: pipeline.items(rows[0]["booking_code"]), 30, what="the late-committed event")
+
+
+def test_replay_rebuilds_an_empty_table_and_verify_finds_tampering(pipeline: Pipeline) -> None:
+    codes = [random_code("REPLAY") for _ in range(5)]
+    events = append_events(pipeline, codes, per_booking=3)
+    written = asyncio.run(replay(pipeline.settings, progress=False))
+    assert written == len(events)
+    assert in_dynamodb(pipeline, events)
+    assert asyncio.run(replay(pipeline.settings, progress=False)) == len(events)  # idempotent
+    assert asyncio.run(verify(pipeline.settings, grace=0)).drift == []
+
+    # As if relayed long ago: an event still in the outbox counts as pending, not missing.
+    sql(pipeline.database_url, "DELETE FROM outbox")
+    client = pipeline.dynamodb_client()
+    table = pipeline.settings.dynamo.table
+    client.delete_item(TableName=table, Key={"booking_code": {"S": codes[0]}, "version": {"N": "2"}})
+    client.update_item(TableName=table, Key={"booking_code": {"S": codes[1]}, "version": {"N": "1"}},
+                       UpdateExpression="SET price_amount = :a", ExpressionAttributeValues={":a": {"S": "1.00"}})
+    client.put_item(TableName=table, Item={"booking_code": {"S": "GHOST-1"}, "version": {"N": "1"}})
+    client.put_item(TableName=table, Item={"booking_code": {"S": codes[2]}, "version": {"N": "9"}})
+    report = asyncio.run(verify(pipeline.settings, grace=0))
+    found = {(d.kind, d.booking_code, d.version) for d in report.drift}
+    assert found == {("missing", codes[0], 2), ("different", codes[1], 1), ("extra", "GHOST-1", 1),
+                     ("extra", codes[2], 9)}
+    assert "price_amount" in next(d.detail for d in report.drift if d.kind == "different")
