@@ -64,8 +64,10 @@ class Sink:
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="dynamodb") as executor:
                 while not stop.is_set():
-                    messages = self._carry + consumer.consume(self.batch_size, timeout=0.5)
-                    self._carry = []
+                    messages, self._carry = self._carry, []
+                    first = consumer.poll(0.5)  # wait for something, then take what is already there
+                    if first is not None:
+                        messages += [first, *consumer.consume(self.batch_size - 1, timeout=0)]
                     events, last = [], {}
                     for message in messages:
                         if message.error():

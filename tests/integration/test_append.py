@@ -210,3 +210,19 @@ async def test_money_is_stored_exactly(pool, database_url) -> None:
     finally:
         await conn.close()
     assert stored == Decimal("999999999999999999.99")
+
+
+async def test_several_appends_in_one_transaction_get_distinct_increasing_positions(pool, database_url) -> None:
+    from service.ledger.append import APPEND_SQL
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            first = await conn.fetch(APPEND_SQL, random_code(), "hotel", False, 0, [uuid.uuid4(), uuid.uuid4()],
+                                     ["A", "B"], [None, None], [None, None], [None, None], [None, None])
+            second = await conn.fetch(APPEND_SQL, random_code(), "hotel", False, 0, [uuid.uuid4()],
+                                      ["C"], [None], [None], [None], [None])
+    finally:
+        await conn.close()
+    positions = [r["position"] for r in first + second]
+    assert positions == sorted(positions) and len(set(positions)) == 3
