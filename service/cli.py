@@ -92,8 +92,10 @@ def _verify(args: argparse.Namespace) -> int:
     from cdc.verify import verify
 
     report = asyncio.run(verify(get_settings(), grace=args.grace))
-    for drift in report.drift:
+    for drift in report.drift[: args.max_lines]:
         print(drift)
+    if len(report.drift) > args.max_lines:
+        print(f"... and {len(report.drift) - args.max_lines} more (--max-lines)")
     print(report.summary())
     return 1 if report.drift else 0
 
@@ -143,6 +145,7 @@ def parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="compare ledger and DynamoDB; exit 1 on drift")
     verify.add_argument("--grace", type=float, default=5.0,
                         help="seconds before drifted bookings are looked at again (events in flight)")
+    verify.add_argument("--max-lines", type=int, default=1000, help="print at most this many drift lines")
     verify.set_defaults(run=_verify)
 
     key_commands = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)

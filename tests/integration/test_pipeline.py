@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -21,7 +22,7 @@ from service.ledger.db import create_pool
 from service.money import Money
 from tests.conftest import random_code, sql
 from tests.e2e.conftest import auth, make_key, start_server
-from tests.integration.conftest import Pipeline, wait_until
+from tests.integration.conftest import CLI, Pipeline, wait_until
 
 
 def append_events(pipeline: Pipeline, codes: list[str], per_booking: int) -> list:
@@ -292,3 +293,15 @@ def test_replay_rebuilds_an_empty_table_and_verify_finds_tampering(pipeline: Pip
     assert found == {("missing", codes[0], 2), ("different", codes[1], 1), ("extra", "GHOST-1", 1),
                      ("extra", codes[2], 9)}
     assert "price_amount" in next(d.detail for d in report.drift if d.kind == "different")
+
+    # The commands as an operator runs them: replay repairs what is missing or different;
+    # extra items are reported, not deleted.
+    replayed = subprocess.run([CLI, "replay"], env=pipeline.env(), capture_output=True, text=True, timeout=120)
+    assert replayed.returncode == 0 and f"replayed {len(events)} events" in replayed.stdout
+    assert "event" in replayed.stderr  # the progress bar
+    checked = subprocess.run([CLI, "verify", "--grace", "0"], env=pipeline.env(), capture_output=True, text=True,
+                             timeout=120)
+    assert checked.returncode == 1
+    drift_lines = sorted(tuple(line.split()[:2]) for line in checked.stdout.splitlines()[:-1])
+    assert drift_lines == sorted([("extra", "GHOST-1"), ("extra", codes[2])])
+    assert checked.stdout.splitlines()[-1].startswith(f"checked 5 bookings, {len(events)} events: 2 drift (0 missing, 2 extra")
