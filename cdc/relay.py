@@ -42,8 +42,9 @@ SELECT {event_columns('e')}
 """
 MARK_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
 
-_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                      asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CannotConnectNowError)
+_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                      asyncpg.PostgresConnectionError, asyncpg.exceptions.AdminShutdownError,
+                      asyncpg.exceptions.CannotConnectNowError)
 
 
 class Relay:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
+from asyncpg.exceptions import InternalClientError
 
 from core.pg import init_connection
 from core.settings import DatabaseSettings
@@ -60,7 +61,8 @@ def translate_errors() -> Iterator[None]:
         yield
     except asyncpg.PostgresError as error:
         raise _translate_postgres(error) from error
-    except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as error:
+    except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, InternalClientError) as error:
+        # InternalClientError: a connection that broke mid-operation (e.g. a Postgres restart).
         raise StoreUnavailable(f"ledger store unavailable: {type(error).__name__}") from error
 
 

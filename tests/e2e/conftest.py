@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ def cli(database_url: str, *args: str, check: bool = True) -> subprocess.Complet
 class Server:
     url: str
     process: subprocess.Popen
+    log_path: Path
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
@@ -47,8 +49,10 @@ def start_server(database_url: str, workers: int = 2, ready_path: str = "/health
         "LEDGER_HTTP_WORKERS": str(workers),
         **env,
     }
-    process = subprocess.Popen([CLI, "api"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server(f"http://127.0.0.1:{port}", process)
+    log_path = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
+    log = open(log_path, "ab")
+    process = subprocess.Popen([CLI, "api"], env=environment, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 30
     while True:
         try:
