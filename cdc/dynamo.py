@@ -142,6 +142,13 @@ def _write_chunk(dynamodb, table: str, chunk: list[Item], should_stop: Callable[
                 return
             delay = backoff.failed("DynamoDB left %d items unprocessed (throttled); retrying", len(chunk))
         except (ClientError, BotoCoreError) as error:
+            if isinstance(error, ClientError) and error.response["Error"]["Code"] == "ResourceNotFoundException":
+                log.warning("DynamoDB table %s is missing: creating it again", table)
+                try:
+                    ensure_table(dynamodb, table)
+                    continue
+                except (ClientError, BotoCoreError) as again:
+                    error = again
             delay = backoff.failed("DynamoDB write failed, retrying: %s", error)
         _sleep(delay, should_stop)
 

@@ -22,7 +22,7 @@ import os
 import time
 
 import asyncpg
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from cdc.backoff import Backoff
 from cdc.kafka import ensure_topic, producer_config
@@ -41,6 +41,15 @@ SELECT {event_columns('e')}
  LIMIT $1
 """
 MARK_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
+
+# The leader's lock lives as long as its session. If the leader's host dies without closing the
+# socket, Postgres must notice within seconds, not after the OS default of two hours.
+_DEAD_PEER_DETECTION = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
 
 _CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
                       asyncpg.PostgresConnectionError, asyncpg.exceptions.AdminShutdownError,
@@ -63,7 +72,8 @@ class Relay:
         backoff = Backoff(log)
         while not stop.is_set():
             try:
-                conn = await connect(self.settings.database.url, timeout=5, command_timeout=30)
+                conn = await connect(self.settings.database.url, timeout=5, command_timeout=30,
+                                     server_settings=_DEAD_PEER_DETECTION)
             except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
                 await _wait(stop, backoff.failed("relay cannot reach Postgres: %r", error))
                 continue
@@ -141,13 +151,18 @@ class Relay:
 
         for index, row in enumerate(rows):
             event = event_from_row(row)
-            while True:
-                try:
-                    producer.produce(topic, key=event.booking_code.encode(), value=encode_event(event),
-                                     on_delivery=report(index))
-                    break
-                except BufferError:  # the client's queue is full: let it drain
-                    producer.poll(0.1)
+            try:
+                while True:
+                    try:
+                        producer.produce(topic, key=event.booking_code.encode(), value=encode_event(event),
+                                         on_delivery=report(index))
+                        break
+                    except BufferError:  # the client's queue is full: let it drain
+                        producer.poll(0.1)
+            except KafkaException as error:  # refused before sending (size, fatal state): stop here
+                log.error("cannot produce %s v%d: %s", event.booking_code, event.version, error)
+                reports[index] = error
+                break
         deadline = time.monotonic() + 15
         while producer.flush(1.0) and time.monotonic() < deadline:
             pass

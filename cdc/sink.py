@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
@@ -77,7 +78,7 @@ class Sink:
                             events.append(decode_event(message.value()))
                         except (msgspec.DecodeError, TypeError) as error:
                             dead_letters = dead_letters or Producer(producer_config(kafka))
-                            self._dead_letter(dead_letters, message, error, stop)
+                            self._dead_letter(dead_letters, consumer, message, error, stop)
                         last[(message.topic(), message.partition())] = message
                     if events:
                         dynamo.write_items(
@@ -98,10 +99,12 @@ class Sink:
                 dead_letters.flush(5)
 
     def _keep_alive(self, consumer: Consumer) -> None:
-        """While a write is retried: stop fetching, but poll so the group keeps our partitions."""
-        if not self._paused:
-            consumer.pause(consumer.assignment())
-            self._paused = True
+        """While a write is retried: stop fetching, but poll so the group keeps our partitions.
+
+        Paused again on every call, so partitions gained in a rebalance meanwhile are paused too.
+        """
+        consumer.pause(consumer.assignment())
+        self._paused = True
         message = consumer.poll(0)
         if message is not None and not message.error():
             self._carry.append(message)  # fetched before the pause took effect: keep it
@@ -125,7 +128,9 @@ class Sink:
             ensure_topic(self.settings.kafka)  # a restarted in-memory broker forgot the topic
         log.warning("consumer error: %s", error)
 
-    def _dead_letter(self, producer: Producer, message: Message, error: Exception, stop: threading.Event) -> None:
+    def _dead_letter(
+        self, producer: Producer, consumer: Consumer, message: Message, error: Exception, stop: threading.Event
+    ) -> None:
         topic = self.settings.kafka.dead_letter_topic
         log.error("unparseable message at %s[%d]@%d moved to %s: %s",
                   message.topic(), message.partition(), message.offset(), topic, error)
@@ -138,12 +143,19 @@ class Sink:
         backoff = Backoff(log)
         while not stop.is_set():
             outcome: list[object] = []
-            ensure_topic(self.settings.kafka, topic)
-            producer.produce(topic, key=message.key(), value=message.value(), headers=headers,
-                             on_delivery=lambda err, _msg: outcome.append(err or True))
-            producer.flush(10)
+            try:
+                ensure_topic(self.settings.kafka, topic)
+                producer.produce(topic, key=message.key(), value=message.value(), headers=headers,
+                                 on_delivery=lambda err, _msg: outcome.append(err or True))
+                producer.flush(10)
+            except (KafkaException, BufferError) as failure:
+                outcome.append(failure)
             if outcome == [True]:
                 self.dead_lettered_total += 1
                 return
-            stop.wait(backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome))
+            delay = backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not stop.is_set():
+                self._keep_alive(consumer)
+                time.sleep(0.2)
         raise dynamo.Stopped()

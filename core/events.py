@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 from uuid import UUID
 
 import msgspec
@@ -15,19 +15,26 @@ class Price(msgspec.Struct, frozen=True):
     currency: str
 
 
+BOOKING_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+BookingCode = Annotated[str, msgspec.Meta(pattern=BOOKING_CODE_PATTERN)]
+EventType = Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN)]
+
+
 class Event(msgspec.Struct, frozen=True):
-    """One recorded change to the price of a booking."""
+    """One recorded change to the price of a booking. Decoding checks codes and numbers, so a
+    message that merely looks like an event is refused (and dead-lettered by the sink)."""
 
     event_id: UUID
-    booking_code: str
-    version: int
-    type: str
+    booking_code: BookingCode
+    version: Annotated[int, msgspec.Meta(ge=1)]
+    type: EventType
     price: Price | None
     data: dict[str, Any] | None
     department: str
     occurred_at: datetime | None
     recorded_at: datetime
-    position: int
+    position: Annotated[int, msgspec.Meta(ge=0)]
 
 
 # NOTIFY channel that wakes the relay after appends commit (a hint; the relay also polls).

@@ -81,9 +81,6 @@ class DynamoSettings:
         "LEDGER_DYNAMODB_ENDPOINT", LOCAL_DYNAMODB_ENDPOINT, "DynamoDB endpoint URL; 'aws' for AWS itself."
     )
     table: str = _env_str("LEDGER_DYNAMODB_TABLE", "booking_events", "The company-wide read store of events.")
-    heads_table: str = _env_str(
-        "LEDGER_DYNAMODB_HEADS_TABLE", "booking_heads", "One item per booking: its latest version and price."
-    )
     region: str = _env_str("AWS_REGION", "eu-west-1", "AWS region of the tables.")
 
     @property

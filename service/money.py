@@ -19,6 +19,14 @@ _AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$")
 _MINOR_UNITS: dict[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
 
 
+def currencies_by_minor_unit() -> dict[int, list[str]]:
+    """Active currency codes grouped by their number of fraction digits."""
+    groups: dict[int, list[str]] = {}
+    for code, digits in sorted(_MINOR_UNITS.items()):
+        groups.setdefault(digits, []).append(code)
+    return groups
+
+
 class MoneyError(ValueError):
     """An amount or currency that is not valid money."""
 

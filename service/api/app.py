@@ -9,33 +9,35 @@ from contextlib import asynccontextmanager
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 
 from core.settings import Settings, get_settings
 from migrations.runner import head_revision
 from service.api import metrics
 from service.api.auth import RateLimiter
-from service.api.problems import EXCEPTION_HANDLERS, problem
+from service.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, problem
 from service.api.routes import MAX_BODY_BYTES, ROUTES
-from service.api.schemas import append_request_schema
-from service.ledger.db import create_pool, translate_errors
+from service.api.schemas import Problem, append_request_schema
+from service.ledger.db import connection, create_pool
 from service.ledger.errors import StoreUnavailable
 from service.ledger.notify import OutboxNotifier
 
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
 
 
-@get("/health/live", summary="The process is up", include_in_schema=True)
+@get("/health/live", summary="The process is up")
 async def live() -> dict[str, str]:
     return {"status": "live"}
 
 
-@get("/health/ready", summary="Postgres answers and its schema is at the code's head revision")
+@get("/health/ready", summary="Postgres answers and its schema is at the code's head revision",
+     responses={503: ResponseSpec(Problem, description="not ready", media_type=PROBLEM_JSON, generate_examples=False)})
 async def ready(request: Request) -> Response[dict[str, str] | bytes]:
     expected = request.app.state.schema_head
     try:
-        with translate_errors():
-            current = await request.app.state.pool.fetchval(SCHEMA_VERSION_SQL, timeout=2)
+        async with connection(request.app.state.pool) as conn:
+            current = await conn.fetchval(SCHEMA_VERSION_SQL, timeout=2)
     except StoreUnavailable as error:
         return problem(503, "unavailable", f"Postgres is not reachable: {error.detail}", {"Retry-After": "1"})
     except Exception as error:  # no alembic_version table yet, ...
@@ -59,7 +61,6 @@ def _openapi() -> OpenAPIConfig:
         description="The booking price ledger. Every /v1 route takes 'Authorization: Bearer <api-key>'.",
         path="/schema",
         components=Components(security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer")}),
-        security=[{"apiKey": []}],
     )
 
 

@@ -13,11 +13,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
 from litestar.params import Parameter
 
+from core.events import BOOKING_CODE_PATTERN
 from service.api import metrics
 from service.api.auth import READ_SCOPES, WRITE_SCOPES, require_key
 from service.api.problems import PROBLEM_JSON, ApiError
 from service.api.schemas import (
-    BOOKING_CODE_PATTERN,
     AppendOut,
     BookingEventsOut,
     BookingOut,
@@ -30,8 +30,12 @@ from service.ledger.errors import LedgerError
 from service.ledger.reads import get_booking, read_booking_events, read_feed
 
 MAX_BODY_BYTES = 1024 * 1024
-_CODE = re.compile(BOOKING_CODE_PATTERN)
+# Below 2**63 and exact as a JSON Schema float, so validators agree on the bound.
+MAX_POSITION = 9 * 10**18
 _JSON_MEDIA = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+
+
+KEY_REQUIRED = [{"apiKey": []}]
 
 
 def _problems(*statuses: int) -> dict[int, ResponseSpec]:
@@ -41,10 +45,8 @@ def _problems(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-def _booking_code(code: str) -> str:
-    if not _CODE.match(code):
-        raise ApiError(422, "validation_error", f"booking code must match {BOOKING_CODE_PATTERN}")
-    return code
+# Path parameter: validated (422 on mismatch) and documented with its pattern.
+BookingCode = Annotated[str, Parameter(pattern=BOOKING_CODE_PATTERN, description="the booking code", max_length=64)]
 
 
 @dataclass
@@ -62,14 +64,14 @@ class _AppendOperation(Operation):
     "/v1/bookings/{code:str}/events",
     status_code=201,
     operation_class=_AppendOperation,
+    security=KEY_REQUIRED,
     request_max_body_size=MAX_BODY_BYTES,
     summary="Append events to a booking (expected_version 0 creates it)",
     responses={200: ResponseSpec(AppendOut, description="idempotent retry: the events recorded before")}
     | _problems(401, 403, 404, 409, 413, 415, 422, 429, 503),
 )
-async def append_events(request: Request, code: str) -> Response[AppendOut]:
+async def append_events(request: Request, code: BookingCode) -> Response[AppendOut]:
     key = await require_key(request, WRITE_SCOPES)
-    _booking_code(code)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not _JSON_MEDIA.match(media_type):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
@@ -113,10 +115,15 @@ async def append_events(request: Request, code: str) -> Response[AppendOut]:
     )
 
 
-@get("/v1/bookings/{code:str}", summary="A booking: owner, version, latest price", responses=_problems(401, 403, 404, 422, 429, 503))
-async def booking(request: Request, code: str) -> BookingOut:
+@get(
+    "/v1/bookings/{code:str}",
+    summary="A booking: owner, version, latest price",
+    security=KEY_REQUIRED,
+    responses=_problems(401, 403, 404, 422, 429, 503),
+)
+async def booking(request: Request, code: BookingCode) -> BookingOut:
     await require_key(request, READ_SCOPES)
-    found = await get_booking(request.app.state.pool, _booking_code(code))
+    found = await get_booking(request.app.state.pool, code)
     return BookingOut(
         booking_code=found.booking_code,
         department=found.department,
@@ -127,22 +134,32 @@ async def booking(request: Request, code: str) -> BookingOut:
     )
 
 
-@get("/v1/bookings/{code:str}/events", summary="A booking's events in version order", responses=_problems(401, 403, 404, 422, 429, 503))
+@get(
+    "/v1/bookings/{code:str}/events",
+    summary="A booking's events in version order",
+    security=KEY_REQUIRED,
+    responses=_problems(401, 403, 404, 422, 429, 503),
+)
 async def booking_events(
     request: Request,
-    code: str,
+    code: BookingCode,
     from_version: Annotated[int, Parameter(ge=1, le=2**31 - 1)] = 1,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> BookingEventsOut:
     await require_key(request, READ_SCOPES)
-    events, next_from = await read_booking_events(request.app.state.pool, _booking_code(code), from_version, limit)
+    events, next_from = await read_booking_events(request.app.state.pool, code, from_version, limit)
     return BookingEventsOut(booking_code=code, events=events, next_from_version=next_from)
 
 
-@get("/v1/events", summary="The global feed in position order", responses=_problems(401, 403, 422, 429, 503))
+@get(
+    "/v1/events",
+    summary="The global feed in position order",
+    security=KEY_REQUIRED,
+    responses=_problems(401, 403, 422, 429, 503),
+)
 async def feed(
     request: Request,
-    after: Annotated[int, Parameter(ge=0, le=2**63 - 1)] = 0,
+    after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
 ) -> FeedOut:
     await require_key(request, READ_SCOPES)

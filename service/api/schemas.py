@@ -9,14 +9,14 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
-from core.events import Event, Price
-from service.money import Money
+from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, Event, Price
+from service.money import Money, currencies_by_minor_unit
 
-BOOKING_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_EVENTS = 100
 MAX_DATA_BYTES = 256 * 1024
+MAX_VERSION = 2**31 - 1
 
-EventType = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$", examples=["BookingPriced"])]
+EventType = Annotated[str, Meta(pattern=EVENT_TYPE_PATTERN, examples=["BookingPriced"])]
 Amount = Annotated[str, Meta(pattern=r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$", examples=["129.90"])]
 CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 
@@ -46,9 +46,14 @@ class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
     """1 to 100 events, appended atomically, versions assigned in list order."""
 
     events: Annotated[list[EventIn], Meta(min_length=1, max_length=MAX_EVENTS)]
-    expected_version: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+    # An integer; 3.0 counts as 3, as JSON Schema has it (the document says "integer").
+    expected_version: Annotated[int, Meta(ge=0, le=MAX_VERSION)] | Annotated[float, Meta(ge=0, le=MAX_VERSION)] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.expected_version, float):
+            if not self.expected_version.is_integer():
+                raise ValueError("expected_version must be a whole number")
+            self.expected_version = int(self.expected_version)
         ids = [e.event_id for e in self.events if e.event_id is not None]
         if len(ids) != len(set(ids)):
             raise ValueError("event_id values must be distinct within one request")
@@ -98,10 +103,37 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 def decode_append(body: bytes) -> AppendIn:
     """Decode and validate an append body; raises msgspec.ValidationError or DecodeError."""
-    return msgspec.json.decode(body, type=AppendIn, strict=True)
+    try:
+        return msgspec.json.decode(body, type=AppendIn, strict=True)
+    except UnicodeDecodeError as error:
+        raise msgspec.DecodeError(f"body is not UTF-8: {error.reason} at byte {error.start}") from None
+    except RecursionError:
+        raise msgspec.DecodeError("body is nested too deeply") from None
 
 
 def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """JSON Schema of the append body for the OpenAPI document: (reference, components)."""
     (schema,), components = msgspec.json.schema_components((AppendIn,), ref_template="#/components/schemas/{name}")
+    # Money's rule spans two fields (fraction digits depend on the currency): one branch per minor unit.
+    components["PriceIn"] = {
+        "title": "PriceIn",
+        "description": components["PriceIn"].get("description", ""),
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "amount": {"type": "string",
+                               "pattern": r"^(0|[1-9][0-9]{0,17})" + (rf"(\.[0-9]{{1,{digits}}})?$" if digits else "$")},
+                    "currency": {"type": "string", "enum": codes},
+                },
+                "required": ["amount", "currency"],
+                "additionalProperties": False,
+            }
+            for digits, codes in currencies_by_minor_unit().items()
+        ],
+    }
+    components["AppendIn"]["properties"]["expected_version"] = {
+        "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, {"type": "null"}],
+        "description": "0 creates the booking; n >= 1 appends at version n; absent appends at any version",
+    }
     return schema, components

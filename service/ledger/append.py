@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from core.events import Event, event_from_row
-from service.ledger.db import translate_errors
+from service.ledger.db import connection
 from service.money import Money
 
 APPEND_SQL = "SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -55,8 +55,8 @@ async def append(
     version n; None appends at whatever version the booking is. Raises the LedgerError
     subclasses of service.ledger.errors.
     """
-    with translate_errors():
-        rows = await pool.fetch(
+    async with connection(pool) as conn:
+        rows = await conn.fetch(
             APPEND_SQL,
             code,
             department,

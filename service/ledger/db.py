@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
 from asyncpg.exceptions import InternalClientError
@@ -35,12 +35,18 @@ _RAISED: dict[str, tuple[type[LedgerError], str]] = {
 # SQLSTATE classes and codes that mean "the store is not there right now": retry later.
 _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator intervention, system
 _UNAVAILABLE_CODES = ("25006", "40001", "40P01")  # read-only (mid-failover), serialization, deadlock
+_SCHEMA_MISSING = ("42P01", "42883")  # undefined table, undefined function
+
+
+# Seconds to wait for a free pooled connection, or for a new one to connect, before answering 503.
+ACQUIRE_TIMEOUT = 5.0
 
 
 async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
     """A pool that opens its connections lazily, so the API starts even while Postgres is down."""
     return await asyncpg.create_pool(
         settings.url,
+        timeout=ACQUIRE_TIMEOUT,
         min_size=0,
         max_size=settings.pool_size,
         command_timeout=settings.command_timeout,
@@ -52,6 +58,14 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
             "TimeZone": "UTC",
         },
     )
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, waited for at most ACQUIRE_TIMEOUT; errors come out translated."""
+    with translate_errors():
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            yield conn
 
 
 @contextmanager
@@ -77,8 +91,10 @@ def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
             return EventIdConflict(_RAISED["BL005"][1])
         if error.constraint_name == "bookings_pkey":
             return BookingCodeTaken(_RAISED["BL001"][1])
-    if sqlstate.startswith("22"):
+    if sqlstate.startswith(("22", "54")):  # data exception, program limit exceeded
         return InvalidData(f"the ledger cannot store this input: {error.message}")
+    if sqlstate in _SCHEMA_MISSING:
+        return StoreUnavailable(f"the ledger schema is not in place ({sqlstate}): run migrate")
     if sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate in _UNAVAILABLE_CODES:
         return StoreUnavailable(f"ledger store unavailable ({sqlstate})")
     return error

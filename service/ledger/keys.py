@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from service.ledger.db import translate_errors
+from service.ledger.db import connection, translate_errors
 
 SCOPES = ("read", "write", "write:any")
 DEFAULT_SCOPES = ("read", "write")
@@ -90,8 +90,8 @@ async def authenticate(pool: asyncpg.Pool, presented: str) -> ApiKey | None:
     match = _KEY.match(presented)
     if match is None:
         return None
-    with translate_errors():
-        row = await pool.fetchrow(LOOKUP_SQL, match.group(1))
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(LOOKUP_SQL, match.group(1))
     if row is None or not hmac.compare_digest(row["key_hash"], _hash(presented)):
         return None
     if row["revoked_at"] is not None:

@@ -8,7 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from core.events import EVENT_COLUMNS, Event, Price, event_from_row, price_of
-from service.ledger.db import translate_errors
+from service.ledger.db import connection
 from service.ledger.errors import BookingNotFound
 
 BOOKING_SQL = """
@@ -58,8 +58,8 @@ class Booking:
 
 
 async def get_booking(pool: asyncpg.Pool, code: str) -> Booking:
-    with translate_errors():
-        row = await pool.fetchrow(BOOKING_SQL, code)
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(BOOKING_SQL, code)
     if row is None:
         raise BookingNotFound("no booking with this code")
     return Booking(
@@ -76,8 +76,8 @@ async def read_booking_events(
     pool: asyncpg.Pool, code: str, from_version: int, limit: int
 ) -> tuple[list[Event], int | None]:
     """Events of one booking from `from_version` on, and the version to read next (None: none left)."""
-    with translate_errors():
-        rows = await pool.fetch(BOOKING_EVENTS_SQL, code, from_version, limit)
+    async with connection(pool) as conn:
+        rows = await conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit)
     if not rows:
         raise BookingNotFound("no booking with this code")
     events = [event_from_row(row) for row in rows if row["event_id"] is not None]
@@ -88,7 +88,7 @@ async def read_booking_events(
 
 async def read_feed(pool: asyncpg.Pool, after: int, limit: int) -> tuple[list[Event], int]:
     """Events after position `after`, in position order, and the cursor for the next page."""
-    with translate_errors():
-        rows = await pool.fetch(FEED_SQL, after, limit)
+    async with connection(pool) as conn:
+        rows = await conn.fetch(FEED_SQL, after, limit)
     events = [event_from_row(row) for row in rows]
     return events, events[-1].position if events else after

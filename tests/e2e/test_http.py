@@ -174,6 +174,9 @@ async def test_limits_and_media_types(api: str, keys: Keys, client) -> None:
     assert_problem(await client.post(url, content=b"{}", headers=auth(keys.hotel)), 415, "unsupported_media_type")
     assert_problem(await client.post(url, content='{"events": [', headers={**auth(keys.hotel), "content-type": "application/json"}),
                    422, "validation_error")
+    latin1 = '{"expected_version": 0, "events": [{"type": "A", "data": {"k": "été"}}]}'.encode("latin-1")
+    assert_problem(await client.post(url, content=latin1, headers={**auth(keys.hotel), "content-type": "application/json"}),
+                   422, "validation_error")
     for params in ({"limit": 0}, {"limit": 1001}, {"from_version": 0}, {"limit": "x"}):
         assert_problem(await client.get(url, params=params, headers=auth(keys.hotel)), 422, "validation_error")
     assert_problem(await client.get(f"{api}/v1/events", params={"after": -1}, headers=auth(keys.hotel)),

@@ -115,8 +115,7 @@ class Pipeline:
             kafka=KafkaSettings(bootstrap=self.broker.bootstrap, topic=f"events-{self.name}",
                                 dead_letter_topic=f"dead-{self.name}", sink_group=f"sink-{self.name}",
                                 partitions=3),
-            dynamo=DynamoSettings(endpoint=self.dynamodb.endpoint, table=f"events_{self.name}",
-                                  heads_table=f"heads_{self.name}", region="eu-west-1"),
+            dynamo=DynamoSettings(endpoint=self.dynamodb.endpoint, table=f"events_{self.name}", region="eu-west-1"),
         )
 
     def env(self, **extra: str) -> dict[str, str]:

@@ -212,17 +212,27 @@ async def test_money_is_stored_exactly(pool, database_url) -> None:
     assert stored == Decimal("999999999999999999.99")
 
 
-async def test_several_appends_in_one_transaction_get_distinct_increasing_positions(pool, database_url) -> None:
+async def test_an_append_must_be_the_first_write_of_its_transaction(database_url) -> None:
+    # A transaction that already holds an id could wait for a booking's lock with an id smaller
+    # than the version before it: position order would no longer be version order.
     from service.ledger.append import APPEND_SQL
 
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():
-            first = await conn.fetch(APPEND_SQL, random_code(), "hotel", False, 0, [uuid.uuid4(), uuid.uuid4()],
-                                     ["A", "B"], [None, None], [None, None], [None, None], [None, None])
-            second = await conn.fetch(APPEND_SQL, random_code(), "hotel", False, 0, [uuid.uuid4()],
-                                      ["C"], [None], [None], [None], [None])
+            await conn.fetch(APPEND_SQL, random_code(), "hotel", False, 0, [uuid.uuid4()], ["A"], [None], [None],
+                             [None], [None])
+            with pytest.raises(asyncpg.PostgresError, match="first write of its transaction"):
+                await conn.fetch(APPEND_SQL, random_code(), "hotel", False, 0, [uuid.uuid4()], ["B"], [None],
+                                 [None], [None], [None])
     finally:
         await conn.close()
-    positions = [r["position"] for r in first + second]
-    assert positions == sorted(positions) and len(set(positions)) == 3
+
+
+async def test_the_data_limit_applies_to_the_stored_text(pool) -> None:
+    # 5 bytes as sent, 309 digits as stored: 1,000 of them are far over 256 KiB.
+    code = random_code()
+    with pytest.raises(InvalidData):
+        await create(pool, code, events=[event(data={"x": [1e308] * 1000})])
+    with pytest.raises(BookingNotFound):
+        await get_booking(pool, code)

@@ -54,3 +54,11 @@ def test_invalid_bodies_are_refused(fields: dict) -> None:
 def test_malformed_json_is_refused() -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_append(b'{"events": [')
+
+
+def test_bodies_that_are_not_utf8_or_nest_too_deeply_are_decode_errors() -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_append(b'{"events": [{"type": "A", "data": {"k": "\xe9t\xe9"}}]}')
+    deep = b'{"events": [{"type": "A", "data": {"k": ' + b"[" * 5000 + b"]" * 5000 + b"}}]}"
+    with pytest.raises(msgspec.DecodeError):
+        decode_append(deep)
