@@ -19,6 +19,9 @@ def producer_config(settings: KafkaSettings) -> dict[str, object]:
     return {
         "bootstrap.servers": settings.bootstrap,
         "client.id": "booking-ledger-relay",
+        # The relay creates the topic itself, with our partition count, and learns from that
+        # that a broker lost its memory; a topic auto-created by a produce would hide both.
+        "allow.auto.create.topics": False,
         # Idempotent and fully acknowledged: a retry inside the client never duplicates or
         # reorders a partition, and an acknowledged message is on every in-sync replica.
         "enable.idempotence": True,
@@ -48,26 +51,37 @@ def consumer_config(settings: KafkaSettings) -> dict[str, object]:
         "heartbeat.interval.ms": 1_000,
         "fetch.wait.max.ms": 100,
         "reconnect.backoff.max.ms": 1_000,
+        # Notice a topic that was recreated (a broker that lost its memory) within seconds.
+        "topic.metadata.refresh.interval.ms": 5_000,
     }
 
 
-def ensure_topic(settings: KafkaSettings, topic: str | None = None, timeout: float = 10) -> bool:
-    """Create `topic` (default: the events topic) when missing. True when it exists afterwards."""
+EXISTING, CREATED, MISSING, UNREACHABLE = "existing", "created", "missing", "unreachable"
+
+
+def ensure_topic(settings: KafkaSettings, topic: str | None = None, timeout: float = 10, create: bool = True) -> str:
+    """Make sure `topic` (default: the events topic) exists, creating it when `create`.
+
+    Returns EXISTING, CREATED, MISSING (not there and not created) or UNREACHABLE.
+    """
     topic = topic or settings.topic
     admin = AdminClient({"bootstrap.servers": settings.bootstrap, "socket.connection.setup.timeout.ms": 3_000})
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as error:
         log.warning("broker %s not reachable to check topic %s: %s", settings.bootstrap, topic, error)
-        return False
+        return UNREACHABLE
     if topic in metadata.topics and metadata.topics[topic].error is None:
-        return True
+        return EXISTING
+    if not create:
+        return MISSING
     futures = admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)])
     try:
         futures[topic].result(timeout)
         log.info("created topic %s with %d partitions", topic, settings.partitions)
+        return CREATED
     except KafkaException as error:
-        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            log.warning("could not create topic %s: %s", topic, error)
-            return False
-    return True
+        if error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return EXISTING
+        log.warning("could not create topic %s: %s", topic, error)
+        return UNREACHABLE

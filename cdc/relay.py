@@ -11,6 +11,10 @@ Why this never skips or reorders an event:
 - Rows are deleted only for the unbroken prefix of clean delivery reports. After a failed
   report nothing past it is marked; the next pass resends from the oldest unsent row, and the
   duplicates this may cause downstream are absorbed by the sink's idempotent writes.
+
+A broker that lost its memory (the local Tansu keeps none across a restart) also lost what the
+sink had not read yet. The relay alone creates the topic; when it has to, it puts the events of
+the last LEDGER_RELAY_RESEND_SECONDS back into the outbox, so they are sent again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import asyncpg
 from confluent_kafka import KafkaException, Producer
 
 from cdc.backoff import Backoff
-from cdc.kafka import ensure_topic, producer_config
+from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
 from core.events import OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
 from core.pg import connect
 from core.settings import Settings
@@ -41,6 +45,13 @@ SELECT {event_columns('e')}
  LIMIT $1
 """
 MARK_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
+TOPIC_CHECK_SECONDS = 10.0
+RESEND_SQL = """
+INSERT INTO outbox (position, booking_code, version)
+SELECT position, booking_code, version FROM events
+ WHERE recorded_at > now() - make_interval(secs => $1)
+ON CONFLICT (position) DO NOTHING
+"""
 
 # The leader's lock lives as long as its session. If the leader's host dies without closing the
 # socket, Postgres must notice within seconds, not after the OS default of two hours.
@@ -64,6 +75,7 @@ class Relay:
         # Test-only: seconds to wait between Kafka's acknowledgement and marking rows sent,
         # so a test can kill the relay in exactly that window.
         self.mark_delay = float(os.environ.get("LEDGER_RELAY_TEST_MARK_DELAY", "0"))
+        self.resend_seconds = float(os.environ.get("LEDGER_RELAY_RESEND_SECONDS", "900"))
         self.is_leader = False
         self.sent_total = 0
 
@@ -108,16 +120,20 @@ class Relay:
         wake = asyncio.Event()
         await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
         kafka = self.settings.kafka
-        while not await asyncio.to_thread(ensure_topic, kafka):
+        while not await self._topic_ready(conn):
             await _wait(stop, 2.0)
             if stop.is_set():
                 return
         producer = Producer(producer_config(kafka))
         backoff = Backoff(log)
+        topic_checked = time.monotonic()
         while not stop.is_set():
             wake.clear()
             rows = await conn.fetch(BATCH_SQL, self.batch_size)
             if not rows:
+                if time.monotonic() - topic_checked > TOPIC_CHECK_SECONDS:  # a broker restart while idle
+                    await self._topic_ready(conn)
+                    topic_checked = time.monotonic()
                 await _wait(stop, self.poll_interval, wake)
                 continue
             delivered = await asyncio.to_thread(self._send, producer, rows)
@@ -133,10 +149,18 @@ class Relay:
                 delay = backoff.failed("Kafka did not acknowledge %d of %d events; resending from the oldest unsent",
                                        len(rows) - delivered, len(rows))
                 await _wait(stop, delay)
-                if not await asyncio.to_thread(ensure_topic, kafka):  # a restarted broker forgot it
+                if not await self._topic_ready(conn):  # a restarted broker forgot it
                     continue
             else:
                 backoff.succeeded("Kafka acknowledges again; the outbox drains")
+
+    async def _topic_ready(self, conn: asyncpg.Connection) -> bool:
+        state = await asyncio.to_thread(ensure_topic, self.settings.kafka)
+        if state == CREATED and self.resend_seconds > 0:
+            status = await conn.execute(RESEND_SQL, self.resend_seconds)
+            log.warning("topic was missing (a new or restarted broker): queued the events of the last %.0f s "
+                        "again (%s rows)", self.resend_seconds, status.split()[-1])
+        return state in (EXISTING, CREATED)
 
     def _send(self, producer: Producer, rows: list[asyncpg.Record]) -> int:
         """Produce `rows` in order; the number of leading rows whose delivery report was clean."""

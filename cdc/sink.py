@@ -9,6 +9,13 @@ A message that is not Event JSON is never dropped silently: it goes to the dead-
 (LEDGER_KAFKA_DEAD_LETTER_TOPIC) with headers naming its origin and the parse error, is logged at
 ERROR, and only then is its offset stored. If the dead-letter topic cannot take it, the sink
 retries and does not move past it.
+
+A broker that lost its memory (the local Tansu keeps none across a restart) comes back with a new
+topic whose offsets start again at 0, and may even receive this consumer's old offsets in an
+auto-commit. Offsets are therefore stored with the topic's id as commit metadata; on every
+assignment, a committed offset from another incarnation of the topic is ignored and the
+partition is read from its beginning. The relay, which recreates the topic, sends recent events
+again, and rewriting them changes nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +27,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from cdc import dynamo
 from cdc.backoff import Backoff
-from cdc.kafka import consumer_config, ensure_topic, producer_config
+from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
 from core.events import decode_event
 from core.settings import Settings
 
@@ -40,6 +57,7 @@ class Sink:
         self.dead_lettered_total = 0
         self._paused = False
         self._carry: list[Message] = []
+        self._topic_id: str | None = None
         # Test-only: seconds to wait between DynamoDB's acceptance and storing the offsets,
         # so a test can kill the sink in exactly that window.
         self.store_delay = float(os.environ.get("LEDGER_SINK_TEST_STORE_DELAY", "0"))
@@ -51,14 +69,15 @@ class Sink:
         while not stop.is_set():
             try:
                 dynamo.ensure_table(dynamodb, tables.table)
-                if ensure_topic(kafka):
+                if ensure_topic(kafka, create=False) == EXISTING:  # the relay creates it
                     break
             except Exception as error:  # DynamoDB Local or the broker still starting
                 log.debug("set-up attempt failed: %r", error)
-            stop.wait(backoff.failed("sink waits for the broker and DynamoDB to be reachable"))
-        backoff.succeeded("broker and DynamoDB reachable")
+            stop.wait(backoff.failed("sink waits for DynamoDB and for the relay to create topic %s", kafka.topic))
+        backoff.succeeded("DynamoDB reachable and topic present")
         consumer = Consumer(consumer_config(kafka))
-        consumer.subscribe([kafka.topic])
+        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+        consumer.subscribe([kafka.topic], on_assign=self._on_assign)
         log.info("sink consuming %s into DynamoDB table %s", kafka.topic, tables.table)
         dead_letters: Producer | None = None
         write_backoff = Backoff(log)
@@ -114,18 +133,40 @@ class Sink:
             consumer.resume(consumer.assignment())
             self._paused = False
 
-    @staticmethod
-    def _store(consumer: Consumer, message: Message) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each partition at its committed offset, unless that belongs to an older topic."""
+        topic = self.settings.kafka.topic
         try:
-            consumer.store_offsets(message=message)
+            self._topic_id = str(self._admin.describe_topics(TopicCollection([topic]))[topic].result(10).topic_id)
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as error:
+            log.warning("cannot read the topic id or committed offsets (%s): reading assigned partitions "
+                        "from the beginning", error)
+            self._topic_id, committed = None, [TopicPartition(p.topic, p.partition) for p in partitions]
+        start = []
+        for tp in committed:
+            if tp.offset >= 0 and self._topic_id is not None and tp.metadata == self._topic_id:
+                start.append(TopicPartition(tp.topic, tp.partition, tp.offset))
+            else:
+                if tp.offset >= 0:
+                    log.warning("committed offset %d of %s[%d] is from another incarnation of the topic "
+                                "(a broker that lost its memory): reading it from the beginning",
+                                tp.offset, tp.topic, tp.partition)
+                start.append(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+        consumer.assign(start)
+
+    def _store(self, consumer: Consumer, message: Message) -> None:
+        position = TopicPartition(message.topic(), message.partition(), message.offset() + 1,
+                                  metadata=self._topic_id or "")
+        try:
+            consumer.store_offsets(offsets=[position])
         except KafkaException as error:  # the partition moved to another sink in a rebalance
             log.info("offset not stored for %s[%d]: %s", message.topic(), message.partition(), error)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             return
-        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            ensure_topic(self.settings.kafka)  # a restarted in-memory broker forgot the topic
+        # UNKNOWN_TOPIC_OR_PART after a broker restart resolves itself once the relay recreated it.
         log.warning("consumer error: %s", error)
 
     def _dead_letter(
