@@ -20,14 +20,13 @@ from service.api.problems import PROBLEM_JSON, ApiError
 from service.api.schemas import (
     AppendOut,
     BookingEventsOut,
-    BookingOut,
     FeedOut,
     Problem,
     decode_append,
 )
 from service.ledger.append import NewEvent, append
 from service.ledger.errors import LedgerError
-from service.ledger.reads import get_booking, read_booking_events, read_feed
+from service.ledger.reads import Booking, get_booking, read_booking_events, read_feed
 
 MAX_BODY_BYTES = 1024 * 1024
 # Below 2**63 and exact as a JSON Schema float, so validators agree on the bound.
@@ -121,17 +120,9 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
     security=KEY_REQUIRED,
     responses=_problems(401, 403, 404, 422, 429, 503),
 )
-async def booking(request: Request, code: BookingCode) -> BookingOut:
+async def booking(request: Request, code: BookingCode) -> Booking:
     await require_key(request, READ_SCOPES)
-    found = await get_booking(request.app.state.pool, code)
-    return BookingOut(
-        booking_code=found.booking_code,
-        department=found.department,
-        version=found.version,
-        price=found.price,
-        created_at=found.created_at,
-        updated_at=found.updated_at,
-    )
+    return await get_booking(request.app.state.pool, code)
 
 
 @get(

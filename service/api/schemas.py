@@ -68,15 +68,6 @@ class AppendOut(msgspec.Struct):
     events: list[Event]
 
 
-class BookingOut(msgspec.Struct):
-    booking_code: str
-    department: str
-    version: int
-    price: Price | None
-    created_at: datetime
-    updated_at: datetime
-
-
 class BookingEventsOut(msgspec.Struct):
     booking_code: str
     events: list[Event]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from core.events import EVENT_COLUMNS, Event, Price, event_from_row, price_of
 from service.ledger.db import connection
@@ -47,8 +47,9 @@ SELECT {EVENT_COLUMNS} FROM events
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Booking:
+class Booking(msgspec.Struct, frozen=True):
+    """A booking as the ledger holds it now."""
+
     booking_code: str
     department: str
     version: int
