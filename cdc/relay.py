@@ -75,7 +75,6 @@ class Relay:
         # Test-only: seconds to wait between Kafka's acknowledgement and marking rows sent,
         # so a test can kill the relay in exactly that window.
         self.mark_delay = float(os.environ.get("LEDGER_RELAY_TEST_MARK_DELAY", "0"))
-        self.resend_seconds = float(os.environ.get("LEDGER_RELAY_RESEND_SECONDS", "900"))
         self.is_leader = False
         self.sent_total = 0
 
@@ -156,10 +155,11 @@ class Relay:
 
     async def _topic_ready(self, conn: asyncpg.Connection) -> bool:
         state = await asyncio.to_thread(ensure_topic, self.settings.kafka)
-        if state == CREATED and self.resend_seconds > 0:
-            status = await conn.execute(RESEND_SQL, self.resend_seconds)
-            log.warning("topic was missing (a new or restarted broker): queued the events of the last %.0f s "
-                        "again (%s rows)", self.resend_seconds, status.split()[-1])
+        resend = self.settings.kafka.resend_seconds
+        if state == CREATED and resend > 0:
+            status = await conn.execute(RESEND_SQL, float(resend))
+            log.warning("topic was missing (a new or restarted broker): queued the events of the last %d s "
+                        "again (%s rows)", resend, status.split()[-1])
         return state in (EXISTING, CREATED)
 
     def _send(self, producer: Producer, rows: list[asyncpg.Record]) -> int:

@@ -7,8 +7,9 @@ Every setting is optional; with none set, every command targets the local stack 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from typing import get_type_hints
 
 
 class SettingsError(ValueError):
@@ -69,6 +70,10 @@ class KafkaSettings:
         "LEDGER_KAFKA_DEAD_LETTER_TOPIC", "booking-events.dead-letter", "Where the sink parks messages it cannot parse."
     )
     sink_group: str = _env_str("LEDGER_SINK_GROUP", "booking-ledger-sink", "Consumer group of the sink.")
+    resend_seconds: int = _env_int(
+        "LEDGER_RELAY_RESEND_SECONDS", 900,
+        "When the relay has to create the topic (a new or forgetful broker), events of this many seconds are sent again.",
+    )
 
 
 # The DynamoDB endpoint `make run` starts. LEDGER_DYNAMODB_ENDPOINT=aws selects AWS's own endpoints.
@@ -95,6 +100,12 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     dynamo: DynamoSettings = field(default_factory=DynamoSettings)
+
+
+def setting_names() -> set[str]:
+    """Every environment variable the settings read."""
+    groups = get_type_hints(Settings).values()
+    return {f.metadata["env"] for group in groups for f in fields(group)}
 
 
 @lru_cache(maxsize=1)

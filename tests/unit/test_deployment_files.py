@@ -1,0 +1,32 @@
+"""docker-compose.yml (production topology) speaks the settings' language and runs real commands."""
+
+from pathlib import Path
+
+import yaml
+
+from core.settings import setting_names
+from service.cli import parser
+
+ROOT = Path(__file__).resolve().parents[2]
+AWS_CHAIN = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # read by boto3 itself
+
+
+def ledger_services() -> dict[str, dict]:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return {name: svc for name, svc in compose["services"].items() if svc.get("image", "").startswith("booking-ledger")}
+
+
+def test_every_variable_a_ledger_service_sets_is_a_real_setting() -> None:
+    known = setting_names() | AWS_CHAIN
+    services = ledger_services()
+    assert set(services) == {"migrate", "api", "relay", "sink"}
+    for name, service in services.items():
+        unknown = set(service["environment"]) - known
+        assert not unknown, f"{name} sets {unknown}, which no setting reads"
+
+
+def test_every_ledger_service_runs_an_existing_command() -> None:
+    commands = set(parser()._subparsers._group_actions[0].choices)  # the CLI's subcommands
+    for name, service in ledger_services().items():
+        program, command = service["command"][:2]
+        assert program == "booking-ledger" and command in commands, f"{name}: {service['command']}"
