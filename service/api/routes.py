@@ -8,7 +8,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
+import msgspec
 from litestar import Request, Response, get, post
+from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
 from litestar.params import Parameter
@@ -99,8 +101,11 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
     except LedgerError as error:
         outcome = error.code
         raise
-    except Exception:
+    except msgspec.DecodeError:  # includes ValidationError
         outcome = "validation_error"
+        raise
+    except HTTPException as error:  # e.g. 413 while reading the body
+        outcome = f"http_{error.status_code}"
         raise
     finally:
         metrics.APPENDS.labels(outcome).inc()
