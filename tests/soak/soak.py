@@ -365,9 +365,10 @@ class LagSampler:
         client = dynamo.client(self.stack.settings.dynamo)
         table = self.stack.settings.dynamo.table
         while not stop.wait(2.0):
-            if not self.record.acknowledged:
+            try:  # the load generator adds to the dict meanwhile
+                event_id, (code, version, _) = next(reversed(self.record.acknowledged.items()))
+            except (StopIteration, RuntimeError):
                 continue
-            event_id, (code, version, _) = next(reversed(self.record.acknowledged.items()))
             acked = time.monotonic()
             while not stop.is_set():
                 try:
