@@ -93,10 +93,14 @@ class LocalPostgres:
         if not self.running():
             self.log_file.touch()
             self._own(self.log_file)
-            self._run(
+            started = self._run(
                 "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", str(timeout),
-                "-o", f"-p {self.port}", "start",
+                "-o", f"-p {self.port}", "start", check=False,
             )
+            if started.returncode != 0:
+                log_tail = self.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"Postgres did not start on port {self.port} (is the port taken?): "
+                                   + " | ".join(log_tail))
         self._wait_ready(timeout)
         exists = self._psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
         if exists.strip() != "1":
