@@ -144,6 +144,7 @@ class Relay:
             if delivered < len(rows):
                 # A fresh producer after a failure: a fatal idempotence error leaves the old
                 # one unusable, and the unsent rows are sent again from the oldest anyway.
+                await asyncio.to_thread(_discard, producer)
                 producer = Producer(producer_config(kafka))
                 delay = backoff.failed("Kafka did not acknowledge %d of %d events; resending from the oldest unsent",
                                        len(rows) - delivered, len(rows))
@@ -198,6 +199,13 @@ class Relay:
                 break
             delivered += 1
         return delivered
+
+
+def _discard(producer: Producer) -> None:
+    """Drop what a producer still holds, off the event loop, so that destroying it does not wait
+    on an unreachable broker."""
+    producer.purge()
+    producer.flush(0)
 
 
 async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
