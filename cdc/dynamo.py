@@ -22,6 +22,7 @@ import msgspec
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cdc import metrics
 from cdc.backoff import Backoff
 from core.events import Event
 from core.settings import DynamoSettings
@@ -140,6 +141,7 @@ def _write_chunk(dynamodb, table: str, chunk: list[Item], should_stop: Callable[
             if not chunk:
                 backoff.succeeded("DynamoDB accepts writes again")
                 return
+            metrics.DYNAMODB_RETRIES.labels("unprocessed").inc()
             delay = backoff.failed("DynamoDB left %d items unprocessed (throttled); retrying", len(chunk))
         except (ClientError, BotoCoreError) as error:
             if isinstance(error, ClientError) and error.response["Error"]["Code"] == "ResourceNotFoundException":
@@ -149,6 +151,7 @@ def _write_chunk(dynamodb, table: str, chunk: list[Item], should_stop: Callable[
                     continue
                 except (ClientError, BotoCoreError) as again:
                     error = again
+            metrics.DYNAMODB_RETRIES.labels("error").inc()
             delay = backoff.failed("DynamoDB write failed, retrying: %s", error)
         _sleep(delay, should_stop)
 

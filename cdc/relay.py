@@ -28,6 +28,7 @@ import time
 import asyncpg
 from confluent_kafka import KafkaException, Producer
 
+from cdc import metrics
 from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
 from core.events import OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
@@ -46,6 +47,11 @@ SELECT {event_columns('e')}
 """
 MARK_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
 TOPIC_CHECK_SECONDS = 10.0
+BACKLOG_SECONDS = 5.0
+BACKLOG_SQL = """
+SELECT count(*), coalesce(extract(epoch FROM now() - min(e.recorded_at)), 0)::float8
+  FROM outbox o JOIN events e ON e.position = o.position
+"""
 RESEND_SQL = """
 INSERT INTO outbox (position, booking_code, version)
 SELECT position, booking_code, version FROM events
@@ -80,6 +86,7 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
+        metrics.serve(self.settings.metrics.host, self.settings.metrics.relay_port, "relay")
         backoff = Backoff(log)
         while not stop.is_set():
             try:
@@ -99,6 +106,7 @@ class Relay:
                 if self.is_leader:
                     log.info("relay leadership released")
                 self.is_leader = False
+                metrics.RELAY_LEADER.set(0)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5)
 
@@ -107,6 +115,7 @@ class Relay:
         while not stop.is_set():
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
                 self.is_leader = True
+                metrics.RELAY_LEADER.set(1)
                 log.info("relay is the leader")
                 return True
             if not announced:
@@ -125,8 +134,13 @@ class Relay:
                 return
         producer = Producer(producer_config(kafka))
         backoff = Backoff(log)
-        topic_checked = time.monotonic()
+        topic_checked = backlog_checked = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() - backlog_checked > BACKLOG_SECONDS:
+                size, age = await conn.fetchrow(BACKLOG_SQL)
+                metrics.OUTBOX_BACKLOG.set(size)
+                metrics.OUTBOX_OLDEST_AGE.set(age)
+                backlog_checked = time.monotonic()
             wake.clear()
             rows = await conn.fetch(BATCH_SQL, self.batch_size)
             if not rows:
@@ -141,7 +155,10 @@ class Relay:
                     await asyncio.sleep(self.mark_delay)
                 await conn.execute(MARK_SQL, [row["position"] for row in rows[:delivered]])
                 self.sent_total += delivered
+                metrics.RELAY_SENT.inc(delivered)
+                metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
             if delivered < len(rows):
+                metrics.RELAY_FAILED.inc(len(rows) - delivered)
                 # A fresh producer after a failure: a fatal idempotence error leaves the old
                 # one unusable, and the unsent rows are sent again from the oldest anyway.
                 await asyncio.to_thread(_discard, producer)

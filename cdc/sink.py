@@ -39,7 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from cdc import dynamo
+from cdc import dynamo, metrics
 from cdc.backoff import Backoff
 from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
 from core.events import decode_event
@@ -64,6 +64,7 @@ class Sink:
 
     def run(self, stop: threading.Event) -> None:
         kafka, tables = self.settings.kafka, self.settings.dynamo
+        metrics.serve(self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
         dynamodb = dynamo.client(tables)
         backoff = Backoff(log)
         while not stop.is_set():
@@ -105,6 +106,8 @@ class Sink:
                             should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
                         )
                         self.written_total += len(events)
+                        metrics.SINK_WRITTEN.inc(len(events))
+                        metrics.observe_lag(metrics.SINK_COMMIT_TO_WRITE, (e.recorded_at for e in events))
                         if self.store_delay:
                             stop.wait(self.store_delay)
                     for message in last.values():
@@ -193,6 +196,7 @@ class Sink:
                 outcome.append(failure)
             if outcome == [True]:
                 self.dead_lettered_total += 1
+                metrics.SINK_DEAD_LETTERS.inc()
                 return
             delay = backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome)
             deadline = time.monotonic() + delay

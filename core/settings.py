@@ -95,11 +95,19 @@ class DynamoSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    host: str = _env_str("LEDGER_METRICS_HOST", "127.0.0.1", "Address the relay's and sink's /metrics listen on.")
+    relay_port: int = _env_int("LEDGER_RELAY_METRICS_PORT", 0, "Port of the relay's /metrics; 0 = not served.")
+    sink_port: int = _env_int("LEDGER_SINK_METRICS_PORT", 0, "Port of the sink's /metrics; 0 = not served.")
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     dynamo: DynamoSettings = field(default_factory=DynamoSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def setting_names() -> set[str]:

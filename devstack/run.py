@@ -22,18 +22,24 @@ LOCAL = Path(".local").absolute()
 POSTGRES_PORT = 55432
 BROKER_PORT = 19092
 DYNAMODB_PORT = 18000
+RELAY_METRICS_PORT = 9101
+SINK_METRICS_PORT = 9102
 
 
 def supervisor_config(bin_dir: Path) -> str:
     logs = LOCAL / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    programs: dict[str, tuple[list[str], str]] = {}
+    programs: dict[str, tuple[list[str], str, str]] = {}  # name -> (command, stop signal, environment)
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
-        programs["broker"] = (Broker(BROKER_PORT).command(), "TERM")
+        programs["broker"] = (Broker(BROKER_PORT).command(), "TERM", "")
     if not os.environ.get("LEDGER_DYNAMODB_ENDPOINT"):
-        programs["dynamodb"] = (DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb").command(), "TERM")
+        programs["dynamodb"] = (DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb").command(), "TERM", "")
     cli = str(bin_dir / "booking-ledger")
-    programs.update({"api": ([cli, "api"], "INT"), "relay": ([cli, "relay"], "TERM"), "sink": ([cli, "sink"], "TERM")})
+    programs.update({
+        "api": ([cli, "api"], "INT", ""),
+        "relay": ([cli, "relay"], "TERM", f'LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"'),
+        "sink": ([cli, "sink"], "TERM", f'LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"'),
+    })
     sections = [
         "[supervisord]",
         "nodaemon=true",
@@ -50,7 +56,7 @@ def supervisor_config(bin_dir: Path) -> str:
         "[supervisorctl]",
         f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
     ]
-    for name, (command, stop_signal) in programs.items():
+    for name, (command, stop_signal, environment) in programs.items():
         quiet = name in ("broker", "dynamodb")  # their own logs go to files, ours to the terminal
         output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
             "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
@@ -69,6 +75,7 @@ def supervisor_config(bin_dir: Path) -> str:
             "killasgroup=true",
             "redirect_stderr=true",
             *output,
+            *([f"environment={environment}"] if environment else []),
         ]
     return "\n".join(sections) + "\n"
 
@@ -97,6 +104,8 @@ def main() -> int:
             f"  Postgres   {os.environ.get('LEDGER_DATABASE_URL') or postgres.url}\n"  # type: ignore[union-attr]
             f"  Kafka      {os.environ.get('LEDGER_KAFKA_BOOTSTRAP', f'127.0.0.1:{BROKER_PORT}')}\n"
             f"  DynamoDB   {os.environ.get('LEDGER_DYNAMODB_ENDPOINT', f'http://127.0.0.1:{DYNAMODB_PORT}')}\n"
+            f"  metrics    API /metrics, relay http://127.0.0.1:{RELAY_METRICS_PORT}/metrics, "
+            f"sink http://127.0.0.1:{SINK_METRICS_PORT}/metrics\n"
             f"  logs       {LOCAL / 'logs'}   status: .venv/bin/supervisorctl -c {config} status\n"
             "  make a key (in another shell):\n"
             "    .venv/bin/booking-ledger keys create --department hotel\n"
@@ -109,7 +118,8 @@ def main() -> int:
             [str(bin_dir / "supervisord"), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         threading.Thread(target=_forward, args=(supervisor.stdout,), daemon=True).start()
-        signal.signal(signal.SIGTERM, lambda *_: supervisor.send_signal(signal.SIGTERM))
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops everything too
+            signal.signal(sig, lambda *_: supervisor.send_signal(signal.SIGTERM))
         try:
             return supervisor.wait()
         except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from core.events import decode_event, encode_event
 from service.ledger.append import APPEND_SQL, NewEvent, append
 from service.ledger.db import create_pool
 from service.money import Money
-from tests.conftest import random_code, sql
+from tests.conftest import free_port, random_code, sql
 from tests.e2e.conftest import auth, make_key, start_server
 from tests.integration.conftest import CLI, Pipeline, wait_until
 
@@ -73,10 +73,15 @@ def assert_version_order(messages: list[tuple[str, bytes]]) -> None:
         seen[key].add(event.version)
 
 
+def metric(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
 def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline: Pipeline) -> None:
     server = start_server(pipeline.database_url)
-    pipeline.start("relay")
-    pipeline.start("sink")
+    relay_metrics, sink_metrics = free_port(), free_port()
+    pipeline.start("relay", LEDGER_RELAY_METRICS_PORT=str(relay_metrics))
+    pipeline.start("sink", LEDGER_SINK_METRICS_PORT=str(sink_metrics))
     try:
         key = make_key(pipeline.database_url, "hotel", "read,write")
         code = random_code("E2E")
@@ -98,6 +103,13 @@ def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline:
         assert "price_amount" not in items[2] and "data" not in items[2]
         assert items[3]["price_amount"] == {"S": "5.000"}
         assert outbox_size(pipeline) == 0
+        relay = httpx.get(f"http://127.0.0.1:{relay_metrics}/metrics").text
+        sink = httpx.get(f"http://127.0.0.1:{sink_metrics}/metrics").text
+        assert "ledger_relay_leader 1.0" in relay
+        assert metric(relay, "ledger_relay_sent_total") >= 3
+        assert metric(relay, "ledger_relay_commit_to_ack_seconds_count") >= 3
+        assert metric(sink, "ledger_sink_written_total") >= 3
+        assert metric(sink, "ledger_sink_commit_to_write_seconds_count") >= 3
     finally:
         server.stop()
 
