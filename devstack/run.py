@@ -22,6 +22,7 @@ LOCAL = Path(".local").absolute()
 POSTGRES_PORT = 55432
 BROKER_PORT = 19092
 DYNAMODB_PORT = 18000
+READABLE_LOGS = 'LEDGER_LOG_FORMAT="console"'  # production logs JSON lines; a terminal wants these
 RELAY_METRICS_PORT = 9101
 SINK_METRICS_PORT = 9102
 
@@ -36,9 +37,9 @@ def supervisor_config(bin_dir: Path) -> str:
         programs["dynamodb"] = (DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb").command(), "TERM", "")
     cli = str(bin_dir / "booking-ledger")
     programs.update({
-        "api": ([cli, "api"], "INT", ""),
-        "relay": ([cli, "relay"], "TERM", f'LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"'),
-        "sink": ([cli, "sink"], "TERM", f'LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"'),
+        "api": ([cli, "api"], "INT", READABLE_LOGS),
+        "relay": ([cli, "relay"], "TERM", f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"'),
+        "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"'),
     })
     sections = [
         "[supervisord]",

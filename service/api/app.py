@@ -12,10 +12,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 
+from core import logs
 from core.settings import Settings, get_settings
 from migrations.runner import head_revision
 from service.api import metrics
 from service.api.auth import RateLimiter
+from service.api.requestlog import request_log
 from service.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, problem
 from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import Problem, append_request_schema
@@ -66,6 +68,7 @@ def _openapi() -> OpenAPIConfig:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    logs.configure()
 
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -84,6 +87,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[*ROUTES, live, ready, prometheus_metrics],
         lifespan=[pool_lifespan],
+        middleware=[request_log],
+        logging_config=None,  # core.logs owns logging: one format for every line
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=_openapi(),

@@ -51,6 +51,7 @@ async def require_key(request: Request, scopes: tuple[str, ...]) -> ApiKey:
     wait = request.app.state.rate_limiter.retry_after(key.id)
     if wait is not None:
         raise ApiError(429, "rate_limited", "this key is over its request rate", {"Retry-After": str(wait)})
+    request.state.department = key.department  # for the request log line; never the key itself
     if not any(key.allows(scope) for scope in scopes):
         raise ApiError(403, "forbidden", f"this key has none of the scopes {', '.join(scopes)}")
     return key

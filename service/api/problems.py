@@ -54,8 +54,11 @@ class ApiError(Exception):
 
 
 def problem(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: object
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, request: Request | None = None,
+    **extra: object,
 ) -> Response[bytes]:
+    if request is not None:
+        request.state.problem_code = code  # for the request log line
     body = Problem(
         type=f"urn:booking-ledger:problem:{code}",
         title=HTTPStatus(status).phrase,
@@ -67,7 +70,7 @@ def problem(
     return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _ledger_error(_: Request, exc: errors.LedgerError) -> Response[bytes]:
+def _ledger_error(request: Request, exc: errors.LedgerError) -> Response[bytes]:
     status = _LEDGER_STATUS.get(type(exc), 500)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
     if status == 503:
@@ -75,19 +78,19 @@ def _ledger_error(_: Request, exc: errors.LedgerError) -> Response[bytes]:
     extra = {k: v for k, v in exc.context.items() if k in Problem.__struct_fields__}
     if "event_ids" in extra:
         extra["event_ids"] = [str(i) for i in extra["event_ids"]]
-    return problem(status, exc.code, exc.detail, headers, **extra)
+    return problem(status, exc.code, exc.detail, headers, request, **extra)
 
 
-def _api_error(_: Request, exc: ApiError) -> Response[bytes]:
-    return problem(exc.status, exc.code, exc.detail, exc.headers)
+def _api_error(request: Request, exc: ApiError) -> Response[bytes]:
+    return problem(exc.status, exc.code, exc.detail, exc.headers, request)
 
 
-def _validation_error(_: Request, exc: msgspec.ValidationError | msgspec.DecodeError) -> Response[bytes]:
+def _validation_error(request: Request, exc: msgspec.ValidationError | msgspec.DecodeError) -> Response[bytes]:
     prefix = "invalid request" if isinstance(exc, msgspec.ValidationError) else "body is not valid JSON"
-    return problem(422, "validation_error", f"{prefix}: {exc}")
+    return problem(422, "validation_error", f"{prefix}: {exc}", request=request)
 
 
-def _http_exception(_: Request, exc: HTTPException) -> Response[bytes]:
+def _http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
     if status == 400:
@@ -101,12 +104,13 @@ def _http_exception(_: Request, exc: HTTPException) -> Response[bytes]:
     headers = dict(exc.headers or {})
     if status == 503:
         headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
-    return problem(status, code, detail, headers)
+    return problem(status, code, detail, headers, request)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal_error", "the server failed to answer this request; it has been logged")
+    return problem(500, "internal_error", "the server failed to answer this request; it has been logged",
+                   request=request)
 
 
 EXCEPTION_HANDLERS = {

@@ -274,3 +274,26 @@ async def test_operations_endpoints(api: str, client) -> None:
     assert spec["components"]["schemas"]["AppendIn"]["properties"]["events"]["maxItems"] == 100
     metrics = await client.get(f"{api}/metrics")
     assert metrics.status_code == 200 and "ledger_appends_total" in metrics.text
+
+
+def test_every_request_is_logged_once_with_its_id_department_and_outcome(database_url: str) -> None:
+    import json
+
+    server = start_server(database_url, workers=1)
+    try:
+        key = make_key(database_url, "hotel", "read,write")
+        with httpx.Client(timeout=10) as client:
+            given = client.get(f"{server.url}/v1/bookings/NOPE-1", headers={**auth(key), "X-Request-ID": "trace-123"})
+            made = client.post(events_url(server.url, random_code()), headers=auth(key),
+                               json={"expected_version": 0, "events": [{"type": "A"}]})
+        assert given.headers["x-request-id"] == "trace-123"
+        assert len(made.headers["x-request-id"]) == 32
+        lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+        requests = {line["request_id"]: line for line in lines if line.get("event") == "request"}
+        assert requests["trace-123"]["status"] == 404 and requests["trace-123"]["code"] == "booking_not_found"
+        assert requests["trace-123"]["department"] == "hotel"
+        created = requests[made.headers["x-request-id"]]
+        assert created["status"] == 201 and created["method"] == "POST" and created["code"] is None
+        assert key not in server.log_path.read_text() and key.split("_", 2)[2] not in server.log_path.read_text()
+    finally:
+        server.stop()

@@ -1,0 +1,55 @@
+"""One log line per request, with a request id that is also returned in X-Request-ID.
+
+The line carries the method, path, status, duration, the department of the key (never the key)
+and the problem code of an error answer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger("booking_ledger.request")
+
+HEADER = b"x-request-id"
+_VALID_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_log(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(HEADER, b"")
+        request_id = given.decode() if _VALID_ID.match(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})  # what request.state reads and writes
+        state["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (HEADER, request_id.encode())]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                department=state.get("department"),
+                code=state.get("problem_code"),
+            )
+
+    return middleware
