@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,9 +47,14 @@ class ChildServer:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def workdir(self) -> Path | None:
+        """Where the server runs (some write files into their working directory)."""
+        return None
+
     def start(self, timeout: float = 60) -> None:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                        cwd=self.workdir())
         wait_for_port(self.port, timeout, self.process)
 
     def stop(self) -> None:
@@ -104,6 +110,13 @@ class DynamoDBLocal(ChildServer):
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def workdir(self) -> Path:
+        # DynamoDB Local writes dynamodb-local-metadata.json into its working directory.
+        if self.data_dir:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            return self.data_dir
+        return Path(tempfile.gettempdir())
 
     @staticmethod
     def jar() -> Path:

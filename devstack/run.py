@@ -30,16 +30,18 @@ SINK_METRICS_PORT = 9102
 def supervisor_config(bin_dir: Path) -> str:
     logs = LOCAL / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    programs: dict[str, tuple[list[str], str, str]] = {}  # name -> (command, stop signal, environment)
+    # name -> (command, stop signal, environment, working directory)
+    programs: dict[str, tuple[list[str], str, str, Path]] = {}
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
-        programs["broker"] = (Broker(BROKER_PORT).command(), "TERM", "")
+        programs["broker"] = (Broker(BROKER_PORT).command(), "TERM", "", Path.cwd())
     if not os.environ.get("LEDGER_DYNAMODB_ENDPOINT"):
-        programs["dynamodb"] = (DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb").command(), "TERM", "")
+        dynamodb = DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb")
+        programs["dynamodb"] = (dynamodb.command(), "TERM", "", dynamodb.workdir())
     cli = str(bin_dir / "booking-ledger")
     programs.update({
-        "api": ([cli, "api"], "INT", READABLE_LOGS),
-        "relay": ([cli, "relay"], "TERM", f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"'),
-        "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"'),
+        "api": ([cli, "api"], "INT", READABLE_LOGS, Path.cwd()),
+        "relay": ([cli, "relay"], "TERM", f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"', Path.cwd()),
+        "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"', Path.cwd()),
     })
     sections = [
         "[supervisord]",
@@ -57,7 +59,7 @@ def supervisor_config(bin_dir: Path) -> str:
         "[supervisorctl]",
         f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
     ]
-    for name, (command, stop_signal, environment) in programs.items():
+    for name, (command, stop_signal, environment, workdir) in programs.items():
         quiet = name in ("broker", "dynamodb")  # their own logs go to files, ours to the terminal
         output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
             "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
@@ -65,7 +67,7 @@ def supervisor_config(bin_dir: Path) -> str:
             "",
             f"[program:{name}]",
             "command=" + " ".join(_quote(part) for part in command),
-            f"directory={Path.cwd()}",
+            f"directory={workdir}",
             "priority=" + ("10" if quiet else "20"),
             "autorestart=true",
             "startsecs=1",
