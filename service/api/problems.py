@@ -102,6 +102,10 @@ def _http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
             f"{e.get('key', '?')}: {e.get('message', '')}" for e in extra if isinstance(e, dict)
         )
     headers = dict(exc.headers or {})
+    if status == 413:
+        # Answered before the body was read: the rest of it is still on the wire, so this
+        # connection cannot carry another request. Say so, and clients open a new one.
+        headers["Connection"] = "close"
     if status == 503:
         headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return problem(status, code, detail, headers, request)

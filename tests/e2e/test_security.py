@@ -58,6 +58,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(api: str, keys: Keys
         answer = conn.recv(4096).decode(errors="replace")  # we never send the other 50 MiB
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
     assert "payload_too_large" in answer
+    assert "connection: close" in answer.lower()  # the unread rest of the body ends this connection
     assert time.monotonic() - started < 5
 
 
