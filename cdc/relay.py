@@ -82,7 +82,6 @@ class Relay:
         # so a test can kill the relay in exactly that window.
         self.mark_delay = float(os.environ.get("LEDGER_RELAY_TEST_MARK_DELAY", "0"))
         self.is_leader = False
-        self.sent_total = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
@@ -154,7 +153,6 @@ class Relay:
                 if self.mark_delay:
                     await asyncio.sleep(self.mark_delay)
                 await conn.execute(MARK_SQL, [row["position"] for row in rows[:delivered]])
-                self.sent_total += delivered
                 metrics.RELAY_SENT.inc(delivered)
                 metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
             if delivered < len(rows):

@@ -53,8 +53,6 @@ class Sink:
         self.settings = settings
         self.batch_size = batch_size
         self.threads = threads
-        self.written_total = 0
-        self.dead_lettered_total = 0
         self._paused = False
         self._carry: list[Message] = []
         self._topic_id: str | None = None
@@ -105,7 +103,6 @@ class Sink:
                             dynamodb, tables.table, [dynamo.item_of(e) for e in events], executor=executor,
                             should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
                         )
-                        self.written_total += len(events)
                         metrics.SINK_WRITTEN.inc(len(events))
                         metrics.observe_lag(metrics.SINK_COMMIT_TO_WRITE, (e.recorded_at for e in events))
                         if self.store_delay:
@@ -195,7 +192,6 @@ class Sink:
             except (KafkaException, BufferError) as failure:
                 outcome.append(failure)
             if outcome == [True]:
-                self.dead_lettered_total += 1
                 metrics.SINK_DEAD_LETTERS.inc()
                 return
             delay = backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome)
