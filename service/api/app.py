@@ -23,6 +23,7 @@ from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import Problem, append_request_schema
 from service.ledger.db import connection, create_pool
 from service.ledger.errors import StoreUnavailable
+from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
 
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
@@ -75,9 +76,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.pool = await create_pool(settings.database)
         app.state.notifier = OutboxNotifier(app.state.pool)
         app.state.notifier.start()
+        app.state.key_cache = KeyCache(settings.database.url)
+        app.state.key_cache.start()
         try:
             yield
         finally:
+            await app.state.key_cache.stop()
             await app.state.notifier.stop()
             try:
                 await asyncio.wait_for(app.state.pool.close(), timeout=10)

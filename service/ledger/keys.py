@@ -3,14 +3,22 @@
 A key reads `bl_<id>_<secret>`: the id (16 hex digits) finds the row, the hash of the whole
 key is compared in constant time. Keys carry 256 random bits, so a fast hash is enough: there
 is no password to stretch.
+
+Each API process keeps the key rows it has looked up (KeyCache), so a request costs no round
+trip for its key. Every change to api_keys sends a NOTIFY (migration 0004) that empties the
+cache of every process; while a process is not listening, it looks keys up on every request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +35,9 @@ INSERT_SQL = "INSERT INTO api_keys (id, department, scopes, key_hash) VALUES ($1
 LIST_SQL = "SELECT id, department, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id"
 REVOKE_SQL = "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id"
 LOOKUP_SQL = "SELECT id, department, scopes, key_hash, created_at, revoked_at FROM api_keys WHERE id = $1"
+KEYS_CHANNEL = "ledger_api_keys"  # NOTIFY on every change to api_keys (migration 0004)
+
+log = logging.getLogger("booking_ledger.keys")
 
 
 class InvalidKeySpec(ValueError):
@@ -85,15 +96,110 @@ async def revoke_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> bo
         return await conn.fetchval(REVOKE_SQL, key_id) is not None
 
 
-async def authenticate(pool: asyncpg.Pool, presented: str) -> ApiKey | None:
+@dataclass(frozen=True, slots=True)
+class _Row:
+    key: ApiKey
+    key_hash: bytes
+    revoked: bool
+    loaded_at: float
+
+
+class KeyCache:
+    """The key rows one process has looked up, kept while a LISTEN connection hears every change.
+
+    Any change to api_keys empties it. A lookup that started before a change is not stored
+    (the generation moved on), so a revocation is never undone by a slow lookup. Rows are kept
+    for at most `max_age` seconds in any case; only ids found in the table are kept.
+    """
+
+    def __init__(self, url: str, max_age: float = 60.0, ping_interval: float = 5.0) -> None:
+        self._url = url
+        self.max_age = max_age
+        self._ping_interval = ping_interval
+        self._rows: dict[str, _Row] = {}
+        self._generation = 0
+        self._listening = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="api-key-cache")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def get(self, key_id: str) -> _Row | None:
+        row = self._rows.get(key_id)
+        if row is None or not self._listening:
+            return None
+        if time.monotonic() - row.loaded_at > self.max_age:
+            del self._rows[key_id]
+            return None
+        return row
+
+    def generation(self) -> int:
+        return self._generation
+
+    def put(self, key_id: str, row: _Row, generation: int) -> None:
+        if self._listening and generation == self._generation:
+            self._rows[key_id] = row
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._rows.clear()
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._url, timeout=5, server_settings={
+                    "application_name": "booking-ledger-keys"})
+                await conn.add_listener(KEYS_CHANNEL, lambda *_: self.clear())
+                self.clear()  # changes made while nobody listened
+                self._listening = True
+                log.debug("listening for API key changes")
+                delay = 0.5
+                while True:  # a dead connection would hear nothing: check it is alive
+                    await asyncio.sleep(self._ping_interval)
+                    await conn.fetchval("SELECT 1", timeout=self._ping_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if self._listening:
+                    log.warning("not listening for API key changes (%r): keys are looked up per request", error)
+            finally:
+                self._listening = False
+                self.clear()
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | None = None) -> ApiKey | None:
     """The active key `presented` is, or None for a malformed, unknown or revoked key."""
     match = _KEY.match(presented)
     if match is None:
         return None
-    async with connection(pool) as conn:
-        row = await conn.fetchrow(LOOKUP_SQL, match.group(1))
-    if row is None or not hmac.compare_digest(row["key_hash"], _hash(presented)):
+    key_id = match.group(1)
+    row = cache.get(key_id) if cache is not None else None
+    if row is None:
+        generation = cache.generation() if cache is not None else 0
+        async with connection(pool) as conn:
+            found = await conn.fetchrow(LOOKUP_SQL, key_id)
+        if found is None:
+            return None
+        row = _Row(ApiKey(found["id"], found["department"], frozenset(found["scopes"]), found["created_at"]),
+                   found["key_hash"], found["revoked_at"] is not None, time.monotonic())
+        if cache is not None:
+            cache.put(key_id, row, generation)
+    if not hmac.compare_digest(row.key_hash, _hash(presented)) or row.revoked:
         return None
-    if row["revoked_at"] is not None:
-        return None
-    return ApiKey(row["id"], row["department"], frozenset(row["scopes"]), row["created_at"])
+    return row.key

@@ -32,7 +32,7 @@ async def test_migrations_up_from_empty_down_and_up_again(postgres: LocalPostgre
             assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_append'") == 0
             await asyncio.to_thread(upgrade, url)
             assert len(await conn.fetch(TABLES_SQL)) == 5
-            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0003"
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0004"
         finally:
             await conn.close()
     finally:
@@ -63,3 +63,68 @@ async def test_authenticate_accepts_only_active_well_formed_keys(pool) -> None:
     assert await keys.authenticate(pool, secret) is None
     listed = {k.id: k for k in await keys.list_keys(pool)}
     assert listed[record.id].revoked_at is not None
+
+
+async def _listening(cache: keys.KeyCache) -> keys.KeyCache:
+    cache.start()
+    for _ in range(100):
+        if cache.listening:
+            return cache
+        await asyncio.sleep(0.05)
+    raise AssertionError("the key cache never started listening")
+
+
+async def test_cached_keys_need_no_round_trip(database_url: str, pool) -> None:
+    _, secret = await keys.create_key(pool, "car", ("read",))
+    cache = await _listening(keys.KeyCache(database_url))
+    own_pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        assert await keys.authenticate(own_pool, secret, cache) is not None
+        await own_pool.close()  # from now on a lookup would fail
+        found = await keys.authenticate(own_pool, secret, cache)
+        assert found is not None and found.department == "car"
+        assert await keys.authenticate(own_pool, secret[:-1] + ("A" if secret[-1] != "A" else "B"), cache) is None
+    finally:
+        await cache.stop()
+
+
+async def test_a_revocation_by_sql_empties_every_cache(database_url: str, pool) -> None:
+    record, secret = await keys.create_key(pool, "car", ("read",))
+    caches = [await _listening(keys.KeyCache(database_url)) for _ in range(2)]
+    try:
+        for cache in caches:
+            assert await keys.authenticate(pool, secret, cache) is not None
+            assert cache.get(record.id) is not None
+        await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", record.id)
+        started = asyncio.get_running_loop().time()
+        while any(cache.get(record.id) for cache in caches):
+            assert asyncio.get_running_loop().time() - started < 1.0, "the NOTIFY did not reach every cache"
+            await asyncio.sleep(0.001)
+        for cache in caches:
+            assert await keys.authenticate(pool, secret, cache) is None
+    finally:
+        for cache in caches:
+            await cache.stop()
+
+
+async def test_a_lookup_older_than_a_change_is_not_kept(database_url: str, pool) -> None:
+    record, secret = await keys.create_key(pool, "car", ("read",))
+    cache = await _listening(keys.KeyCache(database_url))
+    try:
+        before = cache.generation()
+        assert await keys.authenticate(pool, secret) is not None  # a lookup without the cache
+        cache.clear()  # a change arrives while that lookup was on its way
+        row = keys._Row(keys.ApiKey(record.id, "car", frozenset({"read"}), record.created_at), b"", False, 0)
+        cache.put(record.id, row, before)
+        assert cache.get(record.id) is None
+    finally:
+        await cache.stop()
+
+
+async def test_without_a_listener_every_request_looks_its_key_up(pool) -> None:
+    record, secret = await keys.create_key(pool, "car", ("read",))
+    cache = keys.KeyCache("postgresql://nobody@127.0.0.1:1/none")  # never listens
+    assert await keys.authenticate(pool, secret, cache) is not None
+    assert cache.get(record.id) is None
+    await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", record.id)
+    assert await keys.authenticate(pool, secret, cache) is None
