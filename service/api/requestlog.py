@@ -6,26 +6,27 @@ and the problem code of an error answer.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
-import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-log = structlog.get_logger("booking_ledger.request")
+from core.logs import direct_logger
 
 HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 
 
 def request_log(app: ASGIApp) -> ASGIApp:
+    log = direct_logger("booking_ledger.request")
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(HEADER, b"")
-        request_id = given.decode() if _VALID_ID.match(given) else uuid.uuid4().hex
+        request_id = given.decode() if _VALID_ID.match(given) else os.urandom(16).hex()
         state = scope.setdefault("state", {})  # what request.state reads and writes
         state["request_id"] = request_id
         status = 500
