@@ -17,7 +17,7 @@ from litestar.params import Parameter
 
 from core.events import BOOKING_CODE_PATTERN
 from service.api import metrics
-from service.api.auth import READ_SCOPES, WRITE_SCOPES, require_key
+from service.api.auth import READ_SCOPES, WRITE_SCOPES, header, require_key
 from service.api.problems import PROBLEM_JSON, ApiError
 from service.api.schemas import (
     AppendOut,
@@ -73,7 +73,7 @@ class _AppendOperation(Operation):
 )
 async def append_events(request: Request, code: BookingCode) -> Response[AppendOut]:
     key = await require_key(request, WRITE_SCOPES)
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type = header(request, b"content-type").split(";")[0].strip().lower()
     if not _JSON_MEDIA.match(media_type):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     started = time.perf_counter()
