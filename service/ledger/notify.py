@@ -1,8 +1,10 @@
 """Wakes the relay after appends commit, coalescing wake-ups to one NOTIFY in flight per process.
 
 The NOTIFY is sent after the commit, not inside the append transaction: Postgres serializes the
-commits of notifying transactions on one lock, which would cap the append rate. A lost wake-up
-costs latency only; the relay polls as a safety net.
+commits of notifying transactions on one lock, which would cap the append rate. At most one
+NOTIFY per MIN_INTERVAL per process: a woken relay sends everything committed so far, so more
+would cost the API and Postgres a statement per append for nothing. A lost wake-up costs
+latency only; the relay polls as a safety net.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncpg
 from core.events import OUTBOX_CHANNEL
 
 log = logging.getLogger("booking_ledger.notify")
+
+MIN_INTERVAL = 0.005  # seconds between two wake-ups from one process
 
 
 class OutboxNotifier:
@@ -46,3 +50,4 @@ class OutboxNotifier:
             except Exception as error:  # the relay's poll covers a missed wake-up
                 log.debug("outbox wake-up not sent: %r", error)
                 await asyncio.sleep(0.5)
+            await asyncio.sleep(MIN_INTERVAL)
