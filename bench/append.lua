@@ -1,0 +1,37 @@
+-- wrk load for `make bench`: price changes of existing bookings, and every Nth request a new booking.
+-- The API key comes in BENCH_API_KEY (never on a command line). Arguments (after --): number of existing bookings (BENCH-0 .. BENCH-n-1), N (0 = no creates),
+-- a run tag that keeps created codes unique. Prints one JSON object when done.
+
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  key = os.getenv("BENCH_API_KEY")
+  bookings, create_every, run = tonumber(args[1]), tonumber(args[2]), args[3]
+  math.randomseed(os.time() * 100 + tid)
+  counter = 0
+  headers = { ["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json" }
+  append_body = '{"events":[{"type":"PriceChanged","price":{"amount":"123.45","currency":"EUR"},"data":{"reason":"bench"}}]}'
+  create_body = '{"expected_version":0,"events":[{"type":"BookingPriced","price":{"amount":"99.90","currency":"EUR"}}]}'
+end
+
+function request()
+  counter = counter + 1
+  if create_every > 0 and counter % create_every == 0 then
+    return wrk.format("POST", "/v1/bookings/NEW-" .. run .. "-" .. tid .. "-" .. counter .. "/events", headers, create_body)
+  end
+  return wrk.format("POST", "/v1/bookings/BENCH-" .. math.random(0, bookings - 1) .. "/events", headers, append_body)
+end
+
+function done(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, errors.status, errors.connect + errors.read + errors.write + errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end

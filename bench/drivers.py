@@ -1,0 +1,189 @@
+"""Closed-loop load on Postgres without the API: the baselines `make bench` compares it with.
+
+    python -m bench.drivers raw|message_db|eventsourcing --url URL --concurrency 32 --seconds 5
+
+Each driver runs in its own process, as wrk does for the API, and does the API's work mix: a
+price change of an existing booking, and every Nth operation a new booking. It prints one JSON
+object: operations done, errors, p50/p99 latency.
+
+- raw: the ledger's own transaction (`SELECT * FROM ledger_append(...)`) from a plain asyncpg
+  loop, one connection per operation in flight.
+- message_db: message-db's `write_message` from asyncpg (a new booking is a write that expects
+  the stream not to exist, -1; a price change expects any version, as the API's does).
+- eventsourcing: the eventsourcing library's PostgresApplicationRecorder (psycopg 3, one thread
+  per operation in flight), storing one event per operation; each thread owns its aggregates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlparse
+
+import asyncpg
+import msgspec
+
+from core.pg import init_connection
+from service.ledger.append import APPEND_SQL
+
+APPEND_DATA = {"reason": "bench"}
+EVENT_JSON = msgspec.json.encode(
+    {"type": "PriceChanged", "price": {"amount": "123.45", "currency": "EUR"}, "data": APPEND_DATA}
+)
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        ordered = sorted(self.latencies) or [0.0]
+        return {
+            "requests": len(self.latencies),
+            "duration_us": int(seconds * 1e6),
+            "non_2xx": self.errors,
+            "socket_errors": 0,
+            "p50_us": int(ordered[len(ordered) // 2] * 1e6),
+            "p99_us": int(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6),
+            "max_us": int(ordered[-1] * 1e6),
+        }
+
+
+async def _closed_loop(
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+    operation: Callable[[asyncpg.Connection, int, int], Awaitable[object]],
+    concurrency: int,
+    seconds: float,
+) -> Tally:
+    tally = Tally()
+    connections = [await connect() for _ in range(concurrency)]
+    deadline = time.monotonic() + seconds
+
+    async def worker(n: int, conn: asyncpg.Connection) -> None:
+        count = 0
+        while time.monotonic() < deadline:
+            count += 1
+            started = time.perf_counter()
+            try:
+                await operation(conn, n, count)
+            except asyncpg.PostgresError:
+                tally.errors += 1
+                continue
+            tally.latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(worker(n, c) for n, c in enumerate(connections)))
+    for conn in connections:
+        await conn.close()
+    return tally
+
+
+def raw(args: argparse.Namespace) -> Tally:
+    price = [Decimal("123.45")]
+
+    async def operation(conn: asyncpg.Connection, worker: int, count: int) -> object:
+        if args.create_every and count % args.create_every == 0:
+            code, expected = f"RAW-{args.run}-{worker}-{count}", 0
+        else:
+            code, expected = f"BENCH-{random.randrange(args.bookings)}", None
+        return await conn.fetch(APPEND_SQL, code, "bench", False, expected, [uuid.uuid4()],
+                                ["PriceChanged"], price, ["EUR"], [APPEND_DATA], [None])
+
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(args.url)
+        await init_connection(conn)
+        return conn
+
+    return asyncio.run(_closed_loop(connect, operation, args.concurrency, args.seconds))
+
+
+def message_db(args: argparse.Namespace) -> Tally:
+    data = EVENT_JSON.decode()
+
+    async def operation(conn: asyncpg.Connection, worker: int, count: int) -> object:
+        if args.create_every and count % args.create_every == 0:
+            stream, expected = f"booking-MDB{args.run}x{worker}x{count}", -1
+        else:
+            stream, expected = f"booking-BENCH{random.randrange(args.bookings)}", None
+        return await conn.fetchval("SELECT message_store.write_message($1, $2, $3, $4::jsonb, NULL, $5)",
+                                   str(uuid.uuid4()), stream, "PriceChanged", data, expected)
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(args.url, server_settings={"search_path": "message_store,public"})
+
+    return asyncio.run(_closed_loop(connect, operation, args.concurrency, args.seconds))
+
+
+def eventsourcing(args: argparse.Namespace) -> Tally:
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+    url = urlparse(args.url)
+    datastore = PostgresDatastore(url.path.lstrip("/"), url.hostname, url.port, url.username or "", "",
+                                  pool_size=args.concurrency)
+    recorder = PostgresApplicationRecorder(datastore, events_table_name="stored_events")
+    recorder.create_table()
+    tally = Tally()
+    lock = threading.Lock()
+    deadline = time.monotonic() + args.seconds
+    per_thread = max(1, args.bookings // args.concurrency)
+
+    def worker() -> None:
+        versions = {uuid.uuid4(): 0 for _ in range(per_thread)}  # this thread's existing bookings
+        owned = list(versions)
+        count = 0
+        while time.monotonic() < deadline:
+            count += 1
+            if args.create_every and count % args.create_every == 0:
+                aggregate = uuid.uuid4()
+                versions[aggregate] = 0
+            else:
+                aggregate = random.choice(owned)
+            versions[aggregate] += 1
+            event = StoredEvent(aggregate, versions[aggregate], "bench:PriceChanged", EVENT_JSON)
+            started = time.perf_counter()
+            try:
+                recorder.insert_events([event])
+            except Exception:
+                with lock:
+                    tally.errors += 1
+                continue
+            elapsed = time.perf_counter() - started
+            with lock:
+                tally.latencies.append(elapsed)
+
+    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    datastore.close()
+    return tally
+
+
+DRIVERS = {"raw": raw, "message_db": message_db, "eventsourcing": eventsourcing}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("driver", choices=sorted(DRIVERS))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--bookings", type=int, default=1000)
+    parser.add_argument("--create-every", type=int, default=4)
+    parser.add_argument("--run", default=uuid.uuid4().hex[:8])
+    args = parser.parse_args()
+    tally = DRIVERS[args.driver](args)
+    print(msgspec.json.encode(tally.report(args.seconds)).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""`make bench`: the ledger against its baselines, measured side by side in one run.
+
+    python -m bench [--smoke] [--out bench/results]
+
+Every headline figure is a ratio against a baseline measured in the same invocation, with the
+two alternating (A B A B) so that a noisy neighbour hurts both alike. Writes latest.json,
+latest.md and PNG plots into --out. Never fails on a number; fails when a measurement could
+not be made (the smoke run in `make test` checks exactly that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import load, pipeline, report
+from bench.fill import fill
+from bench.stack import Stack, fetch_value, free_port, peak_rss_mb, run_sql
+from core.settings import DynamoSettings, KafkaSettings
+
+BOOKINGS = 1000  # existing bookings the appends go to (BENCH-0 .. BENCH-999)
+SINK_THREADS = 8  # cdc.sink.Sink's default
+
+
+@dataclass(frozen=True)
+class Plan:
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    seconds: float = 5
+    rounds: int = 2
+    peers: tuple[str, ...] = ("raw", "message_db", "eventsourcing")
+    grown_events: int = 1_000_000
+    relay_events: int = 20_000
+    sink_events: int = 5_000
+    e2e_rates: tuple[int, ...] = (200, 500)
+    e2e_seconds: float = 60
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        return cls(concurrency=(1, 8), seconds=1, rounds=1, grown_events=2_000, relay_events=300, sink_events=200,
+                   e2e_rates=(50,), e2e_seconds=3)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def summarize(samples: list[load.Sample]) -> dict:
+    return {
+        "ops_per_s": round(median([s.rate for s in samples]), 1),
+        "p50_ms": round(median([s.p50_ms for s in samples]), 2),
+        "p99_ms": round(median([s.p99_ms for s in samples]), 2),
+        "errors": sum(s.errors for s in samples),
+        "rounds": [round(s.rate, 1) for s in samples],
+    }
+
+
+class Bench:
+    def __init__(self, plan: Plan, stack: Stack, log) -> None:
+        self.plan = plan
+        self.stack = stack
+        self.log = log
+        self.results: dict = {}
+
+    # -- 1-3, 8: appends through the API versus the baselines, and the API workers' memory -----
+    def throughput(self) -> None:
+        plan = self.plan
+        url = self.stack.database("ledger_appends")
+        fill(url, "BENCH-", BOOKINGS)
+        key = self.stack.api_key(url)
+        peer_urls = {"raw": url}
+        if "message_db" in plan.peers:
+            peer_urls["message_db"] = self.stack.install_message_db("message_store")
+        if "eventsourcing" in plan.peers:
+            peer_urls["eventsourcing"] = self.stack.database("eventsourcing", migrate=False)
+        api, api_url = self.stack.start_api(url)
+        load.api_appends(api_url, key, 8, min(2, plan.seconds), BOOKINGS)  # warm-up: pool, caches
+        for peer, peer_url in peer_urls.items():
+            load.driver(peer, peer_url, 8, min(2, plan.seconds), BOOKINGS)
+
+        samples: dict[str, dict[int, list[load.Sample]]] = {s: {} for s in ("api", *peer_urls)}
+        for c in plan.concurrency:
+            for _ in range(plan.rounds):
+                for peer, peer_url in peer_urls.items():  # A B A C A D ...: the API next to each peer
+                    samples["api"].setdefault(c, []).append(load.api_appends(api_url, key, c, plan.seconds, BOOKINGS))
+                    samples[peer].setdefault(c, []).append(load.driver(peer, peer_url, c, plan.seconds, BOOKINGS))
+                    self.log(f"  {c:>3} in flight: api {samples['api'][c][-1].rate:7.0f}/s  "
+                             f"{peer} {samples[peer][c][-1].rate:7.0f}/s")
+        self.results["throughput"] = {
+            system: {str(c): summarize(runs) for c, runs in by_c.items()} for system, by_c in samples.items()
+        }
+        # Ratios per round: each API run against the peer run right after it.
+        ratios: dict[str, dict[str, float]] = {}
+        for peer in peer_urls:
+            per_c = {}
+            for c in plan.concurrency:
+                api_runs = samples["api"][c][list(peer_urls).index(peer)::len(peer_urls)]
+                per_c[str(c)] = round(median([a.rate / p.rate for a, p in zip(api_runs, samples[peer][c]) if p.rate]), 3)
+            ratios[f"api_vs_{peer}"] = per_c
+        self.results["ratios"] = ratios
+        self.results["memory"] = {"api_worker_peak_rss_mb": [round(peak_rss_mb(pid) or 0, 1) for pid in api.pids()[1:]]}
+        api.stop()
+
+    # -- 7: growth ---------------------------------------------------------------------------
+    def growth(self) -> None:
+        plan = self.plan
+        empty_url = self.stack.database("ledger_empty")
+        grown_url = self.stack.database("ledger_grown")
+        started = time.monotonic()
+        for url in (empty_url, grown_url):
+            fill(url, "BENCH-", BOOKINGS)
+            fill(url, "BIG", 1, appends=10, per_append=100)  # one booking with 1,000 events
+        per_append = 100
+        fill(grown_url, "G", max(2, plan.grown_events // per_append // 100), appends=plan.grown_events // per_append,
+             per_append=per_append, parallel=2)
+        for url in (empty_url, grown_url):
+            run_sql(url, "TRUNCATE outbox", "VACUUM ANALYZE")
+        events = fetch_value(grown_url, "SELECT count(*) FROM events")
+        self.log(f"  grown ledger: {events} events, made in {time.monotonic() - started:.0f} s")
+        apis = {}
+        for name, url in (("empty", empty_url), ("grown", grown_url)):
+            apis[name] = (*self.stack.start_api(url), self.stack.api_key(url, ("read", "write")), url)
+        for name, (_, api_url, key, _) in apis.items():
+            load.api_appends(api_url, key, 8, min(2, plan.seconds), BOOKINGS)
+        appends: dict[str, list[load.Sample]] = {"empty": [], "grown": []}
+        for _ in range(plan.rounds):
+            for name, (_, api_url, key, _) in apis.items():
+                appends[name].append(load.api_appends(api_url, key, 32, plan.seconds, BOOKINGS))
+        reads: dict[str, dict] = {}
+        for name, (_, api_url, key, url) in apis.items():
+            middle = fetch_value(url, "SELECT position FROM events ORDER BY position OFFSET "
+                                      "(SELECT count(*) / 2 FROM events) LIMIT 1")
+            reads[name] = {
+                "booking_1000_events": summarize([load.api_reads(
+                    api_url, key, "/v1/bookings/BIG0/events?limit=1000", 8, plan.seconds)]),
+                "feed_page_500": summarize([load.api_reads(
+                    api_url, key, f"/v1/events?after={middle}&limit=500", 8, plan.seconds)]),
+            }
+        for api, *_ in apis.values():
+            api.stop()
+        ratios = [g.rate / e.rate for e, g in zip(appends["empty"], appends["grown"]) if e.rate]
+        self.results["growth"] = {
+            "events_in_grown_ledger": events,
+            "appends_at_32": {name: summarize(runs) for name, runs in appends.items()},
+            "growth_ratio": round(median(ratios), 3),
+            "reads": reads,
+        }
+
+    # -- 4-6: relay, sink, end to end ----------------------------------------------------------
+    def pipeline(self) -> None:
+        plan = self.plan
+        self.stack.start_pipeline_servers()
+        url = self.stack.database("ledger_pipeline")
+        key = self.stack.api_key(url)
+        broker, dynamodb = self.stack.broker, self.stack.dynamodb
+        kafka = KafkaSettings(bootstrap=broker.bootstrap)
+        dynamo_settings = DynamoSettings(endpoint=dynamodb.endpoint, region="eu-west-1")
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+        relay_port, sink_port = free_port(), free_port()
+        relay = self.stack.start("relay", url, LEDGER_RELAY_METRICS_PORT=str(relay_port))
+        pipeline.wait_for(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
+
+        # Relay: drain a backlog of `relay_events` versus a raw produce of the same messages.
+        relay_runs, raw_runs = [], []
+        for n in range(plan.rounds):
+            relay.process.send_signal(19)  # SIGSTOP: the backlog builds up while it is frozen
+            try:
+                fill(url, f"RELAY{n}-", max(1, plan.relay_events // 100), per_append=100)
+                backlog, _ = pipeline.outbox(url)
+            finally:
+                relay.process.send_signal(18)  # SIGCONT
+            started = time.perf_counter()
+            pipeline.wait_for(lambda: pipeline.outbox(url)[0] == 0, 300, 0.02, "relay drain")
+            relay_runs.append(backlog / (time.perf_counter() - started))
+            messages = pipeline.messages_of(pipeline.ledger_events(url, backlog))
+            raw_runs.append(len(messages) / pipeline.raw_produce(kafka, f"bench-raw-{n}", messages))
+            self.log(f"  relay {relay_runs[-1]:7.0f} events/s   raw produce {raw_runs[-1]:7.0f} msgs/s")
+
+        # Sink: the same `sink_events` events from a topic of their own into DynamoDB, versus boto3.
+        events = pipeline.ledger_events(url, plan.sink_events)
+        items = [pipeline.dynamo.item_of(e) for e in events]
+        sink_runs, boto_runs = [], []
+        for n in range(plan.rounds):
+            topic = f"bench-sink-{n}"
+            pipeline.raw_produce(kafka, topic, pipeline.messages_of(events))
+            sink = self.stack.start("sink", url, LEDGER_KAFKA_TOPIC=topic, LEDGER_SINK_GROUP=f"bench-sink-{n}",
+                                    LEDGER_DYNAMODB_TABLE=f"bench_sink_{n}", LEDGER_SINK_METRICS_PORT=str(sink_port))
+            first = pipeline.wait_for(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) > 0 and time.perf_counter(),
+                                      120, 0.02, "sink start")
+            written = _metric(sink_port, "ledger_sink_written_total")
+            pipeline.wait_for(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) >= len(events), 300, 0.02,
+                              "sink drain")
+            sink_runs.append((len(events) - written) / (time.perf_counter() - first))
+            sink.stop()
+            boto_runs.append(len(items) / pipeline.raw_batch_write(dynamo_settings, f"bench_raw_{n}", items, SINK_THREADS))
+            self.log(f"  sink {sink_runs[-1]:7.0f} items/s   raw boto3 {boto_runs[-1]:7.0f} items/s")
+
+        # End to end: a steady rate of new bookings through the API; lag = commit to DynamoDB.
+        # A topic of its own (made beforehand, so the new relay does not resend the relay runs' events).
+        relay.stop()
+        pipeline.ensure_topic(kafka, "bench-e2e")
+        relay = self.stack.start("relay", url, LEDGER_KAFKA_TOPIC="bench-e2e", LEDGER_RELAY_METRICS_PORT=str(relay_port))
+        pipeline.wait_for(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
+        api, api_url = self.stack.start_api(url)
+        sink = self.stack.start("sink", url, LEDGER_KAFKA_TOPIC="bench-e2e", LEDGER_SINK_METRICS_PORT=str(sink_port))
+        warm = load.paced(api_url, key, 20, 1)  # until these reach DynamoDB, the sink is still joining its group
+        warm.communicate(timeout=60)
+        pipeline.wait_for(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) >= 20, 120, 0.2, "sink up")
+        e2e = {}
+        relay_before = pipeline.scrape(relay_port)
+        for rate in plan.e2e_rates:
+            probe = pipeline.LagProbe(url, dynamo_settings, every=max(1, rate // 50))
+            probe.start()
+            before = pipeline.scrape(relay_port)
+            driver = load.paced(api_url, key, rate, plan.e2e_seconds)
+            out, err = driver.communicate(timeout=plan.e2e_seconds + 120)
+            if driver.returncode != 0:
+                raise RuntimeError(f"paced load failed: {err[-2000:]}")
+            sent = json.loads(out)
+            probe.stop(drain_timeout=120)
+            relay_metrics = _delta(pipeline.scrape(relay_port), before)
+            lags = sorted(lag for _, lag in probe.lags)
+            e2e[str(rate)] = {
+                "load": sent,
+                "lag_samples": len(lags),
+                "lag_not_seen": probe.unseen,
+                "lag_p50_ms": round(lags[len(lags) // 2] * 1000, 1) if lags else None,
+                "lag_p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000, 1) if lags else None,
+                "relay_commit_to_ack": pipeline.histogram_quantiles(relay_metrics, "ledger_relay_commit_to_ack_seconds"),
+                "lag_series": [(round(t, 2), round(lag * 1000, 1)) for t, lag in probe.lags],
+                "backlog_series": [(round(t, 2), n, round(age, 3)) for t, n, age in probe.backlog],
+            }
+            self.log(f"  {rate}/s for {plan.e2e_seconds:.0f} s: lag p50 {e2e[str(rate)]['lag_p50_ms']} ms, "
+                     f"p99 {e2e[str(rate)]['lag_p99_ms']} ms; relay commit-to-ack {e2e[str(rate)]['relay_commit_to_ack']}")
+        relay_all = _delta(pipeline.scrape(relay_port), relay_before)
+        self.results["memory"].update({
+            "relay_peak_rss_mb": round(peak_rss_mb(relay.process.pid) or 0, 1),
+            "sink_peak_rss_mb": round(peak_rss_mb(sink.process.pid) or 0, 1),
+        })
+        api.stop()
+        sink.stop()
+        relay.stop()
+        self.results["relay"] = {
+            "backlog_events": plan.relay_events,
+            "relay_events_per_s": round(median(relay_runs), 1),
+            "raw_produce_per_s": round(median(raw_runs), 1),
+            "relay_vs_raw": round(median([a / b for a, b in zip(relay_runs, raw_runs)]), 3),
+            "commit_to_ack_under_load": pipeline.histogram_quantiles(relay_all, "ledger_relay_commit_to_ack_seconds"),
+            "commit_to_ack_share_within_100ms": _share_within(relay_all, "ledger_relay_commit_to_ack_seconds", 0.1),
+        }
+        self.results["sink"] = {
+            "events": plan.sink_events,
+            "sink_items_per_s": round(median(sink_runs), 1),
+            "raw_boto3_items_per_s": round(median(boto_runs), 1),
+            "raw_boto3_threads": SINK_THREADS,
+            "sink_vs_raw": round(median([a / b for a, b in zip(sink_runs, boto_runs)]), 3),
+        }
+        self.results["e2e"] = e2e
+
+
+def _metric(port: int, name: str) -> float | None:
+    try:
+        return pipeline.scrape(port).get(name)
+    except OSError:
+        return None
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def _share_within(metrics: dict[str, float], name: str, bound: float) -> float | None:
+    total = metrics.get(f'{name}_count')
+    within = metrics.get(f'{name}_bucket{{le="{bound}"}}')
+    return round(within / total, 4) if total and within is not None else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few seconds of each measurement (for the tests)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--only", choices=["throughput", "growth", "pipeline"], action="append")
+    args = parser.parse_args()
+    plan = Plan.smoke() if args.smoke else Plan()
+    sections = args.only or ["throughput", "growth", "pipeline"]
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {message}", flush=True)
+
+    stack = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-bench-")))
+    bench = Bench(plan, stack, log)
+    bench.results.update({"memory": {}, "errors": {}})
+    try:
+        stack.start_postgres()
+        for section in sections:
+            log(f"{section} ...")
+            try:
+                getattr(bench, section)()
+            except Exception as error:  # record it, go on with the next part, fail at the end
+                bench.results["errors"][section] = f"{type(error).__name__}: {error}"
+                log(f"{section} failed:\n{traceback.format_exc()}")
+    finally:
+        stack.stop()
+    bench.results["meta"] = {
+        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "smoke" if args.smoke else "full",
+        "seconds": round(time.monotonic() - started),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "plan": plan.__dict__,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write(bench.results, args.out)
+    log(f"wrote {args.out / 'latest.md'}")
+    if bench.results["errors"]:
+        raise SystemExit(f"bench: {len(bench.results['errors'])} part(s) could not be measured: "
+                         f"{', '.join(bench.results['errors'])}")

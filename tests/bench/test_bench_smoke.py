@@ -1,0 +1,63 @@
+"""`make bench` in miniature: every measurement runs for a second or two, so the bench cannot rot.
+
+Only that each figure was measured is checked, never how good it is (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.pipeline import histogram_quantiles
+from bench.report import targets
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(600)
+def test_the_bench_measures_everything_it_reports(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=580)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert results["errors"] == {}
+    for system in ("api", "raw", "message_db", "eventsourcing"):
+        for level in ("1", "8"):
+            run = results["throughput"][system][level]
+            assert run["ops_per_s"] > 0 and run["errors"] == 0, (system, level, run)
+    assert set(results["ratios"]) == {"api_vs_raw", "api_vs_message_db", "api_vs_eventsourcing"}
+    assert all(v > 0 for by_c in results["ratios"].values() for v in by_c.values())
+    assert results["growth"]["growth_ratio"] > 0
+    assert results["growth"]["events_in_grown_ledger"] >= 2_000
+    assert results["relay"]["relay_events_per_s"] > 0 and results["relay"]["raw_produce_per_s"] > 0
+    assert results["sink"]["sink_items_per_s"] > 0 and results["sink"]["raw_boto3_items_per_s"] > 0
+    e2e = results["e2e"]["50"]
+    assert e2e["load"]["created"] == e2e["load"]["sent"] and e2e["lag_samples"] > 0 and e2e["lag_not_seen"] == 0
+    memory = results["memory"]
+    assert len(memory["api_worker_peak_rss_mb"]) == 2 and memory["relay_peak_rss_mb"] > 0
+    assert all(row["value"] is not None for row in results["targets"]), results["targets"]
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "| api_vs_raw at 32 in flight |" in markdown and "## Growth" in markdown
+    for plot in ("throughput.png", "latency.png", "e2e_lag.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quantiles_come_from_cumulative_buckets_like_prometheus() -> None:
+    name = "lag_seconds"
+    metrics = {f'{name}_bucket{{le="0.01"}}': 50.0, f'{name}_bucket{{le="0.1"}}': 99.0,
+               f'{name}_bucket{{le="1.0"}}': 100.0, f'{name}_bucket{{le="+Inf"}}': 100.0}
+    found = histogram_quantiles(metrics, name)
+    assert found["p50_ms"] == pytest.approx(10.0)
+    assert found["p99_ms"] == pytest.approx(100.0)
+    assert histogram_quantiles({}, name) == {"p50_ms": None, "p99_ms": None}
+
+
+def test_targets_say_met_missed_or_not_measured() -> None:
+    rows = {r["target"]: r for r in targets({"ratios": {"api_vs_raw": {"32": 0.85}}, "growth": {"growth_ratio": 0.5}})}
+    assert rows["api_vs_raw at 32 in flight"]["met"] is True
+    assert rows["growth_ratio"]["met"] is False
+    assert rows["sink_vs_raw (boto3)"]["met"] is None
