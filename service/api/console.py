@@ -9,6 +9,7 @@ only state-changing routes (sign-in, sign-out) are POSTs that also refuse a cros
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import msgspec
 from jinja2 import Environment, FileSystemLoader
 from litestar import Request, Response, Router, get, post
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -239,5 +239,5 @@ def _duration(seconds: float) -> str:
 def _compact_json(value: object, limit: int = 160) -> str:
     if value is None:
         return ""
-    text = msgspec.json.encode(value).decode()
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))  # spaces: the cell can wrap
     return text if len(text) <= limit else text[: limit - 1] + "…"
