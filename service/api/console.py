@@ -3,7 +3,7 @@
 Sign-in takes an API key from a POSTed form and keeps it in a cookie that is HttpOnly, Secure,
 SameSite=Strict and scoped to /console; it never appears in a URL, a page or a log line. Every
 page checks the key again as the API does (revoked keys are signed out at once) and needs the
-`read` scope. CSRF: the cookie is SameSite=Strict, so no other site's request carries it, and the
+`read` scope; the API's per-key rate limit is not applied (a person clicks, a page is a few queries). CSRF: the cookie is SameSite=Strict, so no other site's request carries it, and the
 only state-changing routes (sign-in, sign-out) are POSTs that also refuse a cross-site Origin.
 """
 
@@ -19,16 +19,17 @@ from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader
 from litestar import Request, Response, Router, get, post
-from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.template import TemplateConfig
 from litestar.datastructures import Cookie, ResponseHeader
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
 from litestar.params import Body
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
+from litestar.template import TemplateConfig
 
 from core.events import BOOKING_CODE_PATTERN
 from service.api.chart import price_points, step_chart
+from service.api.problems import log
 from service.ledger import status
 from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
 from service.ledger.keys import ApiKey, authenticate
@@ -185,8 +186,6 @@ def _http_error(request: Request, exc: HTTPException) -> Response[Any]:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[Any]:
-    from service.api.problems import log
-
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _page("error.html", None, 500, title="Something went wrong",
                  message="The console failed to show this page; the error has been logged.")
