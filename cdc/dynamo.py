@@ -11,21 +11,17 @@ Table `booking_events` (LEDGER_DYNAMODB_TABLE), for whoever provisions it in AWS
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any
 
-import boto3
 import msgspec
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cdc import metrics
 from cdc.backoff import Backoff
+from core.dynamodb import client  # noqa: F401  (the sink, replay and verify use dynamo.client)
 from core.events import Event
-from core.settings import DynamoSettings
 
 log = logging.getLogger("booking_ledger.dynamodb")
 
@@ -35,25 +31,6 @@ BATCH_LIMIT = 25  # BatchWriteItem's maximum
 
 class Stopped(Exception):
     """Shutdown was requested while a write was still being retried; nothing was skipped."""
-
-
-def client(settings: DynamoSettings):
-    """A low-level DynamoDB client; local endpoints get placeholder credentials when none are set."""
-    options: dict[str, Any] = {
-        "region_name": settings.region,
-        "config": Config(
-            retries={"max_attempts": 2, "mode": "standard"},
-            connect_timeout=2,
-            read_timeout=10,
-            max_pool_connections=32,
-        ),
-    }
-    if settings.endpoint_url:
-        options["endpoint_url"] = settings.endpoint_url
-        if not os.environ.get("AWS_ACCESS_KEY_ID"):
-            # DynamoDB Local (-sharedDb) accepts any credentials; these are not secrets.
-            options.update(aws_access_key_id="local", aws_secret_access_key="local")
-    return boto3.client("dynamodb", **options)
 
 
 def ensure_table(dynamodb, table: str, timeout: float = 60) -> None:

