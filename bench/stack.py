@@ -179,7 +179,8 @@ class Stack:
         self.processes.append(started)
         return started
 
-    def start_api(self, database_url: str, workers: int = 2, **extra: str) -> tuple[Process, str]:
+    def start_api(self, database_url: str, workers: int = 2, ready_path: str = "/health/ready",
+                  **extra: str) -> tuple[Process, str]:
         port = free_port()
         api = self.start("api", database_url, LEDGER_HTTP_PORT=str(port), LEDGER_HTTP_WORKERS=str(workers),
                          LEDGER_RATE_LIMIT="0", **extra)
@@ -187,7 +188,7 @@ class Stack:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
+                if httpx.get(url + ready_path, timeout=2).status_code == 200:
                     return api, url
             except httpx.HTTPError:
                 pass

@@ -65,7 +65,7 @@ async def _signed_in(request: Request) -> ApiKey:
     presented = request.cookies.get(COOKIE)
     if not presented:
         raise _SignInFirst(had_cookie=False)
-    key = await authenticate(request.app.state.pool, presented)
+    key = await authenticate(request.app.state.pool, presented, request.app.state.key_cache)
     if key is None or not key.allows("read"):
         raise _SignInFirst(had_cookie=True)
     request.state.department = key.department  # for the request log line; never the key itself
@@ -106,7 +106,7 @@ async def sign_in(
     if not _same_origin(request):
         return _page("sign_in.html", None, 403, error="This sign-in did not come from the console's own page.")
     presented = data.key.strip()
-    key = await authenticate(request.app.state.pool, presented) if presented else None
+    key = await authenticate(request.app.state.pool, presented, request.app.state.key_cache) if presented else None
     if key is None:
         return _page("sign_in.html", None, 401, error="That key is unknown, revoked or mistyped.")
     if not key.allows("read"):

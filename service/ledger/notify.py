@@ -21,6 +21,10 @@ log = logging.getLogger("booking_ledger.notify")
 
 MIN_INTERVAL = 0.005  # seconds between two wake-ups from one process
 
+# A NOTIFY gives its transaction an id, so its commit would wait for a WAL flush like an append's
+# and compete with the appends for it. A wake-up needs no durability: commit it asynchronously.
+NOTIFY_SQL = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')"
+
 
 class OutboxNotifier:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -46,7 +50,7 @@ class OutboxNotifier:
             await self._pending.wait()
             self._pending.clear()
             try:
-                await self._pool.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+                await self._pool.execute(NOTIFY_SQL, OUTBOX_CHANNEL)
             except Exception as error:  # the relay's poll covers a missed wake-up
                 log.debug("outbox wake-up not sent: %r", error)
                 await asyncio.sleep(0.5)
