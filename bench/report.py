@@ -11,7 +11,7 @@ TARGETS = [
     ("api_vs_message_db at 32 in flight", ("ratios", "api_vs_message_db", "32"), ">=", 1.0),
     ("api_vs_eventsourcing at 32 in flight", ("ratios", "api_vs_eventsourcing", "32"), ">=", 3.0),
     ("relay events/s vs the API's peak appends/s", ("derived", "relay_vs_api_peak"), ">=", 1.0),
-    ("relay commit-to-ack p99 (ms) under the e2e load", ("relay", "commit_to_ack_under_load", "p99_ms"), "<=", 100),
+    ("relay commit-to-ack p99 (ms) at the top steady rate", ("derived", "relay_p99_ms_at_top_rate"), "<=", 100),
     ("sink_vs_raw (boto3)", ("sink", "sink_vs_raw"), ">=", 0.8),
     ("growth_ratio", ("growth", "growth_ratio"), ">=", 0.9),
     ("API worker peak RSS (MB)", ("derived", "api_worker_peak_rss_mb"), "<=", 150),
@@ -36,6 +36,9 @@ def derive(results: dict) -> dict:
     if api and relay:
         derived["api_peak_appends_per_s"] = max(v["ops_per_s"] for v in api.values())
         derived["relay_vs_api_peak"] = round(relay / derived["api_peak_appends_per_s"], 2)
+    at_rate = _get(results, ("relay", "commit_to_ack_at_rate")) or {}
+    if at_rate:
+        derived["relay_p99_ms_at_top_rate"] = at_rate[max(at_rate, key=int)].get("p99_ms")
     rss = _get(results, ("memory", "api_worker_peak_rss_mb"))
     if rss:
         derived["api_worker_peak_rss_mb"] = max(rss)
@@ -111,10 +114,14 @@ def markdown(results: dict) -> str:
         lines += ["", "## Pipeline", ""]
     if relay:
         lines.append(f"- relay: {relay['relay_events_per_s']:,.0f} events/s draining {relay['backlog_events']:,} "
-                     f"(raw confluent-kafka produce {relay['raw_produce_per_s']:,.0f}/s, ratio {relay['relay_vs_raw']:.2f}); "
-                     f"commit-to-ack under the e2e load p50 {_fmt(relay['commit_to_ack_under_load'].get('p50_ms'))} ms, "
-                     f"p99 {_fmt(relay['commit_to_ack_under_load'].get('p99_ms'))} ms "
-                     f"({_fmt((relay['commit_to_ack_share_within_100ms'] or 0) * 100)} % within 100 ms)")
+                     f"(raw confluent-kafka produce {relay['raw_produce_per_s']:,.0f}/s, ratio {relay['relay_vs_raw']:.2f})")
+        for rate, q in relay["commit_to_ack_at_rate"].items():
+            lines.append(f"- relay commit-to-ack at a steady {rate} appends/s (sink idle): p50 {_fmt(q.get('p50_ms'))} ms, "
+                         f"p99 {_fmt(q.get('p99_ms'))} ms, {_fmt((q.get('share_within_100ms') or 0) * 100)} % within 100 ms")
+        under = relay["commit_to_ack_under_e2e_load"]
+        lines.append(f"- relay commit-to-ack during the end-to-end runs (sink and DynamoDB Local busy): p50 "
+                     f"{_fmt(under.get('p50_ms'))} ms, p99 {_fmt(under.get('p99_ms'))} ms, "
+                     f"{_fmt((relay['commit_to_ack_share_within_100ms_under_e2e_load'] or 0) * 100)} % within 100 ms")
     if sink:
         lines.append(f"- sink: {sink['sink_items_per_s']:,.0f} items/s into DynamoDB Local (raw boto3 batch_write_item, "
                      f"{sink['raw_boto3_threads']} threads: {sink['raw_boto3_items_per_s']:,.0f}/s, ratio {sink['sink_vs_raw']:.2f})")

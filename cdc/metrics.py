@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("booking_ledger.metrics")
 
-LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 RELAY_LEADER = Gauge("ledger_relay_leader", "1 while this relay holds the lease and sends, else 0.")
 RELAY_LEADER_INFO = Gauge(
