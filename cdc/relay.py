@@ -164,11 +164,11 @@ class Relay:
                 continue
             delivered = await asyncio.to_thread(self._send, producer, rows)
             if delivered:
+                metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
                 if self.mark_delay:
                     await asyncio.sleep(self.mark_delay)
                 await _mark_sent(conn, [row["position"] for row in rows[:delivered]])
                 metrics.RELAY_SENT.inc(delivered)
-                metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
             if delivered < len(rows):
                 metrics.RELAY_FAILED.inc(len(rows) - delivered)
                 # A fresh producer after a failure: a fatal idempotence error leaves the old
