@@ -43,11 +43,11 @@ class Sample:
                    data["p50_us"] / 1e3, data["p99_us"] / 1e3)
 
 
-def wrk(url: str, key: str, script: str, concurrency: int, seconds: float, *args: object) -> Sample:
+def wrk(url: str, key: str, concurrency: int, seconds: float, *args: object) -> Sample:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make install` (scripts/system-deps.sh)")
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-               "-s", str(HERE / script), url, "--", *map(str, args)]
+               "-s", str(HERE / "load.lua"), url, "--", *map(str, args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
                           env={**os.environ, "BENCH_API_KEY": key})
     if done.returncode != 0:
@@ -56,11 +56,11 @@ def wrk(url: str, key: str, script: str, concurrency: int, seconds: float, *args
 
 
 def api_appends(url: str, key: str, concurrency: int, seconds: float, bookings: int) -> Sample:
-    return wrk(url, key, "append.lua", concurrency, seconds, bookings, CREATE_EVERY, uuid.uuid4().hex[:8])
+    return wrk(url, key, concurrency, seconds, "append", bookings, CREATE_EVERY, uuid.uuid4().hex[:8])
 
 
 def api_reads(url: str, key: str, path: str, concurrency: int, seconds: float) -> Sample:
-    return wrk(url, key, "reads.lua", concurrency, seconds, path)
+    return wrk(url, key, concurrency, seconds, "get", path)
 
 
 def driver(name: str, url: str, concurrency: int, seconds: float, bookings: int) -> Sample:

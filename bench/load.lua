@@ -1,6 +1,9 @@
--- wrk load for `make bench`: price changes of existing bookings, and every Nth request a new booking.
--- The API key comes in BENCH_API_KEY (never on a command line). Arguments (after --): number of existing bookings (BENCH-0 .. BENCH-n-1), N (0 = no creates),
--- a run tag that keeps created codes unique. Prints one JSON object when done.
+-- wrk load for `make bench`. The API key comes in BENCH_API_KEY (never on a command line).
+-- Arguments (after --):
+--   append BOOKINGS N RUN   price changes of BENCH-0 .. BENCH-(BOOKINGS-1), and every Nth request
+--                           (0 = none) a new booking NEW-RUN-...; RUN keeps created codes unique
+--   get PATH                GET one path over and over
+-- Prints one JSON object when done.
 
 local threads = {}
 
@@ -10,16 +13,24 @@ function setup(thread)
 end
 
 function init(args)
-  key = os.getenv("BENCH_API_KEY")
-  bookings, create_every, run = tonumber(args[1]), tonumber(args[2]), args[3]
+  mode = args[1]
+  headers = { ["Authorization"] = "Bearer " .. os.getenv("BENCH_API_KEY") }
+  if mode == "get" then
+    path = args[2]
+    return
+  end
+  bookings, create_every, run = tonumber(args[2]), tonumber(args[3]), args[4]
   math.randomseed(os.time() * 100 + tid)
   counter = 0
-  headers = { ["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json" }
+  headers["Content-Type"] = "application/json"
   append_body = '{"events":[{"type":"PriceChanged","price":{"amount":"123.45","currency":"EUR"},"data":{"reason":"bench"}}]}'
   create_body = '{"expected_version":0,"events":[{"type":"BookingPriced","price":{"amount":"99.90","currency":"EUR"}}]}'
 end
 
 function request()
+  if mode == "get" then
+    return wrk.format("GET", path, headers)
+  end
   counter = counter + 1
   if create_every > 0 and counter % create_every == 0 then
     return wrk.format("POST", "/v1/bookings/NEW-" .. run .. "-" .. tid .. "-" .. counter .. "/events", headers, create_body)
