@@ -38,7 +38,7 @@ test: install
 soak: install
 	$(BIN)/python -m tests.soak.soak --duration $(DURATION)
 
-# The benchmarks (about 12 minutes): bench/results/latest.{json,md} and plots.
+# The benchmarks (about 11 minutes): bench/results/latest.{json,md} and plots.
 bench: install
 	$(BIN)/python -m bench
 
