@@ -48,6 +48,9 @@ from core.settings import Settings
 log = logging.getLogger("booking_ledger.sink")
 
 LAG_SECONDS = 2.0  # how often the consumer-lag gauge is brought up to date
+# A consumer that has had no partitions, or has had events waiting without receiving any, for
+# this long is closed and replaced: it rejoins the group (seen after quick broker restarts).
+STALL_SECONDS = 45.0
 
 
 class Sink:
@@ -80,9 +83,8 @@ class Sink:
                 log.debug("set-up attempt failed: %r", error)
             stop.wait(backoff.failed("sink waits for DynamoDB and for the relay to create topic %s", kafka.topic))
         backoff.succeeded("DynamoDB reachable and topic present")
-        consumer = Consumer(consumer_config(kafka))
         self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
-        consumer.subscribe([kafka.topic], on_assign=self._on_assign)
+        consumer = self._subscribe()
         log.info("sink consuming %s into DynamoDB table %s", kafka.topic, tables.table)
         dead_letters: Producer | None = None
         write_backoff = Backoff(log)
@@ -93,6 +95,14 @@ class Sink:
                     first = consumer.poll(0.5)  # wait for something, then take what is already there
                     if first is not None:
                         messages += [first, *consumer.consume(self.batch_size - 1, timeout=0)]
+                    if any(not m.error() for m in messages) or not self._waiting(consumer):
+                        self._progress = time.monotonic()
+                    elif time.monotonic() - self._progress > STALL_SECONDS:
+                        log.warning("sink received nothing for %.0f s while %s: rejoining the group",
+                                    STALL_SECONDS, "events wait" if consumer.assignment() else "without partitions")
+                        consumer.close()  # commits the offsets stored so far
+                        consumer = self._subscribe()
+                        continue
                     events, last = [], {}
                     for message in messages:
                         if message.error():
@@ -110,6 +120,7 @@ class Sink:
                             should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
                         )
                         metrics.SINK_WRITTEN.inc(len(events))
+                        self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
                         metrics.observe_lag(metrics.SINK_COMMIT_TO_WRITE, (e.recorded_at for e in events))
                         if self.store_delay:
                             stop.wait(self.store_delay)
@@ -123,6 +134,31 @@ class Sink:
             consumer.close()  # commits the offsets stored so far
             if dead_letters is not None:
                 dead_letters.flush(5)
+
+    def _subscribe(self) -> Consumer:
+        consumer = Consumer(consumer_config(self.settings.kafka))
+        consumer.subscribe([self.settings.kafka.topic], on_assign=self._on_assign)
+        self._progress = time.monotonic()
+        self._paused = False
+        self._next = {}
+        self._carry = []  # fetched by the old consumer; the new one reads them again
+        return consumer
+
+    def _waiting(self, consumer: Consumer) -> bool:
+        """True without partitions, or when an owned partition holds events beyond what was written
+        (by the watermark cached at the last fetch; no broker round trip)."""
+        if not consumer.assignment():
+            return True
+        topic = self.settings.kafka.topic
+        for partition, next_offset in self._next.items():
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            start = next_offset if next_offset >= 0 else low
+            if start >= 0 and high > start:
+                return True
+        return False
 
     def _keep_alive(self, consumer: Consumer) -> None:
         """While a write is retried: stop fetching, but poll so the group keeps our partitions.
@@ -150,11 +186,12 @@ class Sink:
         lags: dict[str, int] = {}
         for partition, next_offset in self._next.items():
             try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:
                 continue
-            if high >= 0 and next_offset >= 0:
-                lags[str(partition)] = max(0, high - next_offset)
+            start = next_offset if next_offset >= 0 else (low if low >= 0 else (0 if high == 0 else -1))
+            if high >= 0 and start >= 0:
+                lags[str(partition)] = max(0, high - start)
         for gone in self._lag_partitions - lags.keys():  # moved to another sink in a rebalance
             metrics.SINK_CONSUMER_LAG.remove(gone)
         for partition, lag in lags.items():
@@ -186,19 +223,11 @@ class Sink:
                                 "(a broker that lost its memory): reading it from the beginning",
                                 tp.offset, tp.topic, tp.partition)
                 start.append(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
-        self._next = {tp.partition: tp.offset if tp.offset >= 0 else self._low_watermark(consumer, tp) for tp in start}
+        # No broker round trips in here (it runs inside the group protocol): a partition read from its
+        # beginning gets its start from the watermarks cached by the first fetch (_update_lag).
+        self._next = {tp.partition: tp.offset if tp.offset >= 0 else -1 for tp in start}
         self._lag_updated = 0.0
         consumer.assign(start)
-
-    @staticmethod
-    def _low_watermark(consumer: Consumer, tp: TopicPartition) -> int:
-        """Where a partition read from its beginning starts; -1 when the broker does not say."""
-        try:
-            return consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)[0]
-        except KafkaException as error:
-            log.info("low watermark of %s[%d] unknown (%s): its lag shows after the first write", tp.topic,
-                     tp.partition, error)
-            return -1
 
     def _store(self, consumer: Consumer, message: Message) -> None:
         position = TopicPartition(message.topic(), message.partition(), message.offset() + 1,
