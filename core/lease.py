@@ -1,7 +1,7 @@
 """The relay's lease: a Postgres session advisory lock held by the leading relay's connection.
 
 The relay takes it (cdc/relay.py); the console asks Postgres who holds it
-(service/ledger/status.py), and names the holder by its session's application_name.
+(service/console/status.py), and names the holder by its session's application_name.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from core.settings import Settings, get_settings
 from migrations.runner import head_revision
 from service.api import metrics
 from service.api.auth import RateLimiter
-from service.api.console import console, template_config
+from service.console.routes import console, template_config
 from service.api.requestlog import request_log
 from service.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, problem
 from service.api.routes import MAX_BODY_BYTES, ROUTES
@@ -26,7 +26,7 @@ from service.ledger.db import connection, create_pool
 from service.ledger.errors import StoreUnavailable
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
-from service.ledger.status import ReadStore
+from service.console.status import ReadStore
 
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
 

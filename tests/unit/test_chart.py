@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
 from core.events import Event, Price
-from service.api.chart import price_points, step_chart
+from service.console.chart import price_points, step_chart
 
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from core.settings import setting_names
-from service.cli import parser
+from entrypoints.cli import parser
 
 ROOT = Path(__file__).resolve().parents[2]
 AWS_CHAIN = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # read by boto3 itself

@@ -41,7 +41,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    from service.server import serve
+    from entrypoints.server import serve
 
     serve()
     return 0

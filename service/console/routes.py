@@ -28,9 +28,9 @@ from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 
 from core.events import BOOKING_CODE_PATTERN
-from service.api.chart import price_points, step_chart
+from service.console.chart import price_points, step_chart
 from service.api.problems import log
-from service.ledger import status
+from service.console import status
 from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
 from service.ledger.keys import ApiKey, authenticate
 from service.ledger.reads import get_booking, read_booking_events
