@@ -96,7 +96,7 @@ async def _paced(url: str, key: str, rate: float, seconds: float) -> dict[str, f
                 async with session.post(f"/v1/bookings/{code}/events", json=body) as response:
                     await response.read()
                     statuses[response.status] = statuses.get(response.status, 0) + 1
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 statuses[0] = statuses.get(0, 0) + 1
 
         tasks = []

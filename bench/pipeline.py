@@ -18,8 +18,6 @@ from cdc.kafka import ensure_topic, producer_config
 from core.events import EVENT_COLUMNS, OUTBOX_BACKLOG_SQL, encode_event, event_from_row
 from core.pg import connect
 from core.settings import DynamoSettings, KafkaSettings
-from devstack.processes import wait_until
-
 
 
 def scrape(port: int) -> dict[str, float]:

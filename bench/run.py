@@ -340,7 +340,7 @@ def main() -> None:
     finally:
         stack.stop()
     bench.results["meta"] = {
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full",
         "seconds": round(time.monotonic() - started),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from cdc import dynamo
-from core.pg import connect
 from core.events import EVENT_COLUMNS, event_from_row
+from core.pg import connect
 from core.settings import Settings
 
 COUNT_SQL = "SELECT count(*) FROM events WHERE position > $1"

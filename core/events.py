@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec

@@ -1,25 +1,48 @@
-"""Serve the API with granian: several worker processes behind one listening socket."""
+"""Serve the API with granian: several worker processes behind one listening socket.
+
+The schema head the readiness check expects is computed once here, in the parent, from the
+migrations, and handed to every worker: the workers never import Alembic or SQLAlchemy.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 from granian import Granian
 from granian.constants import Interfaces, Loops
 
 from core.settings import get_settings
 
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+# Set by serve() in the parent for its workers (granian starts them as new processes).
+_SCHEMA_HEAD_VARIABLE = "BOOKING_LEDGER_SCHEMA_HEAD"
+
+
+def worker_app() -> Litestar:
+    """The app of one granian worker."""
+    # Imported here, not at the top: prometheus_client picks its multiprocess mode at import,
+    # from PROMETHEUS_MULTIPROC_DIR, which serve() sets first.
+    from service.api.app import create_app
+
+    return create_app(schema_head=os.environ[_SCHEMA_HEAD_VARIABLE])
+
 
 def serve() -> None:
     """Run the API in the foreground until SIGINT/SIGTERM."""
+    from migrations.runner import head_revision
+
     http = get_settings().http
     metrics_dir = tempfile.mkdtemp(prefix="booking-ledger-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by every worker
+    os.environ[_SCHEMA_HEAD_VARIABLE] = head_revision()
     try:
         Granian(
-            "service.api.app:create_app",
+            "entrypoints.server:worker_app",
             factory=True,
             address=http.host,
             port=http.port,

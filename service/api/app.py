@@ -1,4 +1,4 @@
-"""The app factory: routes, error mapping, OpenAPI, and the asyncpg pool opened in the lifespan."""
+"""The app factory: assembles routes, error mapping and OpenAPI, and opens the asyncpg pool in the lifespan."""
 
 from __future__ import annotations
 
@@ -6,57 +6,24 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 
 from core import logs
 from core.settings import Settings, get_settings
-from migrations.runner import head_revision
-from service.api import metrics
 from service.api.auth import RateLimiter
-from service.console.routes import console, template_config
+from service.api.health import HEALTH_ROUTES
+from service.api.problems import EXCEPTION_HANDLERS
 from service.api.requestlog import request_log
-from service.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, problem
 from service.api.routes import MAX_BODY_BYTES, ROUTES
-from service.api.schemas import Problem, append_request_schema
-from service.ledger.db import connection, create_pool
-from service.ledger.errors import StoreUnavailable
+from service.api.schemas import append_request_schema
+from service.console.routes import console, template_config
+from service.console.status import ReadStore
+from service.ledger.db import create_pool
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
-from service.console.status import ReadStore
-
-SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
-
-
-@get("/health/live", summary="The process is up")
-async def live() -> dict[str, str]:
-    return {"status": "live"}
-
-
-@get("/health/ready", summary="Postgres answers and its schema is at the code's head revision",
-     responses={503: ResponseSpec(Problem, description="not ready", media_type=PROBLEM_JSON, generate_examples=False)})
-async def ready(request: Request) -> Response[dict[str, str] | bytes]:
-    expected = request.app.state.schema_head
-    try:
-        async with connection(request.app.state.pool) as conn:
-            current = await conn.fetchval(SCHEMA_VERSION_SQL, timeout=2)
-    except StoreUnavailable as error:
-        return problem(503, "unavailable", f"Postgres is not reachable: {error.detail}", {"Retry-After": "1"})
-    except Exception as error:  # no alembic_version table yet, ...
-        return problem(503, "unavailable", f"schema not readable: {type(error).__name__}", {"Retry-After": "1"})
-    if current != expected:
-        return problem(503, "unavailable", f"schema at {current}, code expects {expected}: run migrate",
-                       {"Retry-After": "1"})
-    return Response({"status": "ready", "schema": current})
-
-
-@get("/metrics", summary="Prometheus metrics", media_type="text/plain")
-async def prometheus_metrics() -> Response[bytes]:
-    body, content_type = metrics.render()
-    return Response(body, media_type=content_type)
 
 
 def _openapi() -> OpenAPIConfig:
@@ -69,7 +36,8 @@ def _openapi() -> OpenAPIConfig:
     )
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
+    """The API and the console; readiness answers 200 only while the schema is at `schema_head`."""
     settings = settings or get_settings()
     logs.configure()
 
@@ -87,11 +55,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await app.state.notifier.stop()
             try:
                 await asyncio.wait_for(app.state.pool.close(), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 app.state.pool.terminate()
 
     app = Litestar(
-        route_handlers=[*ROUTES, live, ready, prometheus_metrics, console],
+        route_handlers=[*ROUTES, *HEALTH_ROUTES, console],
         lifespan=[pool_lifespan],
         middleware=[request_log],
         logging_config=None,  # core.logs owns logging: one format for every line
@@ -99,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=_openapi(),
         template_config=template_config(),
-        state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": head_revision(),
+        state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": schema_head,
                      "read_store": ReadStore(settings.dynamo)}),
     )
     # The append body is decoded by the route itself (strictly), so the framework does not see

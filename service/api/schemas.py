@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
-from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, Event, Price
+from core.events import EVENT_TYPE_PATTERN, Event
 from service.money import Money, currencies_by_minor_unit
 
 MAX_EVENTS = 100

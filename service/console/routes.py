@@ -10,6 +10,7 @@ only state-changing routes (sign-in, sign-out) are POSTs that also refuse a cros
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,9 +29,8 @@ from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 
 from core.events import BOOKING_CODE_PATTERN
-from service.console.chart import price_points, step_chart
-from service.api.problems import log
 from service.console import status
+from service.console.chart import price_points, step_chart
 from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
 from service.ledger.keys import ApiKey, authenticate
 from service.ledger.reads import get_booking, read_booking_events
@@ -41,6 +41,7 @@ SESSION_SECONDS = 8 * 3600
 MAX_EVENTS = 1000  # the latest this many events are shown
 _CODE = re.compile(BOOKING_CODE_PATTERN)
 
+log = logging.getLogger("booking_ledger.console")
 TEMPLATES = Path(__file__).parent / "templates"
 _NOTICES = {
     "signed_out": "You are signed out.",

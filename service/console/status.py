@@ -100,7 +100,7 @@ class ReadStore:
     async def _call(self, work):
         try:
             return await asyncio.wait_for(asyncio.to_thread(work), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ReadStoreUnavailable(f"no answer within {self.timeout:g} s") from None
         except Exception as error:  # botocore's errors, missing credentials, a refused connection
             raise ReadStoreUnavailable(type(error).__name__) from error

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -84,7 +83,7 @@ def translate_errors() -> Iterator[None]:
         yield
     except asyncpg.PostgresError as error:
         raise _translate_postgres(error) from error
-    except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, InternalClientError) as error:
+    except (TimeoutError, OSError, asyncpg.InterfaceError, InternalClientError) as error:
         # InternalClientError: a connection that broke mid-operation (e.g. a Postgres restart).
         raise StoreUnavailable(f"ledger store unavailable: {type(error).__name__}") from error
 

@@ -165,9 +165,8 @@ async def test_bad_booking_codes_get_422(api: str, keys: Keys, client, code: str
 async def test_limits_and_media_types(api: str, keys: Keys, client) -> None:
     code = random_code()
     url = events_url(api, code)
-    big = json.dumps({"expected_version": 0, "events": [{"type": "A", "data": {"x": "y" * (1024 * 1024)}}]})
-    assert_problem(await client.post(url, content=big, headers={**auth(keys.hotel), "content-type": "application/json"}),
-                   413, "payload_too_large")
+    # 413 is test_security's: there over a raw socket, because a client still sending a big body
+    # may see the connection reset before it reads the answer (seen on a busy machine).
     assert_problem(await client.post(url, content='{"events":[{"type":"A"}]}',
                                      headers={**auth(keys.hotel), "content-type": "text/plain"}),
                    415, "unsupported_media_type")
@@ -289,7 +288,6 @@ async def test_operations_endpoints(api: str, keys: Keys, client) -> None:
 
 
 def test_every_request_is_logged_once_with_its_id_department_and_outcome(database_url: str) -> None:
-    import json
 
     server = start_server(database_url, workers=1)
     try:

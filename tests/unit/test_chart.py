@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from core.events import Event, Price
 from service.console.chart import price_points, step_chart
 
 SVG = "{http://www.w3.org/2000/svg}"
-T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
 def event(version: int, amount: str | None, currency: str = "EUR") -> Event:
