@@ -1,0 +1,68 @@
+"""The layering rules of the code, read from its imports (including imports inside functions).
+
+- `service/` and `cdc/` are two libraries over `core/` and never import each other;
+- `core/` imports nothing of ours;
+- only `entrypoints/` (the composition root) knows both libraries, and nothing imports it;
+- the web framework is imported only by the API and the console.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = ("entrypoints", "service", "cdc", "core", "migrations", "devstack")
+FRAMEWORK_ALLOWED = ("service/api/", "service/console/", "entrypoints/")
+
+# package -> packages of ours it must not import
+FORBIDDEN = {
+    "service": {"cdc", "entrypoints", "devstack", "migrations"},
+    "cdc": {"service", "entrypoints", "devstack", "migrations"},
+    "core": {"service", "cdc", "entrypoints", "devstack", "migrations"},
+    "migrations": {"service", "cdc", "entrypoints", "devstack"},
+    "devstack": {"entrypoints"},
+    "entrypoints": set(),
+}
+
+
+def imported_modules(source: str) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+    return modules
+
+
+def violations(relative_path: str, source: str) -> list[str]:
+    package = relative_path.split("/", 1)[0]
+    found = []
+    for module in sorted(imported_modules(source)):
+        top = module.split(".", 1)[0]
+        if top in FORBIDDEN.get(package, set()):
+            found.append(f"{relative_path} imports {module}")
+        if top == "litestar" and not relative_path.startswith(FRAMEWORK_ALLOWED):
+            found.append(f"{relative_path} imports the web framework ({module})")
+    return found
+
+
+def test_no_forbidden_import_edge() -> None:
+    found = []
+    for package in OURS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            found += violations(relative, path.read_text())
+    assert found == []
+
+
+def test_the_rule_catches_an_added_edge() -> None:
+    """The check above can fail: an edge added on purpose (top level or lazy) is reported."""
+    assert violations("service/ledger/x.py", "def f():\n    from cdc.relay import Relay\n") == [
+        "service/ledger/x.py imports cdc.relay"]
+    assert violations("cdc/x.py", "import service.ledger.db\n") == ["cdc/x.py imports service.ledger.db"]
+    assert violations("core/x.py", "from entrypoints import cli\n") == ["core/x.py imports entrypoints"]
+    assert violations("service/ledger/x.py", "from litestar import get\n") == [
+        "service/ledger/x.py imports the web framework (litestar)"]
+    assert violations("service/api/x.py", "from litestar import get\n") == []
