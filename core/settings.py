@@ -109,6 +109,15 @@ class Settings:
     dynamo: DynamoSettings = field(default_factory=DynamoSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment variables that would make a process read them back."""
+        env = {}
+        for group_field in fields(self):
+            group = getattr(self, group_field.name)
+            for setting in fields(group):
+                env[setting.metadata["env"]] = str(getattr(group, setting.name))
+        return env
+
 
 def setting_names() -> set[str]:
     """Every environment variable the settings read."""

@@ -5,9 +5,7 @@ Nothing here touches the developer's `make run` data or the machine's own servic
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,15 +15,12 @@ import asyncpg
 import pytest
 
 from core.settings import DatabaseSettings
+from devstack.harness import fetch_value, free_port
 from devstack.postgres import LocalPostgres
 from migrations.runner import upgrade
 from service.ledger.db import create_pool
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "random_code", "sql"]
 
 
 def random_code(prefix: str = "T") -> str:
@@ -35,15 +30,7 @@ def random_code(prefix: str = "T") -> str:
 
 def sql(url: str, statement: str, *args: object) -> object:
     """Run one statement on a fresh connection, from synchronous code; returns its first value."""
-
-    async def run() -> object:
-        conn = await asyncpg.connect(url)
-        try:
-            return await conn.fetchval(statement, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+    return fetch_value(url, statement, *args)
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from core.settings import DatabaseSettings, Settings
+from devstack.harness import CLI, LedgerProcess, process_env, start_api
 from tests.conftest import free_port
 
-CLI = str(Path(sys.executable).with_name("booking-ledger"))
+Server = LedgerProcess  # an API: its `url`, `log_path`, `stop()`
 
 
 def cli(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -25,45 +23,11 @@ def cli(database_url: str, *args: str, check: bool = True) -> subprocess.Complet
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=check, timeout=60)
 
 
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 def start_server(database_url: str, workers: int = 2, ready_path: str = "/health/ready", **env: str) -> Server:
-    port = free_port()
-    environment = {
-        **os.environ,
-        "LEDGER_DATABASE_URL": database_url,
-        "LEDGER_HTTP_PORT": str(port),
-        "LEDGER_HTTP_WORKERS": str(workers),
-        **env,
-    }
+    """`booking-ledger api` on `database_url` (and nothing else), once ready."""
     log_path = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
-    log = open(log_path, "ab")
-    process = subprocess.Popen([CLI, "api"], env=environment, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"API did not become ready on {server.url}")
-        time.sleep(0.2)
+    settings = Settings(database=DatabaseSettings(url=database_url))
+    return start_api(process_env(settings, **env), log_path, workers, ready_path)
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +49,8 @@ class Keys:
 
 
 def make_key(database_url: str, department: str, scopes: str) -> str:
-    return cli(database_url, "keys", "create", "--department", department, "--scopes", scopes).stdout.strip().splitlines()[-1]
+    created = cli(database_url, "keys", "create", "--department", department, "--scopes", scopes)
+    return created.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

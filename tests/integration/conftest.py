@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -18,12 +14,13 @@ from confluent_kafka import Consumer, TopicPartition
 
 from cdc import dynamo
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
+from devstack.harness import CLI, LedgerProcess, process_env
 from devstack.postgres import LocalPostgres
 from devstack.processes import Broker, DynamoDBLocal, wait_until
 from migrations.runner import upgrade
 from tests.conftest import free_port, sql
 
-CLI = str(Path(sys.executable).with_name("booking-ledger"))
+__all__ = ["CLI", "Pipeline", "Worker", "wait_until"]
 LOGS = Path(tempfile.mkdtemp(prefix="booking-ledger-test-logs-"))
 
 
@@ -52,39 +49,7 @@ def pipeline_template(postgres: LocalPostgres) -> str:
     return url
 
 
-@dataclass
-class Worker:
-    """`booking-ledger relay|sink|api` as a child process we can kill -9."""
-
-    kind: str
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen | None = None
-
-    def start(self) -> Worker:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([CLI, self.kind], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 60) -> None:
-        wait_until(lambda: text in self.log(), timeout, what=f"{self.kind} to log {text!r}")
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+Worker = LedgerProcess  # `booking-ledger relay|sink|api` as a child process we can kill -9
 
 
 @dataclass
@@ -108,19 +73,7 @@ class Pipeline:
         )
 
     def env(self, **extra: str) -> dict[str, str]:
-        s = self.settings
-        return {
-            **os.environ,
-            "LEDGER_DATABASE_URL": self.database_url,
-            "LEDGER_KAFKA_BOOTSTRAP": s.kafka.bootstrap,
-            "LEDGER_KAFKA_TOPIC": s.kafka.topic,
-            "LEDGER_KAFKA_PARTITIONS": str(s.kafka.partitions),
-            "LEDGER_KAFKA_DEAD_LETTER_TOPIC": s.kafka.dead_letter_topic,
-            "LEDGER_SINK_GROUP": s.kafka.sink_group,
-            "LEDGER_DYNAMODB_ENDPOINT": s.dynamo.endpoint,
-            "LEDGER_DYNAMODB_TABLE": s.dynamo.table,
-            **extra,
-        }
+        return process_env(self.settings, **extra)
 
     def start(self, kind: str, **extra: str) -> Worker:
         worker = Worker(kind, self.env(**extra), LOGS / f"{self.name}-{kind}-{len(self.workers)}.log").start()

@@ -1,0 +1,247 @@
+"""One harness for real servers and the ledger's own processes, on free loopback ports.
+
+The tests, the soak and the bench build their topologies from these parts: `Stack` (a private
+Postgres, and on demand the broker and DynamoDB Local, in one scratch folder), `LedgerProcess`
+(`booking-ledger api|relay|sink` as a child we can stop, kill -9, freeze and read the log of) and
+`start_api` (an API that answers readiness). The environment a process gets is made from the
+settings themselves (`Settings.to_env()`), so each `LEDGER_*` name is written once, in
+core/settings.py. A new topology (another kind of Postgres, say) is one more part here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
+from devstack.postgres import LocalPostgres
+from devstack.processes import Broker, DynamoDBLocal, wait_until
+
+CLI = str(Path(sys.executable).with_name("booking-ledger"))
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_sql(url: str, *statements: str) -> None:
+    """Run statements in order on a fresh connection, from synchronous code."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def fetch_value(url: str, query: str, *args: object) -> object:
+    """The first value of a query's first row, on a fresh connection, from synchronous code."""
+
+    async def run() -> object:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def database_url(server_url: str, name: str) -> str:
+    """The URL of another database on the same server."""
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of one of our processes: this one's, minus ambient LEDGER_* values, plus `settings`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LEDGER_")}
+    env.update(settings.to_env())
+    env["LEDGER_LOG_FORMAT"] = "json"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class LedgerProcess:
+    """`booking-ledger <kind>` as a child in its own process group, its output in `log_path`."""
+
+    kind: str
+    env: Mapping[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+    url: str = ""  # the API's base URL
+
+    def start(self) -> LedgerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([CLI, self.kind], env=dict(self.env), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def pids(self) -> list[int]:
+        """The process and its children (the API's granian workers)."""
+        if self.process is None:
+            return []
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        found = [self.process.pid]
+        if children.exists():
+            found += [int(pid) for pid in children.read_text().split()]
+        return found
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        wait_until(lambda: text in self.log(), timeout, what=f"{self.kind} to log {text!r}")
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.alive:
+            assert self.process is not None
+            os.killpg(self.process.pid, sig)
+
+    def freeze(self) -> None:
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """kill -9, the process and its children."""
+        if self.alive:
+            assert self.process is not None
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 20) -> None:
+        """A clean stop; kill -9 when it takes longer than `timeout` seconds."""
+        if self.alive:
+            assert self.process is not None
+            self.thaw()
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_api(env: Mapping[str, str], log_path: Path, workers: int = 2, ready_path: str = "/health/ready",
+              timeout: float = 60) -> LedgerProcess:
+    """`booking-ledger api` on a free port (its `url`), returned once `ready_path` answers 200."""
+    port = free_port()
+    env = {**env, "LEDGER_HTTP_PORT": str(port), "LEDGER_HTTP_WORKERS": str(workers)}
+    url = f"http://127.0.0.1:{port}"
+    api = LedgerProcess("api", env, log_path, stop_signal=signal.SIGINT, url=url).start()
+
+    def ready() -> bool:
+        if not api.alive:
+            raise RuntimeError(f"the API exited; see {log_path}")
+        try:
+            return httpx.get(url + ready_path, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, timeout, interval=0.2, what=f"the API on {url} to be ready")
+    except BaseException:
+        api.stop()
+        raise
+    return api
+
+
+@dataclass
+class Stack:
+    """A private stack in `folder`: Postgres, and on demand a broker and DynamoDB Local; our processes."""
+
+    folder: Path
+    postgres: LocalPostgres = field(init=False)
+    broker: Broker | None = None
+    dynamodb: DynamoDBLocal | None = None
+    processes: list[LedgerProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.chmod(0o755)  # the cluster may belong to the postgres user (when we run as root)
+        self.postgres = LocalPostgres(self.folder / "postgres", free_port())
+
+    def start_postgres(self, **server_settings: str) -> None:
+        """Start Postgres; `server_settings` are applied with ALTER SYSTEM (values as SQL literals)."""
+        self.postgres.start()
+        if server_settings:
+            run_sql(self.postgres.url, *(f"ALTER SYSTEM SET {k} = {v}" for k, v in server_settings.items()),
+                    "SELECT pg_reload_conf()")
+
+    def database(self, name: str, migrate: bool = True, template: str | None = None) -> str:
+        """A new database on this Postgres (dropped first if it exists), migrated to head unless told not to."""
+        from migrations.runner import upgrade
+
+        create = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        run_sql(self.postgres.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', create)
+        url = database_url(self.postgres.url, name)
+        if migrate and template is None:
+            upgrade(url)
+        return url
+
+    def start_pipeline_servers(self, dynamodb_data: Path | None = None) -> None:
+        self.broker = Broker(free_port(), log_file=self.folder / "broker.log")
+        self.broker.start()
+        self.dynamodb = DynamoDBLocal(free_port(), data_dir=dynamodb_data, log_file=self.folder / "dynamodb.log")
+        self.dynamodb.start()
+
+    def settings(self, database: str | None = None, kafka: KafkaSettings | None = None,
+                 dynamo: DynamoSettings | None = None) -> Settings:
+        """Settings that point every part at this stack's servers."""
+        if kafka is None and self.broker:
+            kafka = KafkaSettings(bootstrap=self.broker.bootstrap)
+        if dynamo is None and self.dynamodb:
+            dynamo = DynamoSettings(endpoint=self.dynamodb.endpoint, region="eu-west-1")
+        return Settings(database=DatabaseSettings(url=database or self.postgres.url),
+                        kafka=kafka or KafkaSettings(), dynamo=dynamo or DynamoSettings())
+
+    def env(self, settings: Settings | str | None = None, **extra: str) -> dict[str, str]:
+        if not isinstance(settings, Settings):
+            settings = self.settings(settings)
+        return process_env(settings, **extra)
+
+    def start(self, kind: str, settings: Settings | str | None = None, **extra: str) -> LedgerProcess:
+        """`booking-ledger kind` against this stack (or `settings`, or another database's URL)."""
+        log_path = self.folder / f"{kind}-{len(self.processes)}.log"
+        process = LedgerProcess(kind, self.env(settings, **extra), log_path).start()
+        self.processes.append(process)
+        return process
+
+    def start_api(self, settings: Settings | str | None = None, workers: int = 2,
+                  ready_path: str = "/health/ready", **extra: str) -> LedgerProcess:
+        log_path = self.folder / f"api-{len(self.processes)}.log"
+        api = start_api(self.env(settings, **extra), log_path, workers, ready_path)
+        self.processes.append(api)
+        return api
+
+    def stop(self) -> None:
+        """Everything this stack started, our processes first, Postgres last."""
+        for process in reversed(self.processes):
+            process.stop()
+        for server in (self.broker, self.dynamodb):
+            if server:
+                server.stop()
+        self.postgres.stop(mode="fast")
