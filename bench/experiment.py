@@ -48,7 +48,7 @@ def main() -> None:
         for name, env in args.variant:
             env = dict(env)
             workers = int(env.pop("LEDGER_HTTP_WORKERS", "2"))
-            _, api_url = stack.start_api(url, workers=workers, ready_path="/health/live", **env)
+            _, api_url = stack.start_bench_api(url, workers=workers, ready_path="/health/live", **env)
             load.api_appends(api_url, key, 8, 2, BOOKINGS)
             apis[name] = api_url
         load.driver("raw", url, 8, 2, BOOKINGS)

@@ -84,7 +84,7 @@ class Bench:
             peer_urls["message_db"] = self.stack.install_message_db("message_store")
         if "eventsourcing" in plan.peers:
             peer_urls["eventsourcing"] = self.stack.database("eventsourcing", migrate=False)
-        api, api_url = self.stack.start_api(url)
+        api, api_url = self.stack.start_bench_api(url)
         load.api_appends(api_url, key, 8, min(2, plan.seconds), BOOKINGS)  # warm-up: pool, caches
         for peer, peer_url in peer_urls.items():
             load.driver(peer, peer_url, 8, min(2, plan.seconds), BOOKINGS)
@@ -130,7 +130,7 @@ class Bench:
         self.log(f"  grown ledger: {events} events, made in {time.monotonic() - started:.0f} s")
         apis = {}
         for name, url in (("empty", empty_url), ("grown", grown_url)):
-            apis[name] = (*self.stack.start_api(url), self.stack.api_key(url, ("read", "write")), url)
+            apis[name] = (*self.stack.start_bench_api(url), self.stack.api_key(url, ("read", "write")), url)
         for name, (_, api_url, key, _) in apis.items():
             load.api_appends(api_url, key, 8, min(2, plan.seconds), BOOKINGS)
         appends: dict[str, list[load.Sample]] = {"empty": [], "grown": []}
@@ -214,7 +214,7 @@ class Bench:
         pipeline.ensure_topic(kafka, "bench-e2e")
         relay = self.stack.start("relay", url, LEDGER_KAFKA_TOPIC="bench-e2e", LEDGER_RELAY_METRICS_PORT=str(relay_port))
         pipeline.wait_until(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
-        api, api_url = self.stack.start_api(url)
+        api, api_url = self.stack.start_bench_api(url)
         # The relay alone under a steady rate of appends (the sink and DynamoDB Local idle).
         relay_at_rate = {}
         for rate in plan.e2e_rates:

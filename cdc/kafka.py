@@ -45,7 +45,7 @@ def consumer_config(settings: KafkaSettings) -> dict[str, object]:
         # committed in the background; nothing is committed past an unwritten event.
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
-        "auto.commit.interval.ms": 1_000,
+        "auto.commit.interval.ms": settings.commit_interval_ms,
         # Group joins take ~20 s on the local broker with the default session timeout.
         "session.timeout.ms": 6_000,
         "heartbeat.interval.ms": 1_000,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 
 import asyncpg
@@ -82,9 +81,6 @@ class Relay:
         self.settings = settings
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        # Test-only: seconds to wait between Kafka's acknowledgement and marking rows sent,
-        # so a test can kill the relay in exactly that window.
-        self.mark_delay = float(os.environ.get("LEDGER_RELAY_TEST_MARK_DELAY", "0"))
         self.is_leader = False
         host, pid = relay_identity()
         self._identity = (host, str(pid))
@@ -161,8 +157,6 @@ class Relay:
             delivered = await asyncio.to_thread(self._send, producer, rows)
             if delivered:
                 metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
-                if self.mark_delay:
-                    await asyncio.sleep(self.mark_delay)
                 await _mark_sent(conn, [row["position"] for row in rows[:delivered]])
                 metrics.RELAY_SENT.inc(delivered)
             if delivered < len(rows):

@@ -21,7 +21,6 @@ again, and rewriting them changes nothing.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,9 +64,6 @@ class Sink:
         self._next: dict[int, int] = {}
         self._lag_updated = 0.0
         self._lag_partitions: set[str] = set()
-        # Test-only: seconds to wait between DynamoDB's acceptance and storing the offsets,
-        # so a test can kill the sink in exactly that window.
-        self.store_delay = float(os.environ.get("LEDGER_SINK_TEST_STORE_DELAY", "0"))
 
     def run(self, stop: threading.Event) -> None:
         kafka, tables = self.settings.kafka, self.settings.dynamo
@@ -122,8 +118,6 @@ class Sink:
                         metrics.SINK_WRITTEN.inc(len(events))
                         self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
                         metrics.observe_lag(metrics.SINK_COMMIT_TO_WRITE, (e.recorded_at for e in events))
-                        if self.store_delay:
-                            stop.wait(self.store_delay)
                     for message in last.values():
                         self._store(consumer, message)
                     self._resume(consumer)

@@ -70,6 +70,11 @@ class KafkaSettings:
         "LEDGER_KAFKA_DEAD_LETTER_TOPIC", "booking-events.dead-letter", "Where the sink parks messages it cannot parse."
     )
     sink_group: str = _env_str("LEDGER_SINK_GROUP", "booking-ledger-sink", "Consumer group of the sink.")
+    commit_interval_ms: int = _env_int(
+        "LEDGER_SINK_COMMIT_INTERVAL_MS", 1_000,
+        "How often the sink commits the offsets of events DynamoDB accepted; a crashed sink reads at most "
+        "this much again (harmless: its writes are idempotent).", minimum=1,
+    )
     resend_seconds: int = _env_int(
         "LEDGER_RELAY_RESEND_SECONDS", 900,
         "When the relay has to create the topic (a new or forgetful broker), events of this many seconds are sent again.",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 
 import asyncpg
 import httpx
@@ -142,14 +145,42 @@ def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline:
         server.stop()
 
 
+@contextlib.contextmanager
+def outbox_rows_locked(database_url: str) -> Iterator[None]:
+    """Hold a lock on every outbox row, in another session: the relay can read and send them, but
+    its DELETE of the sent rows waits until the block ends."""
+    locked, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT position FROM outbox FOR UPDATE")
+                locked.set()
+                await asyncio.to_thread(release.wait)
+        finally:
+            await conn.close()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert locked.wait(30), "could not lock the outbox rows"
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
 def test_relay_killed_between_produce_and_mark_loses_and_reorders_nothing(pipeline: Pipeline) -> None:
     codes = [random_code("KILL") for _ in range(3)]
     events = append_events(pipeline, codes, per_booking=4)
-    relay = pipeline.start("relay", LEDGER_RELAY_TEST_MARK_DELAY="30")
-    # Kafka has the events, the outbox still holds them: kill -9 in exactly that window.
-    wait_until(lambda: len(pipeline.topic_messages(len(events), timeout=2)) >= len(events), 60, what="messages in Kafka")
-    assert outbox_size(pipeline) == len(events)
-    relay.kill()
+    with outbox_rows_locked(pipeline.database_url):
+        relay = pipeline.start("relay")
+        # Kafka has the events, the outbox still holds them: kill -9 in exactly that window.
+        wait_until(lambda: len(pipeline.topic_messages(len(events), timeout=2)) >= len(events), 60,
+                   what="messages in Kafka")
+        assert outbox_size(pipeline) == len(events)
+        relay.kill()
     pipeline.start("relay")
     pipeline.start("sink")
     wait_replicated(pipeline, events)
@@ -182,8 +213,10 @@ def test_sink_killed_after_write_before_offset_store(pipeline: Pipeline) -> None
     codes = [random_code("SINK") for _ in range(4)]
     events = append_events(pipeline, codes, per_booking=3)
     pipeline.start("relay")
-    sink = pipeline.start("sink", LEDGER_SINK_TEST_STORE_DELAY="60")
-    wait_replicated(pipeline, events)  # written to DynamoDB; offsets not stored yet
+    # Offsets are committed every 10 minutes, not every second: the events are in DynamoDB and
+    # their offsets are not committed when it is killed.
+    sink = pipeline.start("sink", LEDGER_SINK_COMMIT_INTERVAL_MS="600000")
+    wait_replicated(pipeline, events)
     sink.kill()
     pipeline.start("sink")  # consumes the same messages again
     more = append_events(pipeline, [random_code("SINK")], per_booking=2)

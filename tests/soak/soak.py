@@ -31,22 +31,13 @@ import httpx
 from cdc import dynamo
 from cdc.replay import replay
 from cdc.verify import verify
-from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
-from devstack.postgres import LocalPostgres
-from devstack.processes import Broker, DynamoDBLocal, wait_for_port
+from core.settings import DynamoSettings, KafkaSettings, Settings
+from devstack.harness import CLI, LedgerProcess, Stack, free_port
+from devstack.processes import wait_for_port
 
-CLI = str(Path(sys.executable).with_name("booking-ledger"))
 DEPARTMENTS = ("hotel", "car", "flight")
 FAULTS = ("kill_api_worker", "kill_relay", "kill_sink", "freeze_broker", "freeze_dynamodb",
           "restart_broker", "restart_dynamodb", "restart_postgres")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_duration(text: str) -> float:
@@ -54,87 +45,61 @@ def parse_duration(text: str) -> float:
     return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
 
 
-class Stack:
-    """The private stack, with workers restarted when they die (as supervisord would)."""
+class SoakStack(Stack):
+    """The harness's private stack (persistent DynamoDB Local), our processes restarted when they die
+    (as supervisord would)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.postgres = LocalPostgres(root / "pg", free_port())
-        self.broker = Broker(free_port(), log_file=root / "broker.log")
-        self.dynamodb = DynamoDBLocal(free_port(), data_dir=root / "dynamodb", log_file=root / "dynamodb.log")
+        super().__init__(root)
         self.api_port = free_port()
-        self.workers: dict[str, subprocess.Popen | None] = {"api": None, "relay-a": None, "relay-b": None, "sink": None}
-        self.restarts = collections.Counter()
+        self.workers: dict[str, LedgerProcess] = {}
+        self.restarts: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
     @property
-    def settings(self) -> Settings:
-        return Settings(
-            database=DatabaseSettings(url=self.postgres.url, pool_size=10, command_timeout=10),
-            kafka=KafkaSettings(bootstrap=self.broker.bootstrap),
-            dynamo=DynamoSettings(endpoint=self.dynamodb.endpoint),
-        )
+    def ledger_settings(self) -> Settings:
+        return self.settings(kafka=KafkaSettings(bootstrap=self.broker.bootstrap),
+                             dynamo=DynamoSettings(endpoint=self.dynamodb.endpoint, region="eu-west-1"))
 
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "LEDGER_DATABASE_URL": self.postgres.url, "LEDGER_KAFKA_BOOTSTRAP": self.broker.bootstrap,
-                "LEDGER_DYNAMODB_ENDPOINT": self.dynamodb.endpoint, "LEDGER_HTTP_PORT": str(self.api_port),
-                "LEDGER_HTTP_WORKERS": "2", "LEDGER_RATE_LIMIT": "0", "LEDGER_DB_TIMEOUT": "5"}
+    def worker_env(self) -> dict[str, str]:
+        return self.env(self.ledger_settings, LEDGER_HTTP_PORT=str(self.api_port), LEDGER_HTTP_WORKERS="2",
+                        LEDGER_RATE_LIMIT="0", LEDGER_DB_TIMEOUT="5")
 
-    def start(self) -> None:
-        self.postgres.start()
-        subprocess.run([CLI, "migrate"], env=self.env(), check=True, capture_output=True)
-        self.broker.start()
-        self.dynamodb.start()
-        for name in self.workers:
+    def start_all(self) -> None:
+        self.start_postgres()
+        self.start_pipeline_servers(dynamodb_data=self.folder / "dynamodb")
+        subprocess.run([CLI, "migrate"], env=self.worker_env(), check=True, capture_output=True)
+        for name in ("api", "relay-a", "relay-b", "sink"):
             self._spawn(name)
         wait_for_port(self.api_port, 60)
         threading.Thread(target=self._supervise, daemon=True).start()
 
     def _spawn(self, name: str) -> None:
         kind = name.split("-")[0]
-        log = open(self.root / f"{name}.log", "ab")
-        self.workers[name] = subprocess.Popen([CLI, kind], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True)
+        self.workers[name] = LedgerProcess(kind, self.worker_env(), self.folder / f"{name}.log").start()
 
     def _supervise(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 for name, process in self.workers.items():
-                    if process is not None and process.poll() is not None:
+                    if not process.alive:
                         self.restarts[name] += 1
                         self._spawn(name)
             time.sleep(0.5)
 
     def kill(self, name: str) -> None:
         with self._lock:
-            process = self.workers[name]
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            self.workers[name].kill()
 
     def api_worker_pids(self) -> list[int]:
-        process = self.workers["api"]
-        if process is None:
-            return []
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-        return [int(p) for p in children.read_text().split()] if children.exists() else []
+        return self.workers["api"].pids()[1:]
 
     def stop(self) -> None:
         self._stop.set()
         with self._lock:
-            for process in self.workers.values():
-                if process is not None and process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-            for process in self.workers.values():
-                if process is not None:
-                    try:
-                        process.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(process.pid, signal.SIGKILL)
-        self.broker.stop()
-        self.dynamodb.stop()
-        self.postgres.stop(mode="fast")
+            self.processes = list(self.workers.values())
+            super().stop()
 
 
 @dataclass
@@ -210,7 +175,7 @@ class Load:
         got = answer["events"]
         if [e["event_id"] for e in got] != [e["event_id"] for e in sent]:
             self.record.violations.append(f"answer for {answer['booking_code']} carries other events")
-        for event, original in zip(got, sent):
+        for event, original in zip(got, sent, strict=False):
             self.record.acknowledged[event["event_id"]] = (event["booking_code"], event["version"], original)
 
     async def one(self, client: httpx.AsyncClient) -> None:
@@ -300,7 +265,7 @@ class Load:
 
 
 class Faults:
-    def __init__(self, stack: Stack, rng: random.Random) -> None:
+    def __init__(self, stack: SoakStack, rng: random.Random) -> None:
         self.stack, self.rng = stack, rng
         self.counts: collections.Counter = collections.Counter()
         self.postgres_windows: list[tuple[float, float]] = []
@@ -356,14 +321,14 @@ class Faults:
 class LagSampler:
     """Now and then, the time from an acknowledged create until its item is in DynamoDB."""
 
-    def __init__(self, stack: Stack, record: Record) -> None:
+    def __init__(self, stack: SoakStack, record: Record) -> None:
         self.stack, self.record = stack, record
         self.lags: list[float] = []
         self.unseen = 0
 
     def run(self, stop: threading.Event) -> None:
-        client = dynamo.client(self.stack.settings.dynamo)
-        table = self.stack.settings.dynamo.table
+        client = dynamo.client(self.stack.ledger_settings.dynamo)
+        table = self.stack.ledger_settings.dynamo.table
         while not stop.wait(2.0):
             try:  # the load generator adds to the dict meanwhile
                 event_id, (code, version, _) = next(reversed(self.record.acknowledged.items()))
@@ -385,7 +350,7 @@ class LagSampler:
                 time.sleep(0.05)
 
 
-async def check_ledger(stack: Stack, record: Record) -> None:
+async def check_ledger(stack: SoakStack, record: Record) -> None:
     conn = await asyncpg.connect(stack.postgres.url)
     try:
         ids = list(record.acknowledged)
@@ -414,7 +379,7 @@ async def check_ledger(stack: Stack, record: Record) -> None:
         await conn.close()
 
 
-def outbox_size(stack: Stack) -> int:
+def outbox_size(stack: SoakStack) -> int:
     async def run() -> int:
         conn = await asyncpg.connect(stack.postgres.url)
         try:
@@ -429,15 +394,15 @@ def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, floa
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="booking-ledger-soak-"))
     root.chmod(0o755)
-    stack = Stack(root)
+    stack = SoakStack(root)
     record = Record()
     print(f"soak: {duration:.0f}s at {rate:.0f} requests/s, faults every {fault_every[0]:.0f}-{fault_every[1]:.0f}s, "
           f"seed {seed}, logs in {root}", flush=True)
-    stack.start()
+    stack.start_all()
     try:
         keys = {}
         for department in DEPARTMENTS:
-            out = subprocess.run([CLI, "keys", "create", "--department", department], env=stack.env(),
+            out = subprocess.run([CLI, "keys", "create", "--department", department], env=stack.worker_env(),
                                  check=True, capture_output=True, text=True).stdout
             keys[department] = out.strip().splitlines()[-1]
         faults = Faults(stack, rng)
@@ -458,7 +423,7 @@ def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, floa
             time.sleep(1)
         if outbox_size(stack):
             record.violations.append("the outbox did not drain within 180 s after the faults stopped")
-        settings = stack.settings
+        settings = stack.ledger_settings
         # The sink may still be writing what the relay sent last (after a broker restart the
         # relay sends recent events again): look until there is no drift, for up to two minutes.
         settle_started = time.monotonic()
