@@ -15,8 +15,19 @@ class Price(msgspec.Struct, frozen=True):
     currency: str
 
 
-BOOKING_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+def whole(pattern: str) -> str:
+    r"""`pattern` anchored so that it matches a whole string, in Python and in JSON Schema alike.
+
+    In Python's `re`, `$` also matches before a final newline: "R1\n" would pass `^...$` and
+    become a second booking. `$(?!\n)` closes that hole; in ECMA 262 (JSON Schema, OpenAPI)
+    `$` is already the end of the string and the lookahead changes nothing. msgspec and the
+    framework check patterns with `re.search`, so the anchors must be in the pattern itself.
+    """
+    return f"^(?:{pattern})$(?!\\n)"
+
+
+BOOKING_CODE_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+EVENT_TYPE_PATTERN = whole(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")
 BookingCode = Annotated[str, msgspec.Meta(pattern=BOOKING_CODE_PATTERN)]
 EventType = Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN)]
 

@@ -33,7 +33,7 @@ from service.ledger.reads import Booking, get_booking, read_booking_events, read
 MAX_BODY_BYTES = 1024 * 1024
 # Below 2**63 and exact as a JSON Schema float, so validators agree on the bound.
 MAX_POSITION = 9 * 10**18
-_JSON_MEDIA = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+_JSON_MEDIA = re.compile(r"application/([a-z0-9.+-]+\+)?json")  # fullmatch
 
 
 KEY_REQUIRED = [{"apiKey": []}]
@@ -74,7 +74,7 @@ class _AppendOperation(Operation):
 async def append_events(request: Request, code: BookingCode) -> Response[AppendOut]:
     key = await require_key(request, WRITE_SCOPES)
     media_type = header(request, b"content-type").split(";")[0].strip().lower()
-    if not _JSON_MEDIA.match(media_type):
+    if not _JSON_MEDIA.fullmatch(media_type):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     started = time.perf_counter()
     outcome = "internal_error"

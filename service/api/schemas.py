@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
-from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, Event, Price
+from core.events import EVENT_TYPE_PATTERN, Event, whole
 from service.money import Money, currencies_by_minor_unit
 
 MAX_EVENTS = 100
@@ -17,8 +17,8 @@ MAX_DATA_BYTES = 256 * 1024
 MAX_VERSION = 2**31 - 1
 
 EventType = Annotated[str, Meta(pattern=EVENT_TYPE_PATTERN, examples=["BookingPriced"])]
-Amount = Annotated[str, Meta(pattern=r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$", examples=["129.90"])]
-CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+Amount = Annotated[str, Meta(pattern=whole(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?"), examples=["129.90"])]
+CurrencyCode = Annotated[str, Meta(pattern=whole("[A-Z]{3}"), examples=["EUR"])]
 
 
 class PriceIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -114,7 +114,7 @@ def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
                 "type": "object",
                 "properties": {
                     "amount": {"type": "string",
-                               "pattern": r"^(0|[1-9][0-9]{0,17})" + (rf"(\.[0-9]{{1,{digits}}})?$" if digits else "$")},
+                               "pattern": whole(r"(0|[1-9][0-9]{0,17})" + (rf"(\.[0-9]{{1,{digits}}})?" if digits else ""))},
                     "currency": {"type": "string", "enum": codes},
                 },
                 "required": ["amount", "currency"],
