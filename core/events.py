@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Mapping
 from uuid import UUID
@@ -88,6 +88,11 @@ def price_of(amount: Decimal | None, currency: str | None) -> Price | None:
 
 
 def event_from_row(row: Mapping[str, Any]) -> Event:
+    occurred_at = row["occurred_at"]
+    if occurred_at is not None and occurred_at.tzinfo is None:
+        # Only -infinity / infinity, stored before migration 0005, come back without a zone
+        # (asyncpg gives them as datetime.min / max); every time the ledger emits has an offset.
+        occurred_at = occurred_at.replace(tzinfo=timezone.utc)
     return Event(
         event_id=row["event_id"],
         booking_code=row["booking_code"],
@@ -96,7 +101,7 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
         price=price_of(row["price_amount"], row["price_currency"]),
         data=row["data"],
         department=row["department"],
-        occurred_at=row["occurred_at"],
+        occurred_at=occurred_at,
         recorded_at=row["recorded_at"],
         position=row["position"],
     )

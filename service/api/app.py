@@ -18,6 +18,7 @@ from migrations.runner import head_revision
 from service.api import metrics
 from service.api.auth import RateLimiter
 from service.api.console import console, template_config
+from service.api.http_rules import http_rules
 from service.api.requestlog import request_log
 from service.api.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, problem
 from service.api.routes import MAX_BODY_BYTES, ROUTES
@@ -100,10 +101,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=_openapi(),
         template_config=template_config(),
         state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": head_revision(),
+                     "body_timeout": settings.http.body_timeout,
                      "read_store": ReadStore(settings.dynamo)}),
     )
     # The append body is decoded by the route itself (strictly), so the framework does not see
     # its type; add its JSON Schema, made by msgspec, to the generated (and cached) document.
+    # Outside the router, so that its own answers (404, 405) get the same headers, and HEAD
+    # reaches the GET handlers instead of a 405.
+    app.asgi_handler = http_rules(app.asgi_handler)
     _, append_components = append_request_schema()
     app.openapi_schema.components.schemas.update(append_components)  # type: ignore[union-attr,arg-type]
     return app

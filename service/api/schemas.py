@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,7 +16,16 @@ from service.money import Money, currencies_by_minor_unit
 
 MAX_EVENTS = 100
 MAX_DATA_BYTES = 256 * 1024
+# Postgres keeps a JSON number's every digit (numeric) and writes it out without an exponent:
+# 1e308 comes back, and goes to Kafka and DynamoDB, as 309 digits. A number is refused when that
+# form is longer than this, so expansion cannot blow the data limit or the stored size up.
+MAX_NUMBER_CHARS = 64
 MAX_VERSION = 2**31 - 1
+# occurred_at, converted to UTC, must lie strictly between these two instants. Both ends are
+# what "no time" / "the end of time" marshal to (Go's zero time.Time is 0001-01-01T00:00:00Z),
+# and asyncpg writes exactly these two values as -infinity / infinity, which no stream can carry.
+OCCURRED_AFTER = datetime(1, 1, 1, tzinfo=timezone.utc)
+OCCURRED_BEFORE = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
 
 EventType = Annotated[str, Meta(pattern=EVENT_TYPE_PATTERN, examples=["BookingPriced"])]
 Amount = Annotated[str, Meta(pattern=whole(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?"), examples=["129.90"])]
@@ -41,6 +52,10 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     data: dict[str, Any] | None = None
     occurred_at: Annotated[datetime, Meta(tz=True)] | None = None
 
+    def __post_init__(self) -> None:
+        if self.occurred_at is not None:
+            self.occurred_at = utc_instant(self.occurred_at)
+
 
 class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
     """1 to 100 events, appended atomically, versions assigned in list order."""
@@ -57,9 +72,53 @@ class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
         ids = [e.event_id for e in self.events if e.event_id is not None]
         if len(ids) != len(set(ids)):
             raise ValueError("event_id values must be distinct within one request")
-        size = sum(len(msgspec.json.encode(e.data)) for e in self.events if e.data is not None)
+        size = sum(data_size(e.data) for e in self.events if e.data is not None)
         if size > MAX_DATA_BYTES:
-            raise ValueError(f"data of all events together is {size} bytes, over the {MAX_DATA_BYTES} byte limit")
+            raise ValueError(f"data of all events together is {size} bytes of compact JSON, "
+                             f"over the {MAX_DATA_BYTES} byte limit")
+
+
+def utc_instant(moment: datetime) -> datetime:
+    """`moment` in UTC, or a ValueError when it falls outside what the ledger stores and emits."""
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:
+        utc = None
+    if utc is None or not OCCURRED_AFTER < utc < OCCURRED_BEFORE:
+        raise ValueError(
+            "occurred_at must lie, in UTC, after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z "
+            "(both excluded: they mean 'no time' in many encoders); omit occurred_at when it is unknown"
+        )
+    return utc
+
+
+def data_size(data: dict[str, Any]) -> int:
+    """Bytes of `data` as compact JSON the way the ledger answers it and the streams carry it.
+
+    That is the request's compact encoding, except that a number written with a positive
+    exponent comes back written out (Postgres' numeric): 1e20 is 21 digits there. Raises a
+    ValueError for a number longer than MAX_NUMBER_CHARS written out in full.
+    """
+    size = len(msgspec.json.encode(data))
+    pending: list[Any] = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif type(value) is int:
+            if len(str(value)) > MAX_NUMBER_CHARS:
+                raise ValueError(f"a number in data has more than {MAX_NUMBER_CHARS} digits")
+        elif type(value) is float:
+            sent = msgspec.json.encode(value).decode()
+            written_out = format(Decimal(sent), "f")
+            if len(written_out) > MAX_NUMBER_CHARS:
+                raise ValueError(f"a number in data ({sent}) is longer than {MAX_NUMBER_CHARS} characters "
+                                 "written out without an exponent, as the ledger stores it")
+            if "e" in sent and "e-" not in sent:
+                size += len(written_out) - len(sent)
+    return size
 
 
 class AppendOut(msgspec.Struct):
@@ -95,11 +154,27 @@ class Problem(msgspec.Struct, omit_defaults=True):
 def decode_append(body: bytes) -> AppendIn:
     """Decode and validate an append body; raises msgspec.ValidationError or DecodeError."""
     try:
-        return msgspec.json.decode(body, type=AppendIn, strict=True)
+        request = msgspec.json.decode(body, type=AppendIn, strict=True)
+        # msgspec, like most decoders, keeps the last of duplicate keys; a gateway or log reader
+        # may keep the first. Such a body means two things, so it is refused.
+        json.loads(body, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
+                   parse_constant=_skip)
+        return request
     except UnicodeDecodeError as error:
         raise msgspec.DecodeError(f"body is not UTF-8: {error.reason} at byte {error.start}") from None
     except RecursionError:
         raise msgspec.DecodeError("body is nested too deeply") from None
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise msgspec.ValidationError(f"the key {duplicate!r} appears more than once in one JSON object")
+
+
+def _skip(_: str) -> None:
+    """Numbers are msgspec's to read; the duplicate-key pass only looks at keys."""
 
 
 def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
