@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
@@ -16,8 +16,19 @@ class Price(msgspec.Struct, frozen=True):
     currency: str
 
 
-BOOKING_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+def whole(pattern: str) -> str:
+    r"""`pattern` anchored so that it matches a whole string, in Python and in JSON Schema alike.
+
+    In Python's `re`, `$` also matches before a final newline: "R1\n" would pass `^...$` and
+    become a second booking. `$(?!\n)` closes that hole; in ECMA 262 (JSON Schema, OpenAPI)
+    `$` is already the end of the string and the lookahead changes nothing. msgspec and the
+    framework check patterns with `re.search`, so the anchors must be in the pattern itself.
+    """
+    return f"^(?:{pattern})$(?!\\n)"
+
+
+BOOKING_CODE_PATTERN = whole(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+EVENT_TYPE_PATTERN = whole(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")
 BookingCode = Annotated[str, msgspec.Meta(pattern=BOOKING_CODE_PATTERN)]
 EventType = Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN)]
 
@@ -78,6 +89,11 @@ def price_of(amount: Decimal | None, currency: str | None) -> Price | None:
 
 
 def event_from_row(row: Mapping[str, Any]) -> Event:
+    occurred_at = row["occurred_at"]
+    if occurred_at is not None and occurred_at.tzinfo is None:
+        # Only -infinity / infinity, stored before migration 0005, come back without a zone
+        # (asyncpg gives them as datetime.min / max); every time the ledger emits has an offset.
+        occurred_at = occurred_at.replace(tzinfo=UTC)
     return Event(
         event_id=row["event_id"],
         booking_code=row["booking_code"],
@@ -86,7 +102,7 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
         price=price_of(row["price_amount"], row["price_currency"]),
         data=row["data"],
         department=row["department"],
-        occurred_at=row["occurred_at"],
+        occurred_at=occurred_at,
         recorded_at=row["recorded_at"],
         position=row["position"],
     )

@@ -57,6 +57,9 @@ class HttpSettings:
     rate_limit: int = _env_int(
         "LEDGER_RATE_LIMIT", 5000, "Requests per second per API key in each worker process; 0 turns it off."
     )
+    body_timeout: int = _env_int(
+        "LEDGER_HTTP_BODY_TIMEOUT", 15, "Seconds a request may take to send its whole body; then 408.", minimum=1
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from iso4217 import Currency
 
-_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$")
+_AMOUNT = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?")  # used with fullmatch: no final-newline hole
 
 # Active codes that carry a minor unit; funds, metals and test codes have none ("N.A.").
 _MINOR_UNITS: dict[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
@@ -51,7 +51,7 @@ class Money:
         "120" EUR becomes 120.00; "120.001" EUR is refused rather than rounded.
         """
         digits = minor_unit(currency)
-        match = _AMOUNT.match(amount)
+        match = _AMOUNT.fullmatch(amount)
         if match is None:
             raise MoneyError(
                 f"amount {amount!r} must be a non-negative decimal string such as '129.90' "

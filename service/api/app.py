@@ -15,6 +15,7 @@ from core import logs
 from core.settings import Settings, get_settings
 from service.api.auth import RateLimiter
 from service.api.health import HEALTH_ROUTES
+from service.api.http_rules import http_rules
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.requestlog import request_log
 from service.api.routes import MAX_BODY_BYTES, ROUTES
@@ -68,10 +69,14 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
         openapi_config=_openapi(),
         template_config=template_config(),
         state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": schema_head,
+                     "body_timeout": settings.http.body_timeout,
                      "read_store": ReadStore(settings.dynamo)}),
     )
     # The append body is decoded by the route itself (strictly), so the framework does not see
     # its type; add its JSON Schema, made by msgspec, to the generated (and cached) document.
+    # Outside the router, so that its own answers (404, 405) get the same headers, and HEAD
+    # reaches the GET handlers instead of a 405.
+    app.asgi_handler = http_rules(app.asgi_handler)
     _, append_components = append_request_schema()
     app.openapi_schema.components.schemas.update(append_components)  # type: ignore[union-attr,arg-type]
     return app

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
-from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 
+from service.api import metrics
 from service.api.problems import ApiError
 from service.ledger.keys import ApiKey, authenticate
 
@@ -35,7 +38,7 @@ class RateLimiter:
         return max(1, math.ceil((1.0 - tokens) / self.rate))
 
 
-def header(request: Request, name: bytes) -> str:
+def header(request: ASGIConnection[Any, Any, Any, Any], name: bytes) -> str:
     """One request header (`name` in lower case), read straight from the ASGI scope.
 
     Cheaper than request.headers, which decodes every header of the request on each access."""
@@ -49,8 +52,25 @@ READ_SCOPES = ("read",)
 WRITE_SCOPES = ("write", "write:any")
 
 
-async def require_key(request: Request, scopes: tuple[str, ...]) -> ApiKey:
+async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The guard of every /v1 route: authentication comes before any other check of the request.
+
+    Guards run before the framework validates path and query parameters, so a request without a
+    valid key gets 401 whatever else is wrong with it. The route's scopes come from its `opt`;
+    the key is left in `request.state.api_key`.
+    """
+    try:
+        connection.state.api_key = await require_key(connection, handler.opt["scopes"])
+    except ApiError as error:
+        if route := handler.opt.get("read_route"):
+            metrics.READS.labels(route, error.code).inc()
+        raise
+
+
+async def require_key(request: ASGIConnection[Any, Any, Any, Any], scopes: tuple[str, ...]) -> ApiKey:
     """The request's active API key holding one of `scopes`, or an ApiError (401, 403 or 429)."""
+    if sum(1 for name, _ in request.scope["headers"] if name == b"authorization") > 1:
+        raise ApiError(401, "unauthorized", "send exactly one Authorization header", _CHALLENGE)
     scheme, _, presented = header(request, b"authorization").partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:

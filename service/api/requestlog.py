@@ -15,7 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from core.logs import direct_logger
 
 HEADER = b"x-request-id"
-_VALID_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+_VALID_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")  # fullmatch: no final newline
 
 
 def request_log(app: ASGIApp) -> ASGIApp:
@@ -26,7 +26,7 @@ def request_log(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(HEADER, b"")
-        request_id = given.decode() if _VALID_ID.match(given) else os.urandom(16).hex()
+        request_id = given.decode() if _VALID_ID.fullmatch(given) else os.urandom(16).hex()
         state = scope.setdefault("state", {})  # what request.state reads and writes
         state["request_id"] = request_id
         status = 500

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 from msgspec import Meta
 
-from core.events import EVENT_TYPE_PATTERN, Event
+from core.events import EVENT_TYPE_PATTERN, Event, whole
 from service.money import Money, currencies_by_minor_unit
 
 MAX_EVENTS = 100
 MAX_DATA_BYTES = 256 * 1024
 MAX_VERSION = 2**31 - 1
+# occurred_at, converted to UTC, must lie strictly between these two instants. Both ends are
+# what "no time" / "the end of time" marshal to (Go's zero time.Time is 0001-01-01T00:00:00Z),
+# and asyncpg writes exactly these two values as -infinity / infinity, which no stream can carry.
+OCCURRED_AFTER = datetime(1, 1, 1, tzinfo=UTC)
+OCCURRED_BEFORE = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 EventType = Annotated[str, Meta(pattern=EVENT_TYPE_PATTERN, examples=["BookingPriced"])]
-Amount = Annotated[str, Meta(pattern=r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$", examples=["129.90"])]
-CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+Amount = Annotated[str, Meta(pattern=whole(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?"), examples=["129.90"])]
+CurrencyCode = Annotated[str, Meta(pattern=whole("[A-Z]{3}"), examples=["EUR"])]
 
 
 class PriceIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,6 +48,10 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     data: dict[str, Any] | None = None
     occurred_at: Annotated[datetime, Meta(tz=True)] | None = None
 
+    def __post_init__(self) -> None:
+        if self.occurred_at is not None:
+            self.occurred_at = utc_instant(self.occurred_at)
+
 
 class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
     """1 to 100 events, appended atomically, versions assigned in list order."""
@@ -57,9 +68,48 @@ class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
         ids = [e.event_id for e in self.events if e.event_id is not None]
         if len(ids) != len(set(ids)):
             raise ValueError("event_id values must be distinct within one request")
-        size = sum(len(msgspec.json.encode(e.data)) for e in self.events if e.data is not None)
+        size = sum(data_size(e.data) for e in self.events if e.data is not None)
         if size > MAX_DATA_BYTES:
-            raise ValueError(f"data of all events together is {size} bytes, over the {MAX_DATA_BYTES} byte limit")
+            raise ValueError(f"data of all events together is {size} bytes of compact JSON, "
+                             f"over the {MAX_DATA_BYTES} byte limit")
+
+
+def utc_instant(moment: datetime) -> datetime:
+    """`moment` in UTC, or a ValueError when it falls outside what the ledger stores and emits."""
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not OCCURRED_AFTER < utc < OCCURRED_BEFORE:
+        raise ValueError(
+            "occurred_at must lie, in UTC, after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z "
+            "(both excluded: they mean 'no time' in many encoders); omit occurred_at when it is unknown"
+        )
+    return utc
+
+
+def data_size(data: dict[str, Any]) -> int:
+    """Bytes of `data` as compact JSON the way the ledger answers it and the streams carry it.
+
+    That is the request's compact encoding, except that a number written with a positive
+    exponent comes back written out: Postgres keeps it as numeric and writes it without an
+    exponent, so 1e308 is 309 digits in the answer, on Kafka and in DynamoDB, and counts so.
+    (A negative exponent comes back as a float and is written compactly again.) Integers count
+    their digits as sent, so every number is bounded by the limit itself.
+    """
+    size = len(msgspec.json.encode(data))
+    pending: list[Any] = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif type(value) is float:
+            sent = msgspec.json.encode(value).decode()
+            if "e" in sent and "e-" not in sent:
+                size += len(format(Decimal(sent), "f")) - len(sent)
+    return size
 
 
 class AppendOut(msgspec.Struct):
@@ -95,11 +145,27 @@ class Problem(msgspec.Struct, omit_defaults=True):
 def decode_append(body: bytes) -> AppendIn:
     """Decode and validate an append body; raises msgspec.ValidationError or DecodeError."""
     try:
-        return msgspec.json.decode(body, type=AppendIn, strict=True)
+        request = msgspec.json.decode(body, type=AppendIn, strict=True)
+        # msgspec, like most decoders, keeps the last of duplicate keys; a gateway or log reader
+        # may keep the first. Such a body means two things, so it is refused.
+        json.loads(body, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
+                   parse_constant=_skip)
+        return request
     except UnicodeDecodeError as error:
         raise msgspec.DecodeError(f"body is not UTF-8: {error.reason} at byte {error.start}") from None
     except RecursionError:
         raise msgspec.DecodeError("body is nested too deeply") from None
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise msgspec.ValidationError(f"the key {duplicate!r} appears more than once in one JSON object")
+
+
+def _skip(_: str) -> None:
+    """Numbers are msgspec's to read; the duplicate-key pass only looks at keys."""
 
 
 def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -113,8 +179,8 @@ def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
             {
                 "type": "object",
                 "properties": {
-                    "amount": {"type": "string",
-                               "pattern": r"^(0|[1-9][0-9]{0,17})" + (rf"(\.[0-9]{{1,{digits}}})?$" if digits else "$")},
+                    "amount": {"type": "string", "pattern": whole(
+                        r"(0|[1-9][0-9]{0,17})" + (rf"(\.[0-9]{{1,{digits}}})?" if digits else ""))},
                     "currency": {"type": "string", "enum": codes},
                 },
                 "required": ["amount", "currency"],

@@ -129,7 +129,7 @@ async def booking(request: Request, code: str = "") -> Template | Redirect:
     code = code.strip()
     if not code:
         return Redirect(PATH, status_code=303)
-    if not _CODE.match(code):
+    if not _CODE.fullmatch(code):
         return _page("home.html", key, 422, code=code,
                      error="A booking code is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
     pool = request.app.state.pool

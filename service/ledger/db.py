@@ -99,7 +99,7 @@ def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
             return EventIdConflict(_RAISED["BL005"][1])
         if error.constraint_name == "bookings_pkey":
             return BookingCodeTaken(_RAISED["BL001"][1])
-    if sqlstate.startswith(("22", "54")):  # data exception, program limit exceeded
+    if sqlstate.startswith(("22", "54")) or sqlstate == "23514":  # data exception, program limit, CHECK
         return InvalidData(f"the ledger cannot store this input: {error.message}")
     if sqlstate in _SCHEMA_MISSING:
         return StoreUnavailable(f"the ledger schema is not in place ({sqlstate}): run migrate")

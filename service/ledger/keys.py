@@ -28,8 +28,9 @@ from service.ledger.db import connection, translate_errors
 
 SCOPES = ("read", "write", "write:any")
 DEFAULT_SCOPES = ("read", "write")
-DEPARTMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_KEY = re.compile(r"^bl_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
+# Checked with fullmatch: `$` with match() would let a final newline through.
+DEPARTMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY = re.compile(r"bl_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 
 INSERT_SQL = "INSERT INTO api_keys (id, department, scopes, key_hash) VALUES ($1, $2, $3, $4) RETURNING created_at"
 LIST_SQL = "SELECT id, department, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, id"
@@ -72,7 +73,7 @@ async def create_key(
     conn: asyncpg.Connection | asyncpg.Pool, department: str, scopes: tuple[str, ...] = DEFAULT_SCOPES
 ) -> tuple[ApiKey, str]:
     """A new key for `department`; returns the stored record and the key itself (never stored)."""
-    if not DEPARTMENT.match(department):
+    if not DEPARTMENT.fullmatch(department):
         raise InvalidKeySpec(f"department {department!r} must match {DEPARTMENT.pattern}")
     parse_scopes(",".join(scopes))
     key_id = secrets.token_hex(8)
@@ -185,7 +186,7 @@ class KeyCache:
 
 async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | None = None) -> ApiKey | None:
     """The active key `presented` is, or None for a malformed, unknown or revoked key."""
-    match = _KEY.match(presented)
+    match = _KEY.fullmatch(presented)
     if match is None:
         return None
     key_id = match.group(1)

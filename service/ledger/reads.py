@@ -16,16 +16,38 @@ SELECT code, department, version, price_amount, price_currency, created_at, upda
   FROM bookings WHERE code = $1
 """
 
+# A page ends early once its events hold about MAX_PAGE_BYTES, so that no answer grows with the
+# size of the events (100 events of 255 KiB were a 25 MB answer): the client resumes with the
+# page's cursor. The size counted is the data's jsonb text (a little more than its compact JSON)
+# plus EVENT_OVERHEAD for the other fields; a page always holds at least one event.
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+EVENT_OVERHEAD = 512
+
+
+def _bounded(query: str, order: str) -> str:
+    """`query` (events in `order`, with LIMIT) cut where the bytes before an event reach $max_bytes."""
+    return f"""
+SELECT * FROM (
+    SELECT p.*, sum(p.page_bytes) OVER (ORDER BY p.{order}) - p.page_bytes AS bytes_before
+      FROM (SELECT {EVENT_COLUMNS}, coalesce(octet_length(data::text), 0) + {EVENT_OVERHEAD} AS page_bytes
+              FROM ({query}) q) p
+) w
+ WHERE w.bytes_before < {{max_bytes}}
+ ORDER BY w.{order}
+"""
+
+
+_BOOKING_PAGE = f"""
+        SELECT {EVENT_COLUMNS} FROM events
+         WHERE booking_code = b.code AND version >= $2
+         ORDER BY version
+         LIMIT $3"""
+
 # One round trip answers both "does the booking exist" and "its events from a version on".
 BOOKING_EVENTS_SQL = f"""
 SELECT b.version AS booking_version, e.*
   FROM bookings b
-  LEFT JOIN LATERAL (
-        SELECT {EVENT_COLUMNS} FROM events
-         WHERE booking_code = b.code AND version >= $2
-         ORDER BY version
-         LIMIT $3
-  ) e ON true
+  LEFT JOIN LATERAL ({_bounded(_BOOKING_PAGE, "version").format(max_bytes="$4")}) e ON true
  WHERE b.code = $1
 """
 
@@ -38,13 +60,12 @@ SELECT b.version AS booking_version, e.*
 # never grow behind the reader: an event whose transaction commits late is not skipped, it is
 # held back (with everything after it) until it commits. The snapshot is the statement's own,
 # so every row below the fence is visible to this very query.
-FEED_SQL = f"""
+FEED_SQL = _bounded(f"""
 SELECT {EVENT_COLUMNS} FROM events
  WHERE position > $1
    AND position < pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 1000
  ORDER BY position
- LIMIT $2
-"""
+ LIMIT $2""", "position").format(max_bytes="$3")
 
 
 class Booking(msgspec.Struct, frozen=True):
@@ -74,11 +95,12 @@ async def get_booking(pool: asyncpg.Pool, code: str) -> Booking:
 
 
 async def read_booking_events(
-    pool: asyncpg.Pool, code: str, from_version: int, limit: int
+    pool: asyncpg.Pool, code: str, from_version: int, limit: int, max_bytes: int = MAX_PAGE_BYTES
 ) -> tuple[list[Event], int | None]:
-    """Events of one booking from `from_version` on, and the version to read next (None: none left)."""
+    """Events of one booking from `from_version` on (at most `limit`, about `max_bytes`), and the
+    version to read next (None: none left)."""
     async with connection(pool) as conn:
-        rows = await conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit)
+        rows = await conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit, max_bytes)
     if not rows:
         raise BookingNotFound("no booking with this code")
     events = [event_from_row(row) for row in rows if row["event_id"] is not None]
@@ -87,9 +109,12 @@ async def read_booking_events(
     return events, next_from
 
 
-async def read_feed(pool: asyncpg.Pool, after: int, limit: int) -> tuple[list[Event], int]:
-    """Events after position `after`, in position order, and the cursor for the next page."""
+async def read_feed(
+    pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES
+) -> tuple[list[Event], int]:
+    """Events after position `after`, in position order (at most `limit`, about `max_bytes`), and
+    the cursor for the next page."""
     async with connection(pool) as conn:
-        rows = await conn.fetch(FEED_SQL, after, limit)
+        rows = await conn.fetch(FEED_SQL, after, limit, max_bytes)
     events = [event_from_row(row) for row in rows]
     return events, events[-1].position if events else after

@@ -227,12 +227,3 @@ async def test_an_append_must_be_the_first_write_of_its_transaction(database_url
                                  [None], [None], [None])
     finally:
         await conn.close()
-
-
-async def test_the_data_limit_applies_to_the_stored_text(pool) -> None:
-    # 5 bytes as sent, 309 digits as stored: 1,000 of them are far over 256 KiB.
-    code = random_code()
-    with pytest.raises(InvalidData):
-        await create(pool, code, events=[event(data={"x": [1e308] * 1000})])
-    with pytest.raises(BookingNotFound):
-        await get_booking(pool, code)

@@ -37,5 +37,6 @@ def test_scopes_parse_and_refuse_unknowns() -> None:
 
 
 def test_department_names() -> None:
-    assert DEPARTMENT.match("hotel") and DEPARTMENT.match("car-rental")
-    assert not DEPARTMENT.match("") and not DEPARTMENT.match("hotel; drop")
+    assert DEPARTMENT.fullmatch("hotel") and DEPARTMENT.fullmatch("car-rental")
+    assert not DEPARTMENT.fullmatch("") and not DEPARTMENT.fullmatch("hotel; drop")
+    assert not DEPARTMENT.fullmatch("x\n")
