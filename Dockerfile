@@ -1,12 +1,13 @@
-# The image the compose file builds: the service and its CLI, pinned by constraints.txt.
+# The image the compose file builds: the service and its CLI (only what production runs), pinned by
+# constraints.txt.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
+COPY entrypoints entrypoints
 COPY core core
 COPY service service
 COPY cdc cdc
 COPY migrations migrations
-COPY devstack devstack
 RUN pip install --no-cache-dir -c constraints.txt .
 USER nobody
 EXPOSE 8000

