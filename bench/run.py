@@ -26,6 +26,7 @@ from bench import load, pipeline, report
 from bench.fill import fill
 from bench.stack import Stack, fetch_value, free_port, peak_rss_mb, run_sql
 from core.settings import DynamoSettings, KafkaSettings
+from devstack.processes import wait_until
 
 BOOKINGS = 1000  # existing bookings the appends go to (BENCH-0 .. BENCH-999)
 SINK_THREADS = 8  # cdc.sink.Sink's default
@@ -170,7 +171,7 @@ class Bench:
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
         relay_port, sink_port = free_port(), free_port()
         relay = self.stack.start("relay", url, LEDGER_RELAY_METRICS_PORT=str(relay_port))
-        pipeline.wait_until(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
+        wait_until(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
 
         # Relay: drain a backlog of `relay_events` versus a raw produce of the same messages.
         relay_runs, raw_runs = [], []
@@ -182,7 +183,7 @@ class Bench:
             finally:
                 relay.process.send_signal(18)  # SIGCONT
             started = time.perf_counter()
-            pipeline.wait_until(lambda: pipeline.outbox(url)[0] == 0, 300, 0.02, "relay drain")
+            wait_until(lambda: pipeline.outbox(url)[0] == 0, 300, 0.02, "relay drain")
             relay_runs.append(backlog / (time.perf_counter() - started))
             messages = pipeline.messages_of(pipeline.ledger_events(url, backlog))
             raw_runs.append(len(messages) / pipeline.raw_produce(kafka, f"bench-raw-{n}", messages))
@@ -198,10 +199,10 @@ class Bench:
             pipeline.raw_produce(kafka, topic, pipeline.messages_of(events))
             sink = self.stack.start("sink", url, LEDGER_KAFKA_TOPIC=topic, LEDGER_SINK_GROUP=f"bench-sink-{n}",
                                     LEDGER_DYNAMODB_TABLE=f"bench_sink_{n}", LEDGER_SINK_METRICS_PORT=str(sink_port))
-            first = pipeline.wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) > 0 and time.perf_counter(),
+            first = wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) > 0 and time.perf_counter(),
                                       120, 0.02, "sink start")
             written = _metric(sink_port, "ledger_sink_written_total")
-            pipeline.wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) >= len(events), 300, 0.02,
+            wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) >= len(events), 300, 0.02,
                               "sink drain")
             sink_runs.append((len(events) - written) / (time.perf_counter() - first))
             sink.stop()
@@ -213,7 +214,7 @@ class Bench:
         relay.stop()
         pipeline.ensure_topic(kafka, "bench-e2e")
         relay = self.stack.start("relay", url, LEDGER_KAFKA_TOPIC="bench-e2e", LEDGER_RELAY_METRICS_PORT=str(relay_port))
-        pipeline.wait_until(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
+        wait_until(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
         api, api_url = self.stack.start_bench_api(url)
         # The relay alone under a steady rate of appends (the sink and DynamoDB Local idle).
         relay_at_rate = {}
@@ -223,7 +224,7 @@ class Bench:
             _, err = driver.communicate(timeout=plan.relay_seconds + 120)
             if driver.returncode != 0:
                 raise RuntimeError(f"paced load failed: {err[-2000:]}")
-            pipeline.wait_until(lambda: pipeline.outbox(url)[0] == 0, 120, 0.1, "relay caught up")
+            wait_until(lambda: pipeline.outbox(url)[0] == 0, 120, 0.1, "relay caught up")
             delta = _delta(pipeline.scrape(relay_port), before)
             relay_at_rate[str(rate)] = {
                 **pipeline.histogram_quantiles(delta, "ledger_relay_commit_to_ack_seconds"),
@@ -234,7 +235,7 @@ class Bench:
         # The sink starts at the topic's beginning: wait until it has written all the relay sent so far,
         # then a warm-up at the first rate (the first seconds on a new table are slow), not measured.
         def sink_caught_up() -> None:
-            pipeline.wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0)
+            wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0)
                               >= (_metric(relay_port, "ledger_relay_sent_total") or 1), 300, 0.2, "sink caught up")
 
         sink_caught_up()
