@@ -74,7 +74,8 @@ def driver(name: str, url: str, concurrency: int, seconds: float, bookings: int)
 
 def paced(url: str, key: str, rate: float, seconds: float) -> subprocess.Popen:
     """Start creating bookings at a steady rate in another process; returns it (prints a summary)."""
-    command = [sys.executable, "-m", "bench.load", "paced", "--url", url, "--rate", str(rate), "--seconds", str(seconds)]
+    command = [sys.executable, "-m", "bench.load", "paced",
+               "--url", url, "--rate", str(rate), "--seconds", str(seconds)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent,
                             env={**os.environ, "BENCH_API_KEY": key})
 
@@ -82,7 +83,8 @@ def paced(url: str, key: str, rate: float, seconds: float) -> subprocess.Popen:
 async def _paced(url: str, key: str, rate: float, seconds: float) -> dict[str, float]:
     import aiohttp
 
-    body = {"expected_version": 0, "events": [{"type": "BookingPriced", "price": {"amount": "80.00", "currency": "EUR"}}]}
+    body = {"expected_version": 0,
+            "events": [{"type": "BookingPriced", "price": {"amount": "80.00", "currency": "EUR"}}]}
     headers = {"Authorization": f"Bearer {key}"}
     statuses: dict[int, int] = {}
     behind = 0.0

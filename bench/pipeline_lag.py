@@ -43,8 +43,9 @@ async def load(url: str, key: str, rate: float, seconds: float, acked: dict[str,
 
         async def one() -> None:
             code = f"LAG-{uuid.uuid4().hex[:16]}"
+            price = {"amount": "1.00", "currency": "EUR"}
             response = await client.post(f"/v1/bookings/{code}/events", json={
-                "expected_version": 0, "events": [{"type": "BookingPriced", "price": {"amount": "1.00", "currency": "EUR"}}]})
+                "expected_version": 0, "events": [{"type": "BookingPriced", "price": price}]})
             response.raise_for_status()
             acked[code] = time.monotonic()
 

@@ -105,26 +105,30 @@ def markdown(results: dict) -> str:
                   f"{growth['events_in_grown_ledger']:,} events {a['grown']['ops_per_s']:,.0f}/s "
                   f"→ growth_ratio **{growth['growth_ratio']:.2f}**"]
         for name, reads in growth["reads"].items():
+            booking, page = reads["booking_1000_events"], reads["feed_page_500"]
             lines.append(f"- reads on the {name} ledger (8 in flight): a 1,000-event booking "
-                         f"{reads['booking_1000_events']['ops_per_s']:,.0f}/s (p99 {reads['booking_1000_events']['p99_ms']:.1f} ms), "
-                         f"a 500-event feed page {reads['feed_page_500']['ops_per_s']:,.0f}/s "
-                         f"(p99 {reads['feed_page_500']['p99_ms']:.1f} ms)")
+                         f"{booking['ops_per_s']:,.0f}/s (p99 {booking['p99_ms']:.1f} ms), "
+                         f"a 500-event feed page {page['ops_per_s']:,.0f}/s "
+                         f"(p99 {page['p99_ms']:.1f} ms)")
     relay, sink = results.get("relay"), results.get("sink")
     if relay or sink:
         lines += ["", "## Pipeline", ""]
     if relay:
         lines.append(f"- relay: {relay['relay_events_per_s']:,.0f} events/s draining {relay['backlog_events']:,} "
-                     f"(raw confluent-kafka produce {relay['raw_produce_per_s']:,.0f}/s, ratio {relay['relay_vs_raw']:.2f})")
+                     f"(raw confluent-kafka produce {relay['raw_produce_per_s']:,.0f}/s, "
+                     f"ratio {relay['relay_vs_raw']:.2f})")
         for rate, q in relay["commit_to_ack_at_rate"].items():
-            lines.append(f"- relay commit-to-ack at a steady {rate} appends/s (sink idle): p50 {_fmt(q.get('p50_ms'))} ms, "
-                         f"p99 {_fmt(q.get('p99_ms'))} ms, {_fmt((q.get('share_within_100ms') or 0) * 100)} % within 100 ms")
+            lines.append(f"- relay commit-to-ack at a steady {rate} appends/s (sink idle): "
+                         f"p50 {_fmt(q.get('p50_ms'))} ms, p99 {_fmt(q.get('p99_ms'))} ms, "
+                         f"{_fmt((q.get('share_within_100ms') or 0) * 100)} % within 100 ms")
         under = relay["commit_to_ack_under_e2e_load"]
         lines.append(f"- relay commit-to-ack during the end-to-end runs (sink and DynamoDB Local busy): p50 "
                      f"{_fmt(under.get('p50_ms'))} ms, p99 {_fmt(under.get('p99_ms'))} ms, "
                      f"{_fmt((relay['commit_to_ack_share_within_100ms_under_e2e_load'] or 0) * 100)} % within 100 ms")
     if sink:
-        lines.append(f"- sink: {sink['sink_items_per_s']:,.0f} items/s into DynamoDB Local (raw boto3 batch_write_item, "
-                     f"{sink['raw_boto3_threads']} threads: {sink['raw_boto3_items_per_s']:,.0f}/s, ratio {sink['sink_vs_raw']:.2f})")
+        lines.append(f"- sink: {sink['sink_items_per_s']:,.0f} items/s into DynamoDB Local "
+                     f"(raw boto3 batch_write_item, {sink['raw_boto3_threads']} threads: "
+                     f"{sink['raw_boto3_items_per_s']:,.0f}/s, ratio {sink['sink_vs_raw']:.2f})")
     for rate, run in results.get("e2e", {}).items():
         lines.append(f"- end to end at {rate} appends/s ({run['load']['created']:,} created in "
                      f"{run['load']['seconds']:.0f} s): commit-to-DynamoDB lag p50 {_fmt(run['lag_p50_ms'])} ms, "
@@ -183,10 +187,10 @@ def plot(results: dict, out: Path) -> None:
         fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
         for rate, run in e2e.items():
             if run["lag_series"]:
-                t, lag = zip(*run["lag_series"])
+                t, lag = zip(*run["lag_series"], strict=True)
                 axes[0].plot(t, lag, ".", markersize=3, label=f"{rate} appends/s")
             if run["backlog_series"]:
-                t, rows, _ = zip(*run["backlog_series"])
+                t, rows, _ = zip(*run["backlog_series"], strict=True)
                 axes[1].plot(t, rows, label=f"{rate} appends/s")
         axes[0].set(ylabel="commit → DynamoDB (ms)", yscale="log", title="End-to-end lag and outbox backlog")
         axes[1].set(xlabel="seconds into the run", ylabel="outbox rows")

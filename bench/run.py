@@ -107,7 +107,8 @@ class Bench:
             per_c = {}
             for c in plan.concurrency:
                 api_runs = samples["api"][c][list(peer_urls).index(peer)::len(peer_urls)]
-                per_c[str(c)] = round(median([a.rate / p.rate for a, p in zip(api_runs, samples[peer][c]) if p.rate]), 3)
+                pairs = zip(api_runs, samples[peer][c], strict=True)
+                per_c[str(c)] = round(median([a.rate / p.rate for a, p in pairs if p.rate]), 3)
             ratios[f"api_vs_{peer}"] = per_c
         self.results["ratios"] = ratios
         self.results["memory"] = {"api_worker_peak_rss_mb": [round(peak_rss_mb(pid) or 0, 1) for pid in api.pids()[1:]]}
@@ -132,7 +133,7 @@ class Bench:
         apis = {}
         for name, url in (("empty", empty_url), ("grown", grown_url)):
             apis[name] = (*self.stack.start_bench_api(url), self.stack.api_key(url, ("read", "write")), url)
-        for name, (_, api_url, key, _) in apis.items():
+        for _, api_url, key, _ in apis.values():
             load.api_appends(api_url, key, 8, min(2, plan.seconds), BOOKINGS)
         appends: dict[str, list[load.Sample]] = {"empty": [], "grown": []}
         for _ in range(plan.rounds):
@@ -150,7 +151,7 @@ class Bench:
             }
         for api, *_ in apis.values():
             api.stop()
-        ratios = [g.rate / e.rate for e, g in zip(appends["empty"], appends["grown"]) if e.rate]
+        ratios = [g.rate / e.rate for e, g in zip(appends["empty"], appends["grown"], strict=True) if e.rate]
         self.results["growth"] = {
             "events_in_grown_ledger": events,
             "appends_at_32": {name: summarize(runs) for name, runs in appends.items()},
@@ -199,21 +200,24 @@ class Bench:
             pipeline.raw_produce(kafka, topic, pipeline.messages_of(events))
             sink = self.stack.start("sink", url, LEDGER_KAFKA_TOPIC=topic, LEDGER_SINK_GROUP=f"bench-sink-{n}",
                                     LEDGER_DYNAMODB_TABLE=f"bench_sink_{n}", LEDGER_SINK_METRICS_PORT=str(sink_port))
-            first = wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) > 0 and time.perf_counter(),
-                                      120, 0.02, "sink start")
+            first = wait_until(
+                lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) > 0 and time.perf_counter(),
+                120, 0.02, "sink start")
             written = _metric(sink_port, "ledger_sink_written_total")
-            wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) >= len(events), 300, 0.02,
-                              "sink drain")
+            wait_until(lambda: (_metric(sink_port, "ledger_sink_written_total") or 0) >= len(events),
+                                300, 0.02, "sink drain")
             sink_runs.append((len(events) - written) / (time.perf_counter() - first))
             sink.stop()
-            boto_runs.append(len(items) / pipeline.raw_batch_write(dynamo_settings, f"bench_raw_{n}", items, SINK_THREADS))
+            boto_seconds = pipeline.raw_batch_write(dynamo_settings, f"bench_raw_{n}", items, SINK_THREADS)
+            boto_runs.append(len(items) / boto_seconds)
             self.log(f"  sink {sink_runs[-1]:7.0f} items/s   raw boto3 {boto_runs[-1]:7.0f} items/s")
 
         # End to end: a steady rate of new bookings through the API; lag = commit to DynamoDB.
         # A topic of its own (made beforehand, so the new relay does not resend the relay runs' events).
         relay.stop()
         pipeline.ensure_topic(kafka, "bench-e2e")
-        relay = self.stack.start("relay", url, LEDGER_KAFKA_TOPIC="bench-e2e", LEDGER_RELAY_METRICS_PORT=str(relay_port))
+        relay = self.stack.start("relay", url, LEDGER_KAFKA_TOPIC="bench-e2e",
+                                 LEDGER_RELAY_METRICS_PORT=str(relay_port))
         wait_until(lambda: _metric(relay_port, "ledger_relay_leader") == 1, 60, 0.2, "relay leadership")
         api, api_url = self.stack.start_bench_api(url)
         # The relay alone under a steady rate of appends (the sink and DynamoDB Local idle).
@@ -262,12 +266,14 @@ class Bench:
                 "lag_not_seen": probe.unseen,
                 "lag_p50_ms": round(lags[len(lags) // 2] * 1000, 1) if lags else None,
                 "lag_p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000, 1) if lags else None,
-                "relay_commit_to_ack": pipeline.histogram_quantiles(relay_metrics, "ledger_relay_commit_to_ack_seconds"),
+                "relay_commit_to_ack": pipeline.histogram_quantiles(relay_metrics,
+                                                                    "ledger_relay_commit_to_ack_seconds"),
                 "lag_series": [(round(t, 2), round(lag * 1000, 1)) for t, lag in probe.lags],
                 "backlog_series": [(round(t, 2), n, round(age, 3)) for t, n, age in probe.backlog],
             }
-            self.log(f"  {rate}/s for {plan.e2e_seconds:.0f} s: lag p50 {e2e[str(rate)]['lag_p50_ms']} ms, "
-                     f"p99 {e2e[str(rate)]['lag_p99_ms']} ms; relay commit-to-ack {e2e[str(rate)]['relay_commit_to_ack']}")
+            run = e2e[str(rate)]
+            self.log(f"  {rate}/s for {plan.e2e_seconds:.0f} s: lag p50 {run['lag_p50_ms']} ms, "
+                     f"p99 {run['lag_p99_ms']} ms; relay commit-to-ack {run['relay_commit_to_ack']}")
         relay_all = _delta(pipeline.scrape(relay_port), relay_before)
         self.results["memory"].update({
             "relay_peak_rss_mb": round(peak_rss_mb(relay.process.pid) or 0, 1),
@@ -280,9 +286,10 @@ class Bench:
             "backlog_events": plan.relay_events,
             "relay_events_per_s": round(median(relay_runs), 1),
             "raw_produce_per_s": round(median(raw_runs), 1),
-            "relay_vs_raw": round(median([a / b for a, b in zip(relay_runs, raw_runs)]), 3),
+            "relay_vs_raw": round(median([a / b for a, b in zip(relay_runs, raw_runs, strict=True)]), 3),
             "commit_to_ack_at_rate": relay_at_rate,
-            "commit_to_ack_under_e2e_load": pipeline.histogram_quantiles(relay_all, "ledger_relay_commit_to_ack_seconds"),
+            "commit_to_ack_under_e2e_load": pipeline.histogram_quantiles(relay_all,
+                                                                         "ledger_relay_commit_to_ack_seconds"),
             "commit_to_ack_share_within_100ms_under_e2e_load": _share_within(
                 relay_all, "ledger_relay_commit_to_ack_seconds", 0.1),
         }
@@ -291,7 +298,7 @@ class Bench:
             "sink_items_per_s": round(median(sink_runs), 1),
             "raw_boto3_items_per_s": round(median(boto_runs), 1),
             "raw_boto3_threads": SINK_THREADS,
-            "sink_vs_raw": round(median([a / b for a, b in zip(sink_runs, boto_runs)]), 3),
+            "sink_vs_raw": round(median([a / b for a, b in zip(sink_runs, boto_runs, strict=True)]), 3),
         }
         self.results["e2e"] = e2e
 

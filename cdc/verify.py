@@ -89,8 +89,8 @@ async def verify(settings: Settings, grace: float = 5.0, page_size: int = 200) -
                     break
             if suspects:
                 await asyncio.sleep(grace)
-                for codes in _pages(sorted(suspects), page_size):
-                    report.drift.extend(await _compare(conn, dynamodb, table, codes, executor, None))
+                for batch in _pages(sorted(suspects), page_size):
+                    report.drift.extend(await _compare(conn, dynamodb, table, batch, executor, None))
     finally:
         await conn.close()
     report.drift.sort()
@@ -110,7 +110,7 @@ async def _compare(
     loop = asyncio.get_running_loop()
     actual = await asyncio.gather(*(loop.run_in_executor(executor, _query_items, dynamodb, table, c) for c in codes))
     drift: list[Drift] = []
-    for code, stored in zip(codes, actual):
+    for code, stored in zip(codes, actual, strict=True):
         for version, item in expected[code].items():
             if version not in stored:
                 if (code, version) in pending:

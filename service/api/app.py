@@ -64,7 +64,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
         lifespan=[pool_lifespan],
         middleware=[request_log],
         logging_config=None,  # core.logs owns logging: one format for every line
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=_openapi(),
         template_config=template_config(),
@@ -72,11 +72,11 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
                      "body_timeout": settings.http.body_timeout,
                      "read_store": ReadStore(settings.dynamo)}),
     )
-    # The append body is decoded by the route itself (strictly), so the framework does not see
-    # its type; add its JSON Schema, made by msgspec, to the generated (and cached) document.
     # Outside the router, so that its own answers (404, 405) get the same headers, and HEAD
     # reaches the GET handlers instead of a 405.
     app.asgi_handler = http_rules(app.asgi_handler)
+    # The append body is decoded by the route itself (strictly), so the framework does not see
+    # its type; add its JSON Schema, made by msgspec, to the generated (and cached) document.
     _, append_components = append_request_schema()
-    app.openapi_schema.components.schemas.update(append_components)  # type: ignore[union-attr,arg-type]
+    app.openapi_schema.components.schemas.update(append_components)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 
@@ -27,13 +29,18 @@ async def ready(request: Request) -> Response[dict[str, str] | bytes]:
         async with connection(request.app.state.pool) as conn:
             current = await conn.fetchval(SCHEMA_VERSION_SQL, timeout=2)
     except StoreUnavailable as error:
-        return problem(503, "unavailable", f"Postgres is not reachable: {error.detail}", {"Retry-After": "1"})
+        return _not_ready(f"Postgres is not reachable: {error.detail}")
     except Exception as error:  # no alembic_version table yet, ...
-        return problem(503, "unavailable", f"schema not readable: {type(error).__name__}", {"Retry-After": "1"})
+        return _not_ready(f"schema not readable: {type(error).__name__}")
     if current != expected:
-        return problem(503, "unavailable", f"schema at {current}, code expects {expected}: run migrate",
-                       {"Retry-After": "1"})
+        return _not_ready(f"schema at {current}, code expects {expected}: run migrate")
     return Response({"status": "ready", "schema": current})
+
+
+def _not_ready(detail: str) -> Response[Any]:
+    # Typed loosely on purpose: `ready`'s annotation is what Litestar documents as the 200 body, and
+    # Response is invariant in its content type, so the problem answer (bytes) cannot match it exactly.
+    return problem(503, "unavailable", detail, {"Retry-After": "1"})
 
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain")

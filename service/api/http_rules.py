@@ -13,6 +13,7 @@ import asyncio
 import math
 
 from litestar import Request
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.problems import ApiError, ClientGone
@@ -22,22 +23,22 @@ ANSWER_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b
 
 def http_rules(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         head = scope["method"] == "HEAD"
         if head:
-            scope = {**scope, "method": "GET"}  # type: ignore[assignment]
+            scope = {**scope, "method": "GET"}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers.extend(h for h in ANSWER_HEADERS if h[0] not in present)
-                message = {**message, "headers": headers}  # type: ignore[assignment]
+                message = {**message, "headers": headers}
             elif head and message["type"] == "http.response.body":
                 # Content-Length stays that of the GET answer, as RFC 9110 has it for HEAD.
-                message = {**message, "body": b""}  # type: ignore[assignment]
+                message = {**message, "body": b""}
             await send(message)
 
         await app(scope, receive, send_with_headers)
@@ -61,8 +62,8 @@ def check_json_body(request: Request) -> None:
     if not _is_json(media_type.strip().lower()):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     for parameter in parameters:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+        key, _, setting = parameter.partition("=")
+        if key.strip().lower() == "charset" and setting.strip().strip('"').lower() not in ("utf-8", "utf8"):
             raise ApiError(415, "unsupported_media_type", "JSON is read as UTF-8 only: send charset=utf-8 or none")
 
 
@@ -86,7 +87,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         async with asyncio.timeout(timeout):
             while True:
                 message = await request.receive()
-                if message["type"] == "http.disconnect":
+                if message["type"] != "http.request":  # an HTTP request receives only this or http.disconnect
                     raise ClientGone("the client disconnected before its body was complete")
                 chunk = message.get("body", b"")
                 received += len(chunk)

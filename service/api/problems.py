@@ -8,6 +8,7 @@ from http import HTTPStatus
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.types import ExceptionHandlersMap
 
 from service.api.schemas import Problem
 from service.ledger import errors
@@ -129,7 +130,7 @@ def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
                    request=request)
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     errors.LedgerError: _ledger_error,
     ApiError: _api_error,
     ClientGone: _client_gone,

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, SecurityRequirement
 from litestar.params import Parameter
 
 from core.events import BOOKING_CODE_PATTERN
@@ -35,7 +35,7 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_POSITION = 9 * 10**18
 
 
-KEY_REQUIRED = [{"apiKey": []}]
+KEY_REQUIRED: list[SecurityRequirement] = [{"apiKey": []}]
 
 
 def _problems(*statuses: int) -> dict[int, ResponseSpec]:
@@ -86,7 +86,7 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
             code=code,
             department=key.department,
             may_write_any=key.allows("write:any"),
-            expected_version=body.expected_version,
+            expected_version=body.expected,
             events=[
                 NewEvent(
                     event_id=e.event_id or uuid.uuid4(),

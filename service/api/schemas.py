@@ -58,7 +58,9 @@ class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
 
     events: Annotated[list[EventIn], Meta(min_length=1, max_length=MAX_EVENTS)]
     # An integer; 3.0 counts as 3, as JSON Schema has it (the document says "integer").
-    expected_version: Annotated[int, Meta(ge=0, le=MAX_VERSION)] | Annotated[float, Meta(ge=0, le=MAX_VERSION)] | None = None
+    expected_version: (
+        Annotated[int, Meta(ge=0, le=MAX_VERSION)] | Annotated[float, Meta(ge=0, le=MAX_VERSION)] | None
+    ) = None
 
     def __post_init__(self) -> None:
         if isinstance(self.expected_version, float):
@@ -72,6 +74,11 @@ class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
         if size > MAX_DATA_BYTES:
             raise ValueError(f"data of all events together is {size} bytes of compact JSON, "
                              f"over the {MAX_DATA_BYTES} byte limit")
+
+    @property
+    def expected(self) -> int | None:
+        """expected_version as the int that __post_init__ has made of it."""
+        return None if self.expected_version is None else int(self.expected_version)
 
 
 def utc_instant(moment: datetime) -> datetime:

@@ -88,11 +88,11 @@ def step_chart(code: str, points: Sequence[PricePoint], last_version: int) -> Ch
         parts.append(f'<text x="{px:.1f}" y="{TOP + plot_h + 34}" text-anchor="middle" fill="#777" font-size="11">'
                      f'{point.at:%m-%d %H:%M}</text>')
     path = [f"M{x(first):.1f},{y(amounts[0]):.1f}"]
-    for point, amount in zip(drawn[1:], amounts[1:]):
+    for point, amount in zip(drawn[1:], amounts[1:], strict=True):
         path.append(f"H{x(point.version):.1f}V{y(amount):.1f}")
     path.append(f"H{x(end):.1f}")
     parts.append(f'<path class="step" d="{"".join(path)}" fill="none" stroke="#1f6feb" stroke-width="2"/>')
-    for point, amount in zip(drawn, amounts):
+    for point, amount in zip(drawn, amounts, strict=True):
         parts.append(
             f'<circle class="point" data-version="{point.version}" cx="{x(point.version):.1f}" cy="{y(amount):.1f}" '
             f'r="4" fill="#1f6feb"><title>v{point.version}: {escape(point.amount)} {escape(currency)}, '

@@ -21,7 +21,8 @@ def create_booking(client: httpx.Client, key: str, *prices: str | None) -> tuple
     code = random_code("CON")
     events = [{"type": "PriceChanged", "price": {"amount": p, "currency": "EUR"}} if p else {"type": "Note"}
               for p in prices]
-    answer = client.post(f"/v1/bookings/{code}/events", headers=auth(key), json={"expected_version": 0, "events": events})
+    answer = client.post(f"/v1/bookings/{code}/events", headers=auth(key),
+                         json={"expected_version": 0, "events": events})
     assert answer.status_code == 201, answer.text
     return code, answer.json()["events"]
 
@@ -64,7 +65,8 @@ def test_bad_and_write_only_keys_are_refused_with_a_message(client: httpx.Client
     assert "set-cookie" not in answer.headers
     assert_page(answer, 403, "This flight key has no read scope")
     # A write-only key in the cookie counts as no key.
-    assert client.get("/console/pipeline", headers=signed_in(keys.writer)).headers["location"] == "/console?notice=expired"
+    answer = client.get("/console/pipeline", headers=signed_in(keys.writer))
+    assert answer.headers["location"] == "/console?notice=expired"
 
 
 def test_a_sign_in_posted_from_another_site_is_refused(client: httpx.Client, keys: Keys) -> None:
@@ -145,7 +147,8 @@ def test_postgres_down_is_a_503_page(database_url: str) -> None:
     try:
         fake_key = f"bl_{uuid.uuid4().hex[:16]}_{'A' * 43}"
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            assert_page(client.get("/console/pipeline", headers=signed_in(fake_key)), 503, "The ledger is not reachable")
+            assert_page(client.get("/console/pipeline", headers=signed_in(fake_key)), 503,
+                        "The ledger is not reachable")
             assert_page(client.post("/console/sign-in", data={"key": fake_key}), 503, "The ledger is not reachable")
     finally:
         server.stop()

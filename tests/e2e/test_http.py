@@ -98,7 +98,8 @@ async def test_forty_concurrent_http_creators_from_two_departments(api: str, key
 
 async def test_forty_concurrent_http_appends_at_one_version(api: str, keys: Keys, client) -> None:
     code = random_code()
-    await client.post(events_url(api, code), json={"expected_version": 0, "events": [priced()]}, headers=auth(keys.hotel))
+    await client.post(events_url(api, code), json={"expected_version": 0, "events": [priced()]},
+                      headers=auth(keys.hotel))
     responses = await asyncio.gather(*(
         client.post(events_url(api, code), json={"expected_version": 1, "events": [priced("1")]},
                     headers=auth(keys.hotel))
@@ -126,7 +127,8 @@ BAD_BODIES = [
     ("no events", {"expected_version": 0, "events": []}),
     ("101 events", {"expected_version": 0, "events": [{"type": "A"}] * 101}),
     ("bad type", {"expected_version": 0, "events": [{"type": "9lives"}]}),
-    ("amount as number", {"expected_version": 0, "events": [{"type": "A", "price": {"amount": 12.5, "currency": "EUR"}}]}),
+    ("amount as number",
+     {"expected_version": 0, "events": [{"type": "A", "price": {"amount": 12.5, "currency": "EUR"}}]}),
     ("too many decimals", {"expected_version": 0, "events": [priced("1.001")]}),
     ("JPY decimals", {"expected_version": 0, "events": [priced("100.5", "JPY")]}),
     ("negative amount", {"expected_version": 0, "events": [priced("-1.00")]}),
@@ -171,20 +173,21 @@ async def test_limits_and_media_types(api: str, keys: Keys, client) -> None:
                                      headers={**auth(keys.hotel), "content-type": "text/plain"}),
                    415, "unsupported_media_type")
     assert_problem(await client.post(url, content=b"{}", headers=auth(keys.hotel)), 415, "unsupported_media_type")
-    assert_problem(await client.post(url, content='{"events": [', headers={**auth(keys.hotel), "content-type": "application/json"}),
-                   422, "validation_error")
+    as_json = {**auth(keys.hotel), "content-type": "application/json"}
+    assert_problem(await client.post(url, content='{"events": [', headers=as_json), 422, "validation_error")
     latin1 = '{"expected_version": 0, "events": [{"type": "A", "data": {"k": "été"}}]}'.encode("latin-1")
-    assert_problem(await client.post(url, content=latin1, headers={**auth(keys.hotel), "content-type": "application/json"}),
-                   422, "validation_error")
+    assert_problem(await client.post(url, content=latin1, headers=as_json), 422, "validation_error")
     for params in ({"limit": 0}, {"limit": 1001}, {"from_version": 0}, {"limit": "x"}):
         assert_problem(await client.get(url, params=params, headers=auth(keys.hotel)), 422, "validation_error")
     assert_problem(await client.get(f"{api}/v1/events", params={"after": -1}, headers=auth(keys.hotel)),
                    422, "validation_error")
     assert_problem(await client.get(f"{api}/v1/bookings/{code}", headers=auth(keys.hotel)), 404, "booking_not_found")
     assert_problem(await client.get(url, headers=auth(keys.hotel)), 404, "booking_not_found")
-    assert_problem(await client.post(url, json={"events": [{"type": "A"}]}, headers=auth(keys.hotel)), 404, "booking_not_found")
+    assert_problem(await client.post(url, json={"events": [{"type": "A"}]}, headers=auth(keys.hotel)),
+                   404, "booking_not_found")
     assert_problem(await client.get(f"{api}/v1/nothing-here", headers=auth(keys.hotel)), 404, "not_found")
-    assert_problem(await client.delete(f"{api}/v1/bookings/{code}", headers=auth(keys.hotel)), 405, "method_not_allowed")
+    assert_problem(await client.delete(f"{api}/v1/bookings/{code}", headers=auth(keys.hotel)),
+                   405, "method_not_allowed")
 
 
 async def test_event_id_conflict_over_http(api: str, keys: Keys, client) -> None:
@@ -192,7 +195,8 @@ async def test_event_id_conflict_over_http(api: str, keys: Keys, client) -> None
     first, second = random_code(), random_code()
     await client.post(events_url(api, first), json={"expected_version": 0, "events": [priced(event_id=event_id)]},
                       headers=auth(keys.hotel))
-    response = await client.post(events_url(api, second), json={"expected_version": 0, "events": [priced(event_id=event_id)]},
+    response = await client.post(events_url(api, second),
+                                 json={"expected_version": 0, "events": [priced(event_id=event_id)]},
                                  headers=auth(keys.hotel))
     assert assert_problem(response, 409, "event_id_conflict")["event_ids"] == [event_id]
     assert (await client.get(f"{api}/v1/bookings/{second}", headers=auth(keys.hotel))).status_code == 404
@@ -204,14 +208,16 @@ async def test_keys_scopes_and_ownership(api: str, keys: Keys, client, database_
     create = {"expected_version": 0, "events": [priced()]}
     assert_problem(await client.post(url, json=create), 401, "unauthorized")
     assert_problem(await client.post(url, json=create, headers={"Authorization": "Basic abc"}), 401, "unauthorized")
-    assert_problem(await client.post(url, json=create, headers=auth("bl_0123456789abcdef_" + "x" * 43)), 401, "unauthorized")
+    unknown_key = "bl_0123456789abcdef_" + "x" * 43
+    assert_problem(await client.post(url, json=create, headers=auth(unknown_key)), 401, "unauthorized")
     assert_problem(await client.get(f"{api}/v1/events"), 401, "unauthorized")
     assert_problem(await client.post(url, json=create, headers=auth(keys.reader)), 403, "forbidden")
     assert_problem(await client.get(url, headers=auth(keys.writer)), 403, "forbidden")
 
     assert (await client.post(url, json=create, headers=auth(keys.hotel))).status_code == 201
     append = {"events": [priced("5")]}
-    assert assert_problem(await client.post(url, json=append, headers=auth(keys.car)), 403, "not_owner")["department"] == "hotel"
+    by_car = await client.post(url, json=append, headers=auth(keys.car))
+    assert assert_problem(by_car, 403, "not_owner")["department"] == "hotel"
     by_pricing = await client.post(url, json=append, headers=auth(keys.pricing))
     assert by_pricing.status_code == 201 and by_pricing.json()["events"][0]["department"] == "pricing"
     # The department comes from the key, whatever the body says: the body cannot even say it.
@@ -238,7 +244,8 @@ def test_rate_limit_answers_429_with_retry_after(database_url: str) -> None:
     try:
         key = make_key(database_url, "hotel", "read")
         with httpx.Client(timeout=10) as client:
-            responses = [client.get(f"{server.url}/v1/events", params={"limit": 1}, headers=auth(key)) for _ in range(10)]
+            responses = [client.get(f"{server.url}/v1/events", params={"limit": 1}, headers=auth(key))
+                         for _ in range(10)]
         limited = [r for r in responses if r.status_code == 429]
         assert limited and all(r.status_code in (200, 429) for r in responses)
         assert_problem(limited[0], 429, "rate_limited")
@@ -273,7 +280,8 @@ async def test_operations_endpoints(api: str, keys: Keys, client) -> None:
     assert spec["components"]["schemas"]["AppendIn"]["properties"]["events"]["maxItems"] == 100
     assert not any(path.startswith("/console") for path in spec["paths"])
     code = random_code()
-    await client.post(events_url(api, code), json={"expected_version": 0, "events": [priced()]}, headers=auth(keys.hotel))
+    await client.post(events_url(api, code), json={"expected_version": 0, "events": [priced()]},
+                      headers=auth(keys.hotel))
     for _ in range(2):  # two workers: one of them may have answered each read
         assert (await client.get(f"{api}/v1/bookings/{code}", headers=auth(keys.reader))).status_code == 200
         assert (await client.get(f"{api}/v1/bookings/{code}-x/events", headers=auth(keys.reader))).status_code == 404

@@ -30,7 +30,8 @@ def test_no_plaintext_key_in_a_database_dump(keys: Keys, postgres: LocalPostgres
 
 def test_no_endpoint_reveals_a_key_or_its_hash(api: str, keys: Keys) -> None:
     code = random_code()
-    secrets_ = [k for key in all_keys(keys) for k in (key, key.split("_", 2)[2], hashlib.sha256(key.encode()).hexdigest())]
+    secrets_ = [k for key in all_keys(keys)
+                for k in (key, key.split("_", 2)[2], hashlib.sha256(key.encode()).hexdigest())]
     with httpx.Client(timeout=10) as client:
         client.post(f"{api}/v1/bookings/{code}/events", headers=auth(keys.hotel),
                     json={"expected_version": 0, "events": [{"type": "A"}]})

@@ -45,7 +45,8 @@ async def test_create_then_append_advances_versions_and_price(pool) -> None:
     assert (booking.department, booking.version) == ("hotel", 3)
     assert booking.price is not None and booking.price.amount == "80.50"
     # An event without a price leaves the booking's price as it was.
-    await append(pool, code=code, department="hotel", may_write_any=False, expected_version=None, events=[event("Note")])
+    await append(pool, code=code, department="hotel", may_write_any=False, expected_version=None,
+                 events=[event("Note")])
     assert (await get_booking(pool, code)).price.amount == "80.50"
 
 

@@ -73,7 +73,8 @@ def assert_version_order(messages: list[tuple[str, bytes]]) -> None:
     for key, value in messages:
         event = decode_event(value)
         assert key == event.booking_code
-        assert event.version == 1 or event.version - 1 in seen[key], f"{key} v{event.version} before v{event.version - 1}"
+        previous = event.version - 1
+        assert event.version == 1 or previous in seen[key], f"{key} v{event.version} before v{previous}"
         seen[key].add(event.version)
 
 
@@ -108,10 +109,12 @@ def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline:
             first = client.post(f"{server.url}/v1/bookings/{code}/events", headers=auth(key), json={
                 "expected_version": 0,
                 "events": [{"type": "BookingPriced", "price": {"amount": "120.00", "currency": "EUR"},
-                            "data": {"reason": "quote", "nested": {"b": [1, 2.5, None]}}, "occurred_at": "2026-11-26T10:00:00Z"},
+                            "data": {"reason": "quote", "nested": {"b": [1, 2.5, None]}},
+                            "occurred_at": "2026-11-26T10:00:00Z"},
                            {"type": "Note"}]})
             second = client.post(f"{server.url}/v1/bookings/{code}/events", headers=auth(key), json={
-                "expected_version": 2, "events": [{"type": "PriceChanged", "price": {"amount": "5", "currency": "KWD"}}]})
+                "expected_version": 2,
+                "events": [{"type": "PriceChanged", "price": {"amount": "5", "currency": "KWD"}}]})
         assert first.status_code == 201 and second.status_code == 201
         events = [msgspec.convert(e, type=type(decode_event(msgspec.json.encode(e))))
                   for e in first.json()["events"] + second.json()["events"]]
@@ -389,4 +392,5 @@ def test_replay_rebuilds_an_empty_table_and_verify_finds_tampering(pipeline: Pip
     assert checked.returncode == 1
     drift_lines = sorted(tuple(line.split()[:2]) for line in checked.stdout.splitlines()[:-1])
     assert drift_lines == sorted([("extra", "GHOST-1"), ("extra", codes[2])])
-    assert checked.stdout.splitlines()[-1].startswith(f"checked 5 bookings, {len(events)} events: 2 drift (0 missing, 2 extra")
+    summary = checked.stdout.splitlines()[-1]
+    assert summary.startswith(f"checked 5 bookings, {len(events)} events: 2 drift (0 missing, 2 extra")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -32,8 +32,8 @@ async def test_create_key_refuses_a_department_with_a_final_newline(pool) -> Non
         await create_key(pool, "x\n")
 
 
-@pytest.mark.parametrize("moment", [datetime.min.replace(tzinfo=timezone.utc),
-                                    datetime.max.replace(tzinfo=timezone.utc)])
+@pytest.mark.parametrize("moment", [datetime.min.replace(tzinfo=UTC),
+                                    datetime.max.replace(tzinfo=UTC)])
 async def test_the_driver_s_infinity_instants_are_never_stored(pool, moment: datetime) -> None:
     with pytest.raises(InvalidData):
         await append(pool, code=random_code(), department="hotel", may_write_any=False, expected_version=0,
@@ -43,7 +43,7 @@ async def test_the_driver_s_infinity_instants_are_never_stored(pool, moment: dat
 def test_a_legacy_infinity_row_is_emitted_with_an_offset() -> None:
     row = {"event_id": uuid.uuid4(), "booking_code": "R1", "version": 1, "type": "A", "price_amount": None,
            "price_currency": None, "data": None, "department": "hotel", "occurred_at": datetime.min,
-           "recorded_at": datetime.now(timezone.utc), "position": 1}
+           "recorded_at": datetime.now(UTC), "position": 1}
     assert event_from_row(row).occurred_at.utcoffset() is not None
 
 

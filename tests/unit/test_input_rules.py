@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -58,13 +58,13 @@ def test_occurred_at_outside_the_range_is_refused(moment: str) -> None:
 
 
 @pytest.mark.parametrize(("moment", "utc"), [
-    ("0001-01-01T00:00:00.000001Z", datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc)),
-    ("9999-12-31T23:59:59.999998Z", datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=timezone.utc)),
-    ("0001-01-01T14:00:00.000001+14:00", datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc)),
-    ("9999-12-31T09:59:59.999998-14:00", datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=timezone.utc)),
+    ("0001-01-01T00:00:00.000001Z", datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)),
+    ("9999-12-31T23:59:59.999998Z", datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=UTC)),
+    ("0001-01-01T14:00:00.000001+14:00", datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)),
+    ("9999-12-31T09:59:59.999998-14:00", datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=UTC)),
     # Sub-microsecond digits are rounded to the nearest microsecond (half up), as msgspec reads them.
-    ("2026-11-26T10:00:00.1234565Z", datetime(2026, 11, 26, 10, 0, 0, 123457, tzinfo=timezone.utc)),
-    ("2026-11-26T10:00:00.9999996+01:00", datetime(2026, 11, 26, 9, 0, 1, tzinfo=timezone.utc)),
+    ("2026-11-26T10:00:00.1234565Z", datetime(2026, 11, 26, 10, 0, 0, 123457, tzinfo=UTC)),
+    ("2026-11-26T10:00:00.9999996+01:00", datetime(2026, 11, 26, 9, 0, 1, tzinfo=UTC)),
 ])
 def test_occurred_at_inside_the_range_is_kept_in_utc(moment: str, utc: datetime) -> None:
     occurred_at = decode_append(event_body(occurred_at=moment)).events[0].occurred_at

@@ -13,7 +13,8 @@ def body(**fields: object) -> bytes:
 def test_a_full_event_decodes() -> None:
     request = decode_append(body(
         expected_version=0,
-        events=[{"event_id": str(uuid.uuid4()), "type": "BookingPriced", "price": {"amount": "120.00", "currency": "EUR"},
+        events=[{"event_id": str(uuid.uuid4()), "type": "BookingPriced",
+                 "price": {"amount": "120.00", "currency": "EUR"},
                  "data": {"reason": "initial quote"}, "occurred_at": "2026-11-26T10:00:00Z"}],
     ))
     assert request.expected_version == 0
