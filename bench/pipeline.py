@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import asyncpg
 from confluent_kafka import Producer
 
-from cdc import dynamo
 from cdc.kafka import ensure_topic, producer_config
+from core import dynamodb
 from core.events import EVENT_COLUMNS, OUTBOX_BACKLOG_SQL, encode_event, event_from_row
 from core.pg import connect
 from core.settings import DynamoSettings, KafkaSettings
@@ -106,8 +106,8 @@ def raw_produce(settings: KafkaSettings, topic: str, messages: list[tuple[bytes,
 def raw_batch_write(settings: DynamoSettings, table: str, items: list, threads: int) -> float:
     """Seconds plain boto3 batch_write_item calls (25 items each, `threads` in parallel, unprocessed
     items sent again) take to store `items`."""
-    client = dynamo.client(settings)
-    dynamo.ensure_table(client, table)
+    client = dynamodb.client(settings)
+    dynamodb.ensure_table(client, table)
     chunks = [items[i : i + 25] for i in range(0, len(items), 25)]
 
     def write(chunk: list) -> None:
@@ -162,7 +162,7 @@ class LagProbe:
         asyncio.run(run())
 
     def _watch(self) -> None:
-        client = dynamo.client(self.settings)
+        client = dynamodb.client(self.settings)
 
         async def fetch_new(conn: asyncpg.Connection, after: int) -> list:
             return await conn.fetch(

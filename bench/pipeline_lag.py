@@ -18,13 +18,13 @@ import uuid
 
 import httpx
 
-from cdc import dynamo
+from core import dynamodb
 from core.settings import get_settings
 
 
 def poll(acked: dict[str, float], seen: dict[str, float], done: threading.Event) -> None:
     settings = get_settings().dynamo
-    client = dynamo.client(settings)
+    client = dynamodb.client(settings)
     while not done.is_set() or len(seen) < len(acked):
         waiting = [code for code in list(acked) if code not in seen][:100]
         for start in range(0, len(waiting), 100):

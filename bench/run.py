@@ -192,7 +192,7 @@ class Bench:
 
         # Sink: the same `sink_events` events from a topic of their own into DynamoDB, versus boto3.
         events = pipeline.ledger_events(url, plan.sink_events)
-        items = [pipeline.dynamo.item_of(e) for e in events]
+        items = [dynamodb.item_of(e) for e in events]
         sink_runs, boto_runs = [], []
         pipeline.raw_batch_write(dynamo_settings, "bench_warm_up", items, SINK_THREADS)  # DynamoDB Local's JIT
         for n in range(plan.rounds + 1):

@@ -15,69 +15,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
-import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cdc import metrics
 from cdc.backoff import Backoff
-from core.dynamodb import client  # noqa: F401  (the sink, replay and verify use dynamo.client)
-from core.events import Event
+from core.dynamodb import Item, ensure_table
 
 log = logging.getLogger("booking_ledger.dynamodb")
 
-Item = dict[str, dict[str, str]]
 BATCH_LIMIT = 25  # BatchWriteItem's maximum
 
 
 class Stopped(Exception):
     """Shutdown was requested while a write was still being retried; nothing was skipped."""
-
-
-def ensure_table(dynamodb, table: str, timeout: float = 60) -> None:
-    """Create the events table when it is missing (the local stack; AWS may pre-provision it)."""
-    try:
-        dynamodb.describe_table(TableName=table)
-        return
-    except dynamodb.exceptions.ResourceNotFoundException:
-        pass
-    try:
-        dynamodb.create_table(
-            TableName=table,
-            KeySchema=[{"AttributeName": "booking_code", "KeyType": "HASH"},
-                       {"AttributeName": "version", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": "booking_code", "AttributeType": "S"},
-                                  {"AttributeName": "version", "AttributeType": "N"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        log.info("created DynamoDB table %s", table)
-    except dynamodb.exceptions.ResourceInUseException:
-        pass  # created by someone else meanwhile
-    dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": int(timeout)})
-
-
-def item_of(event: Event) -> Item:
-    """The DynamoDB item of an event (CONTRACT.md section 3)."""
-    item: Item = {
-        "booking_code": {"S": event.booking_code},
-        "version": {"N": str(event.version)},
-        "event_id": {"S": str(event.event_id)},
-        "type": {"S": event.type},
-        "department": {"S": event.department},
-        "position": {"N": str(event.position)},
-        "recorded_at": {"S": _timestamp(event.recorded_at)},
-    }
-    if event.occurred_at is not None:
-        item["occurred_at"] = {"S": _timestamp(event.occurred_at)}
-    if event.price is not None:
-        item["price_amount"] = {"S": event.price.amount}
-        item["price_currency"] = {"S": event.price.currency}
-    if event.data is not None:
-        item["data"] = {"S": msgspec.json.encode(event.data).decode()}
-    return item
-
-
-def _timestamp(value) -> str:
-    return msgspec.json.encode(value).decode().strip('"')
 
 
 def write_items(

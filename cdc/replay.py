@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from cdc import dynamo
+from core.dynamodb import client as dynamodb_client
+from core.dynamodb import ensure_table, item_of
 from core.events import EVENT_COLUMNS, event_from_row
 from core.pg import connect
 from core.settings import Settings
@@ -24,8 +26,8 @@ PAGE_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY pos
 async def replay(settings: Settings, after: int = 0, page_size: int = 1000, progress: bool = True) -> int:
     """Write every ledger event with a position above `after` to DynamoDB; returns how many."""
     conn = await connect(settings.database.url, timeout=10)
-    dynamodb = dynamo.client(settings.dynamo)
-    await asyncio.to_thread(dynamo.ensure_table, dynamodb, settings.dynamo.table)
+    dynamodb = dynamodb_client(settings.dynamo)
+    await asyncio.to_thread(ensure_table, dynamodb, settings.dynamo.table)
     written = 0
     try:
         total = await conn.fetchval(COUNT_SQL, after)
@@ -36,7 +38,7 @@ async def replay(settings: Settings, after: int = 0, page_size: int = 1000, prog
                 rows = await conn.fetch(PAGE_SQL, after, page_size)
                 if not rows:
                     break
-                items = [dynamo.item_of(event_from_row(row)) for row in rows]
+                items = [item_of(event_from_row(row)) for row in rows]
                 await asyncio.to_thread(dynamo.write_items, dynamodb, settings.dynamo.table, items, executor=executor)
                 after = rows[-1]["position"]
                 written += len(rows)

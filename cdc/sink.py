@@ -41,6 +41,8 @@ from confluent_kafka.admin import AdminClient
 from cdc import dynamo, metrics
 from cdc.backoff import Backoff
 from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
+from core.dynamodb import client as dynamodb_client
+from core.dynamodb import ensure_table, item_of
 from core.events import decode_event
 from core.settings import Settings
 
@@ -68,11 +70,11 @@ class Sink:
     def run(self, stop: threading.Event) -> None:
         kafka, tables = self.settings.kafka, self.settings.dynamo
         metrics.serve(self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
-        dynamodb = dynamo.client(tables)
+        dynamodb = dynamodb_client(tables)
         backoff = Backoff(log)
         while not stop.is_set():
             try:
-                dynamo.ensure_table(dynamodb, tables.table)
+                ensure_table(dynamodb, tables.table)
                 if ensure_topic(kafka, create=False) == EXISTING:  # the relay creates it
                     break
             except Exception as error:  # DynamoDB Local or the broker still starting
@@ -112,7 +114,7 @@ class Sink:
                         last[(message.topic(), message.partition())] = message
                     if events:
                         dynamo.write_items(
-                            dynamodb, tables.table, [dynamo.item_of(e) for e in events], executor=executor,
+                            dynamodb, tables.table, [item_of(e) for e in events], executor=executor,
                             should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
                         )
                         metrics.SINK_WRITTEN.inc(len(events))

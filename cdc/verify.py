@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from cdc import dynamo
+from core.dynamodb import Item, item_of
+from core.dynamodb import client as dynamodb_client
 from core.events import EVENT_COLUMNS, event_from_row
 from core.pg import connect
 from core.settings import Settings
@@ -58,7 +59,7 @@ class Report:
 
 async def verify(settings: Settings, grace: float = 5.0, page_size: int = 200) -> Report:
     conn = await connect(settings.database.url, timeout=10)
-    dynamodb = dynamo.client(settings.dynamo)
+    dynamodb = dynamodb_client(settings.dynamo)
     table = settings.dynamo.table
     report = Report()
     suspects: set[str] = set()
@@ -102,10 +103,10 @@ async def _compare(
     report: Report | None,
 ) -> list[Drift]:
     """Drift of these bookings; counts bookings, events and pending events into `report` when given."""
-    expected: dict[str, dict[int, dynamo.Item]] = {code: {} for code in codes}
+    expected: dict[str, dict[int, Item]] = {code: {} for code in codes}
     rows = await conn.fetch(EVENTS_SQL, list(codes))
     for row in rows:
-        expected[row["booking_code"]][row["version"]] = dynamo.item_of(event_from_row(row))
+        expected[row["booking_code"]][row["version"]] = item_of(event_from_row(row))
     pending = {(r["booking_code"], r["version"]) for r in await conn.fetch(PENDING_SQL, list(codes))}
     loop = asyncio.get_running_loop()
     actual = await asyncio.gather(*(loop.run_in_executor(executor, _query_items, dynamodb, table, c) for c in codes))
@@ -127,8 +128,8 @@ async def _compare(
     return drift
 
 
-def _query_items(dynamodb, table: str, code: str) -> dict[int, dynamo.Item]:
-    items: dict[int, dynamo.Item] = {}
+def _query_items(dynamodb, table: str, code: str) -> dict[int, Item]:
+    items: dict[int, Item] = {}
     options = {"TableName": table, "KeyConditionExpression": "booking_code = :c",
                "ExpressionAttributeValues": {":c": {"S": code}}, "ConsistentRead": True}
     while True:
@@ -147,7 +148,7 @@ def _scan_keys(dynamodb, table: str, start: dict | None) -> dict:
     return dynamodb.scan(**options)
 
 
-def _difference(ledger: dynamo.Item, stored: dynamo.Item) -> str:
+def _difference(ledger: Item, stored: Item) -> str:
     names = sorted(ledger.keys() | stored.keys())
     return "; ".join(
         f"{name}: ledger {_value(ledger.get(name))} dynamodb {_value(stored.get(name))}"

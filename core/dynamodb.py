@@ -1,14 +1,23 @@
-"""The DynamoDB client every process uses: the sink and replay write with it, the console reads."""
+"""The DynamoDB read store's layout and client: what the sink, replay and verify write and compare,
+what the console reads (CONTRACT.md section 3). The writer (batches, retries) is cdc/dynamo.py."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import boto3
+import msgspec
 from botocore.config import Config
 
+from core.events import Event
 from core.settings import DynamoSettings
+
+log = logging.getLogger("booking_ledger.dynamodb")
+
+Item = dict[str, dict[str, str]]
+PARTITION_KEY, SORT_KEY = "booking_code", "version"
 
 
 def client(settings: DynamoSettings, *, connect_timeout: float = 2, read_timeout: float = 10, attempts: int = 2):
@@ -28,3 +37,57 @@ def client(settings: DynamoSettings, *, connect_timeout: float = 2, read_timeout
             # DynamoDB Local (-sharedDb) accepts any credentials; these are not secrets.
             options.update(aws_access_key_id="local", aws_secret_access_key="local")
     return boto3.client("dynamodb", **options)
+
+
+def ensure_table(dynamodb, table: str, timeout: float = 60) -> None:
+    """Create the events table when it is missing (the local stack; AWS may pre-provision it)."""
+    try:
+        dynamodb.describe_table(TableName=table)
+        return
+    except dynamodb.exceptions.ResourceNotFoundException:
+        pass
+    try:
+        dynamodb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+                       {"AttributeName": SORT_KEY, "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": PARTITION_KEY, "AttributeType": "S"},
+                                  {"AttributeName": SORT_KEY, "AttributeType": "N"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        log.info("created DynamoDB table %s", table)
+    except dynamodb.exceptions.ResourceInUseException:
+        pass  # created by someone else meanwhile
+    dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": int(timeout)})
+
+
+def item_of(event: Event) -> Item:
+    """The DynamoDB item of an event (CONTRACT.md section 3)."""
+    item: Item = {
+        PARTITION_KEY: {"S": event.booking_code},
+        SORT_KEY: {"N": str(event.version)},
+        "event_id": {"S": str(event.event_id)},
+        "type": {"S": event.type},
+        "department": {"S": event.department},
+        "position": {"N": str(event.position)},
+        "recorded_at": {"S": _timestamp(event.recorded_at)},
+    }
+    if event.occurred_at is not None:
+        item["occurred_at"] = {"S": _timestamp(event.occurred_at)}
+    if event.price is not None:
+        item["price_amount"] = {"S": event.price.amount}
+        item["price_currency"] = {"S": event.price.currency}
+    if event.data is not None:
+        item["data"] = {"S": msgspec.json.encode(event.data).decode()}
+    return item
+
+
+def _timestamp(value) -> str:
+    return msgspec.json.encode(value).decode().strip('"')
+
+
+def latest_version_query(table: str, code: str) -> dict[str, Any]:
+    """The Query (its keyword arguments) that reads a booking's latest version in the read store."""
+    return {"TableName": table, "KeyConditionExpression": f"{PARTITION_KEY} = :c",
+            "ExpressionAttributeValues": {":c": {"S": code}}, "ProjectionExpression": SORT_KEY,
+            "ScanIndexForward": False, "Limit": 1, "ConsistentRead": True}

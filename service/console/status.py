@@ -109,13 +109,9 @@ class ReadStore:
         """The highest version of the booking in DynamoDB, None when it has no item yet."""
 
         def query() -> int | None:
-            answer = self._dynamodb().query(
-                TableName=self.settings.table, KeyConditionExpression="booking_code = :c",
-                ExpressionAttributeValues={":c": {"S": code}}, ProjectionExpression="version",
-                ScanIndexForward=False, Limit=1, ConsistentRead=True,
-            )
+            answer = self._dynamodb().query(**dynamodb.latest_version_query(self.settings.table, code))
             items = answer.get("Items", [])
-            return int(items[0]["version"]["N"]) if items else None
+            return int(items[0][dynamodb.SORT_KEY]["N"]) if items else None
 
         return await self._call(query)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from cdc import dynamo
+from core import dynamodb
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
 from devstack.harness import CLI, LedgerProcess, process_env
 from devstack.postgres import LocalPostgres
@@ -81,7 +81,7 @@ class Pipeline:
         return worker
 
     def dynamodb_client(self):
-        return dynamo.client(self.settings.dynamo)
+        return dynamodb.client(self.settings.dynamo)
 
     def items(self, code: str) -> dict[int, dict]:
         client = self.dynamodb_client()

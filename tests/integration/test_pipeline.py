@@ -17,9 +17,9 @@ import httpx
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cdc import dynamo
 from cdc.replay import replay
 from cdc.verify import verify
+from core import dynamodb
 from core.events import decode_event, encode_event
 from service.ledger.append import APPEND_SQL, NewEvent, append
 from service.ledger.db import create_pool
@@ -55,7 +55,7 @@ def append_events(pipeline: Pipeline, codes: list[str], per_booking: int) -> lis
 def in_dynamodb(pipeline: Pipeline, events: list) -> bool:
     by_code = defaultdict(dict)
     for event in events:
-        by_code[event.booking_code][event.version] = dynamo.item_of(event)
+        by_code[event.booking_code][event.version] = dynamodb.item_of(event)
     return all(pipeline.items(code) == expected for code, expected in by_code.items())
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from cdc import dynamo
 from cdc.replay import replay
 from cdc.verify import verify
+from core import dynamodb
 from core.settings import DynamoSettings, KafkaSettings, Settings
 from devstack.harness import CLI, LedgerProcess, Stack, free_port
 from devstack.processes import wait_for_port
@@ -327,7 +327,7 @@ class LagSampler:
         self.unseen = 0
 
     def run(self, stop: threading.Event) -> None:
-        client = dynamo.client(self.stack.ledger_settings.dynamo)
+        client = dynamodb.client(self.stack.ledger_settings.dynamo)
         table = self.stack.ledger_settings.dynamo.table
         while not stop.wait(2.0):
             try:  # the load generator adds to the dict meanwhile
