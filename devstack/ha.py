@@ -313,14 +313,14 @@ class HACluster:
     def primary(self) -> PatroniNode | None:
         """The node whose Patroni answers 200 on /primary (it holds the leader key and runs read-write)."""
         for node in self.nodes:
-            if node.rest_get("/primary", timeout=0.5)[0] == 200:
+            if node.rest_get("/primary", timeout=3)[0] == 200:
                 return node
         return None
 
     def members(self) -> list[dict[str, Any]]:
         """Patroni's view of the cluster (/cluster of any node that answers)."""
         for node in self.nodes:
-            status, body = node.rest_get("/cluster", timeout=0.5)
+            status, body = node.rest_get("/cluster", timeout=3)
             if status == 200 and body:
                 return list(body.get("members", []))
         return []
