@@ -185,6 +185,12 @@ class PatroniNode:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def restart(self) -> None:
+        """Start the node again after a kill or stop; it rejoins as a replica (pg_rewind where needed)."""
+        if self.running():
+            self.stop()
+        self.start()
+
     def postmaster_pid(self) -> int | None:
         try:
             pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
@@ -268,13 +274,7 @@ class HACluster:
     def start(self, timeout: float = 90) -> None:
         """Start etcd and every node; return when a leader accepts writes, the ledger database
         exists and a synchronous standby holds every commit."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        owner = _postgres_user()
-        if owner is not None:
-            if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.root.parent)]).returncode:
-                raise RuntimeError(f"the postgres user cannot reach {self.root}: give its parent folders o+x")
-            os.chown(self.root, *owner)
-        self.etcd.data_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         try:
             self.etcd.start(timeout=30)
             for node in self.nodes:
@@ -283,6 +283,19 @@ class HACluster:
         except BaseException:
             self.stop()
             raise
+
+    def prepare(self) -> None:
+        """Folders and configuration files, owned by the user the nodes run as."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        owner = _postgres_user()
+        if owner is not None:
+            if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.root.parent)]).returncode:
+                raise RuntimeError(f"the postgres user cannot reach {self.root}: give its parent folders o+x")
+            os.chown(self.root, *owner)
+        self.etcd.data_dir.mkdir(parents=True, exist_ok=True)
+        self.etcd.data_dir.chmod(0o700)
+        for node in self.nodes:
+            node.prepare()
 
     def wait_ready(self, timeout: float = 90) -> PatroniNode:
         leader = wait_until(self.primary, timeout=timeout, what="a Patroni leader")

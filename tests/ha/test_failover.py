@@ -31,8 +31,8 @@ def test_writes_ride_through_a_killed_leader(ha_cluster: HACluster, ha_api: Serv
     load = Load(ha_api.url, ha_keys, writers=12)
     load.start()
     time.sleep(6)
-    killed_at = time.monotonic()
     old.kill()  # Patroni and its Postgres together, kill -9: a lost node
+    killed_at = time.monotonic()
     wait_until(lambda: load.unavailable_for(killed_at) < float("inf"), timeout=40, what="a 2xx after the kill")
     time.sleep(5)
     old.start()  # it comes back and rejoins as a replica (pg_rewind where needed)
@@ -59,8 +59,8 @@ def test_a_frozen_leader_acknowledges_nothing_after_it_resumes(
     load = Load(ha_api.url, ha_keys, writers=12)
     load.start()
     time.sleep(5)
-    frozen_at = time.monotonic()
     old.freeze()  # Patroni, the postmaster and every backend: a frozen host, past the leader key's TTL
+    frozen_at = time.monotonic()
     wait_until(lambda: (p := ha_cluster.primary()) and p.name != old.name, timeout=40, what="a new leader")
     time.sleep(4)
     thawed_at = time.monotonic()
