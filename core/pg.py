@@ -1,9 +1,85 @@
-"""Connection set-up shared by every process that reads the ledger."""
+"""Connection set-up shared by every process that reads the ledger.
+
+`LEDGER_DATABASE_URL` may name several hosts (libpq's multi-host form, as `make run-ha` does):
+`postgresql://ledger@h1:p1,h2:p2,h3:p3/ledger?target_session_attrs=read-write`. asyncpg takes
+that form itself, but its connect timeout covers all hosts together, tried in order: one frozen
+(black-holed) host stalls every connect until the timeout, and the hosts after it are never tried
+(measured: writers reached the new primary only when the freeze ended). So `connect_primary` tries
+the hosts one at a time, each with its own short timeout, starting with the one that answered
+last, and asyncpg checks each for read-write (target_session_attrs). We chose this over asking
+Patroni's REST `/primary` (a second service to reach, and a leader by Patroni's word can still be
+unreachable to us) and over HAProxy (one more process to run and monitor): the database itself
+says whether it takes writes, and nothing else needs to be up.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 import asyncpg
 import msgspec
+
+# Each host gets this long to accept, authenticate and say it is read-write. On loopback or a LAN
+# a connect takes milliseconds; a frozen host costs at most this before the next one is tried.
+PER_HOST_CONNECT_TIMEOUT = 2.0
+
+# url -> index of the host that last accepted: the likely primary, tried first next time.
+_last_good: dict[str, int] = {}
+
+# Errors after which the next host is worth trying: refused, reset, frozen, a standby
+# (TargetServerAttributeNotMatched is an InternalClientError), starting up or shutting down.
+_TRY_NEXT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+             asyncpg.PostgresError)
+
+
+def hosts_of(url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a postgresql:// URL; empty when it names no host (a socket)."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    hosts = []
+    for spec in filter(None, netloc.split(",")):
+        if spec.startswith("["):  # [IPv6]:port
+            host, _, port = spec[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = spec.partition(":")
+        hosts.append((unquote(host), int(port) if port else 5432))
+    return hosts
+
+
+async def connect_primary(url: str, **options: Any) -> asyncpg.Connection:
+    """A connection to the first host of `url` that accepts it (for a multi-host URL with
+    target_session_attrs=read-write: the primary), each host tried with its own timeout.
+
+    `timeout` in `options` bounds the whole attempt. Raises the last host's error when none
+    accepts. Also usable as asyncpg.create_pool(connect=...).
+    """
+    hosts = hosts_of(url)
+    if len(hosts) < 2:
+        return await asyncpg.connect(url, **options)
+    total = float(options.pop("timeout", 60.0))
+    options.pop("loop", None)
+    deadline = time.monotonic() + total
+    first = _last_good.get(url, 0) % len(hosts)
+    last_error: BaseException | None = None
+    for index in [*range(first, len(hosts)), *range(first)]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        host, port = hosts[index]
+        try:
+            conn = await asyncpg.connect(url, host=host, port=port,
+                                         timeout=min(PER_HOST_CONNECT_TIMEOUT, remaining), **options)
+        except _TRY_NEXT as error:
+            last_error = error
+            continue
+        _last_good[url] = index
+        return conn
+    if last_error is None:
+        raise TimeoutError(f"no host of the ledger's database answered within {total:g}s")
+    raise last_error
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -14,9 +90,9 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(url: str, **options) -> asyncpg.Connection:
-    """One connection with the ledger's codecs."""
-    conn = await asyncpg.connect(url, **options)
+async def connect(url: str, **options: Any) -> asyncpg.Connection:
+    """One connection to the primary, with the ledger's codecs."""
+    conn = await connect_primary(url, **options)
     await init_connection(conn)
     return conn
 

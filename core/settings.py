@@ -47,6 +47,16 @@ class DatabaseSettings:
     command_timeout: int = _env_int(
         "LEDGER_DB_TIMEOUT", 10, "Seconds a statement may take before the request answers 503.", minimum=1
     )
+    retry_seconds: int = _env_int(
+        "LEDGER_WRITE_RETRY_SECONDS", 20,
+        "Seconds the API keeps retrying a request while the Postgres primary is unavailable (a failover), "
+        "with the same event ids, before it answers 503; 0 = no retry.",
+    )
+    retry_max_waiting: int = _env_int(
+        "LEDGER_RETRY_MAX_WAITING", 256,
+        "Requests per API worker that may wait for the primary at once; beyond it they answer 503 at once.",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,8 @@ class KafkaSettings:
     )
     resend_seconds: int = _env_int(
         "LEDGER_RELAY_RESEND_SECONDS", 900,
-        "When the relay has to create the topic (a new or forgetful broker), events of this many seconds are sent again.",
+        "When the relay has to create the topic (a new or forgetful broker), events of this many seconds "
+        "are sent again.",
     )
 
 

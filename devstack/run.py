@@ -1,5 +1,9 @@
 """`make run`: the whole local stack on loopback, under one supervisor, in the foreground.
 
+`make run-ha` (`--ha`): the same, with a replicated Postgres instead of the single one: etcd and
+three Patroni nodes (devstack.ha) run under the supervisor too, so a killed node is started
+again and rejoins as a replica; the services reach the primary through the multi-host URL.
+
 Postgres (the system of record) is started first with pg_ctl and migrated; then supervisord
 runs the broker, DynamoDB Local, the API, the relay and the sink, and restarts any of them
 that dies (within a second or two). Ctrl-C stops all of it, Postgres last. A part whose
@@ -15,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from devstack.ha import HACluster, PatroniNode
 from devstack.postgres import LocalPostgres
 from devstack.processes import Broker, DynamoDBLocal
 
@@ -25,13 +30,25 @@ DYNAMODB_PORT = 18000
 READABLE_LOGS = 'LEDGER_LOG_FORMAT="console"'  # production logs JSON lines; a terminal wants these
 RELAY_METRICS_PORT = 9101
 SINK_METRICS_PORT = 9102
+HA_POSTGRES_PORTS = [55432, 55433, 55434]
+HA_REST_PORTS = [58008, 58009, 58010]
+HA_ETCD_PORTS = (52379, 52380)
 
 
-def supervisor_config(bin_dir: Path) -> str:
+def ha_cluster() -> HACluster:
+    return HACluster(LOCAL / "ha", HA_POSTGRES_PORTS, HA_REST_PORTS, HA_ETCD_PORTS)
+
+
+def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
     logs = LOCAL / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     # name -> (command, stop signal, environment, working directory)
     programs: dict[str, tuple[list[str], str, str, Path]] = {}
+    if cluster is not None:
+        programs["etcd"] = (cluster.etcd.command(), "TERM", "", cluster.root)
+        for node in cluster.nodes:
+            programs[node.name] = (node.command(), "TERM", f'HOME="{node.root / node.name}",LANG="C.UTF-8"',
+                                   node.root / node.name)
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
         programs["broker"] = (Broker(BROKER_PORT).command(), "TERM", "", Path.cwd())
     if not os.environ.get("LEDGER_DYNAMODB_ENDPOINT"):
@@ -40,8 +57,10 @@ def supervisor_config(bin_dir: Path) -> str:
     cli = str(bin_dir / "booking-ledger")
     programs.update({
         "api": ([cli, "api"], "INT", READABLE_LOGS, Path.cwd()),
-        "relay": ([cli, "relay"], "TERM", f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"', Path.cwd()),
-        "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"', Path.cwd()),
+        "relay": ([cli, "relay"], "TERM", f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"',
+                  Path.cwd()),
+        "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"',
+                 Path.cwd()),
     })
     sections = [
         "[supervisord]",
@@ -59,8 +78,9 @@ def supervisor_config(bin_dir: Path) -> str:
         "[supervisorctl]",
         f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
     ]
+    nodes = {node.name: node for node in cluster.nodes} if cluster is not None else {}
     for name, (command, stop_signal, environment, workdir) in programs.items():
-        quiet = name in ("broker", "dynamodb")  # their own logs go to files, ours to the terminal
+        quiet = name in ("broker", "dynamodb", "etcd") or name in nodes  # their logs go to files, ours to the terminal
         output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
             "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
         sections += [
@@ -68,7 +88,10 @@ def supervisor_config(bin_dir: Path) -> str:
             f"[program:{name}]",
             "command=" + " ".join(_quote(part) for part in command),
             f"directory={workdir}",
-            "priority=" + ("10" if quiet else "20"),
+            "priority=" + ({"etcd": "1"}.get(name) or ("5" if name in nodes else "10" if quiet else "20")),
+            # With the cluster, our services start once it has a primary and is migrated (main()).
+            *(["autostart=false"] if cluster is not None and not quiet else []),
+            *(_as_postgres(nodes[name]) if name in nodes else []),
             "autorestart=true",
             "startsecs=1",
             "startretries=100",
@@ -83,11 +106,18 @@ def supervisor_config(bin_dir: Path) -> str:
     return "\n".join(sections) + "\n"
 
 
+def _as_postgres(node: PatroniNode) -> list[str]:
+    """Patroni (and so Postgres) runs as `postgres` when we are root: Postgres refuses root."""
+    return ["user=postgres", "stopwaitsecs=40"] if os.geteuid() == 0 else ["stopwaitsecs=40"]
+
+
 def _quote(part: str) -> str:
     return f'"{part}"' if " " in part else part
 
 
 def main() -> int:
+    if "--ha" in sys.argv[1:]:
+        return main_ha()
     LOCAL.mkdir(exist_ok=True)
     bin_dir = Path(sys.executable).parent
     postgres = None
@@ -138,6 +168,63 @@ def main() -> int:
         if postgres is not None:
             postgres.stop()
             _say("stopped Postgres")
+
+
+def main_ha() -> int:
+    """`make run-ha`: supervisord runs etcd and the three Patroni nodes from the start (a killed node
+    is restarted and rejoins); the services are started once the cluster has a primary with a
+    synchronous standby and the schema is migrated."""
+    LOCAL.mkdir(exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    cluster = ha_cluster()
+    cluster.prepare()
+    os.environ["LEDGER_DATABASE_URL"] = cluster.url
+    config = LOCAL / "supervisord-ha.conf"
+    config.write_text(supervisor_config(bin_dir, cluster))
+    print(f"starting etcd and three Patroni/Postgres nodes (data in {cluster.root})", flush=True)
+    supervisor = subprocess.Popen(
+        [str(bin_dir / "supervisord"), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=os.environ,
+    )
+    threading.Thread(target=_forward, args=(supervisor.stdout,), daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: supervisor.send_signal(signal.SIGTERM))
+    try:
+        leader = cluster.wait_ready(timeout=180)
+        subprocess.run([str(bin_dir / "booking-ledger"), "migrate"], check=True)
+        subprocess.run([str(bin_dir / "supervisorctl"), "-c", str(config), "start", "api", "relay", "sink"],
+                       check=True, stdout=subprocess.DEVNULL)
+        port = os.environ.get("LEDGER_HTTP_PORT", "8000")
+        nodes = ", ".join(f"{n.name} :{n.pg_port} (REST {n.rest})" for n in cluster.nodes)
+        print(
+            "\nbooking-ledger is running on a replicated Postgres (supervisord restarts any part that dies):\n"
+            f"  API        http://127.0.0.1:{port}\n"
+            f"  Postgres   {cluster.url}\n"
+            f"  nodes      {nodes}; leader now: {leader.name}\n"
+            f"  cluster    curl -s {cluster.nodes[0].rest}/cluster   (Patroni's view: leader, sync_standby, replica)\n"
+            f"  logs       {LOCAL / 'logs'}, {cluster.root}/node*/patroni.log\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        return supervisor.wait()
+    except KeyboardInterrupt:
+        supervisor.send_signal(signal.SIGINT)
+        try:
+            supervisor.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if supervisor.poll() is None:
+            supervisor.send_signal(signal.SIGTERM)
+            try:
+                supervisor.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                supervisor.kill()
+        for node in cluster.nodes:  # a postmaster whose Patroni was killed with it gone
+            node.stop()
+        _say("stopped")
 
 
 def _forward(stream) -> None:

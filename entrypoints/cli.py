@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from core.pg import connect_primary
 from core.settings import SettingsError, get_settings
 from service.ledger import keys
 from service.ledger.errors import LedgerError
@@ -21,7 +22,7 @@ T = TypeVar("T")
 
 def _with_connection(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     async def run() -> T:
-        conn = await asyncpg.connect(get_settings().database.url, timeout=10)
+        conn = await connect_primary(get_settings().database.url, timeout=10)
         try:
             return await work(conn)
         finally:

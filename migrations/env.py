@@ -5,7 +5,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from migrations.runner import sqlalchemy_url
+from core.pg import connect_primary
+from core.settings import get_settings
 
 
 def _run(connection) -> None:
@@ -15,8 +16,10 @@ def _run(connection) -> None:
 
 
 async def _run_online() -> None:
-    url = context.config.attributes.get("database_url")
-    engine = create_async_engine(sqlalchemy_url(url))
+    url = context.config.attributes.get("database_url") or get_settings().database.url
+    # Our own connect, so a multi-host URL (make run-ha) reaches the primary, host by host; the URL
+    # below only selects SQLAlchemy's asyncpg dialect.
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=lambda: connect_primary(url, timeout=30))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -8,18 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from core.settings import get_settings
-
 _INI = Path(__file__).with_name("alembic.ini")
-
-
-def sqlalchemy_url(url: str | None) -> str:
-    """The asyncpg dialect URL SQLAlchemy needs for a plain postgresql:// URL."""
-    url = url or get_settings().database.url
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
 
 
 def alembic_config(database_url: str | None = None) -> Config:

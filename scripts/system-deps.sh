@@ -10,6 +10,9 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)                  # fetch
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)          # message-db's install script
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the bench's HTTP load
 [ -x /usr/bin/chromium ] || missing+=(chromium)                          # the console's browser test
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)                 # make run-ha, the failover tests
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)                # Patroni's consensus store
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -19,4 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# The packages enable system services for etcd and Patroni; the project runs its own instances
+# (devstack/ha.py), so the packaged ones must not run, or they would take the ports and the data.
+if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then
+  for unit in etcd.service patroni.service; do
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit" 2>/dev/null; then
+      systemctl disable --now "$unit" >/dev/null 2>&1 || systemctl disable "$unit" >/dev/null 2>&1 || true
+    fi
+  done
 fi

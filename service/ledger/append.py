@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from core.events import Event, event_from_row
-from service.ledger.db import connection
+from service.ledger.db import Tries, retrying
 from service.money import Money
 
 APPEND_SQL = "SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -37,7 +37,7 @@ class AppendResult:
     booking_code: str
     version: int
     events: list[Event]
-    replayed: bool  # True: an idempotent retry; nothing new was written
+    replayed: bool  # True: an idempotent retry of an earlier request; nothing new was written
 
 
 async def append(
@@ -54,9 +54,14 @@ async def append(
     expected_version 0 creates the booking, owned by `department`; n >= 1 appends only at
     version n; None appends at whatever version the booking is. Raises the LedgerError
     subclasses of service.ledger.errors.
+
+    While the primary fails over, the call is tried again (service.ledger.db.retrying) with the
+    same event ids. When a try failed with its outcome unknown (the connection broke, maybe after
+    the commit) and a later try finds the events recorded, they were stored by this call: the
+    result is not `replayed` (the API answers 201, as if the first try had answered).
     """
-    async with connection(pool) as conn:
-        rows = await conn.fetch(
+    tries = Tries()
+    rows = await retrying(pool, lambda conn: conn.fetch(
             APPEND_SQL,
             code,
             department,
@@ -68,11 +73,11 @@ async def append(
             [e.price.currency if e.price else None for e in events],
             [e.data for e in events],
             [e.occurred_at for e in events],
-        )
+        ), tries)
     recorded = [event_from_row(row) for row in rows]
     return AppendResult(
         booking_code=code,
         version=recorded[-1].version,
         events=recorded,
-        replayed=rows[0]["replayed"],
+        replayed=rows[0]["replayed"] and not tries.unknown_outcome,
     )

@@ -1,15 +1,22 @@
-"""The connection pool, and the one place where driver errors become the ledger's errors."""
+"""The connection pool, the one place where driver errors become the ledger's errors, and the
+retry that carries a request through a failover of the primary.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.exceptions import InternalClientError
 
-from core.pg import init_connection
+from core.pg import connect_primary, init_connection
 from core.settings import DatabaseSettings
 from service.ledger.errors import (
     BookingCodeTaken,
@@ -36,6 +43,9 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operat
 _UNAVAILABLE_CODES = ("25006", "40001", "40P01")  # read-only (mid-failover), serialization, deadlock
 _SCHEMA_MISSING = ("42P01", "42883")  # undefined table, undefined function
 
+log = logging.getLogger("booking_ledger.db")
+T = TypeVar("T")
+
 
 # Seconds to wait for a free pooled connection, or for a new one to connect, before answering 503.
 ACQUIRE_TIMEOUT = 5.0
@@ -49,13 +59,41 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
-    """A pool that opens its connections lazily, so the API starts even while Postgres is down."""
-    return await asyncpg.create_pool(
+@dataclass
+class RetryPolicy:
+    """How long an operation rides through an unavailable primary, and how many may wait at once."""
+
+    seconds: float
+    max_waiting: int
+    waiting: int = 0  # operations of this process now waiting to try again
+
+
+class LedgerPool(asyncpg.Pool):
+    """asyncpg's pool, carrying its users' RetryPolicy (see `retrying`)."""
+
+    def __init__(self, *args: Any, retry: RetryPolicy, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry = retry
+
+
+async def create_pool(settings: DatabaseSettings) -> LedgerPool:
+    """A pool that opens its connections lazily, so the API starts even while Postgres is down.
+
+    Its connections go to the primary (core.pg.connect_primary: a multi-host URL is tried host by
+    host, each with its own short timeout, so a frozen old primary does not stall the others).
+    """
+    pool = LedgerPool(
         settings.url,
+        retry=RetryPolicy(float(settings.retry_seconds), settings.retry_max_waiting),
+        connect=connect_primary,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        loop=None,
         timeout=ACQUIRE_TIMEOUT,
         min_size=0,
         max_size=settings.pool_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
         command_timeout=settings.command_timeout,
         init=init_connection,
         reset=_keep_session,
@@ -66,6 +104,72 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
             "TimeZone": "UTC",
         },
     )
+    return await pool
+
+
+@dataclass
+class Tries:
+    """What the tries of one `retrying` call saw."""
+
+    count: int = 0
+    unknown_outcome: bool = False  # a try failed after its statement may have reached Postgres
+
+
+async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]],
+                   tries: Tries | None = None) -> T:
+    """`work` on a pooled connection; tried again on a transient StoreUnavailable (a failover:
+    broken, refused, frozen or read-only connections) until the pool's RetryPolicy budget is spent.
+
+    A connection that failed that way is dropped (terminated, not returned to the pool) and the
+    pool's other connections are replaced on their next use, since they most likely lead to the
+    same old primary. `work` must be safe to run again: the append is, because its event ids are
+    made once, before the first try, so a try whose commit was lost in flight is answered by the
+    ledger's idempotency on the next. Beyond the policy's `max_waiting` operations waiting at
+    once, the error is raised at once (503), so a long outage does not pile up requests.
+    """
+    policy: RetryPolicy | None = getattr(pool, "retry", None)
+    tries = tries or Tries()
+    deadline = time.monotonic() + (policy.seconds if policy else 0.0)
+    delay = 0.05
+    waiting = False
+    try:
+        while True:
+            tries.count += 1
+            try:
+                return await _try(pool, work, tries)
+            except StoreUnavailable as error:
+                if policy is None or not error.transient or time.monotonic() + delay > deadline:
+                    raise
+                if not waiting:
+                    if policy.waiting >= policy.max_waiting:
+                        raise StoreUnavailable(f"{policy.waiting} requests already wait for the ledger store",
+                                               transient=False) from error
+                    policy.waiting += 1
+                    waiting = True
+                    log.info("ledger store unavailable (%s); trying again for up to %gs", error.detail, policy.seconds)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    finally:
+        if waiting and policy is not None:
+            policy.waiting -= 1
+
+
+async def _try(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], tries: Tries) -> T:
+    with translate_errors():
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            try:
+                return await work(conn)
+            except Exception as error:
+                translated = translate(error)
+                if isinstance(translated, StoreUnavailable) and translated.transient:
+                    # A server's own refusal (read-only, deadlock, ...) means nothing committed;
+                    # a lost connection or a shutdown (even mid-COMMIT) leaves the outcome open.
+                    refused = (isinstance(error, asyncpg.PostgresError)
+                               and (error.sqlstate or "")[:2] not in ("08", "57"))
+                    tries.unknown_outcome = tries.unknown_outcome or not refused
+                    conn.terminate()
+                    await pool.expire_connections()
+                raise
 
 
 @asynccontextmanager
@@ -81,11 +185,30 @@ def translate_errors() -> Iterator[None]:
     """Turn asyncpg and socket errors into LedgerError subclasses; let anything else through."""
     try:
         yield
-    except asyncpg.PostgresError as error:
-        raise _translate_postgres(error) from error
-    except (TimeoutError, OSError, asyncpg.InterfaceError, InternalClientError) as error:
-        # InternalClientError: a connection that broke mid-operation (e.g. a Postgres restart).
-        raise StoreUnavailable(f"ledger store unavailable: {type(error).__name__}") from error
+    except LedgerError:
+        raise
+    except Exception as error:
+        translated = translate(error)
+        if translated is error:
+            raise
+        raise translated from error
+
+
+def translate(error: BaseException) -> BaseException:
+    """The ledger's error for a driver or socket error (the error itself when it is neither).
+
+    Transient (StoreUnavailable.transient, retried by `retrying`): refused, reset or timed-out
+    connections, a connection that broke mid-operation, a host that is a standby (read-only, or
+    TargetServerAttributeNotMatched at connect), an administrator's shutdown, too many
+    connections, serialization failures and deadlocks.
+    """
+    if isinstance(error, asyncpg.PostgresError):
+        return _translate_postgres(error)
+    if isinstance(error, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, InternalClientError)):
+        # InternalClientError: a connection that broke mid-operation (e.g. a Postgres restart),
+        # or, at connect, no host of a multi-host URL that is read-write.
+        return StoreUnavailable(f"ledger store unavailable: {type(error).__name__}")
+    return error
 
 
 def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
@@ -102,7 +225,7 @@ def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
     if sqlstate.startswith(("22", "54")) or sqlstate == "23514":  # data exception, program limit, CHECK
         return InvalidData(f"the ledger cannot store this input: {error.message}")
     if sqlstate in _SCHEMA_MISSING:
-        return StoreUnavailable(f"the ledger schema is not in place ({sqlstate}): run migrate")
+        return StoreUnavailable(f"the ledger schema is not in place ({sqlstate}): run migrate", transient=False)
     if sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate in _UNAVAILABLE_CODES:
         return StoreUnavailable(f"ledger store unavailable ({sqlstate})")
     return error

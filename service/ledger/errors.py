@@ -43,6 +43,15 @@ class InvalidData(LedgerError):
 
 
 class StoreUnavailable(LedgerError):
-    """Postgres cannot be reached or did not answer in time; the request may be retried."""
+    """Postgres cannot be reached or did not answer in time; the request may be retried.
+
+    `transient`: the cause passes by itself (a broken, refused, frozen or read-only connection,
+    as during a failover), so the API retries the operation itself within its budget. A missing
+    schema, or too many requests already waiting, is not transient: retrying inside would not help.
+    """
 
     code = "unavailable"
+
+    def __init__(self, detail: str, *, transient: bool = True, **context: Any) -> None:
+        super().__init__(detail, **context)
+        self.transient = transient

@@ -24,7 +24,8 @@ from datetime import datetime
 
 import asyncpg
 
-from service.ledger.db import connection, translate_errors
+from core.pg import connect_primary
+from service.ledger.db import retrying, translate_errors
 
 SCOPES = ("read", "write", "write:any")
 DEFAULT_SCOPES = ("read", "write")
@@ -160,7 +161,7 @@ class KeyCache:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._url, timeout=5, server_settings={
+                conn = await connect_primary(self._url, timeout=5, server_settings={
                     "application_name": "booking-ledger-keys"})
                 await conn.add_listener(KEYS_CHANNEL, lambda *_: self.clear())
                 self.clear()  # changes made while nobody listened
@@ -193,8 +194,7 @@ async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | Non
     row = cache.get(key_id) if cache is not None else None
     if row is None:
         generation = cache.generation() if cache is not None else 0
-        async with connection(pool) as conn:
-            found = await conn.fetchrow(LOOKUP_SQL, key_id)
+        found = await retrying(pool, lambda conn: conn.fetchrow(LOOKUP_SQL, key_id))
         if found is None:
             return None
         row = _Row(ApiKey(found["id"], found["department"], frozenset(found["scopes"]), found["created_at"]),

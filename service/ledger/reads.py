@@ -8,7 +8,7 @@ import asyncpg
 import msgspec
 
 from core.events import EVENT_COLUMNS, Event, Price, event_from_row, price_of
-from service.ledger.db import connection
+from service.ledger.db import retrying
 from service.ledger.errors import BookingNotFound
 
 BOOKING_SQL = """
@@ -80,8 +80,7 @@ class Booking(msgspec.Struct, frozen=True):
 
 
 async def get_booking(pool: asyncpg.Pool, code: str) -> Booking:
-    async with connection(pool) as conn:
-        row = await conn.fetchrow(BOOKING_SQL, code)
+    row = await retrying(pool, lambda conn: conn.fetchrow(BOOKING_SQL, code))
     if row is None:
         raise BookingNotFound("no booking with this code")
     return Booking(
@@ -99,8 +98,7 @@ async def read_booking_events(
 ) -> tuple[list[Event], int | None]:
     """Events of one booking from `from_version` on (at most `limit`, about `max_bytes`), and the
     version to read next (None: none left)."""
-    async with connection(pool) as conn:
-        rows = await conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit, max_bytes)
+    rows = await retrying(pool, lambda conn: conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit, max_bytes))
     if not rows:
         raise BookingNotFound("no booking with this code")
     events = [event_from_row(row) for row in rows if row["event_id"] is not None]
@@ -114,7 +112,6 @@ async def read_feed(
 ) -> tuple[list[Event], int]:
     """Events after position `after`, in position order (at most `limit`, about `max_bytes`), and
     the cursor for the next page."""
-    async with connection(pool) as conn:
-        rows = await conn.fetch(FEED_SQL, after, limit, max_bytes)
+    rows = await retrying(pool, lambda conn: conn.fetch(FEED_SQL, after, limit, max_bytes))
     events = [event_from_row(row) for row in rows]
     return events, events[-1].position if events else after

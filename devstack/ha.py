@@ -1,0 +1,418 @@
+"""A replicated ledger on loopback: etcd and three Patroni-managed Postgres 15 nodes.
+
+Debian's packages only (`patroni` 3.0.2, `etcd-server` 3.4): see ../shared/MEASURED.md for why the
+settings are what they are. In short:
+
+- Patroni's `etcd:` (v2 API) section, etcd started with `--enable-v2=true`. Never `etcd3:` with
+  Patroni 3.0.2: its leader update there is an unconditional put, and a leader frozen past the TTL
+  took the key back on resume and threw away the new leader's acknowledged commits.
+- `ttl: 10, loop_wait: 2, retry_timeout: 4`: a lost leader is replaced about 10 s after it stopped
+  renewing its key (the TTL); loop_wait + 2 × retry_timeout ≤ ttl, so a leader that cannot reach
+  etcd demotes itself before its key can expire and another node be promoted.
+- `synchronous_mode` and `synchronous_mode_strict`: a commit is acknowledged only once a standby
+  has it on disk, only that standby may be promoted, and with no standby left nothing is
+  acknowledged at all (rather than on one disk only).
+- `use_pg_rewind` (+ `wal_log_hints`): a killed leader rejoins as a replica by itself.
+- `log_directory` outside PGDATA: pg_rewind overwrites PGDATA/log.
+
+Postgres refuses to run as root, so when we are root Patroni and Postgres run as the `postgres`
+user (started directly with Popen's `user=`, not through `runuser`, which stops itself when its
+child is frozen). Patroni runs on /usr/bin/python3 (its packaged shebang), not the project's venv.
+The superuser is `ledger`, trusted on loopback, as in devstack/postgres.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from devstack.postgres import DATABASE, ROLE, _bindir
+from devstack.processes import ChildServer, wait_for_port, wait_until
+
+SCOPE = "booking-ledger"
+PATRONI = "/usr/bin/patroni"
+
+
+def _postgres_user() -> tuple[int, int] | None:
+    """(uid, gid) of `postgres` when we must switch to it (we are root), else None."""
+    if os.geteuid() != 0:
+        return None
+    user = pwd.getpwnam("postgres")
+    return user.pw_uid, user.pw_gid
+
+
+class Etcd(ChildServer):
+    """One etcd member with the v2 API on (Patroni's `etcd:` DCS needs it)."""
+
+    name = "etcd"
+
+    def __init__(self, port: int, peer_port: int, data_dir: Path, log_file: Path | None = None) -> None:
+        super().__init__(port, log_file)
+        self.peer_port = peer_port
+        self.data_dir = data_dir
+
+    def command(self) -> list[str]:
+        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        return [
+            shutil.which("etcd") or "/usr/bin/etcd", "--name", "ledger-etcd", "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"ledger-etcd={peer}", "--enable-v2=true",
+            "--logger", "zap", "--log-level", "warn",
+        ]
+
+
+class PatroniNode:
+    """One Patroni daemon and the Postgres it runs."""
+
+    def __init__(self, index: int, root: Path, pg_port: int, rest_port: int, etcd_port: int) -> None:
+        self.index = index
+        self.name = f"node{index}"
+        self.pg_port = pg_port
+        self.rest_port = rest_port
+        self.etcd_port = etcd_port
+        self.root = root
+        self.data_dir = root / self.name / "data"
+        self.log_dir = root / self.name / "log"  # Postgres's own logs: outside PGDATA (pg_rewind)
+        self.socket_dir = root / self.name / "run"
+        self.config_file = root / self.name / "patroni.yml"
+        self.log_file = root / self.name / "patroni.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def config(self) -> dict[str, Any]:
+        trust = ["local all all trust", "host all all 127.0.0.1/32 trust",
+                 "host replication all 127.0.0.1/32 trust", "local replication all trust"]
+        return {
+            "scope": SCOPE,
+            "name": self.name,
+            "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
+            "restapi": {"listen": f"127.0.0.1:{self.rest_port}", "connect_address": f"127.0.0.1:{self.rest_port}"},
+            "etcd": {"host": f"127.0.0.1:{self.etcd_port}"},  # the v2 API; never `etcd3:` (see above)
+            "bootstrap": {
+                "dcs": {
+                    "ttl": 10,
+                    "loop_wait": 2,
+                    "retry_timeout": 4,
+                    "maximum_lag_on_failover": 1048576,
+                    "synchronous_mode": True,
+                    "synchronous_mode_strict": True,
+                    "synchronous_node_count": 1,
+                    "postgresql": {
+                        "use_pg_rewind": True,
+                        "use_slots": True,
+                        "parameters": {
+                            "wal_level": "replica",
+                            "hot_standby": "on",
+                            "wal_log_hints": "on",
+                            "max_wal_senders": 10,
+                            "max_replication_slots": 10,
+                            "max_connections": 200,
+                            "wal_keep_size": "256MB",
+                        },
+                    },
+                },
+                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}],
+                "pg_hba": trust,
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{self.pg_port}",
+                "connect_address": f"127.0.0.1:{self.pg_port}",
+                "data_dir": str(self.data_dir),
+                "bin_dir": str(_bindir()),
+                "pgpass": str(self.root / self.name / "pgpass"),
+                "authentication": {
+                    "superuser": {"username": ROLE},
+                    "replication": {"username": "replicator"},
+                    "rewind": {"username": "rewinder"},
+                },
+                "pg_hba": trust,
+                # A new replica's base backup starts with a checkpoint: spread, it would take minutes.
+                "basebackup": [{"checkpoint": "fast"}],
+                "parameters": {
+                    "unix_socket_directories": str(self.socket_dir),
+                    "shared_buffers": "128MB",
+                    "logging_collector": "on",
+                    "log_directory": str(self.log_dir),
+                    "log_filename": "postgresql-%a.log",
+                    "log_truncate_on_rotation": "on",
+                },
+            },
+            "watchdog": {"mode": "off"},
+            "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+        }
+
+    def prepare(self) -> None:
+        for folder in (self.root / self.name, self.log_dir, self.socket_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        # Patroni reads YAML; JSON is YAML, and needs no YAML library here.
+        self.config_file.write_text(json.dumps(self.config(), indent=2))
+        owner = _postgres_user()
+        if owner is not None:
+            for path in (self.root / self.name, self.log_dir, self.socket_dir, self.config_file):
+                os.chown(path, *owner)
+            if self.data_dir.exists():
+                os.chown(self.data_dir, *owner)
+
+    def command(self) -> list[str]:
+        return [PATRONI, str(self.config_file)]
+
+    def start(self) -> None:
+        self.prepare()
+        owner = _postgres_user()
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name)}
+        user, group, extra_groups = (owner[0], owner[1], []) if owner else (None, None, None)
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                cwd=self.root / self.name, user=user, group=group, extra_groups=extra_groups,
+            )
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> None:
+        """Start the node again after a kill or stop; it rejoins as a replica (pg_rewind where needed)."""
+        if self.running():
+            self.stop()
+        self.start()
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _pids(self) -> list[int]:
+        """Patroni, the postmaster and every process under them."""
+        roots = [p for p in (self.process.pid if self.running() else None, self.postmaster_pid()) if p]  # type: ignore[union-attr]
+        return _with_descendants(roots)
+
+    def kill(self) -> None:
+        """kill -9 of Patroni and its Postgres together: a lost node."""
+        for pid in self._pids():
+            _signal(pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+        wait_until(lambda: self.postmaster_pid() is None, timeout=10, what=f"{self.name}'s postmaster to die")
+
+    def freeze(self) -> None:
+        """SIGSTOP Patroni, the postmaster and every backend: a frozen (not dead) host."""
+        for pid in self._pids():
+            _signal(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._pids():
+            _signal(pid, signal.SIGCONT)
+
+    def stop(self, timeout: float = 30) -> None:
+        """A clean stop: Patroni stops its Postgres (fast) on SIGTERM."""
+        self.thaw()
+        if self.running():
+            self.process.terminate()  # type: ignore[union-attr]
+            try:
+                self.process.wait(timeout=timeout)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.kill()
+        pid = self.postmaster_pid()
+        if pid is not None:  # Patroni died before its Postgres: stop that one too
+            _signal(pid, signal.SIGINT)
+            wait_until(lambda: self.postmaster_pid() is None, timeout=timeout, what=f"{self.name}'s Postgres to stop")
+
+    def rest_get(self, path: str, timeout: float = 1.0) -> tuple[int, Any]:
+        """(status, JSON body) of a Patroni REST call; (0, None) when it does not answer."""
+        try:
+            with urllib.request.urlopen(self.rest + path, timeout=timeout) as answer:
+                return answer.status, json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as error:
+            try:
+                return error.code, json.loads(error.read() or b"null")
+            except ValueError:
+                return error.code, None
+        except (OSError, ValueError):
+            return 0, None
+
+
+class HACluster:
+    """etcd + three Patroni nodes under `root`; what `make run-ha`, the failover tests and the bench use."""
+
+    def __init__(self, root: Path, pg_ports: list[int], rest_ports: list[int], etcd_ports: tuple[int, int]) -> None:
+        self.root = Path(root).absolute()
+        self.etcd = Etcd(etcd_ports[0], etcd_ports[1], self.root / "etcd", self.root / "etcd.log")
+        self.nodes = [PatroniNode(i, self.root, pg, rest, etcd_ports[0])
+                      for i, (pg, rest) in enumerate(zip(pg_ports, rest_ports, strict=True))]
+
+    @classmethod
+    def on_free_ports(cls, root: Path, size: int = 3) -> HACluster:
+        ports = _free_ports(2 * size + 2)
+        return cls(root, ports[:size], ports[size:2 * size], (ports[-2], ports[-1]))
+
+    @property
+    def url(self) -> str:
+        """The libpq multi-host URL every service and the CLI use: it lands on the read-write node."""
+        hosts = ",".join(f"127.0.0.1:{n.pg_port}" for n in self.nodes)
+        return f"postgresql://{ROLE}@{hosts}/{DATABASE}?target_session_attrs=read-write"
+
+    def node_url(self, node: PatroniNode) -> str:
+        return f"postgresql://{ROLE}@127.0.0.1:{node.pg_port}/{DATABASE}"
+
+    def start(self, timeout: float = 90) -> None:
+        """Start etcd and every node; return when a leader accepts writes, the ledger database
+        exists and a synchronous standby holds every commit."""
+        self.prepare()
+        try:
+            self.etcd.start(timeout=30)
+            for node in self.nodes:
+                node.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def prepare(self) -> None:
+        """Folders and configuration files, owned by the user the nodes run as."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        owner = _postgres_user()
+        if owner is not None:
+            if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.root.parent)]).returncode:
+                raise RuntimeError(f"the postgres user cannot reach {self.root}: give its parent folders o+x")
+            os.chown(self.root, *owner)
+        self.etcd.data_dir.mkdir(parents=True, exist_ok=True)
+        self.etcd.data_dir.chmod(0o700)
+        for node in self.nodes:
+            node.prepare()
+
+    def wait_ready(self, timeout: float = 90) -> PatroniNode:
+        leader = wait_until(self.primary, timeout=timeout, what="a Patroni leader")
+        wait_for_port(leader.pg_port, timeout=timeout)
+        # Strict synchronous mode: nothing commits, CREATE DATABASE included, before a standby streams.
+        self.wait_replicas(1, synchronous=True, timeout=timeout)
+        self.ensure_database(leader)
+        return leader
+
+    def ensure_database(self, leader: PatroniNode) -> None:
+        psql = [str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(leader.pg_port), "-U", ROLE,
+                "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc"]
+
+        def run(sql: str) -> str:
+            return subprocess.run([*psql, sql], check=True, capture_output=True, text=True, timeout=30).stdout
+
+        if run(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip() != "1":
+            run(f'CREATE DATABASE "{DATABASE}" OWNER "{ROLE}"')
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.thaw()
+        for node in self.nodes:
+            if node.running() or node.postmaster_pid():
+                node.stop()
+        self.etcd.stop()
+
+    def primary(self) -> PatroniNode | None:
+        """The node whose Patroni answers 200 on /primary (it holds the leader key and runs read-write)."""
+        for node in self.nodes:
+            if node.rest_get("/primary", timeout=3)[0] == 200:
+                return node
+        return None
+
+    def members(self) -> list[dict[str, Any]]:
+        """Patroni's view of the cluster (/cluster of any node that answers)."""
+        for node in self.nodes:
+            status, body = node.rest_get("/cluster", timeout=3)
+            if status == 200 and body:
+                return list(body.get("members", []))
+        return []
+
+    def replicas(self, synchronous: bool = False) -> list[str]:
+        """Names of the replicas streaming from the leader (only the synchronous ones if asked)."""
+        roles = ("sync_standby",) if synchronous else ("sync_standby", "replica")
+        return [m["name"] for m in self.members()
+                if m.get("role") in roles and m.get("state") in ("running", "streaming")
+                and m.get("lag", 0) in (0, "0")]
+
+    def wait_replicas(self, count: int, synchronous: bool = False, timeout: float = 60) -> list[str]:
+        return wait_until(lambda: len(names := self.replicas(synchronous)) >= count and names,
+                          timeout=timeout, what=f"{count} {'synchronous ' if synchronous else ''}replica(s)")
+
+    def node(self, name: str) -> PatroniNode:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports free right now (all bound at once, so none is handed out twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _with_descendants(roots: list[int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        if pid not in found:
+            found.append(pid)
+            pending.extend(children.get(pid, []))
+    return found
+
+
+if __name__ == "__main__":  # a quick look by hand: python -m devstack.ha /tmp/ha
+    import sys
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    cluster = HACluster.on_free_ports(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ledger-ha"))
+    started = time.monotonic()
+    cluster.start()
+    print(f"ready in {time.monotonic() - started:.1f}s: {cluster.url}", flush=True)
+    try:
+        while True:
+            time.sleep(5)
+            print(json.dumps([(m["name"], m.get("role"), m.get("state")) for m in cluster.members()]), flush=True)
+    except KeyboardInterrupt:
+        cluster.stop()
