@@ -32,7 +32,7 @@ from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
 from core.events import OUTBOX_BACKLOG_SQL, OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
 from core.lease import LEADER_LOCK, relay_application_name, relay_identity
-from core.pg import connect
+from core.pg import connect, is_transient
 from core.settings import Settings
 
 log = logging.getLogger("booking_ledger.relay")
@@ -43,7 +43,7 @@ SELECT {event_columns('e')}
  ORDER BY o.position
  LIMIT $1
 """
-MARK_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
+DELETE_SENT_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
 TOPIC_CHECK_SECONDS = 10.0
 BACKLOG_SECONDS = 5.0
 RESEND_SQL = """
@@ -59,7 +59,7 @@ ON CONFLICT (position) DO NOTHING
 # and a frozen old primary answers nothing. One check per session is enough: a server never turns
 # from primary into standby without a restart, which ends this session and its lock. So the leader
 # never reads or deletes outbox rows on a standby. What the old primary removed from its outbox
-# without waiting for replication (_mark_sent) reappears on the new one and is sent again.
+# without waiting for replication (_delete_sent) reappears on the new one and is sent again.
 CAMPAIGN_SQL = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_try_advisory_lock($1) END"
 
 
@@ -76,18 +76,13 @@ _DEAD_PEER_DETECTION = {
     "tcp_user_timeout": "10000",
 }
 
-async def _mark_sent(conn: asyncpg.Connection, positions: list[int]) -> None:
+async def _delete_sent(conn: asyncpg.Connection, positions: list[int]) -> None:
     """Remove sent rows from the outbox, without waiting for a WAL flush: a removal lost in a
     Postgres crash only means those events are sent again (at least once; the sink's writes are
     idempotent). The appends' commits then do not queue behind the relay's."""
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = off")
-        await conn.execute(MARK_SQL, positions)
-
-
-_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-                      asyncpg.PostgresConnectionError, asyncpg.exceptions.AdminShutdownError,
-                      asyncpg.exceptions.CannotConnectNowError)
+        await conn.execute(DELETE_SENT_SQL, positions)
 
 
 class Relay:
@@ -98,6 +93,10 @@ class Relay:
         self.is_leader = False
         host, pid = relay_identity()
         self._identity = (host, str(pid))
+        # The leader's sending state, set up anew each time it takes the lease (_lead).
+        self._producer: Producer | None = None
+        self._send_backoff = Backoff(log)
+        self._topic_checked = self._backlog_checked = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
@@ -108,15 +107,27 @@ class Relay:
                 conn = await connect(self.settings.database.url, timeout=5, command_timeout=30,
                                      server_settings={**_DEAD_PEER_DETECTION,
                                                       "application_name": relay_application_name()})
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+            except Exception as error:
+                if not isinstance(error, asyncpg.PostgresError) and not is_transient(error):
+                    raise
+                # Not transient (a missing schema, a refused role): wait and try again all the same,
+                # saying so; the relay is a daemon and an operator may fix it meanwhile.
                 await _wait(stop, backoff.failed("relay cannot reach Postgres: %r", error))
                 continue
             backoff.succeeded("relay reaches Postgres again")
             try:
                 if await self._campaign(conn, stop):
                     await self._lead(conn, stop)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError, StandbyConnection) as error:
-                log.warning("relay lost its Postgres connection (and with it any leadership): %r", error)
+            except StandbyConnection as error:
+                log.warning("relay %s", error)
+                await _wait(stop, 0.5)
+            except Exception as error:
+                if not isinstance(error, asyncpg.PostgresError) and not is_transient(error):
+                    raise
+                if is_transient(error):
+                    log.warning("relay lost its Postgres connection (and with it any leadership): %r", error)
+                else:
+                    log.error("relay failed on a Postgres error (leadership released): %r", error)
                 await _wait(stop, 0.5)
             finally:
                 if self.is_leader:
@@ -147,48 +158,67 @@ class Relay:
         return False
 
     async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        """While leader: send the outbox to Kafka batch by batch, oldest first, until `stop` is set."""
         wake = asyncio.Event()
         await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
-        kafka = self.settings.kafka
+        if not await self._wait_for_topic(conn, stop):
+            return
+        self._producer = Producer(producer_config(self.settings.kafka))
+        self._send_backoff = Backoff(log)
+        self._topic_checked = self._backlog_checked = time.monotonic()
+        while not stop.is_set():
+            await self._observe_backlog(conn)
+            wake.clear()
+            rows = await conn.fetch(BATCH_SQL, self.batch_size)
+            if rows:
+                await self._relay_batch(conn, stop, rows)
+            else:
+                await self._idle(conn, stop, wake)
+
+    async def _wait_for_topic(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
+        """Wait until the topic exists (creating it if missing); False when stopped first."""
         while not await self._topic_ready(conn):
             await _wait(stop, 2.0)
             if stop.is_set():
-                return
-        producer = Producer(producer_config(kafka))
-        backoff = Backoff(log)
-        topic_checked = backlog_checked = time.monotonic()
-        while not stop.is_set():
-            if time.monotonic() - backlog_checked > BACKLOG_SECONDS:
-                size, age = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
-                metrics.OUTBOX_BACKLOG.set(size)
-                metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
-                backlog_checked = time.monotonic()
-            wake.clear()
-            rows = await conn.fetch(BATCH_SQL, self.batch_size)
-            if not rows:
-                if time.monotonic() - topic_checked > TOPIC_CHECK_SECONDS:  # a broker restart while idle
-                    await self._topic_ready(conn)
-                    topic_checked = time.monotonic()
-                await _wait(stop, self.poll_interval, wake)
-                continue
-            delivered = await asyncio.to_thread(self._send, producer, rows)
-            if delivered:
-                metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
-                await _mark_sent(conn, [row["position"] for row in rows[:delivered]])
-                metrics.RELAY_SENT.inc(delivered)
-            if delivered < len(rows):
-                metrics.RELAY_FAILED.inc(len(rows) - delivered)
-                # A fresh producer after a failure: a fatal idempotence error leaves the old
-                # one unusable, and the unsent rows are sent again from the oldest anyway.
-                await asyncio.to_thread(_discard, producer)
-                producer = Producer(producer_config(kafka))
-                delay = backoff.failed("Kafka did not acknowledge %d of %d events; resending from the oldest unsent",
-                                       len(rows) - delivered, len(rows))
-                await _wait(stop, delay)
-                if not await self._topic_ready(conn):  # a restarted broker forgot it
-                    continue
-            else:
-                backoff.succeeded("Kafka acknowledges again; the outbox drains")
+                return False
+        return True
+
+    async def _observe_backlog(self, conn: asyncpg.Connection) -> None:
+        """Refresh the backlog gauges every BACKLOG_SECONDS."""
+        if time.monotonic() - self._backlog_checked > BACKLOG_SECONDS:
+            size, age = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
+            metrics.OUTBOX_BACKLOG.set(size)
+            metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
+            self._backlog_checked = time.monotonic()
+
+    async def _idle(self, conn: asyncpg.Connection, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Nothing to send: check now and then that the topic survived, then wait for a NOTIFY or a poll."""
+        if time.monotonic() - self._topic_checked > TOPIC_CHECK_SECONDS:  # a broker restart while idle
+            await self._topic_ready(conn)
+            self._topic_checked = time.monotonic()
+        await _wait(stop, self.poll_interval, wake)
+
+    async def _relay_batch(self, conn: asyncpg.Connection, stop: asyncio.Event, rows: list[asyncpg.Record]) -> None:
+        """Send one batch and delete from the outbox exactly the prefix Kafka acknowledged; after any
+        failure, a fresh producer and a backoff, and the next batch starts at the oldest unsent row."""
+        assert self._producer is not None, "_lead makes the producer first"
+        delivered = await asyncio.to_thread(self._send, self._producer, rows)
+        if delivered:
+            metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
+            await _delete_sent(conn, [row["position"] for row in rows[:delivered]])
+            metrics.RELAY_SENT.inc(delivered)
+        if delivered == len(rows):
+            self._send_backoff.succeeded("Kafka acknowledges again; the outbox drains")
+            return
+        metrics.RELAY_FAILED.inc(len(rows) - delivered)
+        # A fresh producer after a failure: a fatal idempotence error leaves the old one unusable,
+        # and the unsent rows are sent again from the oldest anyway.
+        await asyncio.to_thread(_discard, self._producer)
+        self._producer = Producer(producer_config(self.settings.kafka))
+        delay = self._send_backoff.failed("Kafka did not acknowledge %d of %d events; resending from the oldest "
+                                          "unsent", len(rows) - delivered, len(rows))
+        await _wait(stop, delay)
+        await self._topic_ready(conn)  # a restarted broker may have forgotten it
 
     async def _topic_ready(self, conn: asyncpg.Connection) -> bool:
         state = await asyncio.to_thread(ensure_topic, self.settings.kafka)

@@ -35,6 +35,24 @@ _TRY_NEXT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.Inte
              asyncpg.PostgresError)
 
 
+# The one taxonomy of driver errors (the API, the relay and the CLI use it). Transient: the
+# connection was refused, reset, timed out or broke mid-operation; the server is a standby
+# (read-only, or no read-write host at connect), shutting down, starting up, out of resources,
+# or the transaction lost a serialization conflict or a deadlock. Retrying the same work later,
+# or on another host, can succeed. Everything else is a property of the request or the schema.
+_TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator, system
+_TRANSIENT_SQLSTATES = ("25006", "40001", "40P01")  # read-only transaction, serialization, deadlock
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether the same statement may succeed when tried again later (on another host)."""
+    if isinstance(error, asyncpg.PostgresError):
+        sqlstate = error.sqlstate or ""
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+    return isinstance(error, _TRANSIENT_ERRORS)
+
+
 def hosts_of(url: str) -> list[tuple[str, int]]:
     """The (host, port) pairs of a postgresql:// URL; empty when it names no host (a socket)."""
     netloc = urlsplit(url).netloc.rpartition("@")[2]

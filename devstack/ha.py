@@ -174,7 +174,8 @@ class PatroniNode:
         self.prepare()
         owner = _postgres_user()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name)}
-        user, group, extra_groups = (owner[0], owner[1], []) if owner else (None, None, None)
+        user, group = owner if owner else (None, None)
+        extra_groups: list[int] | None = [] if owner else None  # the postgres user's groups only
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,

@@ -12,10 +12,10 @@ from typing import TypeVar
 
 import asyncpg
 
-from core.pg import connect_primary
+from core.pg import connect_primary, is_transient
 from core.settings import SettingsError, get_settings
 from service.ledger import keys
-from service.ledger.errors import LedgerError
+from service.ledger.errors import LedgerError, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -168,8 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, keys.InvalidKeySpec) as error:
         print(f"booking-ledger: {error}", file=sys.stderr)
         return 2
+    except StoreUnavailable as error:
+        print(f"booking-ledger: the ledger database is unavailable: {error} (is Postgres up and migrated?)",
+              file=sys.stderr)
+        return 1
     except (LedgerError, OSError, asyncpg.PostgresError) as error:
-        print(f"booking-ledger: ledger database error: {error} (is Postgres up and migrated?)", file=sys.stderr)
+        if is_transient(error):
+            print(f"booking-ledger: the ledger database is unavailable: {error!r} (is Postgres up?)",
+                  file=sys.stderr)
+        else:
+            print(f"booking-ledger: ledger database error: {error}", file=sys.stderr)
         return 1
 
 

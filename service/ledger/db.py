@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
-from asyncpg.exceptions import InternalClientError
 
-from core.pg import connect_primary, init_connection
+from core.pg import connect_primary, init_connection, is_transient
 from core.settings import DatabaseSettings
 from service.ledger.errors import (
     BookingCodeTaken,
@@ -39,8 +38,6 @@ _RAISED: dict[str, tuple[type[LedgerError], str]] = {
 }
 
 # SQLSTATE classes and codes that mean "the store is not there right now": retry later.
-_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator intervention, system
-_UNAVAILABLE_CODES = ("25006", "40001", "40P01")  # read-only (mid-failover), serialization, deadlock
 _SCHEMA_MISSING = ("42P01", "42883")  # undefined table, undefined function
 
 log = logging.getLogger("booking_ledger.db")
@@ -204,8 +201,8 @@ def translate(error: BaseException) -> BaseException:
     """
     if isinstance(error, asyncpg.PostgresError):
         return _translate_postgres(error)
-    if isinstance(error, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, InternalClientError)):
-        # InternalClientError: a connection that broke mid-operation (e.g. a Postgres restart),
+    if is_transient(error):
+        # e.g. InternalClientError: a connection that broke mid-operation (a Postgres restart),
         # or, at connect, no host of a multi-host URL that is read-write.
         return StoreUnavailable(f"ledger store unavailable: {type(error).__name__}")
     return error
@@ -226,7 +223,7 @@ def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
         return InvalidData(f"the ledger cannot store this input: {error.message}")
     if sqlstate in _SCHEMA_MISSING:
         return StoreUnavailable(f"the ledger schema is not in place ({sqlstate}): run migrate", transient=False)
-    if sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate in _UNAVAILABLE_CODES:
+    if is_transient(error):
         return StoreUnavailable(f"ledger store unavailable ({sqlstate})")
     return error
 
