@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import time
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
 from booking_ledger_client import (
+    AppendResult,
     AsyncLedgerClient,
     BookingCodeTaken,
     BookingNotFound,
@@ -28,9 +31,11 @@ from booking_ledger_client import (
     VersionConflict,
 )
 
+from devstack.harness import Stack
 from devstack.processes import wait_until
 from tests.client.conftest import ClientStack
 from tests.conftest import free_port, random_code
+from tests.e2e.conftest import make_key
 
 
 def priced(amount: str, **data: object) -> NewEvent:
@@ -260,3 +265,32 @@ def test_wait_for_read_store_times_out_with_the_version_it_has(stack: ClientStac
         with pytest.raises(ReadStoreBehind) as behind:
             hotel.wait_for_read_store(code, 5, timeout=0.5)
     assert behind.value.latest_version == 1
+
+
+def test_a_create_rides_through_a_postgres_restart() -> None:
+    """503 (with Retry-After) and refused connections while Postgres is down are retried; the
+    create lands once when it is back. An impatient client gets Unavailable with the answer's hint."""
+    own = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-client-pg-")))
+    try:
+        own.start_postgres()
+        url = own.database("client_restart")
+        api = own.start_api(url, workers=1, LEDGER_DB_TIMEOUT="2")
+        key = make_key(url, "hotel", "read,write")
+        code = random_code("PG")
+        with LedgerClient(api.url, key, retry_seconds=0) as impatient, \
+                LedgerClient(api.url, key, retry_seconds=30) as patient:
+            impatient.create(random_code("PG"), [priced("1.00")])  # the key is known and cached
+            own.postgres.stop(mode="fast")
+            with pytest.raises(Unavailable) as down:
+                impatient.create(code, [priced("1.00")])
+            assert down.value.status == 503 and down.value.retry_after == 1
+            outcome: list[AppendResult] = []
+            thread = threading.Thread(target=lambda: outcome.append(patient.create(code, [priced("2.00")])))
+            thread.start()
+            time.sleep(1.5)
+            own.postgres.start()
+            thread.join(timeout=60)
+            assert outcome and outcome[0].version == 1
+            assert [e.price for e in patient.events(code).events] == [Money("2.00", "EUR")]
+    finally:
+        own.stop()
