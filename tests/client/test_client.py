@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -294,3 +297,16 @@ def test_a_create_rides_through_a_postgres_restart() -> None:
             assert [e.price for e in patient.events(code).events] == [Money("2.00", "EUR")]
     finally:
         own.stop()
+
+
+def test_the_readme_example_runs_as_written(stack: ClientStack) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Using the client", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "LEDGER_URL": stack.url, "HOTEL_KEY": stack.hotel, "LEDGER_DYNAMODB_TABLE": stack.table,
+           "LEDGER_DYNAMODB_ENDPOINT": stack.dynamodb_endpoint}
+    done = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    source, version, events = done.stdout.split(" ", 2)
+    assert source in ("dynamodb", "ledger") and version == "2"
+    assert events.strip() == "[('BookingPriced', '120.00'), ('PriceChanged', '99.50')]"
