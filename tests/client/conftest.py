@@ -1,34 +1,32 @@
-"""The client against the real stack: one ledger database with API, relay and sink on the suite's
-broker and DynamoDB Local, and a TCP proxy that loses an answer or a request on purpose."""
+"""The client against the real stack: a private Postgres, broker and DynamoDB Local (devstack's
+Stack) with API, relay and sink, and a TCP proxy that loses an answer or a request on purpose.
+
+The stack is this folder's own rather than the integration folder's session fixtures: fixtures
+imported into a second conftest are set up twice per session (and pipeline_template's CREATE
+DATABASE would fail the second time)."""
 
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from devstack.harness import LedgerProcess, start_api
-from devstack.postgres import LocalPostgres
-from tests.conftest import sql
+from core.settings import Settings
+from devstack.harness import LedgerProcess, Stack
 from tests.e2e.conftest import make_key
-from tests.integration.conftest import (  # noqa: F401  (fixtures this folder uses)
-    LOGS,
-    Pipeline,
-    broker,
-    dynamodb_local,
-    pipeline_template,
-)
 
 
 @dataclass
 class ClientStack:
     """A ledger with its API, relay and sink; keys of three departments."""
 
-    pipeline: Pipeline
+    own: Stack
+    settings: Settings
     api: LedgerProcess
     hotel: str  # read,write
     car: str  # read,write
@@ -40,35 +38,41 @@ class ClientStack:
 
     @property
     def table(self) -> str:
-        return self.pipeline.settings.dynamo.table
+        return self.settings.dynamo.table
 
     @property
     def dynamodb_endpoint(self) -> str:
-        return self.pipeline.dynamodb.endpoint
+        return self.settings.dynamo.endpoint
 
     def start_api(self, **extra: str) -> LedgerProcess:
         """Another API on this ledger (say with a low rate limit); stopped with the stack."""
-        name = f"{self.pipeline.name}-api-{len(self.pipeline.workers)}.log"
-        api = start_api(self.pipeline.env(**extra), LOGS / name, workers=1)
-        self.pipeline.workers.append(api)
-        return api
+        return self.own.start_api(self.settings, workers=1, **extra)
+
+    def restart_sink(self, between: Callable[[], None]) -> None:
+        """Stop the sink, run `between`, start a new sink (also when `between` fails)."""
+        sink = next(p for p in self.own.processes if p.kind == "sink" and p.alive)
+        sink.stop()
+        try:
+            between()
+        finally:
+            self.own.start("sink", self.settings)
 
 
 @pytest.fixture(scope="module")
-def stack(postgres: LocalPostgres, pipeline_template: str, broker, dynamodb_local) -> Iterator[ClientStack]:  # noqa: F811
-    name = f"client_{uuid.uuid4().hex[:10]}"
-    sql(postgres.url, f'CREATE DATABASE "{name}" TEMPLATE "pipeline_template"')
-    pipeline = Pipeline(postgres.url.rsplit("/", 1)[0] + "/" + name, broker, dynamodb_local)
+def stack() -> Iterator[ClientStack]:
+    own = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-client-")))
     try:
-        api = start_api(pipeline.env(), LOGS / f"{pipeline.name}-api.log", workers=1)
-        pipeline.workers.append(api)
-        pipeline.start("relay")
-        pipeline.start("sink")
-        url = pipeline.database_url
-        yield ClientStack(pipeline, api, make_key(url, "hotel", "read,write"), make_key(url, "car", "read,write"),
+        own.start_postgres()
+        own.start_pipeline_servers()
+        url = own.database("client")
+        settings = own.settings(url)
+        api = own.start_api(settings, workers=1)
+        own.start("relay", settings)
+        own.start("sink", settings)
+        yield ClientStack(own, settings, api, make_key(url, "hotel", "read,write"), make_key(url, "car", "read,write"),
                           make_key(url, "audit", "read"))
     finally:
-        pipeline.stop()
+        own.stop()
 
 
 class Proxy:

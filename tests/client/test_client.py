@@ -28,6 +28,7 @@ from booking_ledger_client import (
     NewEvent,
     NotOwner,
     RateLimited,
+    ReadResult,
     Unauthorized,
     Unavailable,
     ValidationFailed,
@@ -158,24 +159,22 @@ def test_read_your_writes_on_the_read_store(stack: ClientStack) -> None:
         first = hotel.wait_for_read_store(code, 1, timeout=30)
         assert first.source == "dynamodb" and first.version == 1
 
-        sink = next(w for w in stack.pipeline.workers if w.kind == "sink")
-        sink.stop()
-        try:
+        behind: list[ReadResult] = []
+
+        def while_the_sink_is_down() -> None:
             appended = hotel.append(code, [priced("0.10"), NewEvent("Note", data={"text": "late"})],
                                     expected_version=1)
             assert appended.version == 3
-            behind = hotel.read_events(code, min_version=appended.version)
-            assert behind.source == "ledger" and behind.version == 3
+            behind.append(hotel.read_events(code, min_version=appended.version))
+            assert behind[0].source == "ledger" and behind[0].version == 3
             assert hotel.read_events(code).source == "dynamodb"  # without min_version: the store only
             assert hotel.read_events(code).version == 1
-        finally:
-            stack.pipeline.workers.remove(sink)
-            stack.pipeline.start("sink")
 
+        stack.restart_sink(while_the_sink_is_down)
         caught_up = hotel.wait_for_read_store(code, 3, timeout=60)
         again = hotel.read_events(code, min_version=3)
         assert again.source == "dynamodb" and caught_up.source == "dynamodb"
-        assert again.events == behind.events == hotel.events(code).events  # the same, field by field
+        assert again.events == behind[0].events == hotel.events(code).events  # the same, field by field
         assert again.events[0].price == Money("1234567890.12", "EUR")
         assert again.events[0].data == {"nested": {"n": [1, 2.5, "x"]}}
         assert again.events[1].price is not None and again.events[1].price.amount == "0.10"
