@@ -88,10 +88,11 @@ class Relay:
         self.is_leader = False
         host, pid = relay_identity()
         self._identity = (host, str(pid))
+        self.metrics = metrics.RelayMetrics()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
-        metrics.serve(self.settings.metrics.host, self.settings.metrics.relay_port, "relay")
+        metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.relay_port, "relay")
         backoff = Backoff(log)
         while not stop.is_set():
             try:
@@ -112,9 +113,9 @@ class Relay:
                 if self.is_leader:
                     log.info("relay leadership released")
                 self.is_leader = False
-                metrics.RELAY_LEADER.set(0)
+                self.metrics.leader.set(0)
                 with contextlib.suppress(KeyError):
-                    metrics.RELAY_LEADER_INFO.remove(*self._identity)
+                    self.metrics.leader_info.remove(*self._identity)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5)
 
@@ -123,8 +124,8 @@ class Relay:
         while not stop.is_set():
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
                 self.is_leader = True
-                metrics.RELAY_LEADER.set(1)
-                metrics.RELAY_LEADER_INFO.labels(*self._identity).set(1)
+                self.metrics.leader.set(1)
+                self.metrics.leader_info.labels(*self._identity).set(1)
                 log.info("relay is the leader")
                 return True
             if not announced:
@@ -147,8 +148,8 @@ class Relay:
         while not stop.is_set():
             if time.monotonic() - backlog_checked > BACKLOG_SECONDS:
                 size, age = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
-                metrics.OUTBOX_BACKLOG.set(size)
-                metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
+                self.metrics.outbox_backlog.set(size)
+                self.metrics.outbox_oldest_age.set(age or 0.0)
                 backlog_checked = time.monotonic()
             wake.clear()
             rows = await conn.fetch(BATCH_SQL, self.batch_size)
@@ -160,13 +161,13 @@ class Relay:
                 continue
             delivered = await asyncio.to_thread(self._send, producer, rows)
             if delivered:
-                metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
+                metrics.observe_lag(self.metrics.commit_to_ack, (row["recorded_at"] for row in rows[:delivered]))
                 if self.mark_delay:
                     await asyncio.sleep(self.mark_delay)
                 await _mark_sent(conn, [row["position"] for row in rows[:delivered]])
-                metrics.RELAY_SENT.inc(delivered)
+                self.metrics.sent.inc(delivered)
             if delivered < len(rows):
-                metrics.RELAY_FAILED.inc(len(rows) - delivered)
+                self.metrics.failed.inc(len(rows) - delivered)
                 # A fresh producer after a failure: a fatal idempotence error leaves the old
                 # one unusable, and the unsent rows are sent again from the oldest anyway.
                 await asyncio.to_thread(_discard, producer)

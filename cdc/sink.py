@@ -68,10 +68,11 @@ class Sink:
         # Test-only: seconds to wait between DynamoDB's acceptance and storing the offsets,
         # so a test can kill the sink in exactly that window.
         self.store_delay = float(os.environ.get("LEDGER_SINK_TEST_STORE_DELAY", "0"))
+        self.metrics = metrics.SinkMetrics()
 
     def run(self, stop: threading.Event) -> None:
         kafka, tables = self.settings.kafka, self.settings.dynamo
-        metrics.serve(self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
+        metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
         dynamodb = dynamo.client(tables)
         backoff = Backoff(log)
         while not stop.is_set():
@@ -118,10 +119,11 @@ class Sink:
                         dynamo.write_items(
                             dynamodb, tables.table, [dynamo.item_of(e) for e in events], executor=executor,
                             should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
+                            retries=self.metrics.dynamodb_retries,
                         )
-                        metrics.SINK_WRITTEN.inc(len(events))
+                        self.metrics.written.inc(len(events))
                         self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
-                        metrics.observe_lag(metrics.SINK_COMMIT_TO_WRITE, (e.recorded_at for e in events))
+                        metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in events))
                         if self.store_delay:
                             stop.wait(self.store_delay)
                     for message in last.values():
@@ -193,9 +195,9 @@ class Sink:
             if high >= 0 and start >= 0:
                 lags[str(partition)] = max(0, high - start)
         for gone in self._lag_partitions - lags.keys():  # moved to another sink in a rebalance
-            metrics.SINK_CONSUMER_LAG.remove(gone)
+            self.metrics.consumer_lag.remove(gone)
         for partition, lag in lags.items():
-            metrics.SINK_CONSUMER_LAG.labels(partition).set(lag)
+            self.metrics.consumer_lag.labels(partition).set(lag)
         self._lag_partitions = set(lags)
 
     def _resume(self, consumer: Consumer) -> None:
@@ -268,7 +270,7 @@ class Sink:
             except (KafkaException, BufferError) as failure:
                 outcome.append(failure)
             if outcome == [True]:
-                metrics.SINK_DEAD_LETTERS.inc()
+                self.metrics.dead_letters.inc()
                 return
             delay = backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome)
             deadline = time.monotonic() + delay
