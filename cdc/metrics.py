@@ -84,8 +84,8 @@ class SinkMetrics:
         )
         self.commit_to_write = Histogram(
             "ledger_sink_commit_to_write_seconds",
-            "From the append's transaction to the DynamoDB write, for events this consumer group writes for the "
-            "first time (re-reads after a restart or rebalance are not observed).",
+            "From the append's transaction to the DynamoDB write, for events the sink's group reads for the first "
+            "time (not what a partition read from its beginning held already: see cdc/sink.py).",
             buckets=LAG_BUCKETS, registry=registry,
         )
 

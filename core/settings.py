@@ -69,7 +69,10 @@ class KafkaSettings:
     dead_letter_topic: str = _env_str(
         "LEDGER_KAFKA_DEAD_LETTER_TOPIC", "booking-events.dead-letter", "Where the sink parks messages it cannot parse."
     )
-    sink_group: str = _env_str("LEDGER_SINK_GROUP", "booking-ledger-sink", "Consumer group of the sink.")
+    sink_group: str = _env_str(
+        "LEDGER_SINK_GROUP", "booking-ledger-sink",
+        "Consumer group of the sink; its full name is this, '.', and the topic's id (see cdc/sink.py).",
+    )
     resend_seconds: int = _env_int(
         "LEDGER_RELAY_RESEND_SECONDS", 900,
         "When the relay has to create the topic (a new or forgetful broker), events of this many seconds are sent again.",
