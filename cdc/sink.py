@@ -29,6 +29,7 @@ after the topic was created again, what the new topic held at this sink's first 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -105,7 +106,10 @@ class Sink:
             stop.wait(backoff.failed("sink waits for DynamoDB and for the relay to create topic %s", kafka.topic))
         backoff.succeeded("DynamoDB reachable and topic present")
         self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
-        consumer = self._subscribe(stop)
+        try:
+            consumer = self._subscribe(stop)
+        except dynamo.Stopped:
+            return
         log.info("sink consuming %s into DynamoDB table %s", kafka.topic, tables.table)
         dead_letters: Producer | None = None
         write_backoff = Backoff(log)
@@ -163,7 +167,8 @@ class Sink:
         except dynamo.Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
-            consumer.close()  # commits the offsets stored so far
+            with contextlib.suppress(RuntimeError):  # already closed when stopped while joining again
+                consumer.close()  # commits the offsets stored so far
             if dead_letters is not None:
                 dead_letters.flush(5)
 
