@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter
 
-from cdc import metrics
 from cdc.backoff import Backoff
 from core.dynamodb import Item, ensure_table
 
@@ -39,28 +39,33 @@ def write_items(
     should_stop: Callable[[], bool] = lambda: False,
     on_wait: Callable[[], None] = lambda: None,
     backoff: Backoff | None = None,
+    retries: Counter | None = None,
 ) -> None:
     """Write every item, retrying throttling, UnprocessedItems and outages with capped backoff.
 
     Returns only when all items are written; raises Stopped if `should_stop()` turns true
     first. Chunks of 25 go out in parallel on `executor`; meanwhile the calling thread runs
     `on_wait` every half second (the sink keeps its consumer group membership alive there).
+    Each retry counts in `retries` (labelled `unprocessed` or `error`) when given.
     """
     backoff = backoff or Backoff(log)
     unique = _dedupe(items)
     chunks = [unique[i : i + BATCH_LIMIT] for i in range(0, len(unique), BATCH_LIMIT)]
     if executor is None:
         for chunk in chunks:
-            _write_chunk(dynamodb, table, chunk, should_stop, backoff)
+            _write_chunk(dynamodb, table, chunk, should_stop, backoff, retries)
         return
-    futures = [executor.submit(_write_chunk, dynamodb, table, chunk, should_stop, backoff) for chunk in chunks]
+    futures = [executor.submit(_write_chunk, dynamodb, table, chunk, should_stop, backoff, retries) for chunk in chunks]
     while wait(futures, timeout=0.5).not_done:
         on_wait()
     for future in futures:
         future.result()
 
 
-def _write_chunk(dynamodb, table: str, chunk: list[Item], should_stop: Callable[[], bool], backoff: Backoff) -> None:
+def _write_chunk(
+    dynamodb, table: str, chunk: list[Item], should_stop: Callable[[], bool], backoff: Backoff,
+    retries: Counter | None,
+) -> None:
     while chunk:
         try:
             answer = dynamodb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": i}} for i in chunk]})
@@ -68,7 +73,8 @@ def _write_chunk(dynamodb, table: str, chunk: list[Item], should_stop: Callable[
             if not chunk:
                 backoff.succeeded("DynamoDB accepts writes again")
                 return
-            metrics.DYNAMODB_RETRIES.labels("unprocessed").inc()
+            if retries is not None:
+                retries.labels("unprocessed").inc()
             delay = backoff.failed("DynamoDB left %d items unprocessed (throttled); retrying", len(chunk))
         except (ClientError, BotoCoreError) as error:
             if isinstance(error, ClientError) and error.response["Error"]["Code"] == "ResourceNotFoundException":
@@ -78,7 +84,8 @@ def _write_chunk(dynamodb, table: str, chunk: list[Item], should_stop: Callable[
                     continue
                 except (ClientError, BotoCoreError) as again:
                     error = again
-            metrics.DYNAMODB_RETRIES.labels("error").inc()
+            if retries is not None:
+                retries.labels("error").inc()
             delay = backoff.failed("DynamoDB write failed, retrying: %s", error)
         _sleep(delay, should_stop)
 

@@ -2,6 +2,10 @@
 
 Prometheus scrapes every relay (LEDGER_RELAY_METRICS_PORT) and sink (LEDGER_SINK_METRICS_PORT)
 process, and the API at /metrics; `make run` serves them on 9101 and 9102.
+
+Each component builds its own registry when it is built (RelayMetrics, SinkMetrics), never at
+import: a relay process then exports no sink series and a sink process no relay series (a
+`ledger_relay_leader 0` on a sink's port would make a `min(ledger_relay_leader)` alert fire).
 """
 
 from __future__ import annotations
@@ -11,44 +15,85 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 log = logging.getLogger("booking_ledger.metrics")
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
-RELAY_LEADER = Gauge("ledger_relay_leader", "1 while this relay holds the lease and sends, else 0.")
-RELAY_LEADER_INFO = Gauge(
-    "ledger_relay_leader_info", "Present (value 1) only while this relay leads: names its host and pid.",
-    ["host", "pid"],
-)
-RELAY_SENT = Counter("ledger_relay_sent_total", "Events acknowledged by Kafka and removed from the outbox.")
-RELAY_FAILED = Counter("ledger_relay_delivery_failures_total", "Events Kafka did not acknowledge (sent again).")
-RELAY_COMMIT_TO_ACK = Histogram(
-    "ledger_relay_commit_to_ack_seconds", "From the append's transaction to Kafka's acknowledgement.",
-    buckets=LAG_BUCKETS,
-)
-OUTBOX_BACKLOG = Gauge("ledger_outbox_backlog", "Events in the outbox, not yet acknowledged by Kafka.")
-OUTBOX_OLDEST_AGE = Gauge("ledger_outbox_oldest_age_seconds", "Age of the oldest event still in the outbox.")
 
-SINK_WRITTEN = Counter("ledger_sink_written_total", "Events written to DynamoDB (redeliveries included).")
-SINK_DEAD_LETTERS = Counter("ledger_sink_dead_letters_total", "Messages moved to the dead-letter topic.")
-DYNAMODB_RETRIES = Counter("ledger_dynamodb_retries_total", "DynamoDB batch writes retried, by reason.", ["reason"])
-SINK_CONSUMER_LAG = Gauge(
-    "ledger_sink_consumer_lag",
-    "Messages in a partition this sink owns that it has not yet written to DynamoDB (high watermark as of "
-    "its last fetch minus its next offset to store).",
-    ["partition"],
-)
-SINK_COMMIT_TO_WRITE = Histogram(
-    "ledger_sink_commit_to_write_seconds", "From the append's transaction to the DynamoDB write.", buckets=LAG_BUCKETS,
-)
+def _registry() -> CollectorRegistry:
+    """A registry with the process, platform and GC series the default registry would carry."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
-def serve(host: str, port: int, what: str) -> None:
-    """Serve this process's metrics on host:port (0: not served)."""
+class RelayMetrics:
+    """The relay's series, on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = registry = _registry()
+        self.leader = Gauge("ledger_relay_leader", "1 while this relay holds the lease and sends, else 0.",
+                            registry=registry)
+        self.leader_info = Gauge(
+            "ledger_relay_leader_info", "Present (value 1) only while this relay leads: names its host and pid.",
+            ["host", "pid"], registry=registry,
+        )
+        self.sent = Counter("ledger_relay_sent_total", "Events acknowledged by Kafka and removed from the outbox.",
+                            registry=registry)
+        self.failed = Counter("ledger_relay_delivery_failures_total",
+                              "Events Kafka did not acknowledge (sent again).", registry=registry)
+        self.commit_to_ack = Histogram(
+            "ledger_relay_commit_to_ack_seconds", "From the append's transaction to Kafka's acknowledgement.",
+            buckets=LAG_BUCKETS, registry=registry,
+        )
+        self.outbox_backlog = Gauge("ledger_outbox_backlog", "Events in the outbox, not yet acknowledged by Kafka.",
+                                    registry=registry)
+        self.outbox_oldest_age = Gauge("ledger_outbox_oldest_age_seconds",
+                                       "Age of the oldest event still in the outbox.", registry=registry)
+
+
+class SinkMetrics:
+    """The sink's series, on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = registry = _registry()
+        self.written = Counter("ledger_sink_written_total", "Events written to DynamoDB (redeliveries included).",
+                               registry=registry)
+        self.dead_letters = Counter("ledger_sink_dead_letters_total", "Messages moved to the dead-letter topic.",
+                                    registry=registry)
+        self.dynamodb_retries = Counter("ledger_dynamodb_retries_total", "DynamoDB batch writes retried, by reason.",
+                                        ["reason"], registry=registry)
+        self.consumer_lag = Gauge(
+            "ledger_sink_consumer_lag",
+            "Messages in a partition this sink owns that it has not yet written to DynamoDB (high watermark as of "
+            "its last fetch minus its next offset to store).",
+            ["partition"], registry=registry,
+        )
+        self.commit_to_write = Histogram(
+            "ledger_sink_commit_to_write_seconds",
+            "From the append's transaction to the DynamoDB write, for events the sink's group reads for the first "
+            "time (not what a partition read from its beginning held already: see cdc/sink.py).",
+            buckets=LAG_BUCKETS, registry=registry,
+        )
+
+
+def serve(registry: CollectorRegistry, host: str, port: int, what: str) -> None:
+    """Serve `registry` on host:port (0: not served)."""
     if port:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=host, registry=registry)
         log.info("%s metrics on http://%s:%d/metrics", what, host, port)
 
 

@@ -97,10 +97,11 @@ class Relay:
         self._producer: Producer | None = None
         self._send_backoff = Backoff(log)
         self._topic_checked = self._backlog_checked = 0.0
+        self.metrics = metrics.RelayMetrics()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
-        metrics.serve(self.settings.metrics.host, self.settings.metrics.relay_port, "relay")
+        metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.relay_port, "relay")
         backoff = Backoff(log)
         while not stop.is_set():
             try:
@@ -133,9 +134,9 @@ class Relay:
                 if self.is_leader:
                     log.info("relay leadership released")
                 self.is_leader = False
-                metrics.RELAY_LEADER.set(0)
+                self.metrics.leader.set(0)
                 with contextlib.suppress(KeyError):
-                    metrics.RELAY_LEADER_INFO.remove(*self._identity)
+                    self.metrics.leader_info.remove(*self._identity)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5)
 
@@ -147,8 +148,8 @@ class Relay:
                 raise StandbyConnection("connected to a standby (read-only) server: looking for the primary")
             if taken:
                 self.is_leader = True
-                metrics.RELAY_LEADER.set(1)
-                metrics.RELAY_LEADER_INFO.labels(*self._identity).set(1)
+                self.metrics.leader.set(1)
+                self.metrics.leader_info.labels(*self._identity).set(1)
                 log.info("relay is the leader")
                 return True
             if not announced:
@@ -187,8 +188,8 @@ class Relay:
         """Refresh the backlog gauges every BACKLOG_SECONDS."""
         if time.monotonic() - self._backlog_checked > BACKLOG_SECONDS:
             size, age = await conn.fetchrow(OUTBOX_BACKLOG_SQL)
-            metrics.OUTBOX_BACKLOG.set(size)
-            metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
+            self.metrics.outbox_backlog.set(size)
+            self.metrics.outbox_oldest_age.set(age or 0.0)
             self._backlog_checked = time.monotonic()
 
     async def _idle(self, conn: asyncpg.Connection, stop: asyncio.Event, wake: asyncio.Event) -> None:
@@ -204,13 +205,13 @@ class Relay:
         assert self._producer is not None, "_lead makes the producer first"
         delivered = await asyncio.to_thread(self._send, self._producer, rows)
         if delivered:
-            metrics.observe_lag(metrics.RELAY_COMMIT_TO_ACK, (row["recorded_at"] for row in rows[:delivered]))
+            metrics.observe_lag(self.metrics.commit_to_ack, (row["recorded_at"] for row in rows[:delivered]))
             await _delete_sent(conn, [row["position"] for row in rows[:delivered]])
-            metrics.RELAY_SENT.inc(delivered)
+            self.metrics.sent.inc(delivered)
         if delivered == len(rows):
             self._send_backoff.succeeded("Kafka acknowledges again; the outbox drains")
             return
-        metrics.RELAY_FAILED.inc(len(rows) - delivered)
+        self.metrics.failed.inc(len(rows) - delivered)
         # A fresh producer after a failure: a fatal idempotence error leaves the old one unusable,
         # and the unsent rows are sent again from the oldest anyway.
         await asyncio.to_thread(_discard, self._producer)

@@ -12,14 +12,24 @@ retries and does not move past it.
 
 A broker that lost its memory (the local Tansu keeps none across a restart) comes back with a new
 topic whose offsets start again at 0, and may even receive this consumer's old offsets in an
-auto-commit. Offsets are therefore stored with the topic's id as commit metadata; on every
-assignment, a committed offset from another incarnation of the topic is ignored and the
-partition is read from its beginning. The relay, which recreates the topic, sends recent events
-again, and rewriting them changes nothing.
+auto-commit. The topic's identity is therefore kept where no broker can drop it: in the name of
+the consumer group, LEDGER_SINK_GROUP + "." + the topic's id. (Commit metadata would do on Apache
+Kafka, but Tansu returns committed offsets without it, which made every restart read everything
+again.) A group's committed offsets can only belong to its own incarnation of the topic: a restarted
+sink resumes where the last one stopped, and after the topic was created again the sink joins a new
+group, which starts at the beginning. The old offsets a stale consumer commits land in the old
+group, where nobody reads them. The relay, which recreates the topic, sends recent events again,
+and rewriting them changes nothing.
+
+ledger_sink_commit_to_write_seconds measures freshness. Restarts, rebalances and rejoins no longer
+read anything again (but the up to one second of offsets a killed sink had not committed yet), and
+after the topic was created again, what the new topic held at this sink's first fetch of a partition
+(the relay's re-sent events, written before) is not observed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,6 +64,11 @@ LAG_SECONDS = 2.0  # how often the consumer-lag gauge is brought up to date
 STALL_SECONDS = 45.0
 
 
+def group_of(sink_group: str, topic_id: str) -> str:
+    """The consumer group of the sink for one incarnation of the topic."""
+    return f"{sink_group}.{topic_id}"
+
+
 class Sink:
     def __init__(self, settings: Settings, batch_size: int = 500, threads: int = 8) -> None:
         self.settings = settings
@@ -61,15 +76,22 @@ class Sink:
         self.threads = threads
         self._paused = False
         self._carry: list[Message] = []
-        self._topic_id: str | None = None
+        self._topic_id: str | None = None  # of the incarnation whose group this consumer is in
+        # Why this consumer must be replaced by one in the current incarnation's group, if it must.
+        self._rejoin: str | None = None
         # Per assigned partition, the next offset to store: what is below it is in DynamoDB.
         self._next: dict[int, int] = {}
+        # Per assigned partition, the first offset whose freshness is observed (None: the high
+        # watermark of the first fetch, in a topic created again while this sink ran).
+        self._fresh_from: dict[int, int | None] = {}
+        self._recreated = False
         self._lag_updated = 0.0
         self._lag_partitions: set[str] = set()
+        self.metrics = metrics.SinkMetrics()
 
     def run(self, stop: threading.Event) -> None:
         kafka, tables = self.settings.kafka, self.settings.dynamo
-        metrics.serve(self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
+        metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
         dynamodb = dynamodb_client(tables)
         backoff = Backoff(log)
         while not stop.is_set():
@@ -82,13 +104,23 @@ class Sink:
             stop.wait(backoff.failed("sink waits for DynamoDB and for the relay to create topic %s", kafka.topic))
         backoff.succeeded("DynamoDB reachable and topic present")
         self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
-        consumer = self._subscribe()
+        try:
+            consumer = self._subscribe(stop)
+        except dynamo.Stopped:
+            return
         log.info("sink consuming %s into DynamoDB table %s", kafka.topic, tables.table)
         dead_letters: Producer | None = None
         write_backoff = Backoff(log)
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="dynamodb") as executor:
                 while not stop.is_set():
+                    if self._rejoin is not None:
+                        log.warning("sink joins the consumer group again: %s", self._rejoin)
+                        consumer.close()  # its offsets go to the old topic's group, where nobody reads them
+                        previous = self._topic_id
+                        consumer = self._subscribe(stop)
+                        self._recreated = self._topic_id != previous
+                        continue
                     messages, self._carry = self._carry, []
                     first = consumer.poll(0.5)  # wait for something, then take what is already there
                     if first is not None:
@@ -99,15 +131,18 @@ class Sink:
                         log.warning("sink received nothing for %.0f s while %s: rejoining the group",
                                     STALL_SECONDS, "events wait" if consumer.assignment() else "without partitions")
                         consumer.close()  # commits the offsets stored so far
-                        consumer = self._subscribe()
+                        consumer = self._subscribe(stop)
                         continue
-                    events, last = [], {}
+                    events, fresh, last = [], [], {}
                     for message in messages:
                         if message.error():
                             self._on_error(message.error())
                             continue
                         try:
-                            events.append(decode_event(message.value()))
+                            event = decode_event(message.value())
+                            events.append(event)
+                            if self._first_read(consumer, message):
+                                fresh.append(event)
                         except (msgspec.DecodeError, TypeError) as error:
                             dead_letters = dead_letters or Producer(producer_config(kafka))
                             self._dead_letter(dead_letters, consumer, message, error, stop)
@@ -116,10 +151,11 @@ class Sink:
                         dynamo.write_items(
                             dynamodb, tables.table, [item_of(e) for e in events], executor=executor,
                             should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
+                            retries=self.metrics.dynamodb_retries,
                         )
-                        metrics.SINK_WRITTEN.inc(len(events))
+                        self.metrics.written.inc(len(events))
                         self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
-                        metrics.observe_lag(metrics.SINK_COMMIT_TO_WRITE, (e.recorded_at for e in events))
+                        metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in fresh))
                     for message in last.values():
                         self._store(consumer, message)
                     self._resume(consumer)
@@ -127,18 +163,53 @@ class Sink:
         except dynamo.Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
-            consumer.close()  # commits the offsets stored so far
+            with contextlib.suppress(RuntimeError):  # already closed when stopped while joining again
+                consumer.close()  # commits the offsets stored so far
             if dead_letters is not None:
                 dead_letters.flush(5)
 
-    def _subscribe(self) -> Consumer:
-        consumer = Consumer(consumer_config(self.settings.kafka))
+    def _subscribe(self, stop: threading.Event) -> Consumer:
+        """A consumer in the group of the topic's current incarnation (raises Stopped on `stop`)."""
+        backoff = Backoff(log)
+        while True:
+            try:
+                self._topic_id = self._current_topic_id()
+                break
+            except KafkaException as error:
+                if stop.wait(backoff.failed("cannot read the id of topic %s: %s", self.settings.kafka.topic, error)):
+                    raise dynamo.Stopped() from None
+        backoff.succeeded("topic id read")
+        config = consumer_config(self.settings.kafka)
+        config["group.id"] = group_of(self.settings.kafka.sink_group, self._topic_id)
+        consumer = Consumer(config)
         consumer.subscribe([self.settings.kafka.topic], on_assign=self._on_assign)
         self._progress = time.monotonic()
         self._paused = False
+        self._rejoin = None
         self._next = {}
+        self._fresh_from = {}
         self._carry = []  # fetched by the old consumer; the new one reads them again
         return consumer
+
+    def _current_topic_id(self) -> str:
+        topic = self.settings.kafka.topic
+        return str(self._admin.describe_topics(TopicCollection([topic]))[topic].result(10).topic_id)
+
+    def _first_read(self, consumer: Consumer, message: Message) -> bool:
+        """False for a message whose freshness is not observed (see the module's docstring)."""
+        partition = message.partition()
+        if partition not in self._fresh_from:  # revoked meanwhile
+            return False
+        fresh_from = self._fresh_from[partition]
+        if fresh_from is None:  # a new topic: what its first fetch saw was re-sent by the relay
+            try:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(message.topic(), partition), cached=True)
+            except KafkaException:
+                return False
+            if high < 0:
+                return False
+            self._fresh_from[partition] = fresh_from = high
+        return message.offset() >= fresh_from
 
     def _waiting(self, consumer: Consumer) -> bool:
         """True without partitions, or when an owned partition holds events beyond what was written
@@ -189,9 +260,9 @@ class Sink:
             if high >= 0 and start >= 0:
                 lags[str(partition)] = max(0, high - start)
         for gone in self._lag_partitions - lags.keys():  # moved to another sink in a rebalance
-            metrics.SINK_CONSUMER_LAG.remove(gone)
+            self.metrics.consumer_lag.remove(gone)
         for partition, lag in lags.items():
-            metrics.SINK_CONSUMER_LAG.labels(partition).set(lag)
+            self.metrics.consumer_lag.labels(partition).set(lag)
         self._lag_partitions = set(lags)
 
     def _resume(self, consumer: Consumer) -> None:
@@ -200,34 +271,32 @@ class Sink:
             self._paused = False
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start each partition at its committed offset, unless that belongs to an older topic."""
-        topic = self.settings.kafka.topic
+        """Start each partition at the group's committed offset (from the beginning without one),
+        unless the topic was created again since this consumer joined its group."""
         try:
-            self._topic_id = str(self._admin.describe_topics(TopicCollection([topic]))[topic].result(10).topic_id)
+            current = self._current_topic_id()
             committed = consumer.committed(partitions, timeout=10)
         except KafkaException as error:
-            log.warning("cannot read the topic id or committed offsets (%s): reading assigned partitions "
-                        "from the beginning", error)
-            self._topic_id, committed = None, [TopicPartition(p.topic, p.partition) for p in partitions]
-        start = []
-        for tp in committed:
-            if tp.offset >= 0 and self._topic_id is not None and tp.metadata == self._topic_id:
-                start.append(TopicPartition(tp.topic, tp.partition, tp.offset))
-            else:
-                if tp.offset >= 0:
-                    log.warning("committed offset %d of %s[%d] is from another incarnation of the topic "
-                                "(a broker that lost its memory): reading it from the beginning",
-                                tp.offset, tp.topic, tp.partition)
-                start.append(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
-        # No broker round trips in here (it runs inside the group protocol): a partition read from its
-        # beginning gets its start from the watermarks cached by the first fetch (_update_lag).
-        self._next = {tp.partition: tp.offset if tp.offset >= 0 else -1 for tp in start}
+            self._rejoin = f"cannot read the topic id or the committed offsets ({error})"
+            consumer.assign([])
+            return
+        if current != self._topic_id:
+            # Its offsets in this group, even if committed a moment ago, belong to the old topic.
+            self._rejoin = ("the topic was created again (a broker that lost its memory): "
+                            "its new group reads it from the beginning")
+            consumer.assign([])
+            return
+        # No further broker round trips in here (it runs inside the group protocol): a partition read
+        # from its beginning gets its start from the watermarks cached by the first fetch (_update_lag).
+        self._next = {tp.partition: tp.offset if tp.offset >= 0 else -1 for tp in committed}
+        unknown = None if self._recreated else 0
+        self._fresh_from = {tp.partition: tp.offset if tp.offset >= 0 else unknown for tp in committed}
         self._lag_updated = 0.0
-        consumer.assign(start)
+        consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                         for tp in committed])
 
     def _store(self, consumer: Consumer, message: Message) -> None:
-        position = TopicPartition(message.topic(), message.partition(), message.offset() + 1,
-                                  metadata=self._topic_id or "")
+        position = TopicPartition(message.topic(), message.partition(), message.offset() + 1)
         try:
             consumer.store_offsets(offsets=[position])
             if message.partition() in self._next:
@@ -264,7 +333,7 @@ class Sink:
             except (KafkaException, BufferError) as failure:
                 outcome.append(failure)
             if outcome == [True]:
-                metrics.SINK_DEAD_LETTERS.inc()
+                self.metrics.dead_letters.inc()
                 return
             delay = backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome)
             deadline = time.monotonic() + delay

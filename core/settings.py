@@ -82,7 +82,10 @@ class KafkaSettings:
     dead_letter_topic: str = _env_str(
         "LEDGER_KAFKA_DEAD_LETTER_TOPIC", "booking-events.dead-letter", "Where the sink parks messages it cannot parse."
     )
-    sink_group: str = _env_str("LEDGER_SINK_GROUP", "booking-ledger-sink", "Consumer group of the sink.")
+    sink_group: str = _env_str(
+        "LEDGER_SINK_GROUP", "booking-ledger-sink",
+        "Consumer group of the sink; its full name is this, '.', and the topic's id (see cdc/sink.py).",
+    )
     commit_interval_ms: int = _env_int(
         "LEDGER_SINK_COMMIT_INTERVAL_MS", 1_000,
         "How often the sink commits the offsets of events DynamoDB accepted; a crashed sink reads at most "

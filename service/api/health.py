@@ -44,9 +44,11 @@ def _not_ready(detail: str) -> Response[Any]:
 
 
 @get("/metrics", summary="Prometheus metrics", media_type="text/plain")
-async def prometheus_metrics() -> Response[bytes]:
-    body, content_type = metrics.render()
-    return Response(body, media_type=content_type)
+async def prometheus_metrics(request: Request) -> Response[bytes]:
+    body, content_type = metrics.render(request.headers.get("accept", ""))
+    # As a header, not as media_type: Litestar appends "; charset=utf-8" to any text/* media type,
+    # and a second charset parameter makes Prometheus 3 refuse the scrape.
+    return Response(body, headers={"Content-Type": content_type})
 
 
 HEALTH_ROUTES = [live, ready, prometheus_metrics]

@@ -7,7 +7,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 APPENDS = Counter("ledger_appends_total", "Append requests answered, by outcome code.", ["outcome"])
@@ -35,12 +36,12 @@ def counting_read(route: str) -> Iterator[None]:
         READS.labels(route, outcome).inc()
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text of every worker's samples, and its content type."""
+def render(accept: str) -> tuple[bytes, str]:
+    """The exposition of every worker's samples in the format `accept` asks for, and its exact
+    Content-Type, negotiated as the relay's and sink's /metrics do (the header is sent as is)."""
+    encode, content_type = choose_encoder(accept)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
-
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return encode(registry), content_type
+    return encode(REGISTRY), content_type

@@ -1,7 +1,7 @@
 """One log line per request, with a request id that is also returned in X-Request-ID.
 
-The line carries the method, path, status, duration, the department of the key (never the key)
-and the problem code of an error answer.
+The line carries the method, path (its first MAX_LOGGED_PATH characters), status, duration, the
+department of the key (never the key) and the problem code of an error answer.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from core.logs import direct_logger
 
 HEADER = b"x-request-id"
+# A path is logged up to this many characters (then "…"), so that a line stays well under the
+# 4096 bytes that one write(2) to a pipe keeps whole, even with every character escaped.
+MAX_LOGGED_PATH = 300
 _VALID_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")  # fullmatch: no final newline
 
 
@@ -46,7 +49,7 @@ def request_log(app: ASGIApp) -> ASGIApp:
                 "request",
                 request_id=request_id,
                 method=scope["method"],
-                path=scope["path"],
+                path=_logged_path(scope["path"]),
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 department=state.get("department"),
@@ -54,3 +57,7 @@ def request_log(app: ASGIApp) -> ASGIApp:
             )
 
     return middleware
+
+
+def _logged_path(path: str) -> str:
+    return path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH] + "…"

@@ -1,10 +1,13 @@
 """The booking console at /console: server-rendered pages for operators and support staff.
 
-Sign-in takes an API key from a POSTed form and keeps it in a cookie that is HttpOnly, Secure,
-SameSite=Strict and scoped to /console; it never appears in a URL, a page or a log line. Every
-page checks the key again as the API does (revoked keys are signed out at once) and needs the
-`read` scope; the API's per-key rate limit is not applied (a person clicks, a page is a few queries). CSRF: the cookie is SameSite=Strict, so no other site's request carries it, and the
-only state-changing routes (sign-in, sign-out) are POSTs that also refuse a cross-site Origin.
+Sign-in takes an API key from a POSTed form and starts a server-side session
+(service/ledger/sessions.py): the cookie holds only the session's random id, and is HttpOnly, Secure,
+SameSite=Strict and scoped to /console; the key never appears in a cookie, a URL, a page or a log
+line. Every page checks the session and its key again (a revoked key's sessions end at once; a
+session also ends after SESSION_SECONDS and at sign-out) and needs the `read` scope; the API's
+per-key rate limit is not applied (a person clicks, a page is a few queries). CSRF: the cookie is
+SameSite=Strict, so no other site's request carries it, and the only state-changing routes
+(sign-in, sign-out) are POSTs that also refuse a cross-site Origin.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -31,6 +34,7 @@ from litestar.template import TemplateConfig
 from core.events import BOOKING_CODE_PATTERN
 from service.console import status
 from service.console.chart import price_points, step_chart
+from service.ledger import sessions
 from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
 from service.ledger.keys import ApiKey, authenticate
 from service.ledger.reads import get_booking, read_booking_events
@@ -45,7 +49,7 @@ log = logging.getLogger("booking_ledger.console")
 TEMPLATES = Path(__file__).parent / "templates"
 _NOTICES = {
     "signed_out": "You are signed out.",
-    "expired": "Your key is no longer valid (revoked?). Sign in again.",
+    "expired": "Your session is no longer valid (expired, or its key was revoked). Sign in again.",
 }
 
 
@@ -62,11 +66,12 @@ def _cookie(value: str, max_age: int) -> Cookie:
 
 
 async def _signed_in(request: Request) -> ApiKey:
-    """The key in the console cookie, checked now; _SignInFirst when there is none or it is no good."""
+    """The key of the console cookie's session, checked now; _SignInFirst when there is none or it is
+    no good (unknown, expired, signed out, its key revoked)."""
     presented = request.cookies.get(COOKIE)
     if not presented:
         raise _SignInFirst(had_cookie=False)
-    key = await authenticate(request.app.state.pool, presented, request.app.state.key_cache)
+    key = await sessions.key_of(request.app.state.pool, presented)
     if key is None or not key.allows("read"):
         raise _SignInFirst(had_cookie=True)
     request.state.department = key.department  # for the request log line; never the key itself
@@ -113,13 +118,15 @@ async def sign_in(
     if not key.allows("read"):
         return _page("sign_in.html", None, 403, error=f"This {key.department} key has no read scope.")
     request.state.department = key.department
-    return Redirect(PATH, status_code=303, cookies=[_cookie(presented, SESSION_SECONDS)])
+    session = await sessions.start(request.app.state.pool, key, timedelta(seconds=SESSION_SECONDS))
+    return Redirect(PATH, status_code=303, cookies=[_cookie(session, SESSION_SECONDS)])
 
 
 @post("/sign-out", status_code=303)
 async def sign_out(request: Request) -> Response[Any]:
     if not _same_origin(request):
         return _page("sign_in.html", None, 403, error="This sign-out did not come from the console's own page.")
+    await sessions.end(request.app.state.pool, request.cookies.get(COOKIE, ""))
     return Redirect(f"{PATH}?notice=signed_out", status_code=303, cookies=[_cookie("", 0)])
 
 
@@ -163,7 +170,7 @@ async def pipeline(request: Request) -> Template:
 def _sign_in_first(request: Request, exc: _SignInFirst) -> Response[Any]:
     if not exc.had_cookie:
         return Redirect(PATH, status_code=303)
-    # A revoked or otherwise dead key: forget it, and say why.
+    # An expired or signed-out session, or a revoked key: forget the cookie, and say why.
     return Redirect(f"{PATH}?notice=expired", status_code=303, cookies=[_cookie("", 0)])
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core.settings import DatabaseSettings, Settings
@@ -78,6 +79,14 @@ def console_server(database_url: str) -> Iterator[Server]:
         server.stop()
 
 
-def signed_in(key: str) -> dict[str, str]:
-    """The console's cookie, sent by hand: httpx keeps Secure cookies off plain-HTTP requests."""
-    return {"Cookie": f"ledger_console={key}"}
+def session_cookie(answer: httpx.Response) -> str:
+    """The session id a console sign-in answer sets."""
+    return answer.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+
+
+def signed_in(url: str, key: str) -> dict[str, str]:
+    """Signs in to the console at `url` with `key`; the session's cookie, to send by hand (httpx keeps
+    Secure cookies off plain-HTTP requests)."""
+    answer = httpx.post(f"{url}/console/sign-in", data={"key": key}, timeout=15)
+    assert answer.status_code == 303, answer.text[:300]
+    return {"Cookie": f"ledger_console={session_cookie(answer)}"}

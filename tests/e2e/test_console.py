@@ -7,14 +7,19 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import free_port, random_code
-from tests.e2e.conftest import Keys, Server, auth, cli, make_key, signed_in, start_server
+from tests.conftest import free_port, random_code, sql
+from tests.e2e.conftest import Keys, Server, auth, cli, make_key, session_cookie, signed_in, start_server
 
 
 @pytest.fixture
 def client(console_server: Server) -> httpx.Client:
     with httpx.Client(base_url=console_server.url, timeout=15, follow_redirects=False) as c:
         yield c
+
+
+def session(client: httpx.Client, key: str) -> dict[str, str]:
+    """The cookie of a new console session for `key`."""
+    return signed_in(str(client.base_url).rstrip("/"), key)
 
 
 def create_booking(client: httpx.Client, key: str, *prices: str | None) -> tuple[str, list[dict]]:
@@ -51,8 +56,23 @@ def test_sign_in_sets_a_strict_http_only_secure_cookie_on_console_only(client: h
     assert {"httponly", "secure", "samesite", "path", "max-age"} <= attributes
     assert "SameSite=strict" in cookie and "Path=/console;" in cookie + ";"
     assert keys.reader not in answer.headers["location"]
-    home = assert_page(client.get("/console", headers=signed_in(keys.reader)), 200, "Signed in: audit", "Sign out")
+    home = assert_page(client.get("/console", headers={"Cookie": cookie.split(";", 1)[0]}), 200,
+                       "Signed in: audit", "Sign out")
     assert keys.reader not in home
+
+
+def test_the_cookie_holds_a_session_id_never_the_key(client: httpx.Client, keys: Keys, database_url: str) -> None:
+    answer = client.post("/console/sign-in", data={"key": keys.reader})
+    session_id = session_cookie(answer)
+    secret = keys.reader.split("_", 2)[2]
+    assert keys.reader not in answer.headers["set-cookie"] and secret not in answer.headers["set-cookie"]
+    assert len(session_id) >= 43 and session_id != session_cookie(client.post("/console/sign-in", data={"key": keys.reader}))
+    # Only its hash is stored, with an expiry.
+    assert sql(database_url, "SELECT count(*) FROM console_sessions WHERE id_hash = sha256($1::bytea) "
+               "AND expires_at > now() + interval '7 hours'", session_id.encode()) == 1
+    # The key itself in the cookie (what the console used to keep there) signs nobody in.
+    answer = client.get("/console/pipeline", headers={"Cookie": f"ledger_console={keys.reader}"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/console?notice=expired"
 
 
 def test_bad_and_write_only_keys_are_refused_with_a_message(client: httpx.Client, keys: Keys) -> None:
@@ -64,9 +84,6 @@ def test_bad_and_write_only_keys_are_refused_with_a_message(client: httpx.Client
     answer = client.post("/console/sign-in", data={"key": keys.writer})
     assert "set-cookie" not in answer.headers
     assert_page(answer, 403, "This flight key has no read scope")
-    # A write-only key in the cookie counts as no key.
-    answer = client.get("/console/pipeline", headers=signed_in(keys.writer))
-    assert answer.headers["location"] == "/console?notice=expired"
 
 
 def test_a_sign_in_posted_from_another_site_is_refused(client: httpx.Client, keys: Keys) -> None:
@@ -78,7 +95,7 @@ def test_a_sign_in_posted_from_another_site_is_refused(client: httpx.Client, key
 
 def test_booking_page_shows_owner_events_chart_and_replication(client: httpx.Client, keys: Keys) -> None:
     code, events = create_booking(client, keys.hotel, "120.00", None, "99.50")
-    page = assert_page(client.get("/console/booking", params={"code": code}, headers=signed_in(keys.reader)), 200,
+    page = assert_page(client.get("/console/booking", params={"code": code}, headers=session(client, keys.reader)), 200,
                        code, "hotel", "99.50 EUR", "DynamoDB unreachable")
     assert page.count('class="point"') == 2
     for event in events:
@@ -89,13 +106,13 @@ def test_booking_page_shows_owner_events_chart_and_replication(client: httpx.Cli
 
 def test_unknown_booking_bad_code_and_empty_code(client: httpx.Client, keys: Keys) -> None:
     missing = random_code("NONE")
-    assert_page(client.get("/console/booking", params={"code": missing}, headers=signed_in(keys.reader)), 404,
+    assert_page(client.get("/console/booking", params={"code": missing}, headers=session(client, keys.reader)), 404,
                 f"No booking {missing}")
     bad = '<script>alert(1)</script>'
-    page = assert_page(client.get("/console/booking", params={"code": bad}, headers=signed_in(keys.reader)), 422,
+    page = assert_page(client.get("/console/booking", params={"code": bad}, headers=session(client, keys.reader)), 422,
                        "A booking code is 1 to 64")
     assert bad not in page and "&lt;script&gt;" in page
-    empty = client.get("/console/booking", params={"code": ""}, headers=signed_in(keys.reader))
+    empty = client.get("/console/booking", params={"code": ""}, headers=session(client, keys.reader))
     assert empty.status_code == 303 and empty.headers["location"] == "/console"
 
 
@@ -103,13 +120,13 @@ def test_data_written_by_a_client_is_escaped(client: httpx.Client, keys: Keys) -
     code = random_code("XSS")
     client.post(f"/v1/bookings/{code}/events", headers=auth(keys.hotel), json={
         "expected_version": 0, "events": [{"type": "Note", "data": {"note": "<img src=x onerror=alert(1)>"}}]})
-    page = assert_page(client.get("/console/booking", params={"code": code}, headers=signed_in(keys.reader)), 200)
+    page = assert_page(client.get("/console/booking", params={"code": code}, headers=session(client, keys.reader)), 200)
     assert "<img src=x" not in page and "&lt;img src=x" in page
 
 
 def test_pipeline_page_without_a_relay_or_dynamodb(client: httpx.Client, keys: Keys) -> None:
     create_booking(client, keys.hotel, "10.00")
-    page = assert_page(client.get("/console/pipeline", headers=signed_in(keys.reader)), 200,
+    page = assert_page(client.get("/console/pipeline", headers=session(client, keys.reader)), 200,
                        "No relay holds the lease", "DynamoDB unreachable")
     waiting = page.split("Events waiting</dt><dd>")[1].split("<")[0]
     assert int(waiting) >= 1
@@ -117,25 +134,38 @@ def test_pipeline_page_without_a_relay_or_dynamodb(client: httpx.Client, keys: K
 
 def test_a_revoked_key_is_signed_out(client: httpx.Client, database_url: str) -> None:
     key = make_key(database_url, "support", "read")
-    assert client.get("/console/pipeline", headers=signed_in(key)).status_code == 200
+    cookie = session(client, key)
+    assert client.get("/console/pipeline", headers=cookie).status_code == 200
     key_id = key.split("_")[1]
     cli(database_url, "keys", "revoke", key_id)
-    answer = client.get("/console/pipeline", headers=signed_in(key))
+    answer = client.get("/console/pipeline", headers=cookie)
     assert answer.status_code == 303 and answer.headers["location"] == "/console?notice=expired"
     assert "Max-Age=0" in answer.headers["set-cookie"] and "ledger_console=\"\"" in answer.headers["set-cookie"]
     assert_page(client.get("/console?notice=expired"), 200, "no longer valid")
 
 
-def test_sign_out_clears_the_cookie(client: httpx.Client, keys: Keys) -> None:
-    answer = client.post("/console/sign-out", headers=signed_in(keys.reader))
+def test_sign_out_ends_the_session_and_clears_the_cookie(client: httpx.Client, keys: Keys) -> None:
+    cookie = session(client, keys.reader)
+    answer = client.post("/console/sign-out", headers=cookie)
     assert answer.status_code == 303 and answer.headers["location"] == "/console?notice=signed_out"
-    cookie = answer.headers["set-cookie"]
-    assert "Max-Age=0" in cookie and "Path=/console" in cookie and "Secure" in cookie
+    cleared = answer.headers["set-cookie"]
+    assert "Max-Age=0" in cleared and "Path=/console" in cleared and "Secure" in cleared
+    # A copy of the cookie kept from before is worth nothing now.
+    assert client.get("/console/pipeline", headers=cookie).headers["location"] == "/console?notice=expired"
+
+
+def test_an_expired_session_is_refused(client: httpx.Client, keys: Keys, database_url: str) -> None:
+    cookie = session(client, keys.reader)
+    assert client.get("/console/pipeline", headers=cookie).status_code == 200
+    session_id = cookie["Cookie"].split("=", 1)[1]
+    sql(database_url, "UPDATE console_sessions SET expires_at = now() - interval '1 second' "
+        "WHERE id_hash = sha256($1::bytea)", session_id.encode())
+    assert client.get("/console/pipeline", headers=cookie).headers["location"] == "/console?notice=expired"
 
 
 def test_the_key_never_reaches_the_log(console_server: Server, client: httpx.Client, keys: Keys) -> None:
     client.post("/console/sign-in", data={"key": keys.car})
-    client.get("/console/pipeline", headers=signed_in(keys.car))
+    client.get("/console/pipeline", headers=session(client, keys.car))
     log = console_server.log_path.read_text()
     assert '"path": "/console/sign-in"' in log.replace('"path":"', '"path": "')
     assert keys.car not in log and keys.car.split("_", 2)[2] not in log
@@ -147,8 +177,8 @@ def test_postgres_down_is_a_503_page(database_url: str) -> None:
     try:
         fake_key = f"bl_{uuid.uuid4().hex[:16]}_{'A' * 43}"
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            assert_page(client.get("/console/pipeline", headers=signed_in(fake_key)), 503,
-                        "The ledger is not reachable")
+            some_session = {"Cookie": f"ledger_console={uuid.uuid4().hex}"}
+            assert_page(client.get("/console/pipeline", headers=some_session), 503, "The ledger is not reachable")
             assert_page(client.post("/console/sign-in", data={"key": fake_key}), 503, "The ledger is not reachable")
     finally:
         server.stop()

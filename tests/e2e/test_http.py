@@ -9,6 +9,7 @@ import uuid
 import httpx
 import pytest
 
+from devstack.processes import wait_until
 from tests.conftest import random_code
 from tests.e2e.conftest import Keys, auth, cli, make_key, start_server
 
@@ -306,8 +307,12 @@ def test_every_request_is_logged_once_with_its_id_department_and_outcome(databas
                                json={"expected_version": 0, "events": [{"type": "A"}]})
         assert given.headers["x-request-id"] == "trace-123"
         assert len(made.headers["x-request-id"]) == 32
-        lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
-        requests = {line["request_id"]: line for line in lines if line.get("event") == "request"}
+        def logged() -> dict[str, dict]:  # each line is written after its answer was sent
+            lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+            found = {line["request_id"]: line for line in lines if line.get("event") == "request"}
+            return found if {"trace-123", made.headers["x-request-id"]} <= found.keys() else {}
+
+        requests = wait_until(logged, 10, what="both request lines")
         assert requests["trace-123"]["status"] == 404 and requests["trace-123"]["code"] == "booking_not_found"
         assert requests["trace-123"]["department"] == "hotel"
         created = requests[made.headers["x-request-id"]]

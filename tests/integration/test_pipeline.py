@@ -139,8 +139,9 @@ def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline:
 
         # The console sees the same: replicated, and the relay process by name as the leader.
         with httpx.Client(base_url=server.url, timeout=15) as client:
-            booking_page = client.get("/console/booking", params={"code": code}, headers=signed_in(key)).text
-            pipeline_page = client.get("/console/pipeline", headers=signed_in(key)).text
+            cookie = signed_in(server.url, key)
+            booking_page = client.get("/console/booking", params={"code": code}, headers=cookie).text
+            pipeline_page = client.get("/console/pipeline", headers=cookie).text
         assert "up to date" in booking_page and "0 events" in booking_page
         assert f"{socket.gethostname()}, pid {relay.process.pid}" in pipeline_page
         assert "DynamoDB unreachable" not in pipeline_page and "nothing waits" in pipeline_page
@@ -254,7 +255,8 @@ def test_dynamodb_frozen_appends_still_succeed_and_it_catches_up(pipeline: Pipel
                     codes.append(code)
                 # The sink holds a batch it cannot write: its lag shows it.
                 wait_until(lambda: lag() >= 1, 15, what="consumer lag while DynamoDB is frozen")
-                page = client.get(f"{server.url}/console/booking", params={"code": codes[0]}, headers=signed_in(key))
+                page = client.get(f"{server.url}/console/booking", params={"code": codes[0]},
+                                  headers=signed_in(server.url, key))
                 assert page.status_code == 200 and "DynamoDB unreachable" in page.text
             time.sleep(1)  # DynamoDB stays frozen a while longer
         finally:
