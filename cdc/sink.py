@@ -30,10 +30,12 @@ after the topic was created again, what the new topic held at this sink's first 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import msgspec
 from confluent_kafka import (
@@ -48,7 +50,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from cdc import dynamo, metrics
+from cdc import dynamo, metrics, progress
 from cdc.backoff import Backoff
 from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
 from core.dynamodb import client as dynamodb_client
@@ -62,6 +64,13 @@ LAG_SECONDS = 2.0  # how often the consumer-lag gauge is brought up to date
 # A consumer that has had no partitions, or has had events waiting without receiving any, for
 # this long is closed and replaced: it rejoins the group (seen after quick broker restarts).
 STALL_SECONDS = 45.0
+
+
+def where(message: Message) -> tuple[str, int, int]:
+    """The topic, partition and offset of a message the consumer delivered (not an error event)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None, "a delivered message has a place"
+    return topic, partition, offset
 
 
 def group_of(sink_group: str, topic_id: str) -> str:
@@ -87,86 +96,119 @@ class Sink:
         self._recreated = False
         self._lag_updated = 0.0
         self._lag_partitions: set[str] = set()
+        self._progress = time.monotonic()  # when the consumer last received or had nothing waiting
+        self._dead_letters: Producer | None = None
+        self._write_backoff = Backoff(log)
         self.metrics = metrics.SinkMetrics()
 
     def run(self, stop: threading.Event) -> None:
-        kafka, tables = self.settings.kafka, self.settings.dynamo
+        """Consume the topic into DynamoDB until `stop` is set."""
         metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
-        dynamodb = dynamodb_client(tables)
-        backoff = Backoff(log)
-        while not stop.is_set():
-            try:
-                ensure_table(dynamodb, tables.table)
-                if ensure_topic(kafka, create=False) == EXISTING:  # the relay creates it
-                    break
-            except Exception as error:  # DynamoDB Local or the broker still starting
-                log.debug("set-up attempt failed: %r", error)
-            stop.wait(backoff.failed("sink waits for DynamoDB and for the relay to create topic %s", kafka.topic))
-        backoff.succeeded("DynamoDB reachable and topic present")
-        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+        dynamodb = dynamodb_client(self.settings.dynamo)
+        self._wait_for_table_and_topic(dynamodb, stop)
+        if stop.is_set():
+            return
+        self._admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap})
         try:
             consumer = self._subscribe(stop)
         except dynamo.Stopped:
             return
-        log.info("sink consuming %s into DynamoDB table %s", kafka.topic, tables.table)
-        dead_letters: Producer | None = None
-        write_backoff = Backoff(log)
+        log.info("sink consuming %s into DynamoDB table %s", self.settings.kafka.topic, self.settings.dynamo.table)
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="dynamodb") as executor:
                 while not stop.is_set():
                     if self._rejoin is not None:
-                        log.warning("sink joins the consumer group again: %s", self._rejoin)
-                        consumer.close()  # its offsets go to the old topic's group, where nobody reads them
-                        previous = self._topic_id
-                        consumer = self._subscribe(stop)
-                        self._recreated = self._topic_id != previous
+                        consumer = self._join_again(consumer, stop)
                         continue
-                    messages, self._carry = self._carry, []
-                    first = consumer.poll(0.5)  # wait for something, then take what is already there
-                    if first is not None:
-                        messages += [first, *consumer.consume(self.batch_size - 1, timeout=0)]
-                    if any(not m.error() for m in messages) or not self._waiting(consumer):
-                        self._progress = time.monotonic()
-                    elif time.monotonic() - self._progress > STALL_SECONDS:
-                        log.warning("sink received nothing for %.0f s while %s: rejoining the group",
-                                    STALL_SECONDS, "events wait" if consumer.assignment() else "without partitions")
+                    messages = self._fetch(consumer)
+                    if self._stalled(consumer, messages):
                         consumer.close()  # commits the offsets stored so far
                         consumer = self._subscribe(stop)
                         continue
-                    events, fresh, last = [], [], {}
-                    for message in messages:
-                        if message.error():
-                            self._on_error(message.error())
-                            continue
-                        try:
-                            event = decode_event(message.value())
-                            events.append(event)
-                            if self._first_read(consumer, message):
-                                fresh.append(event)
-                        except (msgspec.DecodeError, TypeError) as error:
-                            dead_letters = dead_letters or Producer(producer_config(kafka))
-                            self._dead_letter(dead_letters, consumer, message, error, stop)
-                        last[(message.topic(), message.partition())] = message
-                    if events:
-                        dynamo.write_items(
-                            dynamodb, tables.table, [item_of(e) for e in events], executor=executor,
-                            should_stop=stop.is_set, on_wait=lambda: self._keep_alive(consumer), backoff=write_backoff,
-                            retries=self.metrics.dynamodb_retries,
-                        )
-                        self.metrics.written.inc(len(events))
-                        self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
-                        metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in fresh))
-                    for message in last.values():
-                        self._store(consumer, message)
-                    self._resume(consumer)
-                    self._update_lag(consumer)
+                    self._write_batch(consumer, messages, dynamodb, executor, stop)
         except dynamo.Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
             with contextlib.suppress(RuntimeError):  # already closed when stopped while joining again
                 consumer.close()  # commits the offsets stored so far
-            if dead_letters is not None:
-                dead_letters.flush(5)
+            if self._dead_letters is not None:
+                self._dead_letters.flush(5)
+
+    def _wait_for_table_and_topic(self, dynamodb: Any, stop: threading.Event) -> None:
+        """Until DynamoDB answers (the table made if missing) and the relay has created the topic."""
+        kafka = self.settings.kafka
+        backoff = Backoff(log)
+        while not stop.is_set():
+            try:
+                ensure_table(dynamodb, self.settings.dynamo.table)
+                if ensure_topic(kafka, create=False) == EXISTING:  # the relay creates it
+                    backoff.succeeded("DynamoDB reachable and topic present")
+                    return
+            except Exception as error:  # DynamoDB Local or the broker still starting
+                log.debug("set-up attempt failed: %r", error)
+            stop.wait(backoff.failed("sink waits for DynamoDB and for the relay to create topic %s", kafka.topic))
+
+    def _join_again(self, consumer: Consumer, stop: threading.Event) -> Consumer:
+        """Replace the consumer by one in the current topic incarnation's group (see _on_assign)."""
+        log.warning("sink joins the consumer group again: %s", self._rejoin)
+        consumer.close()  # its offsets go to the old topic's group, where nobody reads them
+        previous = self._topic_id
+        consumer = self._subscribe(stop)
+        self._recreated = self._topic_id != previous
+        return consumer
+
+    def _fetch(self, consumer: Consumer) -> list[Message]:
+        """What a paused write left over, then a wait for one message and whatever is there already."""
+        messages, self._carry = self._carry, []
+        first = consumer.poll(0.5)
+        if first is not None:
+            messages += [first, *consumer.consume(self.batch_size - 1, timeout=0)]
+        return messages
+
+    def _stalled(self, consumer: Consumer, messages: list[Message]) -> bool:
+        """True when the consumer has had no partitions, or events waiting and none arriving, for
+        STALL_SECONDS: it should be replaced, so that it rejoins the group."""
+        if any(not m.error() for m in messages) or not self._waiting(consumer):
+            self._progress = time.monotonic()
+            return False
+        if time.monotonic() - self._progress <= STALL_SECONDS:
+            return False
+        log.warning("sink received nothing for %.0f s while %s: rejoining the group",
+                    STALL_SECONDS, "events wait" if consumer.assignment() else "without partitions")
+        return True
+
+    def _write_batch(self, consumer: Consumer, messages: list[Message], dynamodb: Any,
+                     executor: ThreadPoolExecutor, stop: threading.Event) -> None:
+        """Write the batch's events to DynamoDB (unparseable messages to the dead-letter topic), and
+        only then store each partition's offset past its last message."""
+        events, fresh, last = [], [], {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_error(error)
+                continue
+            try:
+                event = decode_event(message.value() or b"")
+                events.append(event)
+                if self._first_read(consumer, message):
+                    fresh.append(event)
+            except (msgspec.DecodeError, TypeError) as failure:
+                self._dead_letters = self._dead_letters or Producer(producer_config(self.settings.kafka))
+                self._dead_letter(self._dead_letters, consumer, message, failure, stop)
+            last[(message.topic(), message.partition())] = message
+        if events:
+            dynamo.write_items(
+                dynamodb, self.settings.dynamo.table, [item_of(e) for e in events], executor=executor,
+                should_stop=stop.is_set, on_wait=functools.partial(self._keep_alive, consumer),
+                backoff=self._write_backoff, retries=self.metrics.dynamodb_retries,
+            )
+            self.metrics.written.inc(len(events))
+            self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
+            metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in fresh))
+        for message in last.values():
+            self._store(consumer, message)
+        self._resume(consumer)
+        self._update_lag(consumer)
 
     def _subscribe(self, stop: threading.Event) -> Consumer:
         """A consumer in the group of the topic's current incarnation (raises Stopped on `stop`)."""
@@ -197,19 +239,19 @@ class Sink:
 
     def _first_read(self, consumer: Consumer, message: Message) -> bool:
         """False for a message whose freshness is not observed (see the module's docstring)."""
-        partition = message.partition()
+        topic, partition, offset = where(message)
         if partition not in self._fresh_from:  # revoked meanwhile
             return False
         fresh_from = self._fresh_from[partition]
         if fresh_from is None:  # a new topic: what its first fetch saw was re-sent by the relay
             try:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(message.topic(), partition), cached=True)
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:
                 return False
             if high < 0:
                 return False
             self._fresh_from[partition] = fresh_from = high
-        return message.offset() >= fresh_from
+        return offset >= fresh_from
 
     def _waiting(self, consumer: Consumer) -> bool:
         """True without partitions, or when an owned partition holds events beyond what was written
@@ -222,8 +264,7 @@ class Sink:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:
                 continue
-            start = next_offset if next_offset >= 0 else low
-            if start >= 0 and high > start:
+            if progress.events_wait(next_offset, low, high):
                 return True
         return False
 
@@ -256,13 +297,13 @@ class Sink:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:
                 continue
-            start = next_offset if next_offset >= 0 else (low if low >= 0 else (0 if high == 0 else -1))
-            if high >= 0 and start >= 0:
-                lags[str(partition)] = max(0, high - start)
+            partition_lag = progress.lag(next_offset, low, high)
+            if partition_lag is not None:
+                lags[str(partition)] = partition_lag
         for gone in self._lag_partitions - lags.keys():  # moved to another sink in a rebalance
             self.metrics.consumer_lag.remove(gone)
-        for partition, lag in lags.items():
-            self.metrics.consumer_lag.labels(partition).set(lag)
+        for label, partition_lag in lags.items():
+            self.metrics.consumer_lag.labels(label).set(partition_lag)
         self._lag_partitions = set(lags)
 
     def _resume(self, consumer: Consumer) -> None:
@@ -288,7 +329,7 @@ class Sink:
             return
         # No further broker round trips in here (it runs inside the group protocol): a partition read
         # from its beginning gets its start from the watermarks cached by the first fetch (_update_lag).
-        self._next = {tp.partition: tp.offset if tp.offset >= 0 else -1 for tp in committed}
+        self._next = {tp.partition: tp.offset if tp.offset >= 0 else progress.NOT_STORED for tp in committed}
         unknown = None if self._recreated else 0
         self._fresh_from = {tp.partition: tp.offset if tp.offset >= 0 else unknown for tp in committed}
         self._lag_updated = 0.0
@@ -296,13 +337,13 @@ class Sink:
                          for tp in committed])
 
     def _store(self, consumer: Consumer, message: Message) -> None:
-        position = TopicPartition(message.topic(), message.partition(), message.offset() + 1)
+        topic, partition, offset = where(message)
         try:
-            consumer.store_offsets(offsets=[position])
-            if message.partition() in self._next:
-                self._next[message.partition()] = position.offset
+            consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset + 1)])
+            if partition in self._next:
+                self._next[partition] = offset + 1
         except KafkaException as error:  # the partition moved to another sink in a rebalance
-            log.info("offset not stored for %s[%d]: %s", message.topic(), message.partition(), error)
+            log.info("offset not stored for %s[%d]: %s", topic, partition, error)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -314,21 +355,26 @@ class Sink:
         self, producer: Producer, consumer: Consumer, message: Message, error: Exception, stop: threading.Event
     ) -> None:
         topic = self.settings.kafka.dead_letter_topic
+        source_topic, source_partition, source_offset = where(message)
         log.error("unparseable message at %s[%d]@%d moved to %s: %s",
-                  message.topic(), message.partition(), message.offset(), topic, error)
-        headers = [
-            ("source-topic", message.topic().encode()),
-            ("source-partition", str(message.partition()).encode()),
-            ("source-offset", str(message.offset()).encode()),
+                  source_topic, source_partition, source_offset, topic, error)
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("source-topic", source_topic.encode()),
+            ("source-partition", str(source_partition).encode()),
+            ("source-offset", str(source_offset).encode()),
             ("error", str(error).encode()),
         ]
         backoff = Backoff(log)
         while not stop.is_set():
             outcome: list[object] = []
+
+            def delivered(err: KafkaError | None, _message: Message, outcome: list[object] = outcome) -> None:
+                outcome.append(err or True)
+
             try:
                 ensure_topic(self.settings.kafka, topic)
                 producer.produce(topic, key=message.key(), value=message.value(), headers=headers,
-                                 on_delivery=lambda err, _msg: outcome.append(err or True))
+                                 on_delivery=delivered)
                 producer.flush(10)
             except (KafkaException, BufferError) as failure:
                 outcome.append(failure)
