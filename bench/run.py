@@ -25,6 +25,7 @@ from pathlib import Path
 from bench import load, pipeline, report
 from bench.fill import fill
 from bench.stack import Stack, fetch_value, free_port, peak_rss_mb, run_sql
+from core.dynamodb import item_of
 from core.settings import DynamoSettings, KafkaSettings
 from devstack.processes import wait_until
 
@@ -192,7 +193,7 @@ class Bench:
 
         # Sink: the same `sink_events` events from a topic of their own into DynamoDB, versus boto3.
         events = pipeline.ledger_events(url, plan.sink_events)
-        items = [dynamodb.item_of(e) for e in events]
+        items = [item_of(e) for e in events]
         sink_runs, boto_runs = [], []
         pipeline.raw_batch_write(dynamo_settings, "bench_warm_up", items, SINK_THREADS)  # DynamoDB Local's JIT
         for n in range(plan.rounds + 1):

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import msgspec
@@ -62,7 +63,7 @@ class _PrintableConsoleRenderer:
         # which may hold an API key.
         self._render = structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
 
-    def __call__(self, logger: object, method: str, event: dict[str, Any]) -> str:
+    def __call__(self, logger: object, method: str, event: MutableMapping[str, Any]) -> str:
         escaped = {}
         for key, value in event.items():
             is_message = key == "event" and isinstance(value, str)
@@ -134,12 +135,13 @@ def _writer(stream: TextIO) -> RecordWriter:
 
 def configure(level: int = logging.INFO) -> None:
     fmt = _format()
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    rendering: list[structlog.typing.Processor]
     if fmt == "console":
         rendering = [_PrintableConsoleRenderer()]
     else:

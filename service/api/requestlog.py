@@ -10,6 +10,7 @@ import os
 import re
 import time
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.logs import direct_logger
@@ -25,7 +26,7 @@ def request_log(app: ASGIApp) -> ASGIApp:
     log = direct_logger("booking_ledger.request")
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(HEADER, b"")

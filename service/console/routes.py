@@ -138,7 +138,8 @@ async def booking(request: Request, code: str = "") -> Template | Redirect:
         return Redirect(PATH, status_code=303)
     if not _CODE.fullmatch(code):
         return _page("home.html", key, 422, code=code,
-                     error="A booking code is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
+                     error="A booking code is 1 to 64 letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit.")
     pool = request.app.state.pool
     booking = await get_booking(pool, code)
     events, _ = await read_booking_events(pool, code, max(1, booking.version - MAX_EVENTS + 1), MAX_EVENTS)
@@ -148,7 +149,8 @@ async def booking(request: Request, code: str = "") -> Template | Redirect:
     except status.ReadStoreUnavailable as error:
         replicated, dynamodb_error = None, str(error)
     return _page(
-        "booking.html", key, booking=booking, events=events, chart=step_chart(code, price_points(events), booking.version),
+        "booking.html", key, booking=booking, events=events,
+        chart=step_chart(code, price_points(events), booking.version),
         pending=pending, replicated=replicated, dynamodb_error=dynamodb_error,
     )
 
@@ -213,7 +215,7 @@ console = Router(
     route_handlers=[home, sign_in, sign_out, booking, pipeline],
     include_in_schema=False,
     response_headers=_HEADERS,
-    exception_handlers={  # type: ignore[dict-item]
+    exception_handlers={
         _SignInFirst: _sign_in_first,
         LedgerError: _ledger_error,
         HTTPException: _http_error,
