@@ -167,7 +167,15 @@ class Engine:
         else:
             wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout, interval=0.1, what=f"dockerd {pid} to exit")
         self._process = None
+        self._unmount_leftovers()
         return True
+
+    def _unmount_leftovers(self) -> None:
+        """dockerd leaves its bind mount of the host's network namespace (exec-root/netns/default) behind."""
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in reversed(mounts):
+            if mount.startswith(f"{self.home}/"):
+                subprocess.run(["umount", mount], check=False, capture_output=True)
 
     def docker(self, *args: str, capture: bool = False, check: bool = True,
                input: bytes | None = None) -> subprocess.CompletedProcess[str]:
