@@ -40,9 +40,9 @@ def started(docker_engine: Engine) -> Iterator[list[Any]]:
 
 
 def test_the_service_image_migrates_appends_reads_and_replicates(started: list[Any]) -> None:
+    from testcontainers.community.postgres import PostgresContainer
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.network import Network
-    from testcontainers.community.postgres import PostgresContainer
 
     network = Network().create()
     started.append(network)
