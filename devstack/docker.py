@@ -18,6 +18,7 @@ It is safe beside another dockerd (its own socket, roots and containerd namespac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ RECIPE_LABEL = "booking-ledger.recipe"
 PACKAGES = {"dockerd": "docker.io", "debootstrap": "debootstrap"}  # the command -> its Debian package
 # The production packages: the service image's cache key covers these (and pyproject, constraints).
 SOURCES = ("entrypoints", "service", "core", "cdc", "migrations")
+HOST_DIRS = ("/run/docker", "/run/containerd")  # made by dockerd / containerd outside their roots
 
 
 def ensure_packages() -> None:
@@ -126,6 +128,9 @@ class Engine:
             return False
         ensure_packages()
         self.home.mkdir(parents=True, exist_ok=True)
+        # dockerd and its containerd make these whatever their roots; what we did not find, stop removes (if empty).
+        made = [path for path in HOST_DIRS if not Path(path).exists()]
+        (self.home / "host-dirs-made").write_text("".join(f"{path}\n" for path in made))
         config = self.home / "daemon.json"
         config.write_text("{}\n")  # not /etc/docker/daemon.json, which belongs to the machine's own dockerd
         command = [
@@ -177,6 +182,12 @@ class Engine:
         for mount in reversed(mounts):
             if mount.startswith(f"{self.home}/"):
                 subprocess.run(["umount", mount], check=False, capture_output=True)
+        made = self.home / "host-dirs-made"
+        for path in made.read_text().split() if made.exists() else []:
+            for folder in sorted(Path(path).rglob("*"), reverse=True) + [Path(path)]:
+                with contextlib.suppress(OSError):  # not empty: someone else uses it now
+                    folder.rmdir()
+        made.unlink(missing_ok=True)
 
     def docker(self, *args: str, capture: bool = False, check: bool = True,
                input: bytes | None = None) -> subprocess.CompletedProcess[str]:
