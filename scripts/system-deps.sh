@@ -13,15 +13,26 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the b
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)                 # make run-ha, the failover tests
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)                # Patroni's consensus store
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+# The project's own Docker engine (devstack/docker.py): Debian's dockerd and a base image from debootstrap.
+# Without recommends: they would bring needrestart and friends, which a test machine does not want.
+docker_missing=()
+command -v dockerd >/dev/null 2>&1 || docker_missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || docker_missing+=(debootstrap)
 
-if [ ${#missing[@]} -gt 0 ]; then
+if [ $((${#missing[@]} + ${#docker_missing[@]})) -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+    echo "missing Debian packages: ${missing[*]} ${docker_missing[*]}" \
+         "(run: sudo apt-get install ${missing[*]} ${docker_missing[*]})" >&2
     exit 1
   fi
-  echo "installing Debian packages: ${missing[*]}"
+  echo "installing Debian packages: ${missing[*]} ${docker_missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+  if [ ${#docker_missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${docker_missing[@]}"
+  fi
 fi
 
 # The packages enable system services for etcd and Patroni; the project runs its own instances
