@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from core import logs
 from core.settings import Settings, get_settings
+from service.api import metrics
 from service.api.auth import RateLimiter
 from service.api.health import HEALTH_ROUTES
 from service.api.http_rules import http_rules
@@ -47,7 +48,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings.database)
         app.state.writer = GroupCommit(app.state.pool, settings.database.batch_max_events,
-                                       settings.database.batch_max_bytes)
+                                       settings.database.batch_max_bytes, on_batch=metrics.APPEND_BATCH_SIZE.observe)
         app.state.notifier = OutboxNotifier(app.state.pool)
         app.state.notifier.start()
         app.state.key_cache = KeyCache(settings.database.url)

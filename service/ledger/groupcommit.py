@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -75,8 +75,10 @@ class _Waiting:
 class GroupCommit:
     """The one writer of an API process. `append` is `service.ledger.append.append`, batched."""
 
-    def __init__(self, pool: asyncpg.Pool, max_events: int = 1024, max_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_events: int = 1024, max_bytes: int = 4 * 1024 * 1024,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.pool = pool
+        self.on_batch = on_batch  # told each batch's number of appends (a metric)
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._queue: deque[_Waiting] = deque()
@@ -125,6 +127,8 @@ class GroupCommit:
     async def _commit(self, batch: list[_Waiting]) -> None:
         self.batches += 1
         self.appends += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
         if len(batch) == 1:
             # Nothing to share: the single-append path answers exactly as it always did.
             await _settle(batch[0], _alone(self.pool, batch[0].append))
