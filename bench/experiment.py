@@ -1,12 +1,13 @@
 """One lever at a time: API variants side by side, each next to the raw baseline.
 
     python -m bench.experiment --variant before:tree=/path/to/checkout --variant after \\
-        --variant three-workers:LEDGER_HTTP_WORKERS=3 --concurrency 32 --rounds 3
+        --variant three-workers:LEDGER_HTTP_WORKERS=3 --concurrency 1 32 128 --rounds 3
 
 A variant is a name and, optionally, `tree=DIR` (run the API from another checkout of the code,
 e.g. a git worktree of an earlier commit) and environment settings. Every variant's API runs on
 the same Postgres and ledger; the runs alternate (variant 1, raw, variant 2, raw, ...) round by
-round. Prints, per variant, appends/s and its ratio to the raw run right after it.
+round. Prints, per variant and level, appends/s, its ratio to the raw run right after it, CPU per
+append (Postgres and the API's processes, from /proc) and the mean group-commit batch (from /metrics).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from bench import load
+from bench.cpu import postgres_seconds, process_seconds
 from bench.fill import fill
 from bench.run import BOOKINGS
 from bench.stack import Stack
@@ -31,16 +36,45 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
+def batch_counts(api_url: str) -> tuple[float, float]:
+    """(appends, calls) of the API's group commit so far, from /metrics (all workers)."""
+    text = httpx.get(f"{api_url}/metrics", timeout=10).text
+    found = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for kind in found:
+            if line.startswith(f"ledger_append_batch_size_{kind} "):
+                found[kind] = float(line.split()[1])
+    return found["sum"], found["count"]
+
+
+@dataclass
+class Runs:
+    """One system's runs at one level: appends/s, ratio to raw, CPU ms per append, mean batch."""
+
+    rates: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    pg_ms: list[float] = field(default_factory=list)
+    own_ms: list[float] = field(default_factory=list)
+    batch: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", required=True, type=parse_variant)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     stack = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-experiment-")))
     try:
         stack.start_postgres()
+        data_dir = stack.postgres.data_dir
         url = stack.database("ledger_experiment")
         fill(url, "BENCH-", BOOKINGS)
         key = stack.api_key(url)
@@ -48,26 +82,47 @@ def main() -> None:
         for name, env in args.variant:
             env = dict(env)
             workers = int(env.pop("LEDGER_HTTP_WORKERS", "2"))
-            _, api_url = stack.start_bench_api(url, workers=workers, ready_path="/health/live", **env)
+            api, api_url = stack.start_bench_api(url, workers=workers, ready_path="/health/live", **env)
             load.api_appends(api_url, key, 8, 2, BOOKINGS)
-            apis[name] = api_url
+            apis[name] = (api, api_url)
         load.driver("raw", url, 8, 2, BOOKINGS)
-        rates: dict[str, list[float]] = {name: [] for name in apis}
-        ratios: dict[str, list[float]] = {name: [] for name in apis}
-        for n in range(args.rounds):
-            for name, api_url in apis.items():
-                api = load.api_appends(api_url, key, args.concurrency, args.seconds, BOOKINGS)
-                raw = load.driver("raw", url, args.concurrency, args.seconds, BOOKINGS)
-                rates[name].append(api.rate)
-                ratios[name].append(api.rate / raw.rate)
-                print(f"round {n + 1} {name:>16}: {api.rate:7.0f}/s (p50 {api.p50_ms:.1f} ms, "
-                      f"p99 {api.p99_ms:.1f} ms, {api.errors} errors)  raw {raw.rate:7.0f}/s  "
-                      f"ratio {ratios[name][-1]:.2f}", flush=True)
+        runs: dict[tuple[str, int], Runs] = {}
+        for c in args.concurrency:
+            for n in range(args.rounds):
+                for name, (api, api_url) in apis.items():
+                    mine, raw_runs = runs.setdefault((name, c), Runs()), runs.setdefault(("raw", c), Runs())
+                    pg0, own0, (sum0, count0) = postgres_seconds(data_dir), process_seconds(api.pids()), \
+                        batch_counts(api_url)
+                    sample = load.api_appends(api_url, key, c, args.seconds, BOOKINGS)
+                    pg1, own1, (sum1, count1) = postgres_seconds(data_dir), process_seconds(api.pids()), \
+                        batch_counts(api_url)
+                    raw = load.driver("raw", url, c, args.seconds, BOOKINGS)
+                    pg2 = postgres_seconds(data_dir)
+                    mine.rates.append(sample.rate)
+                    mine.ratios.append(sample.rate / raw.rate)
+                    mine.pg_ms.append((pg1 - pg0) * 1000 / max(1, sample.requests))
+                    mine.own_ms.append((own1 - own0) * 1000 / max(1, sample.requests))
+                    mine.p50.append(sample.p50_ms)
+                    mine.p99.append(sample.p99_ms)
+                    if count1 > count0:
+                        mine.batch.append((sum1 - sum0) / (count1 - count0))
+                    raw_runs.rates.append(raw.rate)
+                    raw_runs.pg_ms.append((pg2 - pg1) * 1000 / max(1, raw.requests))
+                    print(f"c={c:<3} round {n + 1} {name:>16}: {sample.rate:7.0f}/s (p50 {sample.p50_ms:.1f} ms, "
+                          f"p99 {sample.p99_ms:.1f} ms, {sample.errors} errors, pg {mine.pg_ms[-1]:.2f} ms, "
+                          f"api {mine.own_ms[-1]:.2f} ms, batch {mine.batch[-1] if mine.batch else 0:.1f})  "
+                          f"raw {raw.rate:7.0f}/s (pg {raw_runs.pg_ms[-1]:.2f} ms)  ratio {mine.ratios[-1]:.2f}",
+                          flush=True)
         first = next(iter(apis))
-        print(f"\n{'variant':>16}  appends/s  api_vs_raw  vs {first}")
-        for name in apis:
-            print(f"{name:>16}  {statistics.median(rates[name]):9.0f}  {statistics.median(ratios[name]):10.2f}  "
-                  f"{statistics.median(ratios[name]) / statistics.median(ratios[first]):6.2f}")
+        print(f"\n{'variant':>16} {'c':>4}  appends/s  api_vs_raw  vs {first:<8} p50/p99 ms   "
+              "pg ms/append  api ms/append  mean batch")
+        for c in args.concurrency:
+            for name in [*apis, "raw"]:
+                r = runs[(name, c)]
+                vs = (f"{med(r.ratios) / med(runs[(first, c)].ratios):6.2f}" if r.ratios else "     -")
+                print(f"{name:>16} {c:>4}  {med(r.rates):9.0f}  {med(r.ratios):10.2f}  {vs:<11} "
+                      f"{med(r.p50):5.1f}/{med(r.p99):6.1f}  {med(r.pg_ms):12.2f}  {med(r.own_ms):13.2f}  "
+                      f"{med(r.batch):10.1f}")
     finally:
         stack.stop()
 

@@ -35,7 +35,7 @@ SINK_THREADS = 8  # cdc.sink.Sink's default
 
 @dataclass(frozen=True)
 class Plan:
-    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    concurrency: tuple[int, ...] = (1, 8, 32, 128, 256)
     seconds: float = 5
     rounds: int = 2
     peers: tuple[str, ...] = ("raw", "message_db", "eventsourcing")

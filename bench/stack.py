@@ -29,6 +29,7 @@ DEPARTMENT = "bench"
 POSTGRES_SETTINGS = {
     "max_wal_size": "'4GB'",  # no checkpoint storms in the middle of a run
     "checkpoint_timeout": "'15min'",
+    "max_connections": "400",  # 256 in flight for the per-connection baselines, and the APIs' pools
 }
 
 
@@ -46,6 +47,8 @@ def peak_rss_mb(pid: int) -> float | None:
 class Stack(harness.Stack):
     def start_postgres(self, **server_settings: str) -> None:
         super().start_postgres(**{**POSTGRES_SETTINGS, **server_settings})
+        self.postgres.stop()  # max_connections takes effect only at a start
+        self.postgres.start()
 
     def api_key(self, url: str, scopes: tuple[str, ...] = ("read", "write")) -> str:
         async def run() -> str:

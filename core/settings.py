@@ -57,6 +57,15 @@ class DatabaseSettings:
         "Requests per API worker that may wait for the primary at once; beyond it they answer 503 at once.",
         minimum=1,
     )
+    batch_max_events: int = _env_int(
+        "LEDGER_BATCH_MAX_EVENTS", 1024,
+        "Group commit: at most this many events in one call to Postgres (an append larger than this goes alone); "
+        "0 = no group commit (one call per append).",
+    )
+    batch_max_bytes: int = _env_int(
+        "LEDGER_BATCH_MAX_BYTES", 4 * 1024 * 1024,
+        "Group commit: at most about this many bytes of request bodies in one call to Postgres.", minimum=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from core import logs
 from core.settings import Settings, get_settings
+from service.api import metrics
 from service.api.auth import RateLimiter
 from service.api.health import HEALTH_ROUTES
 from service.api.http_rules import http_rules
@@ -23,6 +24,7 @@ from service.api.schemas import append_request_schema
 from service.console.routes import console, template_config
 from service.console.status import ReadStore
 from service.ledger.db import create_pool
+from service.ledger.groupcommit import GroupCommit
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
 
@@ -45,6 +47,8 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings.database)
+        app.state.writer = GroupCommit(app.state.pool, settings.database.batch_max_events,
+                                       settings.database.batch_max_bytes, on_batch=metrics.APPEND_BATCH_SIZE.observe)
         app.state.notifier = OutboxNotifier(app.state.pool)
         app.state.notifier.start()
         app.state.key_cache = KeyCache(settings.database.url)
@@ -54,6 +58,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
         finally:
             await app.state.key_cache.stop()
             await app.state.notifier.stop()
+            await app.state.writer.close()
             try:
                 await asyncio.wait_for(app.state.pool.close(), timeout=10)
             except TimeoutError:

@@ -19,6 +19,12 @@ APPEND_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+APPEND_BATCH_SIZE = Histogram(
+    "ledger_append_batch_size",
+    "Appends carried by one call to Postgres (group commit: those that queued while the previous call ran).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+
 READS = Counter("ledger_reads_total", "Read requests answered, by route and outcome code.", ["route", "outcome"])
 
 

@@ -26,8 +26,9 @@ from service.api.schemas import (
     Problem,
     decode_append,
 )
-from service.ledger.append import NewEvent, append
+from service.ledger.append import NewEvent
 from service.ledger.errors import LedgerError
+from service.ledger.groupcommit import Append
 from service.ledger.reads import Booking, get_booking, read_booking_events, read_feed
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -81,8 +82,7 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
         raw = await read_body(request, MAX_BODY_BYTES, request.app.state.body_timeout)
         started = time.perf_counter()
         body = decode_append(raw)
-        result = await append(
-            request.app.state.pool,
+        result = await request.app.state.writer.append(Append(
             code=code,
             department=key.department,
             may_write_any=key.allows("write:any"),
@@ -97,7 +97,8 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
                 )
                 for e in body.events
             ],
-        )
+            size=len(raw),
+        ))
         outcome = "replayed" if result.replayed else "appended"
     except (LedgerError, ApiError, ClientGone) as error:
         outcome = error.code

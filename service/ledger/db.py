@@ -219,6 +219,10 @@ def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
             return EventIdConflict(_RAISED["BL005"][1])
         if error.constraint_name == "bookings_pkey":
             return BookingCodeTaken(_RAISED["BL001"][1])
+    if isinstance(error, asyncpg.CheckViolationError) and error.constraint_name == "events_position_floor":
+        # A call of the pre-0007 ledger_append still running while 0007 committed: try again
+        # (with the new function). Also what a restore into lower transaction ids gives.
+        return StoreUnavailable("the ledger's positions would go backwards (migration 0007 in progress?)")
     if sqlstate.startswith(("22", "54")) or sqlstate == "23514":  # data exception, program limit, CHECK
         return InvalidData(f"the ledger cannot store this input: {error.message}")
     if sqlstate in _SCHEMA_MISSING:

@@ -53,17 +53,19 @@ SELECT b.version AS booking_version, e.*
 
 # The global feed in position order, only below the visibility fence.
 #
-# position = transaction id * 1000 + index (see ledger_append). Every transaction whose id is
-# below pg_snapshot_xmin(pg_current_snapshot()) has ended, and every transaction still running
-# or yet to start has an id at or above it, so its events will get positions at or above
-# xmin * 1000. Reading only below that fence therefore returns a prefix of the feed that can
-# never grow behind the reader: an event whose transaction commits late is not skipped, it is
-# held back (with everything after it) until it commits. The snapshot is the statement's own,
-# so every row below the fence is visible to this very query.
+# position = transaction id * 65536 + index (see ledger_append_batch, migration 0007). Every
+# transaction whose id is below pg_snapshot_xmin(pg_current_snapshot()) has ended, and every
+# transaction still running or yet to start has an id at or above it, so its events will get
+# positions at or above xmin * 65536: ledger_feed_fence(), defined by the same migration as the
+# formula, so that reader and writers cannot disagree on it. Reading only below that fence
+# therefore returns a prefix of the feed that can never grow behind the reader: an event whose
+# transaction commits late is not skipped, it is held back (with everything after it) until it
+# commits. The snapshot is the statement's own, so every row below the fence is visible to this
+# very query.
 FEED_SQL = _bounded(f"""
 SELECT {EVENT_COLUMNS} FROM events
  WHERE position > $1
-   AND position < pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 1000
+   AND position < ledger_feed_fence()
  ORDER BY position
  LIMIT $2""", "position").format(max_bytes="$3")
 

@@ -1,0 +1,225 @@
+"""Group commit on a real Postgres: each append in a batch is answered as if it had gone alone."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from core.settings import DatabaseSettings
+from devstack.postgres import LocalPostgres
+from migrations.runner import upgrade
+from service.ledger.append import APPEND_SQL, AppendResult, NewEvent, append
+from service.ledger.db import create_pool, retrying
+from service.ledger.errors import (
+    BookingCodeTaken,
+    BookingNotFound,
+    EventIdConflict,
+    InvalidData,
+    LedgerError,
+    NotOwner,
+    StoreUnavailable,
+    VersionConflict,
+)
+from service.ledger.groupcommit import Append, GroupCommit
+from service.ledger.reads import read_feed
+from service.money import Money
+from tests.conftest import random_code
+
+SQL = Path(__file__).parents[2] / "migrations" / "sql"
+
+
+def event(type_: str = "BookingPriced", amount: str | None = None, event_id: uuid.UUID | None = None,
+          data: dict | None = None) -> NewEvent:
+    price = Money.parse(amount, "EUR") if amount is not None else None
+    return NewEvent(event_id=event_id or uuid.uuid4(), type=type_, price=price, data=data)
+
+
+def item(code: str, expected: int | None, events: list[NewEvent] | None = None, department: str = "hotel") -> Append:
+    return Append(code, department, False, expected, events or [event(amount="10.00")])
+
+
+async def one_batch(writer: GroupCommit, items: list[Append]) -> list[AppendResult | LedgerError]:
+    """Submitted together, so that all of them queue before the writer runs: one call carries them."""
+    before = writer.batches
+    answers = await asyncio.gather(*(writer.append(i) for i in items), return_exceptions=True)
+    assert writer.batches - before == 1, "the appends did not share one batch"
+    return answers  # type: ignore[return-value]
+
+
+async def test_a_mixed_batch_answers_each_append_as_if_alone(pool) -> None:
+    owned, other, fresh = random_code("OWN"), random_code("OTHER"), random_code("NEW")
+    await append(pool, code=owned, department="hotel", may_write_any=False, expected_version=0,
+                 events=[event(amount="1.00")])
+    await append(pool, code=other, department="car", may_write_any=False, expected_version=0, events=[event()])
+    earlier = [event(amount="2.00"), event("Note", data={"a": 1})]
+    first = await append(pool, code=owned, department="hotel", may_write_any=False, expected_version=1,
+                         events=earlier)
+    writer = GroupCommit(pool)
+    answers = await one_batch(writer, [
+        item(owned, 0),                                              # collision
+        item(owned, 7),                                              # version conflict
+        item(owned, 1, earlier),                                     # replay of `first`
+        item(owned, None, [event(event_id=earlier[0].event_id)]),    # event id reused, other content
+        item(other, None),                                           # not the owner
+        item(random_code("NONE"), 3),                                # no such booking
+        item(fresh, 0, [event(amount="5.00"), event()]),             # good: creates
+        item(owned, None, [event(amount="6.00")]),                   # good: appends
+    ])
+    taken, conflict, replay, reused, not_owner, missing, created, appended = answers
+    assert isinstance(taken, BookingCodeTaken) and taken.context == {"department": "hotel"}
+    assert isinstance(conflict, VersionConflict) and conflict.context == {"current_version": 3}
+    assert isinstance(replay, AppendResult) and replay.replayed
+    assert replay.events == first.events and replay.version == 3
+    assert isinstance(reused, EventIdConflict) and reused.context == {"event_ids": [str(earlier[0].event_id)]}
+    assert isinstance(not_owner, NotOwner) and not_owner.context == {"department": "car"}
+    assert isinstance(missing, BookingNotFound)
+    assert isinstance(created, AppendResult) and not created.replayed
+    assert [e.version for e in created.events] == [1, 2]
+    assert isinstance(appended, AppendResult) and [e.version for e in appended.events] == [4]
+    # The two that wrote share a transaction; their positions follow arrival order.
+    assert created.events[0].position >> 16 == appended.events[0].position >> 16
+    assert created.events[-1].position < appended.events[0].position
+
+    # Each answer is the one a single append gives (the refusals' words and context included);
+    # the booking is at version 4 now.
+    conflict.context["current_version"] = 4
+    for alone, batched in [(item(owned, 0), taken), (item(owned, 7), conflict), (item(other, None), not_owner)]:
+        with pytest.raises(type(batched)) as raised:
+            await append(pool, code=alone.code, department=alone.department, may_write_any=False,
+                         expected_version=alone.expected_version, events=alone.events)
+        assert (str(raised.value), raised.value.context) == (str(batched), batched.context)  # type: ignore[union-attr]
+
+
+async def test_forty_concurrent_creators_of_one_code_give_exactly_one_creation(pool) -> None:
+    code = random_code("RACE")
+    writers = [GroupCommit(pool), GroupCommit(pool)]  # as two API processes: batches race each other too
+    answers = await asyncio.gather(
+        *(writers[n % 2].append(item(code, 0, department=f"dept{n % 3}")) for n in range(40)),
+        return_exceptions=True,
+    )
+    created = [a for a in answers if isinstance(a, AppendResult)]
+    assert len(created) == 1 and not created[0].replayed
+    assert all(isinstance(a, BookingCodeTaken) for a in answers if a is not created[0])
+
+
+async def test_appends_to_one_booking_inside_one_batch_apply_in_arrival_order(pool) -> None:
+    code = random_code("ORDER")
+    writer = GroupCommit(pool)
+    answers = await one_batch(writer, [item(code, 0), item(code, 1), item(code, None, [event(), event()]),
+                                       item(code, 4), item(code, 4)])
+    *good, late = answers
+    assert all(isinstance(a, AppendResult) for a in good)
+    assert [[e.version for e in a.events] for a in good] == [[1], [2], [3, 4], [5]]  # type: ignore[union-attr]
+    positions = [e.position for a in good for e in a.events]  # type: ignore[union-attr]
+    assert positions == sorted(positions) and len(set(p >> 16 for p in positions)) == 1
+    assert isinstance(late, VersionConflict) and late.context == {"current_version": 5}
+
+
+async def test_a_poisoned_member_fails_alone_and_its_neighbours_succeed(pool) -> None:
+    writer = GroupCommit(pool)
+    code = random_code("POISON")
+    answers = await one_batch(writer, [
+        item(code, 0),
+        item(random_code("BAD"), 0, [event(data={"text": "nul \u0000 here"})]),  # jsonb refuses it
+        item(code, 1),
+    ])
+    assert isinstance(answers[0], AppendResult) and isinstance(answers[2], AppendResult)
+    assert isinstance(answers[1], InvalidData)
+    assert [answers[0].events[0].version, answers[2].events[0].version] == [1, 2]
+
+
+async def test_a_transaction_held_open_holds_back_a_later_batch_and_is_not_skipped(pool, database_url) -> None:
+    cursor = 0
+    while True:
+        events, cursor = await read_feed(pool, cursor, 1000)
+        if not events:
+            break
+    held = await asyncpg.connect(database_url)
+    try:
+        transaction = held.transaction()
+        await transaction.start()
+        held_rows = await held.fetch(APPEND_SQL, random_code("HELD"), "hotel", False, 0, [uuid.uuid4()],
+                                     ["Held"], [None], [None], [None], [None])
+        writer = GroupCommit(pool)
+        later = await one_batch(writer, [item(random_code("LATER"), 0) for _ in range(5)])
+        later_ids = {e.event_id for a in later for e in a.events}  # type: ignore[union-attr]
+        assert min(e.position for a in later for e in a.events) > held_rows[0]["position"]  # type: ignore[union-attr]
+
+        seen, stalled_at = [], cursor
+        while True:
+            events, stalled_at = await read_feed(pool, stalled_at, 3)
+            if not events:
+                break
+            seen.extend(events)
+        assert not later_ids & {e.event_id for e in seen}
+        assert stalled_at < held_rows[0]["position"]
+        await transaction.commit()
+    finally:
+        await held.close()
+    rest = []
+    after = stalled_at
+    while True:
+        events, after = await read_feed(pool, after, 3)
+        if not events:
+            break
+        rest.extend(events)
+    ids = [e.event_id for e in seen + rest]
+    assert held_rows[0]["event_id"] in ids and later_ids <= set(ids)
+    assert ids.index(held_rows[0]["event_id"]) < min(ids.index(i) for i in later_ids)
+    assert len(ids) == len(set(ids))
+
+
+async def test_positions_after_the_migration_are_above_every_old_one(postgres: LocalPostgres) -> None:
+    name = f"positions_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    try:
+        await asyncio.to_thread(upgrade, url, "0006")
+        conn = await asyncpg.connect(url)
+        try:
+            # Events written with the old formula (xid * 1000), and a copy of the old function,
+            # standing for a call of it that was still running when 0007 committed.
+            code = random_code("OLD")
+            await conn.execute("SELECT pg_current_xact_id()")
+            for n in range(3):
+                await conn.fetch(APPEND_SQL, code, "hotel", False, n, [uuid.uuid4()], ["Old"], [None], [None],
+                                 [None], [None])
+            await conn.execute((SQL / "ledger_append.0005.sql").read_text()
+                               .replace("FUNCTION ledger_append(", "FUNCTION ledger_append_0005("))
+            old_max = await conn.fetchval("SELECT max(position) FROM events")
+            assert old_max % 1000 == 0
+            await asyncio.to_thread(upgrade, url)
+
+            pool = await create_pool(DatabaseSettings(url=url, pool_size=4, command_timeout=30, retry_seconds=0))
+            try:
+                writer = GroupCommit(pool)
+                new = await one_batch(writer, [item(code, 3), item(random_code("NEW"), 0)])
+                new_positions = [e.position for a in new for e in a.events]  # type: ignore[union-attr]
+                assert min(new_positions) > old_max
+                single = await append(pool, code=code, department="hotel", may_write_any=False,
+                                      expected_version=4, events=[event()])
+                assert single.events[0].position > max(new_positions)
+                # A reader that had read everything old goes on without a gap.
+                feed, _ = await read_feed(pool, old_max, 100)
+                assert [e.position for e in feed] == sorted([*new_positions, single.events[0].position])
+                # An old-formula write after 0007 is refused (and the API retries it as transient).
+                with pytest.raises(StoreUnavailable):
+                    await append_sql(pool, "ledger_append_0005", code)
+            finally:
+                await pool.close()
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def append_sql(pool: asyncpg.Pool, function: str, code: str) -> None:
+    await retrying(pool, lambda conn: conn.fetch(
+        f"SELECT * FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        code, "hotel", False, None, [uuid.uuid4()], ["Late"], [None], [None], [None], [None]))
