@@ -17,8 +17,10 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
-def upgrade(database_url: str | None = None, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str | None = None, revision: str = "head", sql: bool = False) -> None:
+    """Migrate the database at `database_url` (default: LEDGER_MIGRATE_DATABASE_URL) up to `revision`;
+    with `sql`, print the SQL script to stdout instead (`revision` may be a range, FROM:TO)."""
+    command.upgrade(alembic_config(database_url), revision, sql=sql)
 
 
 def downgrade(database_url: str | None = None, revision: str = "base") -> None:

@@ -1,0 +1,63 @@
+"""Least privilege: the processes' roles get only what each needs; ledger_append runs as the owner.
+
+Migrations run as ledger_owner (migrations/env.py), which owns every table and function; the
+roles are made once per cluster by deploy/roles.sql. From here on, a migration that adds a table
+or a function grants it to the roles that need it, in the same migration (migrations/README.md).
+
+| role          | may                                                                           |
+|---------------|-------------------------------------------------------------------------------|
+| ledger_api    | EXECUTE ledger_append; SELECT bookings, events, outbox, api_keys,             |
+|               | alembic_version; SELECT, INSERT, DELETE console_sessions                      |
+| ledger_relay  | SELECT events; SELECT, INSERT, DELETE outbox (its lease: an advisory lock)    |
+| ledger_reader | SELECT bookings, events, outbox (replay, verify)                              |
+| ledger_keys   | SELECT api_keys but key_hash; INSERT api_keys; UPDATE api_keys (revoked_at)   |
+
+None of them may write events or bookings directly, change or delete any event, booking or
+key, or alter the schema. Appends go through ledger_append, SECURITY DEFINER with a fixed
+search_path: it writes as its owner, so its checks (versions, owners, ids) are the only way in.
+A later migration that replaces ledger_append must say SECURITY DEFINER and SET search_path again
+(CREATE OR REPLACE resets both): tests/integration/test_roles.py checks it.
+
+Functions are executable by PUBLIC by default; ledger_owner's new functions no longer are.
+
+Revision ID: 0008
+Revises: 0006
+Create Date: 2026-11-29
+"""
+
+from alembic import op
+
+revision = "0008"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+GRANTS = (
+    "GRANT SELECT ON bookings, events, outbox, api_keys, alembic_version TO ledger_api",
+    "GRANT SELECT, INSERT, DELETE ON console_sessions TO ledger_api",
+    "GRANT EXECUTE ON FUNCTION ledger_append TO ledger_api",
+    "GRANT SELECT ON events TO ledger_relay",
+    "GRANT SELECT, INSERT, DELETE ON outbox TO ledger_relay",
+    "GRANT SELECT ON bookings, events, outbox TO ledger_reader",
+    "GRANT SELECT (id, department, scopes, created_at, revoked_at), INSERT (id, department, scopes, key_hash), "
+    "UPDATE (revoked_at) ON api_keys TO ledger_keys",
+)
+
+RUNTIME_ROLES = "ledger_api, ledger_relay, ledger_reader, ledger_keys"
+TABLES = "bookings, events, outbox, api_keys, console_sessions, alembic_version"
+
+
+def upgrade() -> None:
+    op.execute("ALTER DEFAULT PRIVILEGES FOR ROLE ledger_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+    op.execute("REVOKE EXECUTE ON FUNCTION ledger_append, api_keys_changed FROM PUBLIC")
+    op.execute("ALTER FUNCTION ledger_append SECURITY DEFINER SET search_path = public, pg_temp")
+    for grant in GRANTS:
+        op.execute(grant)
+
+
+def downgrade() -> None:
+    op.execute(f"REVOKE ALL ON {TABLES} FROM {RUNTIME_ROLES}")
+    op.execute(f"REVOKE ALL ON FUNCTION ledger_append FROM {RUNTIME_ROLES}")
+    op.execute("ALTER FUNCTION ledger_append SECURITY INVOKER RESET search_path")
+    op.execute("GRANT EXECUTE ON FUNCTION ledger_append, api_keys_changed TO PUBLIC")
+    op.execute("ALTER DEFAULT PRIVILEGES FOR ROLE ledger_owner GRANT EXECUTE ON FUNCTIONS TO PUBLIC")
