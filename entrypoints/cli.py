@@ -44,13 +44,13 @@ def _local_role(command: str) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from migrations.runner import downgrade, upgrade
+    from migrations.runner import downgrade, upgrade, upgrade_script
 
     url = get_settings().database.migration_url
     if args.sql:
         if args.revision.startswith("-") or args.revision == "base":
             raise SettingsError("--sql writes upgrade scripts only (a range such as 0006:head, or head)")
-        upgrade(url, revision=args.revision, sql=True)
+        print(upgrade_script(args.revision), end="")
     elif args.revision.startswith("-") or args.revision == "base":
         downgrade(url, revision=args.revision)
     else:
