@@ -42,6 +42,18 @@ async def _check_owner_role(connection) -> None:
                          f"{roles.OWNER} or as a member of it (LEDGER_MIGRATE_DATABASE_URL)")
 
 
+async def _check_positions(connection) -> None:
+    """Refuse (exit 1, after migrating) when the next append would sort below recorded events."""
+    if (await connection.execute(text("SELECT to_regproc('ledger_position_check')"))).scalar() is None:
+        return  # migrated below the revision that has the check
+    highest, next_lowest = (await connection.execute(text(
+        "SELECT highest, next_lowest FROM ledger_position_check()"))).one()
+    if highest is not None and next_lowest <= highest:
+        raise SystemExit(f"migrate: positions would go backwards: the highest recorded is {highest}, the next "
+                         f"append would get about {next_lowest} (the transaction counter is behind, as after a "
+                         "restore from pg_dump); do not start the API before the counter is moved past it")
+
+
 async def _run_online() -> None:
     url = context.config.attributes.get("database_url") or get_settings().database.migration_url
     # Our own connect, so a multi-host URL (make run-ha) reaches the primary, host by host; the URL
@@ -53,6 +65,7 @@ async def _run_online() -> None:
             await connection.commit()
             await connection.run_sync(_run)
             await connection.commit()
+            await _check_positions(connection)
     finally:
         await engine.dispose()
 

@@ -20,6 +20,12 @@ A later migration that replaces ledger_append must say SECURITY DEFINER and SET 
 
 Functions are executable by PUBLIC by default; ledger_owner's new functions no longer are.
 
+ledger_position_check() compares the highest recorded position with the lowest one the next
+append can get (the formula of ledger_append: a migration that changes the formula replaces this
+function with it). After a restore from pg_dump or a logical-replication upgrade the transaction
+counter starts low again, and new events would sort below old ones; `migrate` and the API's
+readiness refuse then (migrations/env.py, service/api/health.py).
+
 Revision ID: 0008
 Revises: 0006
 Create Date: 2026-11-29
@@ -43,6 +49,16 @@ GRANTS = (
     "UPDATE (revoked_at) ON api_keys TO ledger_keys",
 )
 
+# The least position the next append can get: ledger_append's base is its transaction id x 1000,
+# and no transaction that starts from now on gets an id below the current snapshot's xmax.
+POSITION_CHECK = """
+CREATE FUNCTION ledger_position_check(OUT highest bigint, OUT next_lowest bigint)
+LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
+    SELECT (SELECT max(position) FROM events),
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint * 1000
+$$
+"""
+
 RUNTIME_ROLES = "ledger_api, ledger_relay, ledger_reader, ledger_keys"
 TABLES = "bookings, events, outbox, api_keys, console_sessions, alembic_version"
 
@@ -51,11 +67,14 @@ def upgrade() -> None:
     op.execute("ALTER DEFAULT PRIVILEGES FOR ROLE ledger_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
     op.execute("REVOKE EXECUTE ON FUNCTION ledger_append, api_keys_changed FROM PUBLIC")
     op.execute("ALTER FUNCTION ledger_append SECURITY DEFINER SET search_path = public, pg_temp")
+    op.execute(POSITION_CHECK)
+    op.execute("GRANT EXECUTE ON FUNCTION ledger_position_check TO ledger_api")
     for grant in GRANTS:
         op.execute(grant)
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION ledger_position_check")
     op.execute(f"REVOKE ALL ON {TABLES} FROM {RUNTIME_ROLES}")
     op.execute(f"REVOKE ALL ON FUNCTION ledger_append FROM {RUNTIME_ROLES}")
     op.execute("ALTER FUNCTION ledger_append SECURITY INVOKER RESET search_path")

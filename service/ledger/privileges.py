@@ -34,3 +34,18 @@ async def privileged_role(conn: asyncpg.Connection, timeout: float | None = None
         return None
     return (f"the API connects as role {row['role']!r}, {what}: connect as {roles.API} (LEDGER_DATABASE_URL; "
             "deploy/roles.sql makes it), or set LEDGER_ALLOW_PRIVILEGED_ROLE=1 where that is intended")
+
+
+POSITION_CHECK_SQL = "SELECT highest, next_lowest FROM ledger_position_check()"
+
+
+async def positions_behind(conn: asyncpg.Connection, timeout: float | None = None) -> str | None:
+    """Why new positions could sort below recorded ones (the transaction counter is behind, as
+    after a restore from pg_dump), or None when the next append sorts above every event."""
+    highest, next_lowest = await conn.fetchrow(POSITION_CHECK_SQL, timeout=timeout)
+    if highest is None or next_lowest > highest:
+        return None
+    return (f"positions would go backwards: the highest recorded is {highest}, the next append would get "
+            f"about {next_lowest} (the transaction counter is behind, as after a restore from pg_dump or a "
+            "logical-replication upgrade); readers resuming with after= would skip new events. Do not take "
+            "writes: move the counter past it (migration 0007's position offset; see deploy/RUNBOOK.md)")
