@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import get_type_hints
 
+from core import roles
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
@@ -36,12 +38,35 @@ def _env_int(name: str, default: int, doc: str, minimum: int = 0):
     return field(default_factory=read, metadata={"env": name, "doc": doc})
 
 
+def _env_bool(name: str, doc: str):
+    def read() -> bool:
+        raw = os.environ.get(name, "").strip().lower()
+        if raw in ("", "0", "false", "no"):
+            return False
+        if raw in ("1", "true", "yes"):
+            return True
+        raise SettingsError(f"{name} must be 1/true/yes or 0/false/no, got {raw!r}")
+
+    return field(default_factory=read, metadata={"env": name, "doc": doc})
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = _env_str(
         "LEDGER_DATABASE_URL",
-        "postgresql://ledger@127.0.0.1:55432/ledger",
-        "Postgres holding the ledger (the system of record).",
+        roles.local_url(roles.API),
+        "Postgres holding the ledger (the system of record), as this process's own role: neither a superuser "
+        "nor the tables' owner. Unset: the local stack as the command's role (core/roles.py BY_COMMAND).",
+    )
+    migrate_url: str = _env_str(
+        "LEDGER_MIGRATE_DATABASE_URL", "",
+        "Postgres as a role that may SET ROLE ledger_owner (the owner itself, a member of it, or a superuser), "
+        "for `migrate`. Unset: LEDGER_DATABASE_URL; with that unset too, the local stack as ledger_owner.",
+    )
+    allow_privileged_role: bool = _env_bool(
+        "LEDGER_ALLOW_PRIVILEGED_ROLE",
+        "1 lets the API run as a superuser or as the tables' owner (a test bench, never production); "
+        "otherwise it refuses to start and readiness answers 503.",
     )
     pool_size: int = _env_int("LEDGER_DB_POOL_SIZE", 16, "Connections per API worker process.", minimum=1)
     command_timeout: int = _env_int(
@@ -66,6 +91,15 @@ class DatabaseSettings:
         "LEDGER_BATCH_MAX_BYTES", 4 * 1024 * 1024,
         "Group commit: at most about this many bytes of request bodies in one call to Postgres.", minimum=1,
     )
+
+    @property
+    def migration_url(self) -> str:
+        """The URL `migrate` connects with (see `migrate_url`)."""
+        if self.migrate_url:
+            return self.migrate_url
+        # One URL for everything works when its role may SET ROLE ledger_owner: migrations switch
+        # to the owner themselves (migrations/env.py).
+        return roles.local_url(roles.OWNER) if self.url == roles.local_url(roles.API) else self.url
 
 
 @dataclass(frozen=True)

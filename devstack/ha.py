@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devstack.postgres import DATABASE, ROLE, _bindir
+from devstack.postgres import DATABASE, ROLE, ROLES_SQL, _bindir
 from devstack.processes import ChildServer, wait_for_port, wait_until
 
 SCOPE = "booking-ledger"
@@ -314,6 +314,10 @@ class HACluster:
 
         if run(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip() != "1":
             run(f'CREATE DATABASE "{DATABASE}" OWNER "{ROLE}"')
+        # The ledger's roles, as a DBA makes them (deploy/roles.sql); it only adds what is missing.
+        subprocess.run([str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(leader.pg_port), "-U", ROLE,
+                        "-d", DATABASE, "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"],
+                       input=ROLES_SQL.read_text(), check=True, capture_output=True, text=True, timeout=30)
 
     def stop(self) -> None:
         for node in self.nodes:

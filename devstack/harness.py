@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from core import roles
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
 from devstack.postgres import LocalPostgres
 from devstack.processes import Broker, DynamoDBLocal, wait_until
@@ -78,9 +79,28 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def as_role(env: Mapping[str, str], command: str) -> dict[str, str]:
+    """`env` for `booking-ledger command`, connecting as the command's own role (core/roles.py).
+
+    LEDGER_DATABASE_URL names the server and database (the harness gives its superuser's URL);
+    the process gets the same URL with the command's role instead, as production gives each
+    process its own credentials. That URL is kept as LEDGER_MIGRATE_DATABASE_URL for `migrate`.
+    """
+    env = dict(env)
+    url = env.get("LEDGER_DATABASE_URL")
+    role = roles.BY_COMMAND.get(command)
+    if url and role is not None and role != roles.OWNER:
+        env["LEDGER_MIGRATE_DATABASE_URL"] = env.get("LEDGER_MIGRATE_DATABASE_URL") or url
+        env["LEDGER_DATABASE_URL"] = roles.with_user(url, role)
+    return env
+
+
 @dataclass
 class LedgerProcess:
-    """`booking-ledger <kind>` as a child in its own process group, its output in `log_path`."""
+    """`booking-ledger <kind>` as a child in its own process group, its output in `log_path`.
+
+    It connects as its kind's own role (`as_role`) unless `own_role` is False (then as `env` says).
+    """
 
     kind: str
     env: Mapping[str, str]
@@ -88,10 +108,12 @@ class LedgerProcess:
     process: subprocess.Popen[bytes] | None = None
     stop_signal: signal.Signals = signal.SIGTERM
     url: str = ""  # the API's base URL
+    own_role: bool = True
 
     def start(self) -> LedgerProcess:
+        env = as_role(self.env, self.kind) if self.own_role else dict(self.env)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([CLI, self.kind], env=dict(self.env), stdout=log,
+            self.process = subprocess.Popen([CLI, self.kind], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -146,12 +168,12 @@ class LedgerProcess:
 
 
 def start_api(env: Mapping[str, str], log_path: Path, workers: int = 2, ready_path: str = "/health/ready",
-              timeout: float = 60) -> LedgerProcess:
+              timeout: float = 60, own_role: bool = True) -> LedgerProcess:
     """`booking-ledger api` on a free port (its `url`), returned once `ready_path` answers 200."""
     port = free_port()
     env = {**env, "LEDGER_HTTP_PORT": str(port), "LEDGER_HTTP_WORKERS": str(workers)}
     url = f"http://127.0.0.1:{port}"
-    api = LedgerProcess("api", env, log_path, stop_signal=signal.SIGINT, url=url).start()
+    api = LedgerProcess("api", env, log_path, stop_signal=signal.SIGINT, url=url, own_role=own_role).start()
 
     def ready() -> bool:
         if not api.alive:

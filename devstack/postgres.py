@@ -14,8 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
-ROLE = "ledger"
+ROLE = "ledger"  # the cluster's superuser (its DBA): makes the roles, runs nothing of the ledger's
 DATABASE = "ledger"
+# The ledger's roles (core/roles.py), made by the DBA's script: what each process connects as.
+ROLES_SQL = Path(__file__).parent.parent / "deploy" / "roles.sql"
 
 
 def _bindir() -> Path:
@@ -44,11 +46,11 @@ class LocalPostgres:
     def url(self) -> str:
         return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{DATABASE}"
 
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         command = [str(self.bindir / args[0]), *args[1:]]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, check=check, capture_output=True, text=True)
+        return subprocess.run(command, check=check, capture_output=True, text=True, input=input)
 
     def _own(self, path: Path) -> None:
         if self._as_postgres:
@@ -105,6 +107,14 @@ class LocalPostgres:
         exists = self._psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
         if exists.strip() != "1":
             self._psql("postgres", f'CREATE DATABASE "{DATABASE}" OWNER "{ROLE}"')
+        self.make_roles()
+
+    def make_roles(self, database: str = DATABASE) -> None:
+        """The ledger's roles (deploy/roles.sql), as the DBA would make them; in template1 too, so
+        that every database created later (the tests make many) lets ledger_owner migrate it."""
+        for name in dict.fromkeys((database, "template1")):
+            self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", ROLE, "-d", name,
+                      "-v", "ON_ERROR_STOP=1", "-q", "-f", "-", input=ROLES_SQL.read_text())
 
     def _psql(self, database: str, sql: str) -> str:
         result = self._run(

@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from core import roles
 from devstack.ha import HACluster, PatroniNode
 from devstack.postgres import LocalPostgres
 from devstack.processes import Broker, DynamoDBLocal
@@ -55,10 +56,15 @@ def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
         dynamodb = DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb")
         programs["dynamodb"] = (dynamodb.command(), "TERM", "", dynamodb.workdir())
     cli = str(bin_dir / "booking-ledger")
+    # Each process connects as its own role (core/roles.py): on the local Postgres the CLI picks
+    # it by itself; on the cluster, its multi-host URL is given with that role.
+    api_env, relay_env = (("", "") if cluster is None else
+                          (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"',
+                           f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.RELAY)}"'))
     programs.update({
-        "api": ([cli, "api"], "INT", READABLE_LOGS, Path.cwd()),
-        "relay": ([cli, "relay"], "TERM", f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"',
-                  Path.cwd()),
+        "api": ([cli, "api"], "INT", READABLE_LOGS + api_env, Path.cwd()),
+        "relay": ([cli, "relay"], "TERM",
+                  f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"{relay_env}', Path.cwd()),
         "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"',
                  Path.cwd()),
     })
@@ -134,7 +140,8 @@ def main() -> int:
         print(
             "\nbooking-ledger is starting (supervisord restarts any part that dies):\n"
             f"  API        http://{host}:{port}   (OpenAPI: /schema/openapi.json, metrics: /metrics)\n"
-            f"  Postgres   {os.environ.get('LEDGER_DATABASE_URL') or postgres.url}\n"  # type: ignore[union-attr]
+            f"  Postgres   {os.environ.get('LEDGER_DATABASE_URL') or postgres.url}"  # type: ignore[union-attr]
+            f"   (each service connects as its own role: {', '.join(roles.RUNTIME)})\n"
             f"  Kafka      {os.environ.get('LEDGER_KAFKA_BOOTSTRAP', f'127.0.0.1:{BROKER_PORT}')}\n"
             f"  DynamoDB   {os.environ.get('LEDGER_DYNAMODB_ENDPOINT', f'http://127.0.0.1:{DYNAMODB_PORT}')}\n"
             f"  metrics    API /metrics, relay http://127.0.0.1:{RELAY_METRICS_PORT}/metrics, "
@@ -178,7 +185,7 @@ def main_ha() -> int:
     bin_dir = Path(sys.executable).parent
     cluster = ha_cluster()
     cluster.prepare()
-    os.environ["LEDGER_DATABASE_URL"] = cluster.url
+    os.environ["LEDGER_MIGRATE_DATABASE_URL"] = cluster.url  # the cluster's superuser: migrate SETs ROLE ledger_owner
     config = LOCAL / "supervisord-ha.conf"
     config.write_text(supervisor_config(bin_dir, cluster))
     print(f"starting etcd and three Patroni/Postgres nodes (data in {cluster.root})", flush=True)
@@ -199,10 +206,13 @@ def main_ha() -> int:
         print(
             "\nbooking-ledger is running on a replicated Postgres (supervisord restarts any part that dies):\n"
             f"  API        http://127.0.0.1:{port}\n"
-            f"  Postgres   {cluster.url}\n"
+            f"  Postgres   {cluster.url}   (as its superuser; each service uses its own role)\n"
             f"  nodes      {nodes}; leader now: {leader.name}\n"
             f"  cluster    curl -s {cluster.nodes[0].rest}/cluster   (Patroni's view: leader, sync_standby, replica)\n"
             f"  logs       {LOCAL / 'logs'}, {cluster.root}/node*/patroni.log\n"
+            "  make a key (in another shell):\n"
+            f"    LEDGER_DATABASE_URL='{roles.with_user(cluster.url, roles.KEYS)}' \\\n"
+            "      .venv/bin/booking-ledger keys create --department hotel\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )

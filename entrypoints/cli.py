@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from core import roles
 from core.pg import connect_primary, is_transient
 from core.settings import SettingsError, get_settings
 from service.ledger import keys
@@ -31,13 +33,28 @@ def _with_connection(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def _migrate(args: argparse.Namespace) -> int:
-    from migrations.runner import downgrade, upgrade
+def _local_role(command: str) -> None:
+    """With LEDGER_DATABASE_URL unset, `command` reaches the local stack as its own role (core/roles.py).
 
-    if args.revision.startswith("-") or args.revision == "base":
-        downgrade(revision=args.revision)
+    Set in the environment, so the API's worker processes (started anew by granian) read it too.
+    """
+    role = roles.BY_COMMAND.get(command)
+    if role is not None and role != roles.OWNER and not os.environ.get("LEDGER_DATABASE_URL"):
+        os.environ["LEDGER_DATABASE_URL"] = roles.local_url(role)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from migrations.runner import downgrade, upgrade, upgrade_script
+
+    url = get_settings().database.migration_url
+    if args.sql:
+        if args.revision.startswith("-") or args.revision == "base":
+            raise SettingsError("--sql writes upgrade scripts only (a range such as 0006:head, or head)")
+        print(upgrade_script(args.revision), end="")
+    elif args.revision.startswith("-") or args.revision == "base":
+        downgrade(url, revision=args.revision)
     else:
-        upgrade(revision=args.revision)
+        upgrade(url, revision=args.revision)
     return 0
 
 
@@ -132,6 +149,8 @@ def parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="bring the Postgres schema to the code's revision")
     migrate.add_argument("revision", nargs="?", default="head", help="target revision (default head; 'base' drops all)")
+    migrate.add_argument("--sql", action="store_true",
+                         help="print the SQL script instead of running it (offline; REVISION may be FROM:TO)")
     migrate.set_defaults(run=_migrate)
 
     commands.add_parser("api", help="serve the HTTP API in the foreground").set_defaults(run=_api)
@@ -163,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _local_role(args.command)
     try:
         return args.run(args)
     except (SettingsError, keys.InvalidKeySpec) as error:

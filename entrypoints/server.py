@@ -6,6 +6,7 @@ migrations, and handed to every worker: the workers never import Alembic or SQLA
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING
 from granian import Granian
 from granian.constants import Interfaces, Loops
 
-from core.settings import get_settings
+from core.pg import connect_primary
+from core.settings import Settings, SettingsError, get_settings
+from service.ledger.privileges import privileged_role
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -32,10 +35,33 @@ def worker_app() -> Litestar:
     return create_app(schema_head=os.environ[_SCHEMA_HEAD_VARIABLE])
 
 
+def refuse_privileged_role(settings: Settings) -> None:
+    """Raise SettingsError when Postgres answers and the API's role is a superuser or the tables'
+    owner (unless LEDGER_ALLOW_PRIVILEGED_ROLE). Postgres down: the API starts, and its readiness
+    checks the same once Postgres answers."""
+    if settings.database.allow_privileged_role:
+        return
+
+    async def check() -> str | None:
+        try:
+            conn = await connect_primary(settings.database.url, timeout=5)
+        except Exception:  # unreachable now: readiness tells, once it is reachable
+            return None
+        try:
+            return await privileged_role(conn, timeout=5)
+        finally:
+            await conn.close()
+
+    refusal = asyncio.run(check())
+    if refusal is not None:
+        raise SettingsError(f"the API will not start: {refusal}")
+
+
 def serve() -> None:
     """Run the API in the foreground until SIGINT/SIGTERM."""
     from migrations.runner import head_revision
 
+    refuse_privileged_role(get_settings())
     http = get_settings().http
     metrics_dir = tempfile.mkdtemp(prefix="booking-ledger-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by every worker

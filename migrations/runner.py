@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from alembic import command
@@ -17,8 +18,19 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
-def upgrade(database_url: str | None = None, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str | None = None, revision: str = "head", sql: bool = False) -> None:
+    """Migrate the database at `database_url` (default: LEDGER_MIGRATE_DATABASE_URL) up to `revision`;
+    with `sql`, print the SQL script to stdout instead (`revision` may be a range, FROM:TO)."""
+    command.upgrade(alembic_config(database_url), revision, sql=sql)
+
+
+def upgrade_script(revision: str = "head") -> str:
+    """The SQL script of an upgrade to `revision` (or a range FROM:TO), made without a database:
+    one transaction, run as ledger_owner, for `psql -v ON_ERROR_STOP=1`."""
+    buffer = io.StringIO()
+    config = Config(str(_INI), output_buffer=buffer)
+    command.upgrade(config, revision, sql=True)
+    return buffer.getvalue()
 
 
 def downgrade(database_url: str | None = None, revision: str = "base") -> None:

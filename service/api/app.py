@@ -75,6 +75,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
         template_config=template_config(),
         state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": schema_head,
                      "body_timeout": settings.http.body_timeout,
+                     "allow_privileged_role": settings.database.allow_privileged_role,
                      "read_store": ReadStore(settings.dynamo)}),
     )
     # Outside the router, so that its own answers (404, 405) get the same headers, and HEAD

@@ -12,6 +12,7 @@ from service.api.problems import PROBLEM_JSON, problem
 from service.api.schemas import Problem
 from service.ledger.db import connection
 from service.ledger.errors import StoreUnavailable
+from service.ledger.privileges import positions_behind, privileged_role
 
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
 
@@ -25,15 +26,24 @@ async def live() -> dict[str, str]:
      responses={503: ResponseSpec(Problem, description="not ready", media_type=PROBLEM_JSON, generate_examples=False)})
 async def ready(request: Request) -> Response[dict[str, str] | bytes]:
     expected = request.app.state.schema_head
+    refusal = None
     try:
         async with connection(request.app.state.pool) as conn:
+            refusal = None if request.app.state.allow_privileged_role else await privileged_role(conn, timeout=2)
             current = await conn.fetchval(SCHEMA_VERSION_SQL, timeout=2)
+            behind = await positions_behind(conn, timeout=2) if current == expected else None
     except StoreUnavailable as error:
         return _not_ready(f"Postgres is not reachable: {error.detail}")
     except Exception as error:  # no alembic_version table yet, ...
+        if refusal is not None:
+            return _not_ready(refusal)
         return _not_ready(f"schema not readable: {type(error).__name__}")
+    if refusal is not None:
+        return _not_ready(refusal)
     if current != expected:
         return _not_ready(f"schema at {current}, code expects {expected}: run migrate")
+    if behind is not None:
+        return _not_ready(behind)
     return Response({"status": "ready", "schema": current})
 
 

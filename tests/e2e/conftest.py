@@ -13,14 +13,15 @@ import httpx
 import pytest
 
 from core.settings import DatabaseSettings, Settings
-from devstack.harness import CLI, LedgerProcess, process_env, start_api
+from devstack.harness import CLI, LedgerProcess, as_role, process_env, start_api
 from tests.conftest import free_port
 
 Server = LedgerProcess  # an API: its `url`, `log_path`, `stop()`
 
 
 def cli(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LEDGER_DATABASE_URL": database_url}
+    """`booking-ledger ARGS` on `database_url`'s server and database, as the command's own role."""
+    env = as_role({**os.environ, "LEDGER_DATABASE_URL": database_url}, args[0])
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=check, timeout=60)
 
 

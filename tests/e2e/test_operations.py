@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from devstack.harness import as_role
 from devstack.processes import wait_until
 from tests.conftest import free_port
 from tests.e2e.conftest import CLI
@@ -76,8 +77,8 @@ class PipedApi:
 @pytest.fixture
 def piped_api(database_url: str) -> Iterator[PipedApi]:
     port = free_port()
-    env = {**os.environ, "LEDGER_DATABASE_URL": database_url, "LEDGER_HTTP_PORT": str(port),
-           "LEDGER_HTTP_WORKERS": "2", "LEDGER_LOG_FORMAT": "console", "LEDGER_RATE_LIMIT": "0"}
+    env = as_role({**os.environ, "LEDGER_DATABASE_URL": database_url, "LEDGER_HTTP_PORT": str(port),
+                   "LEDGER_HTTP_WORKERS": "2", "LEDGER_LOG_FORMAT": "console", "LEDGER_RATE_LIMIT": "0"}, "api")
     process = subprocess.Popen([CLI, "api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     api = PipedApi(f"http://127.0.0.1:{port}", process)
     reader = threading.Thread(target=api.read, daemon=True)

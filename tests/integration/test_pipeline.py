@@ -21,6 +21,7 @@ from cdc.replay import replay
 from cdc.verify import verify
 from core import dynamodb
 from core.events import decode_event, encode_event
+from devstack.harness import as_role
 from service.ledger.append import APPEND_SQL, NewEvent, append
 from service.ledger.db import create_pool
 from service.money import Money
@@ -386,11 +387,12 @@ def test_replay_rebuilds_an_empty_table_and_verify_finds_tampering(pipeline: Pip
 
     # The commands as an operator runs them: replay repairs what is missing or different;
     # extra items are reported, not deleted.
-    replayed = subprocess.run([CLI, "replay"], env=pipeline.env(), capture_output=True, text=True, timeout=120)
+    replayed = subprocess.run([CLI, "replay"], env=as_role(pipeline.env(), "replay"), capture_output=True, text=True,
+                              timeout=120)
     assert replayed.returncode == 0 and f"replayed {len(events)} events" in replayed.stdout
     assert "event" in replayed.stderr  # the progress bar
-    checked = subprocess.run([CLI, "verify", "--grace", "0"], env=pipeline.env(), capture_output=True, text=True,
-                             timeout=120)
+    checked = subprocess.run([CLI, "verify", "--grace", "0"], env=as_role(pipeline.env(), "verify"),
+                             capture_output=True, text=True, timeout=120)
     assert checked.returncode == 1
     drift_lines = sorted(tuple(line.split()[:2]) for line in checked.stdout.splitlines()[:-1])
     assert drift_lines == sorted([("extra", "GHOST-1"), ("extra", codes[2])])

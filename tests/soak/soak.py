@@ -32,7 +32,7 @@ from cdc.replay import replay
 from cdc.verify import verify
 from core import dynamodb
 from core.settings import DynamoSettings, KafkaSettings, Settings
-from devstack.harness import CLI, LedgerProcess, Stack, free_port
+from devstack.harness import CLI, LedgerProcess, Stack, as_role, free_port
 from devstack.processes import wait_for_port
 
 DEPARTMENTS = ("hotel", "car", "flight")
@@ -402,7 +402,8 @@ def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, floa
     try:
         keys = {}
         for department in DEPARTMENTS:
-            out = subprocess.run([CLI, "keys", "create", "--department", department], env=stack.worker_env(),
+            out = subprocess.run([CLI, "keys", "create", "--department", department],
+                                 env=as_role(stack.worker_env(), "keys"),
                                  check=True, capture_output=True, text=True).stdout
             keys[department] = out.strip().splitlines()[-1]
         faults = Faults(stack, rng)

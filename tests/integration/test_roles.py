@@ -1,0 +1,244 @@
+"""Each process's Postgres role can do what the process does, and nothing it need not.
+
+The roles come from deploy/roles.sql (run by the fixtures' LocalPostgres), their grants from
+migration 0008. The suite's processes connect as these roles too (devstack.harness.as_role), so
+the e2e and pipeline tests show that everything each process does still works.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from cdc.relay import BATCH_SQL, DELETE_SENT_SQL, RESEND_SQL
+from cdc.replay import PAGE_SQL
+from cdc.verify import PENDING_SQL
+from core import roles
+from core.events import OUTBOX_BACKLOG_SQL
+from core.settings import DatabaseSettings, Settings
+from devstack.harness import CLI, process_env, start_api
+from devstack.processes import wait_until
+from service.ledger import keys
+from service.ledger.append import NewEvent, append
+from service.ledger.db import create_pool
+from service.ledger.reads import get_booking, read_feed
+from tests.conftest import random_code, sql
+
+DENIED = asyncpg.InsufficientPrivilegeError
+
+# What no process may do, whatever its role.
+FORBIDDEN_TO_ALL = (
+    "DROP TABLE events",
+    "TRUNCATE events",
+    "UPDATE events SET type = 'Rewritten'",
+    "DELETE FROM events",
+    "DELETE FROM bookings",
+    "UPDATE bookings SET department = 'thief'",
+    "INSERT INTO bookings (code, department, version) VALUES ('X-forged', 'thief', 1)",
+    "ALTER TABLE events ADD COLUMN extra text",
+    "CREATE TABLE public.intruder (x int)",
+    "DELETE FROM api_keys",
+    "UPDATE api_keys SET scopes = ARRAY['write:any']",
+    "ALTER FUNCTION ledger_append SECURITY INVOKER",
+    "DELETE FROM alembic_version",
+)
+
+# What a role may not do although another role may.
+FORBIDDEN = {
+    roles.API: (
+        "INSERT INTO outbox (position, booking_code, version) VALUES (1, 'X', 1)",
+        "DELETE FROM outbox",
+        "INSERT INTO api_keys (id, department, scopes, key_hash) VALUES ('x', 'x', ARRAY['read'], ''::bytea)",
+        "UPDATE api_keys SET revoked_at = now()",
+    ),
+    roles.RELAY: (
+        "SELECT key_hash FROM api_keys",
+        "SELECT * FROM console_sessions",
+        "SELECT * FROM bookings",
+        "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    ),
+    roles.READER: (
+        "SELECT key_hash FROM api_keys",
+        "SELECT * FROM console_sessions",
+        "DELETE FROM outbox",
+        "INSERT INTO outbox (position, booking_code, version) VALUES (1, 'X', 1)",
+        "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    ),
+    roles.KEYS: (
+        "SELECT key_hash FROM api_keys",
+        "SELECT * FROM api_keys",
+        "SELECT * FROM events",
+        "SELECT * FROM console_sessions",
+        "UPDATE api_keys SET department = 'other'",
+        "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    ),
+}
+
+
+def as_role(url: str, role: str) -> str:
+    return roles.with_user(url, role)
+
+
+async def _denied(url: str, role: str, statement: str) -> None:
+    conn = await asyncpg.connect(as_role(url, role))
+    try:
+        async with conn.transaction():  # rolled back in any case
+            with pytest.raises(DENIED):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("role", roles.RUNTIME)
+@pytest.mark.parametrize("statement", FORBIDDEN_TO_ALL)
+async def test_no_runtime_role_may_change_the_schema_or_rewrite_the_ledger(
+        database_url: str, role: str, statement: str) -> None:
+    await _denied(database_url, role, statement)
+
+
+@pytest.mark.parametrize(("role", "statement"), [(r, s) for r, statements in FORBIDDEN.items() for s in statements])
+async def test_each_runtime_role_lacks_what_its_process_does_not_need(
+        database_url: str, role: str, statement: str) -> None:
+    await _denied(database_url, role, statement)
+
+
+@pytest.mark.parametrize("role", roles.RUNTIME)
+async def test_runtime_roles_are_neither_superusers_nor_owners(database_url: str, role: str) -> None:
+    conn = await asyncpg.connect(as_role(database_url, role))
+    try:
+        row = await conn.fetchrow("""
+            SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls,
+                   pg_has_role(current_user, 'ledger_owner', 'MEMBER') AS owner
+              FROM pg_roles r WHERE r.rolname = current_user""")
+        assert not any(row.values()), dict(row)
+        owned = await conn.fetchval("""
+            SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace
+               AND relowner = current_user::regrole""")
+        assert owned == 0
+    finally:
+        await conn.close()
+
+
+async def test_the_schema_belongs_to_the_owner_and_ledger_append_writes_as_it(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        owners = {r["relname"]: r["owner"] for r in await conn.fetch("""
+            SELECT relname, relowner::regrole::text AS owner FROM pg_class
+             WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'""")}
+        assert set(owners.values()) == {roles.OWNER}, owners
+        # A migration that replaces a writer must say both again (CREATE OR REPLACE resets them).
+        for writer in ("ledger_append", "ledger_append_batch"):
+            definer, config = await conn.fetchrow("SELECT prosecdef, proconfig FROM pg_proc WHERE proname = $1",
+                                                  writer)
+            assert definer and config == ["search_path=public, pg_temp"], writer
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def api_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(DatabaseSettings(url=as_role(database_url, roles.API), pool_size=2))
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def test_the_api_role_appends_and_reads(api_pool: asyncpg.Pool) -> None:
+    code = random_code("ROLE")
+    result = await append(api_pool, code=code, department="hotel", may_write_any=False, expected_version=0,
+                          events=[NewEvent(uuid.uuid4(), "BookingPriced")])
+    assert result.version == 1
+    assert (await get_booking(api_pool, code)).department == "hotel"
+    events, _ = await read_feed(api_pool, after=result.events[0].position - 1, limit=10)
+    assert events[0].booking_code == code
+    async with api_pool.acquire() as conn:
+        await conn.fetchrow(OUTBOX_BACKLOG_SQL)  # the console's backlog
+        await conn.fetchval("SELECT key_hash FROM api_keys LIMIT 1")  # authentication compares hashes
+
+
+async def test_the_relay_and_reader_roles_do_their_work(database_url: str, api_pool: asyncpg.Pool) -> None:
+    code = random_code("ROLE")
+    result = await append(api_pool, code=code, department="hotel", may_write_any=False, expected_version=0,
+                          events=[NewEvent(uuid.uuid4(), "BookingPriced")])
+    position = result.events[0].position
+    relay = await asyncpg.connect(as_role(database_url, roles.RELAY))
+    try:
+        assert await relay.fetchval("SELECT pg_try_advisory_lock(42)")  # the lease needs no grant
+        assert position in [r["position"] for r in await relay.fetch(BATCH_SQL, 100_000)]
+        sent = relay.transaction()  # rolled back: the outbox row stays for the pipeline tests' relays
+        await sent.start()
+        await relay.execute(DELETE_SENT_SQL, [position])
+        await relay.execute(RESEND_SQL, 60.0)
+        assert await relay.fetchval("SELECT count(*) FROM outbox WHERE position = $1", position) == 1
+        await sent.rollback()
+    finally:
+        await relay.close()
+    reader = await asyncpg.connect(as_role(database_url, roles.READER))
+    try:
+        assert [r["position"] for r in await reader.fetch(PAGE_SQL, position - 1, 1)] == [position]
+        await reader.fetch(PENDING_SQL, [code])
+    finally:
+        await reader.close()
+
+
+async def test_the_keys_role_creates_lists_and_revokes_keys(database_url: str) -> None:
+    conn = await asyncpg.connect(as_role(database_url, roles.KEYS))
+    try:
+        record, _ = await keys.create_key(conn, "audit", ("read",))
+        assert record.id in [k.id for k in await keys.list_keys(conn)]
+        assert await keys.revoke_key(conn, record.id)
+    finally:
+        await conn.close()
+
+
+def test_the_api_refuses_to_start_as_a_superuser(database_url: str) -> None:
+    env = process_env(Settings(database=DatabaseSettings(url=database_url)))  # the suite's superuser
+    started = subprocess.run([CLI, "api"], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 2
+    assert "the API will not start" in started.stderr and "a superuser" in started.stderr
+    assert "LEDGER_ALLOW_PRIVILEGED_ROLE" in started.stderr
+
+
+def test_the_api_runs_as_a_superuser_only_when_allowed(database_url: str) -> None:
+    env = process_env(Settings(database=DatabaseSettings(url=database_url, allow_privileged_role=True)))
+    log = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
+    api = start_api(env, log, workers=1, own_role=False)
+    api.stop()
+
+
+def test_readiness_says_why_when_the_role_gains_the_owners_privileges(database_url: str) -> None:
+    probe = f"probe_{uuid.uuid4().hex[:8]}"
+
+    def run(statement: str) -> None:
+        sql(database_url, statement)  # as the suite's superuser
+
+    run(f"CREATE ROLE {probe} LOGIN IN ROLE {roles.API}")
+    log = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
+    env = process_env(Settings(database=DatabaseSettings(url=as_role(database_url, probe))))
+    api = start_api(env, log, workers=1, own_role=False)
+    try:
+        run(f"GRANT {roles.OWNER} TO {probe}")
+
+        def refused() -> httpx.Response | None:
+            answer = httpx.get(api.url + "/health/ready", timeout=5)
+            return answer if answer.status_code == 503 else None
+
+        answer = wait_until(refused, 30, what="readiness to refuse the owner's privileges")
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        problem = answer.json()
+        assert problem["code"] == "unavailable"
+        assert f"role '{probe}'" in problem["detail"] and "owner of the ledger's tables" in problem["detail"]
+        run(f"REVOKE {roles.OWNER} FROM {probe}")
+        wait_until(lambda: httpx.get(api.url + "/health/ready", timeout=5).status_code == 200, 30,
+                   what="readiness once the role is back to its grants")
+    finally:
+        api.stop()
+        run(f"DROP ROLE {probe}")
