@@ -49,7 +49,7 @@ class Plan:
 
     @classmethod
     def smoke(cls) -> Plan:
-        return cls(concurrency=(1, 32), seconds=1, rounds=1, grown_events=2_000, relay_events=300,
+        return cls(concurrency=(1, 32, 128), seconds=1, rounds=1, grown_events=2_000, relay_events=300,
                    # the sink's rate leaves out its first batch (500): several batches are needed
                    sink_events=1_500,
                    e2e_rates=(50,), e2e_seconds=3, relay_seconds=2,
