@@ -1,12 +1,15 @@
 """Writers and a feed reader through the real API, and the checks a failover must pass afterwards.
 
-Clients here never retry a 5xx: every 5xx they see counts, because the API is meant to ride
+By default clients never retry a 5xx: every 5xx they see counts, because the API is meant to ride
 through the failover itself. They do resend acknowledged requests on purpose (idempotent retries).
+With `resend_5xx` they behave as the contract tells clients to: a 5xx (or a lost answer) is sent
+again, with the same body, until it gets a final answer; each try is an Outcome of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -42,6 +45,7 @@ class Load:
     api: str
     keys: dict[str, str]
     writers: int = 12
+    resend_5xx: bool = False
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     acks: dict[str, Ack] = field(default_factory=dict)
     created: dict[str, set[str]] = field(default_factory=dict)  # shared code -> departments that got 2xx
@@ -99,15 +103,20 @@ class Load:
                     for _ in range(rng.randint(1, 2))]}
             with self._lock:
                 self.codes.add(code)
-            sent = time.monotonic()
-            try:
-                answer = client.post(f"/v1/bookings/{code}/events", json=body)
-                status, payload = answer.status_code, answer.json()
-            except (httpx.HTTPError, ValueError) as error:
-                status, payload = 0, {"error": repr(error)}
-            done = time.monotonic()
+            while True:
+                sent = time.monotonic()
+                try:
+                    answer = client.post(f"/v1/bookings/{code}/events", json=body)
+                    status, payload = answer.status_code, answer.json()
+                except (httpx.HTTPError, ValueError) as error:
+                    status, payload = 0, {"error": repr(error)}
+                done = time.monotonic()
+                with self._lock:
+                    self.outcomes.append(Outcome(sent, done, status, kind))
+                if not (self.resend_5xx and (status >= 500 or status == 0)) or self._stop.is_set():
+                    break
+                time.sleep(0.3)
             with self._lock:
-                self.outcomes.append(Outcome(sent, done, status, kind))
                 if status in (200, 201):
                     # A resend answers 200; 201 when the API's own first try of it lost its answer
                     # in the failover (README: both mean stored, with the same body).
@@ -124,7 +133,8 @@ class Load:
                     if payload["code"] == "version_conflict":
                         own[code] = payload.get("current_version", own.get(code, 0))
                 elif status != 409 or not shared:
-                    self.unexpected.append((status, str(payload)[:300]))
+                    if not (self.resend_5xx and (status >= 500 or status == 0)):  # given up at the stop
+                        self.unexpected.append((status, str(payload)[:300]))
         client.close()
 
     def _read_feed(self) -> None:
@@ -165,6 +175,18 @@ class Load:
         """Seconds from the fault to the first 2xx append that was sent after it."""
         after = [o.done for o in self.outcomes if o.sent >= fault_at and o.status in (200, 201)]
         return min(after) - fault_at if after else float("inf")
+
+    def longest_pause(self, start: float, end: float) -> float:
+        """The longest stretch of [start, end] in which no append was acknowledged (no 2xx arrived)."""
+        times = sorted(o.done for o in self.outcomes if o.status in (200, 201) and start <= o.done <= end)
+        edges = [start, *times, end]
+        return max(later - earlier for earlier, later in itertools.pairwise(edges))
+
+    def acknowledged_between(self, start: float, end: float) -> list[Outcome]:
+        """2xx answers to new appends (not resends of acknowledged ones) sent at or after `start`
+        and answered before `end`."""
+        return [o for o in self.outcomes
+                if o.status in (200, 201) and o.kind != "resend" and o.sent >= start and o.done < end]
 
     def slowest(self, since: float) -> float:
         return max((o.done - o.sent for o in self.outcomes if o.done >= since), default=0.0)
