@@ -182,7 +182,9 @@ class PatroniNode:
         self.prepare()
         owner = _postgres_user()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name)}
-        user, group, extra_groups = (owner[0], owner[1], []) if owner else (None, None, None)
+        user: int | None = owner[0] if owner else None
+        group: int | None = owner[1] if owner else None
+        extra_groups: list[int] | None = [] if owner else None  # the postgres user's groups only, not ours
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
