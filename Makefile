@@ -45,8 +45,9 @@ test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The chaos soak: load plus faults (kills, freezes, restarts) for DURATION, then every invariant.
+# HA=1: on the replicated cluster (make run-ha's), with node faults (leader/replica killed, leader frozen).
 soak: install
-	$(BIN)/python -m tests.soak.soak --duration $(DURATION)
+	$(BIN)/python -m tests.soak.soak --duration $(DURATION) $(if $(HA),--ha)
 
 # The benchmarks (about 11 minutes): bench/results/latest.{json,md} and plots.
 bench: install

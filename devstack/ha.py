@@ -14,6 +14,8 @@ settings are what they are. In short:
   acknowledged at all (rather than on one disk only).
 - `use_pg_rewind` (+ `wal_log_hints`): a killed leader rejoins as a replica by itself.
 - `log_directory` outside PGDATA: pg_rewind overwrites PGDATA/log.
+- `wal_retrieve_retry_interval: 500ms` (default 5 s): a promotion and a replica's switch to the
+  new leader each waited out one such interval after the old leader vanished.
 
 Postgres refuses to run as root, so when we are root Patroni and Postgres run as the `postgres`
 user (started directly with Popen's `user=`, not through `runuser`, which stops itself when its
@@ -122,6 +124,12 @@ class PatroniNode:
                             "max_replication_slots": 10,
                             "max_connections": 200,
                             "wal_keep_size": "256MB",
+                            # After a failed attempt to stream, a standby waits this long before it
+                            # tries again, and a promote request waits out the same sleep: at the
+                            # default (5 s) a failover took 5 s longer than the TTL to accept writes,
+                            # and 5 s more before the other replica streamed from the new leader
+                            # (and strict synchronous commits could complete).
+                            "wal_retrieve_retry_interval": "500ms",
                         },
                     },
                 },
@@ -174,8 +182,9 @@ class PatroniNode:
         self.prepare()
         owner = _postgres_user()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name)}
-        user, group = owner if owner else (None, None)
-        extra_groups: list[int] | None = [] if owner else None  # the postgres user's groups only
+        user: int | None = owner[0] if owner else None
+        group: int | None = owner[1] if owner else None
+        extra_groups: list[int] | None = [] if owner else None  # the postgres user's groups only, not ours
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,

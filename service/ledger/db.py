@@ -164,6 +164,11 @@ async def _try(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitabl
                     refused = (isinstance(error, asyncpg.PostgresError)
                                and (error.sqlstate or "")[:2] not in ("08", "57"))
                     tries.unknown_outcome = tries.unknown_outcome or not refused
+                    # At once, with no await before it: on a command timeout asyncpg has only just
+                    # scheduled a CancelRequest, and terminate() drops it unsent. A cancel that reached
+                    # a COMMIT waiting for the synchronous standby would end the wait and leave the
+                    # transaction committed on this node alone, visible, and our retry would then
+                    # acknowledge it (tests/ha/test_replicas.py, both replicas lost, checks this).
                     conn.terminate()
                     await pool.expire_connections()
                 raise

@@ -1,12 +1,15 @@
 """Writers and a feed reader through the real API, and the checks a failover must pass afterwards.
 
-Clients here never retry a 5xx: every 5xx they see counts, because the API is meant to ride
+By default clients never retry a 5xx: every 5xx they see counts, because the API is meant to ride
 through the failover itself. They do resend acknowledged requests on purpose (idempotent retries).
+With `resend_5xx` they behave as the contract tells clients to: a 5xx (or a lost answer) is sent
+again, with the same body, until it gets a final answer; each try is an Outcome of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -35,6 +38,7 @@ class Outcome:
     done: float
     status: int
     kind: str
+    problem: str = ""  # the problem+json code of an error answer
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Load:
     api: str
     keys: dict[str, str]
     writers: int = 12
+    resend_5xx: bool = False
+    read_feed: bool = True  # a thread pages the global feed; check_ledger then checks it skipped nothing
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     acks: dict[str, Ack] = field(default_factory=dict)
     created: dict[str, set[str]] = field(default_factory=dict)  # shared code -> departments that got 2xx
@@ -61,7 +67,8 @@ class Load:
         for index in range(self.writers):
             self._threads.append(threading.Thread(target=self._write, args=(departments[index % len(departments)],),
                                                   daemon=True))
-        self._threads.append(threading.Thread(target=self._read_feed, daemon=True))
+        if self.read_feed:
+            self._threads.append(threading.Thread(target=self._read_feed, daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -99,15 +106,21 @@ class Load:
                     for _ in range(rng.randint(1, 2))]}
             with self._lock:
                 self.codes.add(code)
-            sent = time.monotonic()
-            try:
-                answer = client.post(f"/v1/bookings/{code}/events", json=body)
-                status, payload = answer.status_code, answer.json()
-            except (httpx.HTTPError, ValueError) as error:
-                status, payload = 0, {"error": repr(error)}
-            done = time.monotonic()
+            while True:
+                sent = time.monotonic()
+                try:
+                    answer = client.post(f"/v1/bookings/{code}/events", json=body)
+                    status, payload = answer.status_code, answer.json()
+                except (httpx.HTTPError, ValueError) as error:
+                    status, payload = 0, {"error": repr(error)}
+                done = time.monotonic()
+                with self._lock:
+                    problem = str(payload.get("code", "")) if status >= 400 and isinstance(payload, dict) else ""
+                    self.outcomes.append(Outcome(sent, done, status, kind, problem))
+                if not (self.resend_5xx and (status >= 500 or status == 0)) or self._stop.is_set():
+                    break
+                time.sleep(0.3)
             with self._lock:
-                self.outcomes.append(Outcome(sent, done, status, kind))
                 if status in (200, 201):
                     # A resend answers 200; 201 when the API's own first try of it lost its answer
                     # in the failover (README: both mean stored, with the same body).
@@ -124,7 +137,8 @@ class Load:
                     if payload["code"] == "version_conflict":
                         own[code] = payload.get("current_version", own.get(code, 0))
                 elif status != 409 or not shared:
-                    self.unexpected.append((status, str(payload)[:300]))
+                    if not (self.resend_5xx and (status >= 500 or status == 0)):  # given up at the stop
+                        self.unexpected.append((status, str(payload)[:300]))
         client.close()
 
     def _read_feed(self) -> None:
@@ -166,10 +180,35 @@ class Load:
         after = [o.done for o in self.outcomes if o.sent >= fault_at and o.status in (200, 201)]
         return min(after) - fault_at if after else float("inf")
 
+    def longest_pause(self, start: float, end: float) -> float:
+        """The longest stretch of [start, end] in which no append was acknowledged (no 2xx arrived)."""
+        times = sorted(o.done for o in self.outcomes if o.status in (200, 201) and start <= o.done <= end)
+        edges = [start, *times, end]
+        return max(later - earlier for earlier, later in itertools.pairwise(edges))
+
+    def acknowledged_between(self, start: float, end: float) -> list[Outcome]:
+        """2xx answers to new appends (not resends of acknowledged ones) sent at or after `start`
+        and answered before `end`."""
+        return [o for o in self.outcomes
+                if o.status in (200, 201) and o.kind != "resend" and o.sent >= start and o.done < end]
+
     def slowest(self, since: float) -> float:
         return max((o.done - o.sent for o in self.outcomes if o.done >= since), default=0.0)
 
     # -- the invariants, checked on the ledger itself
+
+    def lost(self, url: str) -> list[Ack]:
+        """Acknowledged events the ledger does not have."""
+        return asyncio.run(self._lost(url))
+
+    async def _lost(self, url: str) -> list[Ack]:
+        conn = await connect_primary(url, timeout=30)
+        try:
+            found = {r["event_id"] for r in await conn.fetch(
+                "SELECT event_id::text AS event_id FROM events WHERE event_id = ANY($1::uuid[])", list(self.acks))}
+        finally:
+            await conn.close()
+        return [ack for event_id, ack in self.acks.items() if event_id not in found]
 
     def check_ledger(self, url: str) -> dict[str, int]:
         return asyncio.run(self._check_ledger(url))
@@ -203,11 +242,12 @@ class Load:
         for code, departments in self.created.items():
             assert len(departments) == 1, f"{code} created with 2xx by {departments}"
             assert bookings[code][0] in departments, f"{code} owned by {bookings[code][0]}, 2xx to {departments}"
-        positions = [p for p, _ in self.feed]
-        assert positions == sorted(set(positions)), "the feed repeated or reordered a position"
-        paged = [event_id for _, event_id in self.feed]
-        assert len(paged) == len(set(paged)), "the feed returned an event twice"
-        skipped = every_event - set(paged)
-        assert not skipped, f"the feed skipped {len(skipped)} events"
+        if self.read_feed:
+            positions = [p for p, _ in self.feed]
+            assert positions == sorted(set(positions)), "the feed repeated or reordered a position"
+            paged = [event_id for _, event_id in self.feed]
+            assert len(paged) == len(set(paged)), "the feed returned an event twice"
+            skipped = every_event - set(paged)
+            assert not skipped, f"the feed skipped {len(skipped)} events"
         return {"acknowledged": len(self.acks), "events": len(rows), "bookings": len(versions),
-                "feed": len(paged)}
+                "feed": len(self.feed)}

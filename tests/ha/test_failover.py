@@ -1,18 +1,21 @@
 """The API rides through a failover of the Postgres primary, and nothing acknowledged is lost.
 
 Real processes: etcd, three Patroni/Postgres nodes, `booking-ledger api` with two workers, twelve
-writers and a feed reader over HTTP. Clients never retry a 5xx here: with the API's retry budget
-(LEDGER_WRITE_RETRY_SECONDS, 20 s) longer than a failover (about 10 s: Patroni's TTL), they
-must see none.
+writers and a feed reader over HTTP; behind the ledger a relay, the broker, a sink and DynamoDB
+Local. Clients never retry a 5xx here: with the API's retry budget (LEDGER_WRITE_RETRY_SECONDS,
+20 s) longer than a failover (about 10 s: Patroni's TTL), they must see none.
 """
 
 from __future__ import annotations
 
 import time
 
+import httpx
+
 from devstack.ha import HACluster
 from devstack.processes import wait_until
 from tests.e2e.conftest import Server
+from tests.ha.conftest import HAPipeline
 from tests.ha.load import Load
 
 
@@ -25,7 +28,14 @@ def _settle(cluster: HACluster, old_leader_name: str) -> tuple[str, float]:
     return leader.name, time.monotonic() - started
 
 
-def test_writes_ride_through_a_killed_leader(ha_cluster: HACluster, ha_api: Server, ha_keys: dict[str, str]) -> None:
+def _relay_sent(pipeline: HAPipeline) -> float:
+    text = httpx.get(f"http://127.0.0.1:{pipeline.relay_metrics}/metrics", timeout=5).text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("ledger_relay_sent_total ")))
+
+
+def test_writes_ride_through_a_killed_leader(
+    ha_cluster: HACluster, ha_api: Server, ha_keys: dict[str, str], ha_pipeline: HAPipeline
+) -> None:
     old = ha_cluster.wait_ready()
     ha_cluster.wait_replicas(2, timeout=60)
     load = Load(ha_api.url, ha_keys, writers=12)
@@ -42,8 +52,16 @@ def test_writes_ride_through_a_killed_leader(ha_cluster: HACluster, ha_api: Serv
     load.finish_feed()
     summary = load.check_ledger(ha_cluster.url)
     unavailable = load.unavailable_for(killed_at)
+    # The relay followed the primary (its lease is taken on the new one) and sent what the old one
+    # may have removed from its outbox unreplicated; the sink never touched Postgres.
+    wait_until(lambda: ha_pipeline.outbox() == 0, timeout=90, interval=0.5, what="the outbox to drain")
+    report = ha_pipeline.verify()
     print(f"\nkill -9 of {old.name}: new leader {new_leader}; unavailable to clients {unavailable:.1f}s; "
-          f"slowest request {load.slowest(killed_at):.1f}s; {len(load.outcomes)} appends; {summary}")
+          f"slowest request {load.slowest(killed_at):.1f}s; {len(load.outcomes)} appends; {summary}; "
+          f"relay sent {_relay_sent(ha_pipeline):.0f} events; verify: {report.summary()}")
+    assert not report.drift, [str(d) for d in report.drift[:10]]
+    assert report.pending == 0
+    assert ha_pipeline.relay.alive and ha_pipeline.sink.alive
     assert not load.server_errors(), [(o.status, o.kind, round(o.done - o.sent, 1)) for o in load.server_errors()]
     assert not load.unexpected, load.unexpected[:5]
     assert not load.feed_errors, load.feed_errors[:5]

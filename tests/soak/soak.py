@@ -1,9 +1,13 @@
 """The chaos soak: steady mixed load while a fault injector kills, freezes and restarts every part.
 
     .venv/bin/python -m tests.soak.soak --duration 10m      (make soak DURATION=10m)
+    .venv/bin/python -m tests.soak.soak --ha --duration 10m (make soak HA=1 DURATION=10m)
 
 It starts a whole private stack on free loopback ports (Postgres, broker, DynamoDB Local, the API
 with two workers, two relays, a sink) and keeps the workers running the way supervisord does.
+With --ha, Postgres is the replicated cluster of devstack.ha (etcd, three Patroni nodes), and the
+Postgres restart among the faults becomes node faults: the leader or a replica killed (-9) and
+started again, the leader frozen past its TTL (a failover) or briefly, then thawed.
 The load generator records every acknowledged event. After the faults stop and the pipeline
 drains, it checks the promises and prints a summary; the exit status is 1 on any violation.
 """
@@ -16,6 +20,7 @@ import collections
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,19 +30,21 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
 
 from cdc.replay import replay
 from cdc.verify import verify
 from core import dynamodb
+from core.pg import connect_primary
 from core.settings import DynamoSettings, KafkaSettings, Settings
+from devstack.ha import HACluster, PatroniNode
 from devstack.harness import CLI, LedgerProcess, Stack, as_role, free_port
-from devstack.processes import wait_for_port
+from devstack.processes import wait_for_port, wait_until
 
 DEPARTMENTS = ("hotel", "car", "flight")
 FAULTS = ("kill_api_worker", "kill_relay", "kill_sink", "freeze_broker", "freeze_dynamodb",
           "restart_broker", "restart_dynamodb", "restart_postgres")
+HA_FAULTS = (*FAULTS[:-1], "kill_leader", "kill_replica", "freeze_leader")
 
 
 def parse_duration(text: str) -> float:
@@ -49,8 +56,9 @@ class SoakStack(Stack):
     """The harness's private stack (persistent DynamoDB Local), our processes restarted when they die
     (as supervisord would)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ha: bool = False) -> None:
         super().__init__(root)
+        self.cluster = HACluster.on_free_ports(root / "ha") if ha else None
         self.api_port = free_port()
         self.workers: dict[str, LedgerProcess] = {}
         self.restarts: collections.Counter[str] = collections.Counter()
@@ -58,8 +66,13 @@ class SoakStack(Stack):
         self._lock = threading.Lock()
 
     @property
+    def database_url(self) -> str:
+        """The ledger's URL: the cluster's multi-host URL with --ha."""
+        return self.cluster.url if self.cluster else self.postgres.url
+
+    @property
     def ledger_settings(self) -> Settings:
-        return self.settings(kafka=KafkaSettings(bootstrap=self.broker.bootstrap),
+        return self.settings(self.database_url, kafka=KafkaSettings(bootstrap=self.broker.bootstrap),
                              dynamo=DynamoSettings(endpoint=self.dynamodb.endpoint, region="eu-west-1"))
 
     def worker_env(self) -> dict[str, str]:
@@ -67,7 +80,10 @@ class SoakStack(Stack):
                         LEDGER_RATE_LIMIT="0", LEDGER_DB_TIMEOUT="5")
 
     def start_all(self) -> None:
-        self.start_postgres()
+        if self.cluster:
+            self.cluster.start()
+        else:
+            self.start_postgres()
         self.start_pipeline_servers(dynamodb_data=self.folder / "dynamodb")
         subprocess.run([CLI, "migrate"], env=self.worker_env(), check=True, capture_output=True)
         for name in ("api", "relay-a", "relay-b", "sink"):
@@ -100,6 +116,8 @@ class SoakStack(Stack):
         with self._lock:
             self.processes = list(self.workers.values())
             super().stop()
+        if self.cluster:
+            self.cluster.stop()
 
 
 @dataclass
@@ -116,6 +134,7 @@ class Record:
     acknowledged: dict[str, tuple[str, int, dict]] = field(default_factory=dict)  # event_id -> (code, version, body)
     statuses: collections.Counter = field(default_factory=collections.Counter)
     server_errors: list[tuple[float, int, str]] = field(default_factory=list)  # (time, status, body)
+    writes: list[tuple[float, float]] = field(default_factory=list)  # (sent, answered) of 2xx appends, monotonic
     violations: list[str] = field(default_factory=list)
     collisions: int = 0
     gave_up: int = 0
@@ -146,6 +165,7 @@ class Load:
                    body: dict | None = None) -> httpx.Response | None:
         """One request, retried with the same body on 503 or a lost connection (clients are told to)."""
         for attempt in range(40):
+            sent = time.monotonic()
             try:
                 response = await client.request(method, path, json=body,
                                                 headers={"Authorization": f"Bearer {self.keys[department]}"})
@@ -153,6 +173,8 @@ class Load:
                 await asyncio.sleep(0.5)
                 continue
             self.record.statuses[response.status_code] += 1
+            if method == "POST" and response.status_code in (200, 201):
+                self.record.writes.append((sent, time.monotonic()))
             if response.status_code >= 500:
                 self.record.server_errors.append((time.time(), response.status_code, response.text[:200]))
                 if response.status_code == 503 and "Retry-After" not in response.headers:
@@ -246,7 +268,9 @@ class Load:
         response = await self.send(client, department, "POST", f"/v1/bookings/{code}/events", body)
         if response is None:
             return
-        if response.status_code != 200:
+        # 200; 201 when the API's own first try of this resend lost its answer in a failover or a
+        # restart and its next try found the events (README: both mean stored, with the same body).
+        if response.status_code not in (200, 201):
             self.record.violations.append(f"retry on {code} answered {response.status_code} {response.text[:120]}")
         elif [e["event_id"] for e in response.json()["events"]] != [e["event_id"] for e in body["events"]]:
             self.record.violations.append(f"retry on {code} returned other events")
@@ -268,12 +292,14 @@ class Faults:
     def __init__(self, stack: SoakStack, rng: random.Random) -> None:
         self.stack, self.rng = stack, rng
         self.counts: collections.Counter = collections.Counter()
-        self.postgres_windows: list[tuple[float, float]] = []
+        self.postgres_windows: list[tuple[float, float]] = []  # wall-clock windows of Postgres faults
+        self.failovers: list[float] = []  # monotonic times of faults that made a new leader
         self.broker_restarted = False
 
     def run(self, stop: threading.Event, every: tuple[float, float]) -> None:
+        kinds = HA_FAULTS if self.stack.cluster else FAULTS
         while not stop.wait(self.rng.uniform(*every)):
-            fault = self.rng.choice(FAULTS)
+            fault = self.rng.choice(kinds)
             getattr(self, fault)()
             self.counts[fault] += 1
 
@@ -318,6 +344,52 @@ class Faults:
         self.postgres_windows.append((began, time.time()))
 
 
+    # Node faults (--ha): one at a time, and each waits until the cluster has its two streaming
+    # replicas again, so that faults never add up to two lost nodes (which stops writes by design).
+
+    def _node_fault(self, fault) -> None:
+        cluster = self.stack.cluster
+        assert cluster is not None
+        began = time.time()
+        leader = cluster.wait_ready()
+        fault(cluster, leader)
+        cluster.wait_replicas(2, timeout=120)
+        self.postgres_windows.append((began, time.time()))
+
+    def kill_leader(self) -> None:
+        def fault(cluster: HACluster, leader: PatroniNode) -> None:
+            leader.kill()
+            self.failovers.append(time.monotonic())
+            wait_until(lambda: (p := cluster.primary()) and p is not leader, timeout=60, what="a new leader")
+            leader.start()
+
+        self._node_fault(fault)
+
+    def kill_replica(self) -> None:
+        def fault(cluster: HACluster, leader: PatroniNode) -> None:
+            replica = self.rng.choice([n for n in cluster.nodes if n is not leader])
+            replica.kill()
+            time.sleep(self.rng.uniform(1, 5))
+            replica.start()
+
+        self._node_fault(fault)
+
+    def freeze_leader(self) -> None:
+        def fault(cluster: HACluster, leader: PatroniNode) -> None:
+            past_ttl = self.rng.random() < 0.5
+            leader.freeze()
+            at = time.monotonic()
+            if past_ttl:  # a failover; the thawed old leader must acknowledge nothing
+                self.failovers.append(at)
+                wait_until(lambda: (p := cluster.primary()) and p is not leader, timeout=60, what="a new leader")
+                time.sleep(self.rng.uniform(0, 3))
+            else:
+                time.sleep(self.rng.uniform(1, 4))
+            leader.thaw()
+
+        self._node_fault(fault)
+
+
 class LagSampler:
     """Now and then, the time from an acknowledged create until its item is in DynamoDB."""
 
@@ -351,7 +423,7 @@ class LagSampler:
 
 
 async def check_ledger(stack: SoakStack, record: Record) -> None:
-    conn = await asyncpg.connect(stack.postgres.url)
+    conn = await connect_primary(stack.database_url, timeout=30)
     try:
         ids = list(record.acknowledged)
         rows = await conn.fetch(
@@ -381,7 +453,7 @@ async def check_ledger(stack: SoakStack, record: Record) -> None:
 
 def outbox_size(stack: SoakStack) -> int:
     async def run() -> int:
-        conn = await asyncpg.connect(stack.postgres.url)
+        conn = await connect_primary(stack.database_url, timeout=30)
         try:
             return await conn.fetchval("SELECT count(*) FROM outbox")
         finally:
@@ -390,14 +462,20 @@ def outbox_size(stack: SoakStack) -> int:
     return asyncio.run(run())
 
 
-def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, float]) -> int:
+def unavailability(record: Record, since: float) -> float:
+    """Seconds from `since` to the first 2xx append sent after it."""
+    return min((done for sent, done in record.writes if sent >= since), default=float("inf")) - since
+
+
+def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, float], ha: bool = False) -> int:
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="booking-ledger-soak-"))
     root.chmod(0o755)
-    stack = SoakStack(root)
+    stack = SoakStack(root, ha=ha)
     record = Record()
-    print(f"soak: {duration:.0f}s at {rate:.0f} requests/s, faults every {fault_every[0]:.0f}-{fault_every[1]:.0f}s, "
-          f"seed {seed}, logs in {root}", flush=True)
+    where = " on the HA cluster" if ha else ""
+    print(f"soak{where}: {duration:.0f}s at {rate:.0f} requests/s, faults every {fault_every[0]:.0f}-"
+          f"{fault_every[1]:.0f}s, seed {seed}, logs in {root}", flush=True)
     stack.start_all()
     try:
         keys = {}
@@ -446,7 +524,9 @@ def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, floa
         asyncio.run(check_ledger(stack, record))
         for at, status, body in record.server_errors:
             in_window = any(start - 1 <= at <= end + 15 for start, end in faults.postgres_windows)
-            if status != 503 or not in_window:
+            if ha:  # the API rides through node faults within its retry budget: no 5xx at all
+                record.violations.append(f"{status} during the HA soak: {body}")
+            elif status != 503 or not in_window:
                 record.violations.append(f"{status} outside a Postgres restart: {body}")
     finally:
         stack.stop()
@@ -457,6 +537,12 @@ def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, floa
     print(f"events acknowledged: {len(record.acknowledged)} in {len({c for c, _, _ in record.acknowledged.values()})} "
           f"bookings; collision attempts rejected: {record.collisions}")
     print(f"faults injected: {dict(sorted(faults.counts.items()))}; worker restarts: {dict(stack.restarts)}")
+    if ha:
+        gaps = sorted(unavailability(record, at) for at in faults.failovers)
+        shown = f"p50 {statistics.median(gaps):.1f}s, max {gaps[-1]:.1f}s" if gaps else "none"
+        print(f"failovers: {len(faults.failovers)}; write unavailability (fault to first 2xx): {shown}; "
+              f"5xx answers: {sum(n for status, n in record.statuses.items() if status >= 500)}; "
+              f"acknowledged events lost: {sum('is not in the ledger' in v for v in record.violations)}")
     if lags:
         print(f"replication lag (sampled creates): p50 {lags[len(lags) // 2]:.2f}s, max {lags[-1]:.2f}s, "
               f"samples {len(lags)}, not seen within 60 s: {sampler.unseen}")
@@ -477,10 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40, help="requests per second")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--fault-every", default="4,10", help="seconds between faults: min,max")
+    parser.add_argument("--ha", action="store_true", help="on the replicated cluster (devstack.ha), with node faults")
     args = parser.parse_args(argv)
     low, high = (float(x) for x in args.fault_every.split(","))
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    return soak(parse_duration(args.duration), args.rate, seed, (low, high))
+    return soak(parse_duration(args.duration), args.rate, seed, (low, high), ha=args.ha)
 
 
 if __name__ == "__main__":
