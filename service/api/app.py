@@ -16,6 +16,7 @@ from core.settings import Settings, get_settings
 from service.api.auth import RateLimiter
 from service.api.health import HEALTH_ROUTES
 from service.api.http_rules import http_rules
+from service.api.price_routes import PRICE_ROUTES
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.requestlog import request_log
 from service.api.routes import MAX_BODY_BYTES, ROUTES
@@ -60,7 +61,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
                 app.state.pool.terminate()
 
     app = Litestar(
-        route_handlers=[*ROUTES, *HEALTH_ROUTES, console],
+        route_handlers=[*ROUTES, *PRICE_ROUTES, *HEALTH_ROUTES, console],
         lifespan=[pool_lifespan],
         middleware=[request_log],
         logging_config=None,  # core.logs owns logging: one format for every line

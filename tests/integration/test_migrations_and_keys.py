@@ -32,7 +32,7 @@ async def test_migrations_up_from_empty_down_and_up_again(postgres: LocalPostgre
             assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_append'") == 0
             await asyncio.to_thread(upgrade, url)
             assert len(await conn.fetch(TABLES_SQL)) == 6
-            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0006"
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0009"
         finally:
             await conn.close()
     finally:
