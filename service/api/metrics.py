@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -18,6 +18,10 @@ APPEND_SECONDS = Histogram(
     "Time to answer an append request, from the body read to the answer.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+STREAMS_OPEN = Gauge("ledger_event_streams_open", "Event streams (GET /v1/events/stream) open now.",
+                     multiprocess_mode="livesum")
+STREAMS_ENDED = Counter("ledger_event_streams_ended_total", "Event streams ended, by reason.", ["reason"])
 
 READS = Counter("ledger_reads_total", "Read requests answered, by route and outcome code.", ["route", "outcome"])
 
