@@ -111,6 +111,13 @@ def markdown(results: dict) -> str:
                          f"{booking['ops_per_s']:,.0f}/s (p99 {booking['p99_ms']:.1f} ms), "
                          f"a 500-event feed page {page['ops_per_s']:,.0f}/s "
                          f"(p99 {page['p99_ms']:.1f} ms)")
+        as_of = growth.get("price_as_of")
+        if as_of:
+            lines.append(f"- price as of a moment on a booking with {as_of['events_of_the_booking']:,} events "
+                         f"(8 in flight): " + ", ".join(
+                             f"{name} {as_of[name]['ops_per_s']:,.0f}/s (p50 {as_of[name]['p50_ms']:.1f} ms, "
+                             f"p99 {as_of[name]['p99_ms']:.1f} ms)"
+                             for name in ("at_recorded", "at_occurred", "at_version")))
     relay, sink = results.get("relay"), results.get("sink")
     if relay or sink:
         lines += ["", "## Pipeline", ""]

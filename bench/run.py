@@ -40,6 +40,7 @@ class Plan:
     rounds: int = 2
     peers: tuple[str, ...] = ("raw", "message_db", "eventsourcing")
     grown_events: int = 1_000_000
+    history_events: int = 100_000  # one booking's, for the price as of a moment
     relay_events: int = 20_000
     sink_events: int = 5_000
     e2e_rates: tuple[int, ...] = (200, 500)
@@ -49,7 +50,8 @@ class Plan:
 
     @classmethod
     def smoke(cls) -> Plan:
-        return cls(concurrency=(1, 32, 128), seconds=1, rounds=1, grown_events=2_000, relay_events=300,
+        return cls(concurrency=(1, 32, 128), seconds=1, rounds=1, grown_events=2_000, history_events=1_000,
+                   relay_events=300,
                    # the sink's rate leaves out its first batch (500): several batches are needed
                    sink_events=1_500,
                    e2e_rates=(50,), e2e_seconds=3, relay_seconds=2,
@@ -129,6 +131,9 @@ class Bench:
         per_append = 100
         fill(grown_url, "G", max(2, plan.grown_events // per_append // 100), appends=plan.grown_events // per_append,
              per_append=per_append, parallel=2)
+        # One booking with a long history (one event in two priced by bench.fill's 123.45 EUR is
+        # every event; the as-of answer must not depend on the count either way).
+        fill(grown_url, "HIST", 1, appends=max(1, plan.history_events // 1000), per_append=1000)
         for url in (empty_url, grown_url):
             run_sql(url, "TRUNCATE outbox", "VACUUM ANALYZE")
         events = fetch_value(grown_url, "SELECT count(*) FROM events")
@@ -152,6 +157,21 @@ class Bench:
                 "feed_page_500": summarize([load.api_reads(
                     api_url, key, f"/v1/events?after={middle}&limit=500", 8, plan.seconds)]),
             }
+        _, grown_api, grown_key, _ = apis["grown"]
+        middle_time = fetch_value(grown_url, "SELECT to_char(recorded_at AT TIME ZONE 'UTC', "
+                                             "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM events "
+                                             "WHERE booking_code = 'HIST0' AND version = $1", plan.history_events // 2)
+        history = fetch_value(grown_url, "SELECT version FROM bookings WHERE code = 'HIST0'")
+        price_as_of = {
+            "events_of_the_booking": history,
+            "at_recorded": summarize([load.api_reads(
+                grown_api, grown_key, f"/v1/bookings/HIST0/price?at={middle_time}", 8, plan.seconds)]),
+            "at_occurred": summarize([load.api_reads(
+                grown_api, grown_key, f"/v1/bookings/HIST0/price?at={middle_time}&clock=occurred", 8, plan.seconds)]),
+            "at_version": summarize([load.api_reads(
+                grown_api, grown_key, f"/v1/bookings/HIST0/price?version={plan.history_events // 2}", 8,
+                plan.seconds)]),
+        }
         for api, *_ in apis.values():
             api.stop()
         ratios = [g.rate / e.rate for e, g in zip(appends["empty"], appends["grown"], strict=True) if e.rate]
@@ -160,6 +180,7 @@ class Bench:
             "appends_at_32": {name: summarize(runs) for name, runs in appends.items()},
             "growth_ratio": round(median(ratios), 3),
             "reads": reads,
+            "price_as_of": price_as_of,
         }
 
     # -- 4-6: relay, sink, end to end ----------------------------------------------------------

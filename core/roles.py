@@ -20,7 +20,9 @@ KEYS = "ledger_keys"  # `booking-ledger keys`: creates, lists and revokes API ke
 RUNTIME = (API, RELAY, READER, KEYS)
 
 # The role each command connects as by default (the sink uses no Postgres; migrate runs as OWNER).
-BY_COMMAND = {"api": API, "relay": RELAY, "replay": READER, "verify": READER, "keys": KEYS, "migrate": OWNER}
+# `import` writes through ledger_append like the API (and reads what the API reads).
+BY_COMMAND = {"api": API, "relay": RELAY, "replay": READER, "verify": READER, "keys": KEYS, "migrate": OWNER,
+              "import": API}
 
 LOCAL_DATABASE = "127.0.0.1:55432/ledger"
 

@@ -116,6 +116,29 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """GET /v1/events/stream (service/api/stream.py)."""
+
+    max_per_key: int = _env_int(
+        "LEDGER_STREAM_MAX_PER_KEY", 10, "Open event streams one API key may hold in each API worker; then 429.",
+        minimum=1)
+    max_open: int = _env_int("LEDGER_STREAM_MAX", 200, "Open event streams per API worker; then 429.", minimum=1)
+    heartbeat_seconds: int = _env_int(
+        "LEDGER_STREAM_HEARTBEAT_SECONDS", 15, "Seconds of silence after which a stream sends a comment line.",
+        minimum=1)
+    send_timeout: int = _env_int(
+        "LEDGER_STREAM_SEND_TIMEOUT", 10,
+        "Seconds a stream's client may leave the server unable to write before it is dropped (too slow).", minimum=1)
+    max_bytes: int = _env_int(
+        "LEDGER_STREAM_MAX_BYTES", 256 * 1024 * 1024,
+        "Bytes one stream carries before it ends (the client resumes with Last-Event-ID).", minimum=1024)
+    buffer_bytes: int = _env_int(
+        "LEDGER_STREAM_BUFFER_BYTES", 16 * 1024 * 1024,
+        "Recent events each API worker keeps for its live streams; a stream further behind reads Postgres.",
+        minimum=1024)
+
+
+@dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str = _env_str("LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers.")
     topic: str = _env_str("LEDGER_KAFKA_TOPIC", "booking-events", "Topic the relay writes and the sink reads.")
@@ -173,6 +196,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     dynamo: DynamoSettings = field(default_factory=DynamoSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables that would make a process read them back."""

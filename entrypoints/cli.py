@@ -118,6 +118,39 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if report.drift else 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from service.ledger.db import create_pool
+    from service.ledger.importer import Importer, Summary, read_lines
+
+    path = Path(args.file)
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="import", disable=args.quiet,
+               file=sys.stderr)
+
+    def progress(size: int, summary: Summary) -> None:
+        bar.update(size + 1)
+        if summary.lines % 1000 == 0:
+            bar.set_postfix(imported=summary.imported, present=summary.already_present,
+                            rejected=summary.rejected_lines, refresh=False)
+
+    async def run() -> Summary:
+        pool = await create_pool(get_settings().database)
+        try:
+            return await Importer(pool).run(read_lines(path), progress)
+        finally:
+            await pool.close()
+
+    try:
+        summary = asyncio.run(run())
+    finally:
+        bar.close()
+    print(summary.text())
+    return 1 if summary.rejected_lines else 0
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     scopes = keys.parse_scopes(args.scopes)
     record, secret = _with_connection(lambda conn: keys.create_key(conn, args.department, scopes))
@@ -167,6 +200,13 @@ def parser() -> argparse.ArgumentParser:
                         help="seconds before drifted bookings are looked at again (events in flight)")
     verify.add_argument("--max-lines", type=int, default=1000, help="print at most this many drift lines")
     verify.set_defaults(run=_verify)
+
+    load = commands.add_parser("import", help="bring a department's history (JSON Lines) into the ledger; "
+                                               "exit 1 when any line was rejected")
+    load.add_argument("file", help="one event a line: booking_code, department, event_id, type, "
+                                   "price?, data?, occurred_at?")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(run=_import)
 
     key_commands = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
     create = key_commands.add_parser("create", help="create a key; prints it once, alone on the last line")

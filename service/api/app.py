@@ -17,10 +17,12 @@ from service.api import metrics
 from service.api.auth import RateLimiter
 from service.api.health import HEALTH_ROUTES
 from service.api.http_rules import http_rules
+from service.api.price_routes import PRICE_ROUTES
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.requestlog import request_log
 from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import append_request_schema
+from service.api.stream import STREAM_ROUTES, FeedHub
 from service.console.routes import console, template_config
 from service.console.status import ReadStore
 from service.ledger.db import create_pool
@@ -53,9 +55,12 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
         app.state.notifier.start()
         app.state.key_cache = KeyCache(settings.database.url)
         app.state.key_cache.start()
+        app.state.feed_hub = FeedHub(app.state.pool, settings.database.url, settings.stream)
+        app.state.feed_hub.start_tasks()
         try:
             yield
         finally:
+            await app.state.feed_hub.stop()
             await app.state.key_cache.stop()
             await app.state.notifier.stop()
             await app.state.writer.close()
@@ -65,7 +70,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
                 app.state.pool.terminate()
 
     app = Litestar(
-        route_handlers=[*ROUTES, *HEALTH_ROUTES, console],
+        route_handlers=[*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *HEALTH_ROUTES, console],
         lifespan=[pool_lifespan],
         middleware=[request_log],
         logging_config=None,  # core.logs owns logging: one format for every line

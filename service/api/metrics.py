@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -24,6 +24,9 @@ APPEND_BATCH_SIZE = Histogram(
     "Appends carried by one call to Postgres (group commit: those that queued while the previous call ran).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+STREAMS_OPEN = Gauge("ledger_event_streams_open", "Event streams (GET /v1/events/stream) open now.",
+                     multiprocess_mode="livesum")
+STREAMS_ENDED = Counter("ledger_event_streams_ended_total", "Event streams ended, by reason.", ["reason"])
 
 READS = Counter("ledger_reads_total", "Read requests answered, by route and outcome code.", ["route", "outcome"])
 

@@ -1,16 +1,19 @@
-"""The booking console's price chart: a step line of the price by version, as inline SVG.
+"""The booking console's price chart: a step line of the price over time (or by version), as inline SVG.
 
-Pure presentation, no I/O. The price set by version n holds until the next priced version, so
-the line steps at each priced event and runs on to the booking's current version. Pixel
-positions are floats; every label shows the exact amount string from the ledger.
+Pure presentation, no I/O. The price set by an event holds until the next priced event, so the
+line steps at each priced event and runs on to the booking's current version. When the priced
+events span more than MOMENT, the x axis is real time (recorded_at, UTC), the order the price
+as of a moment uses; otherwise (all set at once) it is the version. Pixel positions are floats;
+every label shows the exact amount string from the ledger. Each point links to the price as of
+its time (`point_href`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from markupsafe import Markup, escape
@@ -21,6 +24,7 @@ WIDTH, HEIGHT = 760, 260
 LEFT, RIGHT, TOP, BOTTOM = 78, 24, 18, 50
 MAX_X_LABELS = 10
 Y_TICKS = 4
+MOMENT = timedelta(seconds=1)  # priced events closer together than this are drawn by version
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Chart:
     currency: str
     points: int
     other_currencies: int  # priced events in another currency, not drawn
+    time_axis: bool = False  # x is recorded time (else the version)
 
 
 def price_points(events: Sequence[Event]) -> list[PricePoint]:
@@ -45,28 +50,43 @@ def price_points(events: Sequence[Event]) -> list[PricePoint]:
             for e in sorted(events, key=lambda e: e.version) if e.price is not None]
 
 
-def step_chart(code: str, points: Sequence[PricePoint], last_version: int) -> Chart | None:
+def step_chart(code: str, points: Sequence[PricePoint], last_version: int,
+               point_href: Callable[[PricePoint], str] | None = None) -> Chart | None:
     """The chart of `points` in the currency of the latest one; None when nothing is priced."""
     if not points:
         return None
     currency = points[-1].currency
     drawn = [p for p in points if p.currency == currency]
-    first, end = drawn[0].version, max(last_version, drawn[-1].version) + 1
+    time_axis = max(p.at for p in drawn) - min(p.at for p in drawn) > MOMENT
+    if time_axis:
+        drawn.sort(key=lambda p: (p.at, p.version))  # the as-of order: time, then version
+        t_first = drawn[0].at
+        t_span = (drawn[-1].at - t_first).total_seconds()
+        first, end = 0.0, t_span * 1.04  # the last price runs on a little: it is still in force
+
+        def place(point: PricePoint) -> float:
+            return (point.at - t_first).total_seconds()
+    else:
+        first, end = drawn[0].version, max(last_version, drawn[-1].version) + 1
+
+        def place(point: PricePoint) -> float:
+            return point.version
     amounts = [float(Decimal(p.amount)) for p in drawn]
     digits = max(_fraction_digits(p.amount) for p in drawn)
     low, high = _y_range(min(amounts), max(amounts))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
-    def x(version: float) -> float:
-        return LEFT + (version - first) / (end - first) * plot_w
+    def x(value: float) -> float:
+        return LEFT + (value - first) / (end - first) * plot_w
 
     def y(amount: float) -> float:
         return TOP + (high - amount) / (high - low) * plot_h
 
+    axis = "over time (UTC)" if time_axis else "by version"
     parts = [
         f'<svg class="price-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'role="img" aria-labelledby="chart-title" font-family="system-ui, sans-serif" font-size="12">',
-        f'<title id="chart-title">Price of {escape(code)} by version, in {escape(currency)}</title>',
+        f'<title id="chart-title">Price of {escape(code)} {axis}, in {escape(currency)}</title>',
     ]
     for tick in _ticks(low, high):
         ty = y(tick)
@@ -77,29 +97,56 @@ def step_chart(code: str, points: Sequence[PricePoint], last_version: int) -> Ch
     parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}" stroke="#999"/>')
     parts.append(f'<text x="16" y="{TOP + plot_h / 2:.1f}" text-anchor="middle" fill="#555" '
                  f'transform="rotate(-90 16 {TOP + plot_h / 2:.1f})">{escape(currency)}</text>')
-    step = max(1, math.ceil(len(drawn) / MAX_X_LABELS))
-    for index, point in enumerate(drawn):
-        if index % step and index != len(drawn) - 1:
-            continue
-        px = x(point.version)
-        parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 5}" stroke="#999"/>')
-        parts.append(f'<text class="x-label" x="{px:.1f}" y="{TOP + plot_h + 19}" text-anchor="middle" fill="#333">'
-                     f'v{point.version}</text>')
-        parts.append(f'<text x="{px:.1f}" y="{TOP + plot_h + 34}" text-anchor="middle" fill="#777" font-size="11">'
-                     f'{point.at:%m-%d %H:%M}</text>')
-    path = [f"M{x(first):.1f},{y(amounts[0]):.1f}"]
+    if time_axis:
+        parts.extend(_time_labels(drawn[0].at, end, x, TOP + plot_h))
+    else:
+        step = max(1, math.ceil(len(drawn) / MAX_X_LABELS))
+        for index, point in enumerate(drawn):
+            if index % step and index != len(drawn) - 1:
+                continue
+            px = x(place(point))
+            parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 5}" '
+                         f'stroke="#999"/>')
+            parts.append(f'<text class="x-label" x="{px:.1f}" y="{TOP + plot_h + 19}" text-anchor="middle" '
+                         f'fill="#333">v{point.version}</text>')
+            parts.append(f'<text x="{px:.1f}" y="{TOP + plot_h + 34}" text-anchor="middle" fill="#777" '
+                         f'font-size="11">{point.at:%m-%d %H:%M}</text>')
+    path = [f"M{x(place(drawn[0])):.1f},{y(amounts[0]):.1f}"]
     for point, amount in zip(drawn[1:], amounts[1:], strict=True):
-        path.append(f"H{x(point.version):.1f}V{y(amount):.1f}")
+        path.append(f"H{x(place(point)):.1f}V{y(amount):.1f}")
     path.append(f"H{x(end):.1f}")
     parts.append(f'<path class="step" d="{"".join(path)}" fill="none" stroke="#1f6feb" stroke-width="2"/>')
     for point, amount in zip(drawn, amounts, strict=True):
-        parts.append(
-            f'<circle class="point" data-version="{point.version}" cx="{x(point.version):.1f}" cy="{y(amount):.1f}" '
+        circle = (
+            f'<circle class="point" data-version="{point.version}" cx="{x(place(point)):.1f}" cy="{y(amount):.1f}" '
             f'r="4" fill="#1f6feb"><title>v{point.version}: {escape(point.amount)} {escape(currency)}, '
             f'{point.at:%Y-%m-%d %H:%M:%S} UTC</title></circle>'
         )
+        if point_href is not None:
+            circle = f'<a href="{escape(point_href(point))}">{circle}</a>'
+        parts.append(circle)
     parts.append("</svg>")
-    return Chart(Markup("".join(parts)), currency, len(drawn), len(points) - len(drawn))
+    return Chart(Markup("".join(parts)), currency, len(drawn), len(points) - len(drawn), time_axis)
+
+
+def _time_labels(start: datetime, span: float, x: Callable[[float], float], base: float) -> list[str]:
+    """About MAX_X_LABELS evenly spaced time labels under the axis; the format follows the span."""
+    if span > 2 * 86400:
+        fmt = "%Y-%m-%d"
+    elif span > 3600:
+        fmt = "%m-%d %H:%M"
+    else:
+        fmt = "%H:%M:%S"
+    count = MAX_X_LABELS - 2
+    parts = []
+    for i in range(count + 1):
+        offset = span * i / count
+        px = x(offset)
+        moment = start + timedelta(seconds=offset)
+        parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{base}" y2="{base + 5}" stroke="#999"/>')
+        parts.append(f'<text class="x-label" x="{px:.1f}" y="{base + 19}" text-anchor="middle" fill="#333" '
+                     f'font-size="11">{moment:{fmt}}</text>')
+    return parts
 
 
 def _fraction_digits(amount: str) -> int:

@@ -16,10 +16,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader
 from litestar import Request, Response, Router, get, post
@@ -37,6 +37,7 @@ from service.console.chart import price_points, step_chart
 from service.ledger import sessions
 from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
 from service.ledger.keys import ApiKey, authenticate
+from service.ledger.prices import Clock, PriceInForce, price_at
 from service.ledger.reads import get_booking, read_booking_events
 
 COOKIE = "ledger_console"
@@ -130,8 +131,17 @@ async def sign_out(request: Request) -> Response[Any]:
     return Redirect(f"{PATH}?notice=signed_out", status_code=303, cookies=[_cookie("", 0)])
 
 
+def _moment(text: str) -> datetime | None:
+    """The console's time field: RFC 3339, or a date and time without an offset, taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 @get("/booking")
-async def booking(request: Request, code: str = "") -> Template | Redirect:
+async def booking(request: Request, code: str = "", at: str = "", clock: str = "recorded") -> Template | Redirect:
     key = await _signed_in(request)
     code = code.strip()
     if not code:
@@ -143,6 +153,11 @@ async def booking(request: Request, code: str = "") -> Template | Redirect:
     pool = request.app.state.pool
     booking = await get_booking(pool, code)
     events, _ = await read_booking_events(pool, code, max(1, booking.version - MAX_EVENTS + 1), MAX_EVENTS)
+    as_of: PriceInForce | None = None
+    moment = _moment(at) if at.strip() else None
+    chosen: Clock = "occurred" if clock == "occurred" else "recorded"
+    if moment is not None:
+        as_of = await price_at(pool, code, moment, chosen)
     pending = await status.booking_outbox(pool, code)
     try:
         replicated, dynamodb_error = await request.app.state.read_store.latest_version(code), None
@@ -150,7 +165,9 @@ async def booking(request: Request, code: str = "") -> Template | Redirect:
         replicated, dynamodb_error = None, str(error)
     return _page(
         "booking.html", key, booking=booking, events=events,
-        chart=step_chart(code, price_points(events), booking.version),
+        chart=step_chart(code, price_points(events), booking.version, point_href=lambda p: (
+            f"{PATH}/booking?" + urlencode({"code": code, "at": p.at.isoformat(timespec="microseconds")}) + "#as-of")),
+        as_of=as_of, at=at, moment=moment, clock=chosen, bad_moment=bool(at.strip()) and moment is None,
         pending=pending, replicated=replicated, dynamodb_error=dynamodb_error,
     )
 

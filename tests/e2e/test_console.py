@@ -105,6 +105,20 @@ def test_booking_page_shows_owner_events_chart_and_replication(client: httpx.Cli
     assert keys.reader not in page
 
 
+def test_booking_page_answers_the_price_as_of_a_moment(client: httpx.Client, keys: Keys) -> None:
+    code, events = create_booking(client, keys.hotel, "120.00", None, "99.50")
+    cookie = session(client, keys.reader)
+    recorded = events[0]["recorded_at"]
+    page = assert_page(client.get("/console/booking", params={"code": code, "at": recorded}, headers=cookie), 200,
+                       'id="price-as-of"', "<strong>99.50 EUR</strong>, set by version 3")
+    assert 'href="/console/booking?code=' in page  # the chart's points ask for their own time
+    before = assert_page(client.get("/console/booking", params={"code": code, "at": "2000-01-01 10:00",
+                                                                "clock": "occurred"}, headers=cookie), 200)
+    assert "no price yet" in before and "2000-01-01 10:00:00 UTC (occurred clock)" in before
+    assert_page(client.get("/console/booking", params={"code": code, "at": "noon"}, headers=cookie), 200,
+                "That is not a time")
+
+
 def test_unknown_booking_bad_code_and_empty_code(client: httpx.Client, keys: Keys) -> None:
     missing = random_code("NONE")
     assert_page(client.get("/console/booking", params={"code": missing}, headers=session(client, keys.reader)), 404,

@@ -14,9 +14,9 @@ SVG = "{http://www.w3.org/2000/svg}"
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
-def event(version: int, amount: str | None, currency: str = "EUR") -> Event:
+def event(version: int, amount: str | None, currency: str = "EUR", at: datetime | None = None) -> Event:
     return Event(uuid.uuid4(), "B-1", version, "PriceChanged", Price(amount, currency) if amount else None, None,
-                 "hotel", None, T0 + timedelta(minutes=version), version * 1000)
+                 "hotel", None, at or T0 + timedelta(minutes=version), version * 1000)
 
 
 def parse(svg: str) -> ET.Element:
@@ -39,7 +39,28 @@ def test_one_point_per_priced_event_and_a_step_per_change() -> None:
     assert path_moves(d) == ["M", "H", "V", "H", "V", "H"]
     titles = [p.find(f"{SVG}title").text for p in points]
     assert titles[1] == "v2: 99.50 EUR, 2026-11-26 10:02:00 UTC"
-    assert [t.text for t in root.findall(f".//{SVG}text[@class='x-label']")] == ["v1", "v2", "v4"]
+    assert chart.time_axis  # minutes apart: the x axis is real time
+    assert root.find(f"{SVG}title").text == "Price of B-1 over time (UTC), in EUR"
+
+
+def test_events_of_one_moment_are_drawn_by_version() -> None:
+    events = [event(v, a, at=T0 + timedelta(microseconds=v)) for v, a in ((1, "120.00"), (2, "99.50"), (4, "130"))]
+    chart = step_chart("B-1", price_points(events), last_version=5)
+    assert not chart.time_axis
+    assert [t.text for t in parse(chart.svg).findall(f".//{SVG}text[@class='x-label']")] == ["v1", "v2", "v4"]
+
+
+def test_the_time_axis_is_proportional_to_time_and_points_link_to_the_price_then() -> None:
+    events = [event(1, "10", at=T0), event(2, "20", at=T0 + timedelta(hours=1)),
+              event(3, "30", at=T0 + timedelta(hours=4))]
+    chart = step_chart("B-1", price_points(events), last_version=3, point_href=lambda p: f"?at={p.at.isoformat()}&x")
+    root = parse(chart.svg)
+    xs = [float(c.get("cx")) for c in root.findall(f".//{SVG}circle")]
+    assert abs((xs[1] - xs[0]) * 3 - (xs[2] - xs[1])) < 0.5  # 1 h then 3 h
+    links = [a.get("href") for a in root.findall(f".//{SVG}a")]
+    assert links[1] == "?at=2026-11-26T11:00:00+00:00&x"  # escaped in the markup, plain once parsed
+    labels = [t.text for t in root.findall(f".//{SVG}text[@class='x-label']")]
+    assert labels[0] == "11-26 10:00" and len(labels) <= 10
 
 
 def test_steps_go_down_and_up_with_the_price() -> None:
@@ -74,7 +95,7 @@ def test_text_is_escaped() -> None:
 
 
 def test_many_versions_keep_the_axis_readable() -> None:
-    events = [event(v, f"{100 + v}.00") for v in range(1, 201)]
+    events = [event(v, f"{100 + v}.00", at=T0) for v in range(1, 201)]
     root = parse(step_chart("B-1", price_points(events), last_version=200).svg)
     assert len(root.findall(f".//{SVG}circle")) == 200
     labels = root.findall(f".//{SVG}text[@class='x-label']")

@@ -1,0 +1,379 @@
+"""GET /v1/events/stream: the global feed as Server-Sent Events, woken by commits.
+
+Every event comes from the paged feed's own query (service.ledger.reads.read_feed), so one
+visibility fence serves both and the stream makes the feed's promise: nothing skipped, nothing
+twice, in position order. How the events reach a stream:
+
+- One `FeedHub` per API process LISTENs on the outbox channel (the API NOTIFYs it after its
+  commits, service/ledger/notify.py) and polls once a second as a safety net (a wake-up can be
+  lost, and a rolled-back transaction moves the fence without one). Woken, it reads the feed from
+  its own head and keeps the events in a ring bounded by bytes, then wakes every stream: one
+  query per wake-up per process, however many streams are open.
+- The ring holds exactly the feed after its `start`. A stream whose cursor is at or past `start`
+  takes its events from the ring; one further behind (a new stream with an old `after`, or one
+  that fell behind) reads the feed from Postgres page by page until it is. The ring starts at the
+  cursor where a stream, having read real events (or from 0), found nothing more: a cursor the
+  feed itself handed out, so the ring is a suffix of the feed.
+
+A stream answers with what the client can take: granian holds back a send while the client does
+not read (about 4.5 MB are buffered), so memory per stream is bounded; a send blocked longer than
+LEDGER_STREAM_SEND_TIMEOUT drops the client with a final comment (it resumes with Last-Event-ID).
+A stream also ends, with a comment, after LEDGER_STREAM_MAX_BYTES (no answer is unbounded) and
+when its key is revoked. Open streams are capped per key and per process (429 before it starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+import msgspec
+from litestar import Request, get
+from litestar.params import Parameter
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
+
+from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, OUTBOX_CHANNEL, Event
+from core.pg import connect_primary
+from core.settings import StreamSettings
+from service.api import metrics
+from service.api.auth import READ_SCOPES, authenticated, header
+from service.api.problems import ApiError
+from service.api.routes import KEY_REQUIRED, MAX_POSITION, _problems
+from service.ledger.keys import DEPARTMENT, ApiKey, authenticate
+from service.ledger.reads import read_feed
+
+log = logging.getLogger("booking_ledger.stream")
+
+POLL_SECONDS = 1.0  # the hub reads the feed at least this often while streams are open
+PAGE = 1000  # events per read of the feed
+FINAL_SEND_FACTOR = 6  # the last comment waits this many send timeouts for a slow client
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    position: int
+    event: Event
+    chunk: bytes  # the event as an SSE message
+
+
+def sse_message(event: Event) -> bytes:
+    return b"id: %d\ndata: %s\n\n" % (event.position, msgspec.json.encode(event))
+
+
+def sse_comment(text: str) -> bytes:
+    return b": " + text.replace("\n", " ").encode() + b"\n\n"
+
+
+class FeedHub:
+    """The feed's recent events and the wake-ups of one API process, shared by its streams."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str, settings: StreamSettings) -> None:
+        self._pool = pool
+        self._url = url
+        self.settings = settings
+        self._ring: deque[_Item] = deque()
+        self._ring_bytes = 0
+        self.start: int | None = None  # the ring holds every feed event after `start` (None: not tailing)
+        self.head = 0  # the feed cursor after the ring's last event
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self.open: dict[str, int] = {}  # key id -> open streams
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life ------------------------------------------------------------------------------
+    def start_tasks(self) -> None:
+        self._tasks = [asyncio.create_task(self._listen(), name="feed-hub-listen"),
+                       asyncio.create_task(self._tail(), name="feed-hub-tail")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await connect_primary(self._url, timeout=5, server_settings={
+                    "application_name": "booking-ledger-stream"})
+                await conn.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+                self._wake.set()  # whatever committed while nobody listened
+                delay = 0.5
+                while True:  # a dead connection would hear nothing: check it is alive
+                    await asyncio.sleep(5)
+                    await conn.fetchval("SELECT 1", timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("not listening for commits (%r): streams poll every %gs", error, POLL_SECONDS)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _tail(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
+            if not self.open:
+                self._reset()  # nobody reads: do not keep tailing
+                continue
+            try:
+                await self._read_on()
+            except Exception as error:  # a stream reads Postgres itself meanwhile
+                log.warning("the stream hub could not read the feed: %r", error)
+                await asyncio.sleep(POLL_SECONDS)
+            self._signal()
+
+    async def _read_on(self) -> None:
+        while self.start is not None:
+            events, after = await read_feed(self._pool, self.head, PAGE)
+            if not events:
+                return
+            for event in events:
+                item = _Item(event.position, event, sse_message(event))
+                self._ring.append(item)
+                self._ring_bytes += len(item.chunk)
+            self.head = after
+            while self._ring_bytes > self.settings.buffer_bytes and len(self._ring) > 1:
+                dropped = self._ring.popleft()
+                self._ring_bytes -= len(dropped.chunk)
+                self.start = dropped.position
+
+    def _reset(self) -> None:
+        self._ring.clear()
+        self._ring_bytes = 0
+        self.start = None
+
+    def _signal(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # -- what streams use ----------------------------------------------------------------------
+    def changed(self) -> asyncio.Event:
+        """Set at the hub's next pass over the feed (after a commit, or POLL_SECONDS)."""
+        return self._changed
+
+    def covers(self, cursor: int) -> bool:
+        return self.start is not None and cursor >= self.start
+
+    def tail_from(self, cursor: int) -> None:
+        """Start the ring at `cursor`, a feed cursor after which the feed had nothing yet."""
+        if self.start is None:
+            self.start = self.head = cursor
+            self._wake.set()
+
+    def since(self, cursor: int, limit: int = PAGE) -> list[_Item]:
+        """Ring events after `cursor` (which `covers`), oldest first."""
+        newer: list[_Item] = []
+        for item in reversed(self._ring):
+            if item.position <= cursor:
+                break
+            newer.append(item)
+        newer.reverse()
+        return newer[:limit]
+
+    def admit(self, key_id: str) -> None:
+        """Count a new stream of `key_id`, or raise 429 when over a cap."""
+        total = sum(self.open.values())
+        if total >= self.settings.max_open:
+            raise ApiError(429, "rate_limited", f"this API process serves {total} event streams, its most; "
+                           "try again later", {"Retry-After": "5"})
+        if self.open.get(key_id, 0) >= self.settings.max_per_key:
+            raise ApiError(429, "rate_limited", f"this key has {self.settings.max_per_key} event streams open "
+                           "here, its most; close one first", {"Retry-After": "5"})
+        self.open[key_id] = self.open.get(key_id, 0) + 1
+        metrics.STREAMS_OPEN.inc()
+        self._wake.set()
+
+    def release(self, key_id: str) -> None:
+        self.open[key_id] -= 1
+        if not self.open[key_id]:
+            del self.open[key_id]
+        metrics.STREAMS_OPEN.dec()
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    department: str | None = None
+    type: str | None = None
+    booking_code: str | None = None
+
+    def match(self, event: Event) -> bool:
+        return ((self.department is None or event.department == self.department)
+                and (self.type is None or event.type == self.type)
+                and (self.booking_code is None or event.booking_code == self.booking_code))
+
+
+class _Ended(Exception):
+    """The stream ends; `comment` is its last line."""
+
+    def __init__(self, reason: str, comment: str) -> None:
+        super().__init__(comment)
+        self.reason = reason
+        self.comment = comment
+
+
+class EventStream(ASGIResponse):
+    """The stream of one request, as an ASGI response."""
+
+    _should_set_content_length = False
+
+    def __init__(self, request: Request, hub: FeedHub, key: ApiKey, presented: str, after: int,
+                 filters: Filters) -> None:
+        super().__init__(status_code=200, media_type="text/event-stream",
+                         headers={"X-Accel-Buffering": "no"})
+        self._request = request
+        self._hub = hub
+        self._key = key
+        self._presented = presented
+        self._cursor = after
+        self._real_cursor = after == 0  # a cursor the feed handed out (see the module's docstring)
+        self._filters = filters
+        self._sent_bytes = 0
+        self._gone = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = self._hub.settings
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        ended: _Ended | None = None
+        try:
+            await self.start_response(send)
+            await self._send(send, sse_comment(f"events after position {self._cursor}"))
+            await self._run(send)
+        except _Ended as error:
+            ended = error
+        finally:
+            watcher.cancel()
+            self._hub.release(self._key.id)
+            metrics.STREAMS_ENDED.labels(ended.reason if ended else "disconnected").inc()
+        if ended is not None and not self._gone.is_set():
+            # Counted and released already: a client that reads again soon still gets the reason
+            # (the comment waits behind what the transport holds), and nothing more is kept for it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(send({"type": "http.response.body", "body": sse_comment(ended.comment),
+                                             "more_body": False}), FINAL_SEND_FACTOR * settings.send_timeout)
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._gone.set()
+                return
+
+    async def _send(self, send: Send, body: bytes) -> None:
+        try:
+            await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": True}),
+                                   self._hub.settings.send_timeout)
+        except TimeoutError:
+            raise _Ended("too_slow", f"dropped: this client did not read for {self._hub.settings.send_timeout} s; "
+                         f"reconnect with Last-Event-ID: {self._last_id}") from None
+        self._sent_bytes += len(body)
+
+    @property
+    def _last_id(self) -> int:
+        return self._cursor
+
+    async def _run(self, send: Send) -> None:
+        settings = self._hub.settings
+        hub = self._hub
+        pool = self._request.app.state.pool
+        cache = self._request.app.state.key_cache
+        generation = cache.generation()
+        quiet_since = time.monotonic()
+        while not self._gone.is_set():
+            changed = hub.changed()
+            if hub.covers(self._cursor):
+                items = hub.since(self._cursor)
+                events = [item.event for item in items]
+                chunks = [item.chunk for item in items]
+            else:
+                events, after = await read_feed(pool, self._cursor, PAGE)
+                chunks = [sse_message(event) for event in events]
+                if events:
+                    self._real_cursor = True
+                elif self._real_cursor:
+                    hub.tail_from(after)
+            if events:
+                body = b"".join(chunk for event, chunk in zip(events, chunks, strict=True)
+                                if self._filters.match(event))
+                if body:
+                    await self._send(send, body)
+                    quiet_since = time.monotonic()
+                self._cursor = events[-1].position
+                if self._sent_bytes >= settings.max_bytes:
+                    raise _Ended("max_bytes", f"end: this stream carried {self._sent_bytes} bytes, its most; "
+                                 f"reconnect with Last-Event-ID: {self._cursor}")
+                continue  # there may be more at once
+            if cache.generation() != generation or not cache.listening:
+                generation = cache.generation()
+                if await authenticate(pool, self._presented, cache) is None:
+                    raise _Ended("revoked", "end: the API key of this stream is revoked")
+            wait = settings.heartbeat_seconds - (time.monotonic() - quiet_since)
+            if wait <= 0:
+                await self._send(send, sse_comment("keep-alive"))
+                quiet_since = time.monotonic()
+                continue
+            gone = asyncio.create_task(self._gone.wait())
+            woken = asyncio.create_task(changed.wait())
+            try:
+                await asyncio.wait((gone, woken), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                woken.cancel()
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = header(request, b"last-event-id").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) > MAX_POSITION:
+        raise ApiError(422, "validation_error", "Last-Event-ID must be a position: an integer from 0")
+    return int(raw)
+
+
+@get(
+    "/v1/events/stream",
+    summary="The global feed as Server-Sent Events: every event after the position, then new ones as they commit",
+    description=(
+        "Each event is `id: <position>` and `data: <Event JSON>`. A reconnect with Last-Event-ID resumes "
+        "after that position (it wins over `after`). Nothing is skipped or repeated, as in GET /v1/events. "
+        "A comment line at least every 15 s keeps an idle connection open; a comment ends the stream when "
+        "the client reads too slowly, after a bounded number of bytes, or when the key is revoked."
+    ),
+    security=KEY_REQUIRED,
+    guards=[authenticated],
+    opt={"scopes": READ_SCOPES, "read_route": "stream"},
+    responses=_problems(401, 403, 422, 429, 503),
+    media_type="text/event-stream",
+)
+async def event_stream(
+    request: Request,
+    after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
+    department: Annotated[str | None, Parameter(pattern=f"^{DEPARTMENT.pattern}$", max_length=64)] = None,
+    type: Annotated[str | None, Parameter(pattern=EVENT_TYPE_PATTERN, max_length=100)] = None,  # noqa: A002
+    booking_code: Annotated[str | None, Parameter(pattern=BOOKING_CODE_PATTERN, max_length=64)] = None,
+) -> EventStream:
+    resume = _last_event_id(request)
+    hub: FeedHub = request.app.state.feed_hub
+    key: ApiKey = request.state.api_key
+    hub.admit(key.id)
+    metrics.READS.labels("stream", "ok").inc()
+    presented = header(request, b"authorization").partition(" ")[2].strip()
+    return EventStream(request, hub, key, presented, resume if resume is not None else after,
+                       Filters(department, type, booking_code))
+
+
+STREAM_ROUTES = [event_stream]

@@ -1,0 +1,254 @@
+"""`booking-ledger import FILE`: a department's history into the ledger, through the append function.
+
+The file is JSON Lines, one event a line: `{"booking_code", "department", "event_id", "type",
+"price"?, "data"?, "occurred_at"?}`. Every event goes through service.ledger.append (the ledger's
+SQL function with all its checks, the outbox and so Kafka and DynamoDB), never around it:
+
+- The events of one booking get versions in file order: a booking's lines are appended in order,
+  in batches of up to BATCH_EVENTS consecutive lines of one department, and a booking's batches
+  never run concurrently; batches of different bookings do (CONCURRENCY at once).
+- A booking is appended to at whatever version it is; an unknown code is created by its first
+  line's department. A code another department owns is rejected for that department, with
+  nothing of its lines written (`booking_code_taken`).
+- An event id already recorded with the same content is skipped: the function answers a batch
+  whose ids are all recorded as a retry, so running the import again writes nothing twice. A
+  batch that mixes recorded and new ids (a file that grew since the last run) is written event
+  by event, so each line gets its own outcome; an id recorded with other content is rejected
+  (`event_id_conflict`).
+- Invalid lines (not JSON, a duplicate key, an unknown or missing field, a bad code, money or
+  time, data over 256 KiB) are reported by line number and skipped.
+- `occurred_at` comes from the file; `recorded_at` is the time of the import (the ledger's clock:
+  when it learnt of the event). Ask the price of imported history with `clock=occurred`.
+
+Memory is bounded whatever the file's length: at most MAX_PENDING lines wait to be written, and
+the only state kept across them is the set of (code, department) pairs rejected so far and up
+to KNOWN_CODES codes already written to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from core.events import OUTBOX_CHANNEL, BookingCode, EventType
+from service.api.schemas import MAX_DATA_BYTES, PriceIn, data_size, utc_instant
+from service.ledger.append import NewEvent, append
+from service.ledger.errors import BookingCodeTaken, EventIdConflict, InvalidData, NotOwner
+from service.ledger.keys import DEPARTMENT
+from service.ledger.notify import NOTIFY_SQL
+
+BATCH_EVENTS = 100  # events per append call (the API's own limit per request)
+MAX_PENDING = 50_000  # lines read ahead before they are written (so a booking's lines share calls)
+MAX_PENDING_BYTES = 64 * 1024 * 1024  # ... or this many bytes of them
+KNOWN_CODES = 200_000  # codes this run wrote to, remembered so that their next batch appends at once
+CONCURRENCY = 8  # bookings written at once
+MAX_LINE_BYTES = 1024 * 1024
+SHOWN_PER_REASON = 20  # line numbers kept per rejection reason for the summary
+
+Department = Annotated[str, msgspec.Meta(pattern=f"^{DEPARTMENT.pattern}$(?!\\n)")]
+
+
+class ImportLine(msgspec.Struct, forbid_unknown_fields=True):
+    booking_code: BookingCode
+    department: Department
+    event_id: UUID
+    type: EventType
+    price: PriceIn | None = None
+    data: dict[str, Any] | None = None
+    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.occurred_at is not None:
+            self.occurred_at = utc_instant(self.occurred_at)
+        if self.data is not None and data_size(self.data) > MAX_DATA_BYTES:
+            raise ValueError(f"data is over {MAX_DATA_BYTES} bytes of compact JSON")
+
+    def event(self) -> NewEvent:
+        return NewEvent(self.event_id, self.type, self.price.money() if self.price else None, self.data,
+                        self.occurred_at)
+
+
+def parse_line(raw: bytes) -> ImportLine:
+    """One line, strictly (as the API reads an append); ValueError with the reason."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise ValueError(f"the line is over {MAX_LINE_BYTES} bytes")
+    try:
+        line = msgspec.json.decode(raw, type=ImportLine, strict=True)
+        json.loads(raw, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
+                   parse_constant=_skip)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(str(error) or type(error).__name__) from None
+    return line
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("a key appears more than once in one JSON object")
+
+
+def _skip(_: str) -> None:
+    """Numbers are msgspec's to read; the duplicate-key pass only looks at keys."""
+
+
+@dataclass
+class Summary:
+    lines: int = 0
+    bookings_created: int = 0
+    imported: int = 0
+    already_present: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> lines
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "line N: why", a few
+
+    @property
+    def rejected_lines(self) -> int:
+        return sum(self.rejected.values())
+
+    def reject(self, reason: str, line: int, why: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < SHOWN_PER_REASON:
+            shown.append(f"line {line}: {why}")
+
+    def text(self) -> str:
+        out = [f"{self.lines} lines: {self.imported} events imported ({self.bookings_created} bookings created), "
+               f"{self.already_present} already present, {self.rejected_lines} rejected"]
+        for reason in sorted(self.rejected):
+            out.append(f"rejected {reason}: {self.rejected[reason]}")
+            out += [f"  {example}" for example in self.examples[reason]]
+            if self.rejected[reason] > len(self.examples[reason]):
+                out.append(f"  ... and {self.rejected[reason] - len(self.examples[reason])} more")
+        return "\n".join(out)
+
+
+@dataclass
+class _Batch:
+    department: str
+    lines: list[tuple[int, NewEvent]] = field(default_factory=list)
+    data_bytes: int = 0
+
+
+class Importer:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.summary = Summary()
+        self._pending: dict[str, list[_Batch]] = {}
+        self._pending_lines = 0
+        self._pending_bytes = 0
+        self._known: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
+        self._refused: dict[tuple[str, str], str] = {}  # (code, department) -> why
+
+    async def run(self, lines: Iterator[tuple[int, bytes]], progress: Callable[[int, Summary], None]) -> Summary:
+        for number, raw in lines:
+            self.summary.lines += 1
+            progress(len(raw), self.summary)
+            if not raw.strip():
+                continue
+            try:
+                line = parse_line(raw)
+            except ValueError as error:
+                self.summary.reject("invalid", number, str(error))
+                continue
+            await self._add(number, line, len(raw))
+        await self._flush()
+        return self.summary
+
+    async def _add(self, number: int, line: ImportLine, raw_size: int) -> None:
+        size = data_size(line.data) if line.data is not None else 0
+        batches = self._pending.setdefault(line.booking_code, [])
+        if (not batches or batches[-1].department != line.department or len(batches[-1].lines) >= BATCH_EVENTS
+                or batches[-1].data_bytes + size > MAX_DATA_BYTES):
+            batches.append(_Batch(line.department))
+        batches[-1].lines.append((number, line.event()))
+        batches[-1].data_bytes += size
+        self._pending_lines += 1
+        self._pending_bytes += raw_size
+        if self._pending_lines >= MAX_PENDING or self._pending_bytes >= MAX_PENDING_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        pending, self._pending, self._pending_lines, self._pending_bytes = self._pending, {}, 0, 0
+        if not pending:
+            return
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def booking(code: str, batches: list[_Batch]) -> None:
+            async with gate:
+                for batch in batches:  # in file order: versions follow it
+                    await self._write(code, batch.department, batch.lines)
+
+        await asyncio.gather(*(booking(code, batches) for code, batches in pending.items()))
+        await self._pool.execute(NOTIFY_SQL, OUTBOX_CHANNEL)  # wake the relay
+
+    async def _write(self, code: str, department: str, lines: list[tuple[int, NewEvent]]) -> None:
+        refused = self._refused.get((code, department))
+        if refused is not None:
+            for number, _ in lines:
+                self.summary.reject("booking_code_taken", number, refused)
+            return
+        events = [event for _, event in lines]
+        try:
+            # A code this run wrote to is appended to at once; any other is first created (the
+            # common case when onboarding), and appended to when it exists and is ours.
+            if code in self._known:
+                result = await self._append(code, department, None, events)
+            else:
+                try:
+                    result = await self._append(code, department, 0, events)
+                    if not result.replayed:
+                        self.summary.bookings_created += 1
+                except BookingCodeTaken as taken:
+                    if taken.context.get("department") != department:
+                        raise
+                    result = await self._append(code, department, None, events)
+                self._remember(code)
+        except (BookingCodeTaken, NotOwner) as error:
+            owner = error.context.get("department", "another department")
+            why = f"booking {code} belongs to {owner}, not {department}: none of its {department} lines is written"
+            self._refused[(code, department)] = why
+            for number, _ in lines:
+                self.summary.reject("booking_code_taken", number, why)
+            return
+        except (EventIdConflict, InvalidData) as error:
+            if len(lines) > 1:  # find the line(s) at fault; the others get their own outcome
+                for one in lines:
+                    await self._write(code, department, [one])
+                return
+            reason = "event_id_conflict" if isinstance(error, EventIdConflict) else "invalid"
+            self.summary.reject(reason, lines[0][0], f"event {lines[0][1].event_id}: {error.detail}")
+            return
+        if result.replayed:
+            self.summary.already_present += len(lines)
+        else:
+            self.summary.imported += len(lines)
+
+    def _remember(self, code: str) -> None:
+        self._known[code] = None
+        if len(self._known) > KNOWN_CODES:
+            del self._known[next(iter(self._known))]
+
+    async def _append(self, code: str, department: str, expected: int | None, events: list[NewEvent]) -> Any:
+        return await append(self._pool, code=code, department=department, may_write_any=False,
+                             expected_version=expected, events=events)
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of `path`, one at a time; of a line over MAX_LINE_BYTES only
+    its start is read (and reported as too long), so no line needs unbounded memory."""
+    with path.open("rb") as file:
+        number = 0
+        while raw := file.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while (rest := file.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass
+            yield number, raw.rstrip(b"\r\n")
