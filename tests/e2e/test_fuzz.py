@@ -6,6 +6,12 @@ requests are accepted. Two generator settings are narrowed, with reasons:
   them with 422, and JSON Schema cannot say "no NUL anywhere inside `data`".
 - The `Allow` header of OPTIONS is not checked: the framework answers OPTIONS per handler, and
   OPTIONS is not part of the contract.
+- The live stream (GET /v1/events/stream) is left out: a successful answer never ends, so a
+  generator that waits for whole answers would wait until its timeout. tests/e2e/test_event_stream.py
+  covers its answers, errors included.
+- GET /v1/bookings/{code}/price takes exactly one of `at` and `version` (422 otherwise): OpenAPI
+  cannot say "exactly one of two query parameters", so for that operation alone the check that
+  every schema-valid request is accepted is off (a second run; every other check stays on).
 """
 
 from __future__ import annotations
@@ -19,13 +25,25 @@ from tests.e2e.conftest import make_key
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 
 
-def test_the_api_conforms_to_its_openapi_document(api: str, database_url: str) -> None:
-    key = make_key(database_url, "fuzz", "read,write")
-    result = subprocess.run(
+PRICE = "/v1/bookings/{code}/price"
+
+
+def _schemathesis(api: str, key: str, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [SCHEMATHESIS, "run", f"{api}/schema/openapi.json", "--header", f"Authorization: Bearer {key}",
-         "--checks", "all", "--exclude-checks", "allow_header_conformance", "--generation-allow-x00", "false",
-         "--max-examples", "40", "--seed", "20261126", "--no-color"],
+         "--checks", "all", "--generation-allow-x00", "false", "--max-examples", "40", "--seed", "20261126",
+         "--no-color", "--exclude-path", "/v1/events/stream", *options],
         capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "passed" in result.stdout
+
+
+def test_the_api_conforms_to_its_openapi_document(api: str, database_url: str) -> None:
+    key = make_key(database_url, "fuzz", "read,write")
+    runs = [
+        _schemathesis(api, key, "--exclude-checks", "allow_header_conformance", "--exclude-path", PRICE),
+        _schemathesis(api, key, "--exclude-checks", "allow_header_conformance,positive_data_acceptance",
+                      "--include-path", PRICE),
+    ]
+    for result in runs:
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        assert "passed" in result.stdout
