@@ -54,7 +54,7 @@ def _migrate(args: argparse.Namespace) -> int:
     elif args.revision.startswith("-") or args.revision == "base":
         downgrade(url, revision=args.revision)
     else:
-        upgrade(url, revision=args.revision)
+        upgrade(url, revision=args.revision, advance_positions=args.advance_positions)
     return 0
 
 
@@ -182,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="bring the Postgres schema to the code's revision")
     migrate.add_argument("revision", nargs="?", default="head", help="target revision (default head; 'base' drops all)")
+    migrate.add_argument("--advance-positions", action="store_true",
+                         help="after a restore from pg_dump: move new positions past the highest recorded one")
     migrate.add_argument("--sql", action="store_true",
                          help="print the SQL script instead of running it (offline; REVISION may be FROM:TO)")
     migrate.set_defaults(run=_migrate)

@@ -48,10 +48,20 @@ async def _check_positions(connection) -> None:
         return  # migrated below the revision that has the check
     highest, next_lowest = (await connection.execute(text(
         "SELECT highest, next_lowest FROM ledger_position_check()"))).one()
+    if (highest is not None and next_lowest <= highest and context.config.attributes.get("advance_positions")
+            and (await connection.execute(text("SELECT to_regproc('ledger_advance_positions')"))).scalar()):
+        await connection.execute(text(f"SET ROLE {roles.OWNER}"))
+        highest, next_lowest = (await connection.execute(text(
+            "SELECT highest, next_lowest FROM ledger_advance_positions()"))).one()
+        await connection.execute(text("RESET ROLE"))
+        await connection.commit()
+        print(f"migrate: positions advanced: the next append gets about {next_lowest}, above the highest "
+              f"recorded {highest}")
     if highest is not None and next_lowest <= highest:
         raise SystemExit(f"migrate: positions would go backwards: the highest recorded is {highest}, the next "
                          f"append would get about {next_lowest} (the transaction counter is behind, as after a "
-                         "restore from pg_dump); do not start the API before the counter is moved past it")
+                         "restore from pg_dump); `booking-ledger migrate --advance-positions` moves new positions "
+                         "past it")
 
 
 async def _run_online() -> None:

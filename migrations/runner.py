@@ -18,10 +18,15 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
-def upgrade(database_url: str | None = None, revision: str = "head", sql: bool = False) -> None:
+def upgrade(database_url: str | None = None, revision: str = "head", sql: bool = False,
+            advance_positions: bool = False) -> None:
     """Migrate the database at `database_url` (default: LEDGER_MIGRATE_DATABASE_URL) up to `revision`;
-    with `sql`, print the SQL script to stdout instead (`revision` may be a range, FROM:TO)."""
-    command.upgrade(alembic_config(database_url), revision, sql=sql)
+    with `sql`, print the SQL script to stdout instead (`revision` may be a range, FROM:TO). With
+    `advance_positions`, after a restore, lift the position offset past the highest recorded
+    position (migration 0010) instead of refusing."""
+    config = alembic_config(database_url)
+    config.attributes["advance_positions"] = advance_positions
+    command.upgrade(config, revision, sql=sql)
 
 
 def upgrade_script(revision: str = "head") -> str:

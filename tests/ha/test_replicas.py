@@ -6,10 +6,15 @@ Real processes: etcd, three Patroni/Postgres nodes, the API; writers over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
+from decimal import Decimal
 
+from core.pg import connect
 from devstack.ha import HACluster, PatroniNode
 from devstack.processes import wait_until
+from service.ledger.append import APPEND_SQL
 from tests.e2e.conftest import Server, start_server
 from tests.ha.load import Load
 
@@ -92,3 +97,46 @@ def test_with_both_replicas_lost_nothing_is_acknowledged_until_one_returns(
     assert refused, "no client was refused while no replica was there"
     assert not load.unexpected, load.unexpected[:5]
     assert ha_cluster.primary() is leader
+
+
+def test_a_replay_never_vouches_for_a_commit_on_one_disk(ha_cluster: HACluster) -> None:
+    """A commit whose wait for the standby is cancelled stays, on the primary's disk only; the
+    retry that finds its events must not answer until a standby has them (migration 0010)."""
+    leader = ha_cluster.wait_ready()
+    ha_cluster.wait_replicas(2, timeout=90)
+    replicas = [n for n in ha_cluster.nodes if n is not leader]
+    for node in replicas:
+        node.kill()
+    try:
+        asyncio.run(_cancelled_commit_then_replay(ha_cluster.url, replicas[0]))
+    finally:
+        for node in replicas:
+            if not node.running():
+                node.start()
+        ha_cluster.wait_replicas(2, timeout=120)
+
+
+async def _cancelled_commit_then_replay(url: str, returning: PatroniNode) -> None:
+    code, event_id = f"SYNC-{uuid.uuid4().hex[:12]}", uuid.uuid4()
+    args = (code, "hotel", False, 0, [event_id], ["BookingPriced"], [Decimal("10.00")], ["EUR"], [None], [None])
+    first, admin, retry = [await connect(url, timeout=10) for _ in range(3)]
+    try:
+        pid = await first.fetchval("SELECT pg_backend_pid()")
+        try_one = asyncio.create_task(first.fetch(APPEND_SQL, *args))
+        for _ in range(300):  # its commit waits for a synchronous standby that is not there
+            if await admin.fetchval("SELECT wait_event FROM pg_stat_activity WHERE pid = $1", pid) == "SyncRep":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the first try never waited for the standby")
+        await admin.execute("SELECT pg_cancel_backend($1)", pid)
+        assert (await asyncio.wait_for(try_one, 30))[0]["version"] == 1  # kept, on this disk only
+        replay = asyncio.create_task(retry.fetch(APPEND_SQL, *args))
+        done, _ = await asyncio.wait({replay}, timeout=5)
+        assert not done, "a replay answered while its events were on the primary's disk only"
+        returning.start()  # a standby comes back and catches up: now the replay may answer
+        rows = await asyncio.wait_for(replay, 120)
+        assert rows[0]["replayed"] and rows[0]["event_id"] == event_id
+    finally:
+        for conn in (first, admin, retry):
+            conn.terminate()

@@ -69,10 +69,16 @@ def test_a_restore_into_a_new_cluster_is_refused_until_positions_can_grow(
         answer = httpx.get(api.url + "/health/ready", timeout=5)
         assert answer.status_code == 503
         assert "positions would go backwards" in answer.json()["detail"]
-        # Once the counter is past the highest position (here: burnt by hand), it is ready.
-        while sql(url, "SELECT next_lowest FROM ledger_position_check()") <= highest:
-            run_sql(url, *(["SELECT pg_current_xact_id()"] * 500))
+        # The documented repair: the position offset moves new positions past the highest one.
+        advanced = subprocess.run([CLI, "migrate", "--advance-positions"], env=env, capture_output=True, text=True,
+                                  timeout=120)
+        assert advanced.returncode == 0, advanced.stderr
+        assert sql(url, "SELECT next_lowest FROM ledger_position_check()") > highest
         wait_until(lambda: httpx.get(api.url + "/health/ready", timeout=5).status_code == 200, 30,
                    what="readiness once positions grow again")
+        sql(url, APPEND, "R-2")  # a new event sorts after every restored one
+        assert sql(url, "SELECT position FROM events WHERE booking_code = 'R-2'") > highest
+        assert sql(url, "SELECT min(position) FROM events WHERE position > $1", highest) == sql(
+            url, "SELECT position FROM events WHERE booking_code = 'R-2'")
     finally:
         api.stop()
