@@ -47,5 +47,6 @@ async def positions_behind(conn: asyncpg.Connection, timeout: float | None = Non
         return None
     return (f"positions would go backwards: the highest recorded is {highest}, the next append would get "
             f"about {next_lowest} (the transaction counter is behind, as after a restore from pg_dump or a "
-            "logical-replication upgrade); readers resuming with after= would skip new events. Do not take "
-            "writes: move the counter past it (migration 0007's position offset; see deploy/RUNBOOK.md)")
+            "logical-replication upgrade); readers resuming with after= would skip new events. Appends are "
+            "refused until `booking-ledger migrate --advance-positions` moves new positions past it "
+            "(deploy/RUNBOOK.md)")

@@ -77,6 +77,11 @@ def test_a_restore_into_a_new_cluster_is_refused_until_positions_can_grow(
         wait_until(lambda: httpx.get(api.url + "/health/ready", timeout=5).status_code == 200, 30,
                    what="readiness once positions grow again")
         sql(url, APPEND, "R-2")  # a new event sorts after every restored one
+        # A reader of the feed that had reached the old maximum gets it next (the fence lets it through).
+        feed_next = sql(url, "SELECT min(position) FROM events WHERE position > $1 AND position < ledger_feed_fence()",
+                        highest)
+        assert feed_next == sql(url, "SELECT position FROM events WHERE booking_code = 'R-2'")
+        print(f"\nrestore: highest recorded {highest}; after --advance-positions the new event got {feed_next}")
         assert sql(url, "SELECT position FROM events WHERE booking_code = 'R-2'") > highest
         assert sql(url, "SELECT min(position) FROM events WHERE position > $1", highest) == sql(
             url, "SELECT position FROM events WHERE booking_code = 'R-2'")
