@@ -33,7 +33,5 @@ def test_every_ledger_service_runs_an_existing_command() -> None:
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    from core.settings import setting_names
-
     readme = (ROOT / "README.md").read_text()
     assert sorted(name for name in setting_names() if f"`{name}`" not in readme) == []
