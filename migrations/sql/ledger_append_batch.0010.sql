@@ -144,10 +144,11 @@ BEGIN
         IF v_known > 0 THEN
             IF v_known = n AND v_same = n AND v_offsets = 1 THEN
                 -- A replay answers "stored", so its commit must wait for the synchronous standby as a
-                -- write's does: with a transaction id its commit record waits (synchronous_commit).
-                -- Without one, a replay could vouch for an earlier try whose wait for the standby was
-                -- cancelled (a cancel there keeps the commit, on the primary's disk only). 0010.
-                PERFORM pg_current_xact_id();
+                -- write's does. Postgres waits only for a transaction that has an id *and* wrote WAL:
+                -- a transactional logical message gives it both, touching no table. Without it, a
+                -- replay could vouch for an earlier try whose wait for the standby was cancelled (a
+                -- cancel there keeps the commit, on the primary's disk only). 0010.
+                PERFORM pg_logical_emit_message(true, 'booking-ledger', 'replay');
                 RETURN QUERY
                     SELECT i, 'replayed'::text, NULL::jsonb, e.position, e.event_id, e.booking_code, e.version,
                            e.type, e.price_amount, e.price_currency, e.data, e.department,
