@@ -57,7 +57,7 @@ def test_quantiles_come_from_cumulative_buckets_like_prometheus() -> None:
 
 
 def test_targets_say_met_missed_or_not_measured() -> None:
-    rows = {r["target"]: r for r in targets({"ratios": {"api_vs_raw": {"32": 0.85}}, "growth": {"growth_ratio": 0.5}})}
+    rows = {r["target"]: r for r in targets({"ratios": {"api_vs_raw": {"32": 1.05}}, "growth": {"growth_ratio": 0.5}})}
     assert rows["api_vs_raw at 32 in flight"]["met"] is True
     assert rows["growth_ratio"]["met"] is False
     assert rows["sink_vs_raw (boto3)"]["met"] is None
