@@ -36,6 +36,8 @@ from pathlib import Path
 from devstack.processes import TOOLS, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+# `booking-ledger keys` runs as its own role (ledger_keys), not as the API container's ledger_api.
+KEYS_ROLE = ("-e", "LEDGER_DATABASE_URL=postgresql://ledger_keys:ledger_keys@postgres:5432/ledger")
 HOME = ROOT / ".local" / "docker"
 IMAGES = ROOT / "deploy" / "images"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
@@ -483,8 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "key":
         if not engine.running():
             raise SystemExit("the engine is not running: make compose-up first")
-        Compose(engine).run("exec", "-T", "api", "booking-ledger", "keys", "create", "--department", args.department,
-                            "--scopes", "read,write")
+        Compose(engine).run("exec", "-T", *KEYS_ROLE, "api", "booking-ledger", "keys", "create", "--department",
+                            args.department, "--scopes", "read,write")
     return 0
 
 

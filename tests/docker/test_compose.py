@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError
 
 from core.dynamodb import client as dynamodb_client
 from core.settings import DynamoSettings
-from devstack.docker import Compose, Engine
+from devstack.docker import KEYS_ROLE, Compose, Engine
 from devstack.harness import free_port
 from devstack.processes import wait_until
 from tests.conftest import random_code
@@ -48,8 +48,8 @@ def test_the_compose_topology_appends_replicates_and_fails_over(docker_engine: E
     try:
         compose.up()
         assert [c for c in compose.containers("migrate")], "migrate ran once"
-        created = compose.run("exec", "-T", "api", "booking-ledger", "keys", "create", "--department", "hotel",
-                              "--scopes", "read,write", capture=True)
+        created = compose.run("exec", "-T", *KEYS_ROLE, "api", "booking-ledger", "keys", "create", "--department",
+                              "hotel", "--scopes", "read,write", capture=True)
         key = created.stdout.strip().splitlines()[-1]
         dynamodb = "http://" + compose.published("dynamodb", 8000)
         code = random_code("COMPOSE")

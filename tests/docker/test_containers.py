@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.docker import Engine, Images
+from devstack.docker import ROOT, Engine, Images
+from devstack.harness import run_sql
 from devstack.processes import wait_until
 from migrations.runner import head_revision
 from tests.conftest import random_code, sql
@@ -57,22 +58,28 @@ def test_the_service_image_migrates_appends_reads_and_replicates(started: list[A
                                                    dbname="ledger", driver=None), 5432), "postgres")
     start(DockerContainer(Images.BROKER), "kafka")
     dynamodb = start(on_loopback(DockerContainer(Images.DYNAMODB), 8000), "dynamodb")
-    env = {"LEDGER_DATABASE_URL": "postgresql://ledger:ledger@postgres:5432/ledger",
-           "LEDGER_KAFKA_BOOTSTRAP": "kafka:9092", "LEDGER_DYNAMODB_ENDPOINT": "http://dynamodb:8000",
+    # As a DBA would: the roles (deploy/roles.sql) and, for this test, their passwords.
+    database = postgres.get_connection_url(host="127.0.0.1")
+    run_sql(database, (ROOT / "deploy" / "roles.sql").read_text(),
+            (ROOT / "deploy" / "compose-passwords.sql").read_text())
+    env = {"LEDGER_KAFKA_BOOTSTRAP": "kafka:9092", "LEDGER_DYNAMODB_ENDPOINT": "http://dynamodb:8000",
            "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 
-    def service(*command: str) -> Any:
-        return DockerContainer(Images.SERVICE).with_envs(**env).with_command(list(command))
+    def as_role(role: str) -> str:
+        return f"postgresql://{role}:{role}@postgres:5432/ledger"
 
-    migrate = start(service("booking-ledger", "migrate"))
+    def service(role: str, *command: str) -> Any:
+        return (DockerContainer(Images.SERVICE).with_envs(**env, LEDGER_DATABASE_URL=as_role(role))
+                .with_command(list(command)))
+
+    migrate = start(service("ledger_owner", "booking-ledger", "migrate"))
     assert migrate.get_wrapped_container().wait(timeout=120)["StatusCode"] == 0, migrate.get_logs()
-    database = postgres.get_connection_url(host="127.0.0.1")
     assert sql(database, "SELECT version_num FROM alembic_version") == head_revision()
 
-    api = start(on_loopback(service("booking-ledger", "api").with_env("LEDGER_HTTP_HOST", "0.0.0.0")
+    api = start(on_loopback(service("ledger_api", "booking-ledger", "api").with_env("LEDGER_HTTP_HOST", "0.0.0.0")
                             .with_env("LEDGER_HTTP_WORKERS", "1"), 8000))
-    start(service("booking-ledger", "relay"))
-    start(service("booking-ledger", "sink"))
+    start(service("ledger_relay", "booking-ledger", "relay"))
+    start(service("ledger_api", "booking-ledger", "sink"))  # the sink uses no Postgres
     url = f"http://127.0.0.1:{api.get_exposed_port(8000)}"
 
     def ready() -> bool:
@@ -82,8 +89,8 @@ def test_the_service_image_migrates_appends_reads_and_replicates(started: list[A
             return False
 
     wait_until(ready, 90, interval=0.3, what="the API container to be ready")
-    exit_code, output = api.exec(["booking-ledger", "keys", "create", "--department", "hotel", "--scopes",
-                                  "read,write"])
+    exit_code, output = api.exec(["env", f"LEDGER_DATABASE_URL={as_role('ledger_keys')}", "booking-ledger", "keys",
+                                  "create", "--department", "hotel", "--scopes", "read,write"])
     assert exit_code == 0, output
     headers = {"Authorization": f"Bearer {output.decode().strip().splitlines()[-1]}"}
     code = random_code("TC")
