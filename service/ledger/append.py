@@ -1,9 +1,10 @@
 """The append transaction: booking row, events and outbox rows, in one call to ledger_append.
 
-The function (migrations/versions/0001_ledger.py) does the whole transaction in one round
-trip: it serializes appends per booking, answers idempotent retries, creates the booking or
-advances its version, inserts the events and their outbox rows, and raises the contract's
-errors. A success is returned only after Postgres committed it.
+The function (ledger_append, which calls ledger_append_batch: migrations/sql/, the file with the
+highest revision number is the one in force) does the whole transaction in one round trip: it
+serializes appends per booking, answers idempotent retries, creates the booking or advances its
+version, inserts the events and their outbox rows, and raises the contract's errors. A success is
+returned only after Postgres committed it.
 """
 
 from __future__ import annotations

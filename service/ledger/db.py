@@ -28,7 +28,7 @@ from service.ledger.errors import (
     VersionConflict,
 )
 
-# Raised by ledger_append (migrations/versions/0001_ledger.py) with DETAIL as a JSON object.
+# Raised by ledger_append (migrations/sql/ledger_append.<revision>.sql) with DETAIL as a JSON object.
 _RAISED: dict[str, tuple[type[LedgerError], str]] = {
     "BL001": (BookingCodeTaken, "booking code is taken"),
     "BL002": (VersionConflict, "booking is not at the expected version"),
