@@ -28,14 +28,18 @@ from service.ledger.errors import (
     VersionConflict,
 )
 
-# Raised by ledger_append (migrations/sql/ledger_append.<revision>.sql) with DETAIL as a JSON object.
-_RAISED: dict[str, tuple[type[LedgerError], str]] = {
-    "BL001": (BookingCodeTaken, "booking code is taken"),
-    "BL002": (VersionConflict, "booking is not at the expected version"),
-    "BL003": (BookingNotFound, "no booking with this code"),
-    "BL004": (NotOwner, "booking belongs to another department"),
-    "BL005": (EventIdConflict, "an event_id is already recorded with other content or for another booking"),
+# The refusals of the append function: outcome code -> (the SQLSTATE ledger_append raises, our error,
+# its detail). ledger_append raises the SQLSTATE with DETAIL as a JSON object (migrations/sql/); group
+# commit answers by outcome code. One table for both.
+REFUSALS: dict[str, tuple[str, type[LedgerError], str]] = {
+    "booking_code_taken": ("BL001", BookingCodeTaken, "booking code is taken"),
+    "version_conflict": ("BL002", VersionConflict, "booking is not at the expected version"),
+    "booking_not_found": ("BL003", BookingNotFound, "no booking with this code"),
+    "not_owner": ("BL004", NotOwner, "booking belongs to another department"),
+    "event_id_conflict": ("BL005", EventIdConflict,
+                          "an event_id is already recorded with other content or for another booking"),
 }
+_RAISED: dict[str, tuple[type[LedgerError], str]] = {state: (kind, detail) for state, kind, detail in REFUSALS.values()}
 
 # SQLSTATE classes and codes that mean "the store is not there right now": retry later.
 _SCHEMA_MISSING = ("42P01", "42883")  # undefined table, undefined function

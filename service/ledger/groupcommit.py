@@ -26,28 +26,18 @@ import asyncpg
 
 from core.events import event_from_row
 from service.ledger.append import AppendResult, NewEvent, append
-from service.ledger.db import Tries, retrying
+from service.ledger.db import REFUSALS, Tries, retrying
 from service.ledger.errors import (
-    BookingCodeTaken,
-    BookingNotFound,
-    EventIdConflict,
     InvalidData,
     LedgerError,
-    NotOwner,
     StoreUnavailable,
-    VersionConflict,
 )
 
 BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 # The outcomes that refuse an append, and the error (with the same words) a single append raises.
-_REFUSALS: dict[str, tuple[type[LedgerError], str]] = {
-    "booking_code_taken": (BookingCodeTaken, "booking code is taken"),
-    "version_conflict": (VersionConflict, "booking is not at the expected version"),
-    "booking_not_found": (BookingNotFound, "no booking with this code"),
-    "not_owner": (NotOwner, "booking belongs to another department"),
-    "event_id_conflict": (EventIdConflict, "an event_id is already recorded with other content or for another booking"),
-}
+_REFUSALS: dict[str, tuple[type[LedgerError], str]] = {code: (kind, detail) for code, (_, kind, detail)
+                                                       in REFUSALS.items()}
 
 log = logging.getLogger("booking_ledger.groupcommit")
 
