@@ -143,6 +143,7 @@ def markdown(results: dict) -> str:
                      f"p99 {_fmt(run['lag_p99_ms'])} ms ({run['lag_samples']} sampled bookings, "
                      f"{run['lag_not_seen']} not seen); outbox backlog max "
                      f"{max((n for _, n, _ in run['backlog_series']), default=0):,}")
+    lines += _replicated(results.get("replicated"))
     memory = results.get("memory")
     if memory:
         lines += ["", "## Memory (peak RSS)", "",
@@ -152,6 +153,23 @@ def markdown(results: dict) -> str:
         lines += ["", "## Not measured", ""] + [f"- {k}: {v}" for k, v in results["errors"].items()]
     lines += ["", "Plots: throughput.png, latency.png, e2e_lag.png. Raw numbers: latest.json.", ""]
     return "\n".join(lines)
+
+
+def _replicated(replicated: dict | None) -> list[str]:
+    if not replicated:
+        return []
+    levels = list(replicated["replicated_vs_single"]["api"])
+    lines = ["", "## Synchronous replication: one Postgres against the replicated cluster (make run-ha's)", "",
+             f"Strict synchronous mode, synchronous_standby_names = `{replicated['synchronous_standby_names']}`; "
+             "the standbys run on the same two cores. Operations/s (p50 / p99 ms) by requests in flight.", "",
+             "| system | Postgres | " + " | ".join(levels) + " |", "|---" * (len(levels) + 2) + "|"]
+    for system, by_topology in replicated["throughput"].items():
+        for topology, by_c in by_topology.items():
+            cells = [f"{v['ops_per_s']:,.0f} ({v['p50_ms']:.1f} / {v['p99_ms']:.1f})" for v in by_c.values()]
+            lines.append(f"| {system} | {topology} | " + " | ".join(cells) + " |")
+    for system, by_c in replicated["replicated_vs_single"].items():
+        lines.append(f"| *{system}: replicated / single* | | " + " | ".join(f"{v:.2f}" for v in by_c.values()) + " |")
+    return lines
 
 
 def plot(results: dict, out: Path) -> None:

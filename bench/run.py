@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import load, pipeline, report
+from bench import load, pipeline, replicated, report
 from bench.fill import fill
 from bench.stack import Stack, fetch_value, free_port, peak_rss_mb, run_sql
 from core.dynamodb import item_of
@@ -47,6 +47,7 @@ class Plan:
     e2e_seconds: float = 60
     relay_seconds: float = 20
     e2e_warmup_seconds: float = 10
+    replicated_concurrency: tuple[int, ...] = (1, 32)
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -56,6 +57,9 @@ class Plan:
                    sink_events=1_500,
                    e2e_rates=(50,), e2e_seconds=3, relay_seconds=2,
                    e2e_warmup_seconds=1)
+
+
+SECTIONS = ["throughput", "growth", "pipeline"]
 
 
 def median(values: list[float]) -> float:
@@ -118,6 +122,12 @@ class Bench:
         self.results["ratios"] = ratios
         self.results["memory"] = {"api_worker_peak_rss_mb": [round(peak_rss_mb(pid) or 0, 1) for pid in api.pids()[1:]]}
         api.stop()
+
+    # -- the cost of synchronous replication: one Postgres against make run-ha's cluster ------------
+    def replicated(self) -> None:
+        plan = self.plan
+        self.results["replicated"] = replicated.measure(self.stack, plan.replicated_concurrency, plan.seconds,
+                                                        plan.rounds, BOOKINGS, self.log, summarize)
 
     # -- 7: growth ---------------------------------------------------------------------------
     def growth(self) -> None:
@@ -348,10 +358,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each measurement (for the tests)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--only", choices=["throughput", "growth", "pipeline"], action="append")
+    parser.add_argument("--only", choices=[*SECTIONS, "replicated"], action="append")
     args = parser.parse_args()
     plan = Plan.smoke() if args.smoke else Plan()
-    sections = args.only or ["throughput", "growth", "pipeline"]
+    # The replicated cluster takes half a minute to start: the smoke run leaves it to tests/ha.
+    sections = args.only or [*SECTIONS, *([] if args.smoke else ["replicated"])]
     started = time.monotonic()
 
     def log(message: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
 from bench.pipeline import histogram_quantiles
 from bench.report import targets
 
@@ -61,3 +62,17 @@ def test_targets_say_met_missed_or_not_measured() -> None:
     assert rows["api_vs_raw at 32 in flight"]["met"] is True
     assert rows["growth_ratio"]["met"] is False
     assert rows["sink_vs_raw (boto3)"]["met"] is None
+
+
+def test_the_replication_table_shows_each_topology_and_the_ratio() -> None:
+    # The replicated section is measured by the full bench only (its cluster takes half a minute to start).
+    run = {"ops_per_s": 1000.0, "p50_ms": 2.0, "p99_ms": 9.0}
+    results = {"replicated": {
+        "synchronous_standby_names": "node1",
+        "throughput": {system: {topology: {"1": run, "32": run} for topology in ("single", "replicated")}
+                       for system in ("api", "raw")},
+        "replicated_vs_single": {"api": {"1": 0.9, "32": 0.87}, "raw": {"1": 0.25, "32": 0.8}}}}
+    markdown = report.markdown(results)
+    assert "synchronous_standby_names = `node1`" in markdown
+    assert "| api | replicated | 1,000 (2.0 / 9.0) | 1,000 (2.0 / 9.0) |" in markdown
+    assert "| *raw: replicated / single* | | 0.25 | 0.80 |" in markdown
