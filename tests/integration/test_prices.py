@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.money import Money
 from service.ledger.append import APPEND_SQL, NewEvent, append
 from service.ledger.errors import BookingNotFound
 from service.ledger.prices import PRICE_SQL, price_at, price_at_version
-from service.money import Money
 from tests.conftest import random_code
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
