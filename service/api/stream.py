@@ -19,7 +19,8 @@ A stream answers with what the client can take: granian holds back a send while 
 not read (about 4.5 MB are buffered), so memory per stream is bounded; a send blocked longer than
 LEDGER_STREAM_SEND_TIMEOUT drops the client with a final comment (it resumes with Last-Event-ID).
 A stream also ends, with a comment, after LEDGER_STREAM_MAX_BYTES (no answer is unbounded) and
-when its key is revoked. Open streams are capped per key and per process (429 before it starts).
+when its key is revoked. Open streams are capped per key and in all, per API worker process: a key
+may hold LEDGER_STREAM_MAX_PER_KEY streams in each worker (429 before it starts).
 """
 
 from __future__ import annotations
