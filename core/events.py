@@ -49,6 +49,53 @@ class Event(msgspec.Struct, frozen=True):
     position: Annotated[int, msgspec.Meta(ge=0)]
 
 
+# What an event may carry, checked where events come in (the API's schemas and the importer).
+MAX_DATA_BYTES = 256 * 1024  # the data of one append, as compact JSON (data_size)
+# occurred_at, converted to UTC, must lie strictly between these two instants. Both ends are
+# what "no time" / "the end of time" marshal to (Go's zero time.Time is 0001-01-01T00:00:00Z),
+# and asyncpg writes exactly these two values as -infinity / infinity, which no stream can carry.
+OCCURRED_AFTER = datetime(1, 1, 1, tzinfo=UTC)
+OCCURRED_BEFORE = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def utc_instant(moment: datetime) -> datetime:
+    """`moment` in UTC, or a ValueError when it falls outside what the ledger stores and emits."""
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not OCCURRED_AFTER < utc < OCCURRED_BEFORE:
+        raise ValueError(
+            "occurred_at must lie, in UTC, after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z "
+            "(both excluded: they mean 'no time' in many encoders); omit occurred_at when it is unknown"
+        )
+    return utc
+
+
+def data_size(data: dict[str, Any]) -> int:
+    """Bytes of `data` as compact JSON the way the ledger answers it and the streams carry it.
+
+    That is the request's compact encoding, except that a number written with a positive
+    exponent comes back written out: Postgres keeps it as numeric and writes it without an
+    exponent, so 1e308 is 309 digits in the answer, on Kafka and in DynamoDB, and counts so.
+    (A negative exponent comes back as a float and is written compactly again.) Integers count
+    their digits as sent, so every number is bounded by the limit itself.
+    """
+    size = len(msgspec.json.encode(data))
+    pending: list[Any] = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif type(value) is float:
+            sent = msgspec.json.encode(value).decode()
+            if "e" in sent and "e-" not in sent:
+                size += len(format(Decimal(sent), "f")) - len(sent)
+    return size
+
+
 # NOTIFY channel that wakes the relay after appends commit (a hint; the relay also polls).
 OUTBOX_CHANNEL = "ledger_outbox"
 # The outbox's size and the age in seconds of its oldest event (NULL when it is empty).

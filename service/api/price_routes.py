@@ -11,12 +11,12 @@ import msgspec
 from litestar import Request, get
 from litestar.params import Parameter
 
-from core.events import Price
+from core.events import Price, utc_instant
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated
 from service.api.problems import ApiError
 from service.api.routes import KEY_REQUIRED, BookingCode, _problems
-from service.api.schemas import MAX_VERSION, utc_instant
+from service.api.schemas import MAX_VERSION
 from service.ledger.prices import Clock, PriceInForce, price_at, price_at_version
 
 _Moment = Annotated[datetime, msgspec.Meta(tz=True)]

@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 from msgspec import Meta
 
-from core.events import EVENT_TYPE_PATTERN, Event, whole
-from service.money import Money, currencies_by_minor_unit
+from core.events import EVENT_TYPE_PATTERN, MAX_DATA_BYTES, Event, data_size, utc_instant, whole
+from core.money import PriceIn, currencies_by_minor_unit
 
 MAX_EVENTS = 100
-MAX_DATA_BYTES = 256 * 1024
 MAX_VERSION = 2**31 - 1
-# occurred_at, converted to UTC, must lie strictly between these two instants. Both ends are
-# what "no time" / "the end of time" marshal to (Go's zero time.Time is 0001-01-01T00:00:00Z),
-# and asyncpg writes exactly these two values as -infinity / infinity, which no stream can carry.
-OCCURRED_AFTER = datetime(1, 1, 1, tzinfo=UTC)
-OCCURRED_BEFORE = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 EventType = Annotated[str, Meta(pattern=EVENT_TYPE_PATTERN, examples=["BookingPriced"])]
-Amount = Annotated[str, Meta(pattern=whole(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?"), examples=["129.90"])]
-CurrencyCode = Annotated[str, Meta(pattern=whole("[A-Z]{3}"), examples=["EUR"])]
-
-
-class PriceIn(msgspec.Struct, forbid_unknown_fields=True):
-    """Money: a non-negative decimal string with at most the currency's minor-unit digits."""
-
-    amount: Amount
-    currency: CurrencyCode
-
-    def __post_init__(self) -> None:
-        self.money()  # raises MoneyError (a ValueError), which msgspec reports with its path
-
-    def money(self) -> Money:
-        return Money.parse(self.amount, self.currency)
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,44 +57,6 @@ class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
     def expected(self) -> int | None:
         """expected_version as the int that __post_init__ has made of it."""
         return None if self.expected_version is None else int(self.expected_version)
-
-
-def utc_instant(moment: datetime) -> datetime:
-    """`moment` in UTC, or a ValueError when it falls outside what the ledger stores and emits."""
-    try:
-        utc = moment.astimezone(UTC)
-    except OverflowError:
-        utc = None
-    if utc is None or not OCCURRED_AFTER < utc < OCCURRED_BEFORE:
-        raise ValueError(
-            "occurred_at must lie, in UTC, after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z "
-            "(both excluded: they mean 'no time' in many encoders); omit occurred_at when it is unknown"
-        )
-    return utc
-
-
-def data_size(data: dict[str, Any]) -> int:
-    """Bytes of `data` as compact JSON the way the ledger answers it and the streams carry it.
-
-    That is the request's compact encoding, except that a number written with a positive
-    exponent comes back written out: Postgres keeps it as numeric and writes it without an
-    exponent, so 1e308 is 309 digits in the answer, on Kafka and in DynamoDB, and counts so.
-    (A negative exponent comes back as a float and is written compactly again.) Integers count
-    their digits as sent, so every number is bounded by the limit itself.
-    """
-    size = len(msgspec.json.encode(data))
-    pending: list[Any] = [data]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-        elif type(value) is float:
-            sent = msgspec.json.encode(value).decode()
-            if "e" in sent and "e-" not in sent:
-                size += len(format(Decimal(sent), "f")) - len(sent)
-    return size
 
 
 class AppendOut(msgspec.Struct):

@@ -19,7 +19,8 @@ A stream answers with what the client can take: granian holds back a send while 
 not read (about 4.5 MB are buffered), so memory per stream is bounded; a send blocked longer than
 LEDGER_STREAM_SEND_TIMEOUT drops the client with a final comment (it resumes with Last-Event-ID).
 A stream also ends, with a comment, after LEDGER_STREAM_MAX_BYTES (no answer is unbounded) and
-when its key is revoked. Open streams are capped per key and per process (429 before it starts).
+when its key is revoked. Open streams are capped per key and in all, per API worker process: a key
+may hold LEDGER_STREAM_MAX_PER_KEY streams in each worker (429 before it starts).
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
 from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, OUTBOX_CHANNEL, Event
-from core.pg import connect_primary
 from core.settings import StreamSettings
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated, header
 from service.api.problems import ApiError
 from service.api.routes import KEY_REQUIRED, MAX_POSITION, _problems
 from service.ledger.keys import DEPARTMENT, ApiKey, authenticate
+from service.ledger.notify import listen
 from service.ledger.reads import read_feed
 
 log = logging.getLogger("booking_ledger.stream")
@@ -100,27 +101,9 @@ class FeedHub:
                 await task
 
     async def _listen(self) -> None:
-        delay = 0.5
-        while True:
-            conn = None
-            try:
-                conn = await connect_primary(self._url, timeout=5, server_settings={
-                    "application_name": "booking-ledger-stream"})
-                await conn.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
-                self._wake.set()  # whatever committed while nobody listened
-                delay = 0.5
-                while True:  # a dead connection would hear nothing: check it is alive
-                    await asyncio.sleep(5)
-                    await conn.fetchval("SELECT 1", timeout=5)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("not listening for commits (%r): streams poll every %gs", error, POLL_SECONDS)
-            finally:
-                if conn is not None:
-                    conn.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await listen(self._url, OUTBOX_CHANNEL, name="booking-ledger-stream", on_notify=self._wake.set,
+                     on_connect=self._wake.set,  # whatever committed while nobody listened
+                     meanwhile=f"streams poll every {POLL_SECONDS:g}s")
 
     async def _tail(self) -> None:
         while True:

@@ -18,8 +18,8 @@ from uuid import UUID
 import asyncpg
 
 from core.events import Event, event_from_row
+from core.money import Money
 from service.ledger.db import Tries, retrying
-from service.money import Money
 
 APPEND_SQL = "SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 

@@ -39,8 +39,8 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from core.events import OUTBOX_CHANNEL, BookingCode, EventType
-from service.api.schemas import MAX_DATA_BYTES, PriceIn, data_size, utc_instant
+from core.events import MAX_DATA_BYTES, OUTBOX_CHANNEL, BookingCode, EventType, data_size, utc_instant
+from core.money import PriceIn
 from service.ledger.append import NewEvent, append
 from service.ledger.errors import BookingCodeTaken, EventIdConflict, InvalidData, NotOwner
 from service.ledger.keys import DEPARTMENT

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import logging
 import re
 import secrets
 import time
@@ -24,8 +23,8 @@ from datetime import datetime
 
 import asyncpg
 
-from core.pg import connect_primary
 from service.ledger.db import retrying, translate_errors
+from service.ledger.notify import listen
 
 SCOPES = ("read", "write", "write:any")
 DEFAULT_SCOPES = ("read", "write")
@@ -38,8 +37,6 @@ LIST_SQL = "SELECT id, department, scopes, created_at, revoked_at FROM api_keys 
 REVOKE_SQL = "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id"
 LOOKUP_SQL = "SELECT id, department, scopes, key_hash, created_at, revoked_at FROM api_keys WHERE id = $1"
 KEYS_CHANNEL = "ledger_api_keys"  # NOTIFY on every change to api_keys (migration 0004)
-
-log = logging.getLogger("booking_ledger.keys")
 
 
 class InvalidKeySpec(ValueError):
@@ -157,32 +154,17 @@ class KeyCache:
         self._rows.clear()
 
     async def _listen(self) -> None:
-        delay = 0.5
-        while True:
-            conn = None
-            try:
-                conn = await connect_primary(self._url, timeout=5, server_settings={
-                    "application_name": "booking-ledger-keys"})
-                await conn.add_listener(KEYS_CHANNEL, lambda *_: self.clear())
-                self.clear()  # changes made while nobody listened
-                self._listening = True
-                log.debug("listening for API key changes")
-                delay = 0.5
-                while True:  # a dead connection would hear nothing: check it is alive
-                    await asyncio.sleep(self._ping_interval)
-                    await conn.fetchval("SELECT 1", timeout=self._ping_interval)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                if self._listening:
-                    log.warning("not listening for API key changes (%r): keys are looked up per request", error)
-            finally:
-                self._listening = False
-                self.clear()
-                if conn is not None:
-                    conn.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await listen(self._url, KEYS_CHANNEL, name="booking-ledger-keys", on_notify=self.clear,
+                     on_connect=self._listened, on_lost=self._unheard,
+                     meanwhile="keys are looked up per request", ping_interval=self._ping_interval)
+
+    def _listened(self) -> None:
+        self.clear()  # changes made while nobody listened
+        self._listening = True
+
+    def _unheard(self) -> None:
+        self._listening = False
+        self.clear()
 
 
 async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | None = None) -> ApiKey | None:

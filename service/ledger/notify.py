@@ -1,10 +1,14 @@
-"""Wakes the relay after appends commit, coalescing wake-ups to one NOTIFY in flight per process.
+"""NOTIFY and LISTEN: the wake-ups of the relay and of each API process.
 
-The NOTIFY is sent after the commit, not inside the append transaction: Postgres serializes the
+OutboxNotifier wakes the relay after appends commit, coalescing wake-ups to one NOTIFY in flight
+per process. The NOTIFY is sent after the commit, not inside the append transaction: Postgres serializes the
 commits of notifying transactions on one lock, which would cap the append rate. At most one
 NOTIFY per MIN_INTERVAL per process: a woken relay sends everything committed so far, so more
 would cost the API and Postgres a statement per append for nothing. A lost wake-up costs
 latency only; the relay polls as a safety net.
+
+`listen` keeps one LISTEN connection to the primary for the life of a task (the API's key cache
+and its event-stream hub each run one).
 """
 
 from __future__ import annotations
@@ -12,14 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
 from core.events import OUTBOX_CHANNEL
+from core.pg import connect_primary
 
 log = logging.getLogger("booking_ledger.notify")
 
 MIN_INTERVAL = 0.005  # seconds between two wake-ups from one process
+FIRST_RETRY = 0.5  # seconds before a listener connects again; doubles per failure up to LAST_RETRY
+LAST_RETRY = 5.0
 
 # A NOTIFY gives its transaction an id, so its commit would wait for a WAL flush like an append's
 # and compete with the appends for it. A wake-up needs no durability: commit it asynchronously.
@@ -55,3 +63,54 @@ class OutboxNotifier:
                 log.debug("outbox wake-up not sent: %r", error)
                 await asyncio.sleep(0.5)
             await asyncio.sleep(MIN_INTERVAL)
+
+
+async def listen(
+    url: str,
+    channel: str,
+    *,
+    name: str,
+    on_notify: Callable[[], None],
+    on_connect: Callable[[], None],
+    on_lost: Callable[[], None] = lambda: None,
+    meanwhile: str,
+    ping_interval: float = 5.0,
+) -> None:
+    """LISTEN on `channel` at the primary of `url` until cancelled.
+
+    `on_notify` runs for every notification. `on_connect` runs each time the listener is in
+    place, first and after every reconnect: a notification sent while nobody listened is lost, so
+    it must act as if one had arrived. `on_lost` runs whenever the connection is given up
+    (including on cancellation). A dead connection hears nothing without an error, so it is
+    pinged every `ping_interval` seconds; a failed ping or connect is retried after a backoff of
+    FIRST_RETRY doubling to LAST_RETRY seconds, each time against whichever host is the primary
+    then. An outage is logged once, with `meanwhile` (what the process does without wake-ups).
+    `name` is the connection's application_name.
+    """
+    delay = FIRST_RETRY
+    warned = False
+    while True:
+        conn = None
+        try:
+            conn = await connect_primary(url, timeout=5, server_settings={"application_name": name})
+            await conn.add_listener(channel, lambda *_: on_notify())
+            on_connect()
+            log.debug("listening on %s", channel)
+            delay = FIRST_RETRY
+            warned = False
+            while True:
+                await asyncio.sleep(ping_interval)
+                await conn.fetchval("SELECT 1", timeout=ping_interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # One warning per outage; the retries after it are at debug level.
+            log.log(logging.DEBUG if warned else logging.WARNING, "not listening on %s (%r): %s",
+                    channel, error, meanwhile)
+            warned = True
+        finally:
+            on_lost()
+            if conn is not None:
+                conn.terminate()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, LAST_RETRY)

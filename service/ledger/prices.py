@@ -2,8 +2,9 @@
 
 "As of T" is the last priced event at or before T (inclusive: an event recorded exactly at T
 counts). Events are ordered by (time, version): the events of one append share their
-recorded_at (the append transaction's time), and of those the last one (highest version) is the
-one in force, as it is for the booking's own price. Clocks:
+recorded_at (read once the append holds its booking's lock, so per booking it never runs against
+version order; migration 0011), and of those the last one (highest version) is the one in force,
+as it is for the booking's own price. Clocks:
 
 - `recorded` (default): recorded_at, when the ledger stored the event: what the ledger knew then.
   Imported history has recorded_at = the time of the import.

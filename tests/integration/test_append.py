@@ -9,6 +9,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from core.money import Money
 from service.ledger.append import NewEvent, append
 from service.ledger.errors import (
     BookingCodeTaken,
@@ -19,7 +20,6 @@ from service.ledger.errors import (
     VersionConflict,
 )
 from service.ledger.reads import get_booking, read_booking_events
-from service.money import Money
 from tests.conftest import random_code
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from core.money import Money
 from core.settings import DatabaseSettings
 from devstack.postgres import LocalPostgres
 from migrations.runner import upgrade
@@ -26,7 +27,6 @@ from service.ledger.errors import (
 )
 from service.ledger.groupcommit import Append, GroupCommit
 from service.ledger.reads import read_feed
-from service.money import Money
 from tests.conftest import random_code
 
 SQL = Path(__file__).parents[2] / "migrations" / "sql"

@@ -12,10 +12,10 @@ from pathlib import Path
 import asyncpg
 
 from cdc.verify import verify
+from core.money import Money
 from devstack.harness import CLI, as_role
 from devstack.processes import wait_until
 from service.ledger.append import NewEvent, append
-from service.money import Money
 from tests.conftest import random_code
 from tests.integration.conftest import Pipeline
 

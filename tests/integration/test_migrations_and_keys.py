@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 
 from devstack.postgres import LocalPostgres
 from migrations.runner import downgrade, head_revision, upgrade
-from service.ledger import keys
+from service.ledger import keys, notify
 
 TABLES_SQL = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
 
@@ -129,3 +131,33 @@ async def test_without_a_listener_every_request_looks_its_key_up(pool) -> None:
     assert cache.get(record.id) is None
     await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", record.id)
     assert await keys.authenticate(pool, secret, cache) is None
+
+
+async def test_a_listener_that_loses_its_connection_listens_again(database_url: str, pool) -> None:
+    """After a lost connection, on_connect runs again (what was sent meanwhile counts as heard)."""
+    name = f"test-listen-{uuid.uuid4().hex[:8]}"
+    channel = f"test_{uuid.uuid4().hex[:8]}"
+    connects, losses, heard = [], [], asyncio.Event()
+    task = asyncio.create_task(notify.listen(
+        database_url, channel, name=name, on_notify=heard.set, on_connect=lambda: connects.append(1),
+        on_lost=lambda: losses.append(1), meanwhile="nothing", ping_interval=0.2))
+    try:
+        await wait_for(lambda: len(connects) == 1)
+        assert await pool.fetchval("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE application_name = $1", name)
+        await wait_for(lambda: len(connects) == 2)
+        assert len(losses) == 1
+        await pool.execute("SELECT pg_notify($1, '')", channel)
+        await asyncio.wait_for(heard.wait(), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(losses) == 2
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
+        await asyncio.sleep(0.02)

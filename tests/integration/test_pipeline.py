@@ -21,10 +21,10 @@ from cdc.replay import replay
 from cdc.verify import verify
 from core import dynamodb
 from core.events import decode_event, encode_event
+from core.money import Money
 from devstack.harness import as_role
 from service.ledger.append import APPEND_SQL, NewEvent, append
 from service.ledger.db import create_pool
-from service.money import Money
 from tests.conftest import free_port, random_code, sql
 from tests.e2e.conftest import auth, make_key, signed_in, start_server
 from tests.integration.conftest import CLI, Pipeline, wait_until

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.money import Money
 from service.ledger.append import APPEND_SQL, NewEvent, append
 from service.ledger.errors import BookingNotFound
 from service.ledger.prices import PRICE_SQL, price_at, price_at_version
-from service.money import Money
 from tests.conftest import random_code
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -63,6 +64,39 @@ async def test_occurred_clock_uses_occurred_at_or_else_recorded_at(pool) -> None
     assert (await price_at(pool, code, recorded, "occurred")).version == 3
     # The recorded clock knows nothing of the business times given.
     assert (await price_at(pool, code, created.events[0].recorded_at, "recorded")).version == 2
+
+
+async def test_recorded_at_follows_version_order_when_appends_wait_for_a_booking(pool) -> None:
+    """An append that waited for the booking's lock is recorded after the one it waited for (0011).
+
+    The waiting transaction begins first, so its start time (now()) is the earlier one: before
+    0011, its event, the higher version, was recorded before the lower one.
+    """
+    code = random_code("WAIT")
+    await _append(pool, code, ev("1.00"), create=True)
+
+    def priced(amount: str) -> tuple:
+        return (code, "hotel", False, None, [uuid.uuid4()], ["PriceChanged"], [amount], ["EUR"], [None], [None])
+
+    async with pool.acquire() as holder, pool.acquire() as waiter:
+        waiting = waiter.transaction()
+        await waiting.start()
+        await waiter.execute("SELECT 1")  # the waiting transaction has begun: its now() is fixed
+        holding = holder.transaction()
+        await holding.start()
+        try:
+            first = await holder.fetchrow(APPEND_SQL, *priced("2.00"))  # holds the booking's lock
+            second_call = asyncio.create_task(waiter.fetchrow(APPEND_SQL, *priced("3.00")))
+            await asyncio.sleep(0.3)
+            assert not second_call.done()  # it waits for the lock
+        finally:
+            await holding.commit()
+        second = await second_call
+        await waiting.commit()
+    assert (first["version"], second["version"]) == (2, 3)
+    assert second["recorded_at"] >= first["recorded_at"]
+    assert (await price_at(pool, code, first["recorded_at"])).version == 2
+    assert (await price_at(pool, code, second["recorded_at"])).version == 3
 
 
 async def test_version(pool) -> None:

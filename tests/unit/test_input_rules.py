@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN
-from service.api.schemas import MAX_DATA_BYTES, append_request_schema, data_size, decode_append
-from service.money import Money, MoneyError
+from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, MAX_DATA_BYTES, data_size
+from core.money import Money, MoneyError
+from service.api.schemas import append_request_schema, decode_append
 
 
 def event_body(**event: object) -> bytes:

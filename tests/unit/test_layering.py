@@ -3,6 +3,7 @@
 - `service/` and `cdc/` are two libraries over `core/` and never import each other;
 - `core/` imports nothing of ours;
 - only `entrypoints/` (the composition root) knows both libraries, and nothing imports it;
+- within `service/`, the ledger is the layer under the API and the console: it imports neither;
 - the web framework is imported only by the API and the console.
 """
 
@@ -24,6 +25,10 @@ FORBIDDEN = {
     "devstack": {"entrypoints"},
     "entrypoints": set(),
 }
+# folder -> modules of ours that files under it must not import (with their submodules)
+FORBIDDEN_WITHIN = {
+    "service/ledger/": ("service.api", "service.console"),
+}
 
 
 def imported_modules(source: str) -> set[str]:
@@ -33,18 +38,28 @@ def imported_modules(source: str) -> set[str]:
             modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module)
+            # `from service import api` imports service.api: name what each alias may be.
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
     return modules
 
 
 def violations(relative_path: str, source: str) -> list[str]:
     package = relative_path.split("/", 1)[0]
     found = []
-    for module in sorted(imported_modules(source)):
+    reported: list[str] = []
+    for module in sorted(imported_modules(source)):  # a module sorts before its attributes
+        if any(module.startswith(parent + ".") for parent in reported):
+            continue  # `from cdc.relay import Relay`: cdc.relay is reported already
         top = module.split(".", 1)[0]
-        if top in FORBIDDEN.get(package, set()):
+        banned_within = [b for folder, banned in FORBIDDEN_WITHIN.items() if relative_path.startswith(folder)
+                         for b in banned]
+        if top in FORBIDDEN.get(package, set()) or any(
+                module == b or module.startswith(b + ".") for b in banned_within):
             found.append(f"{relative_path} imports {module}")
+            reported.append(module)
         if top == "litestar" and not relative_path.startswith(FRAMEWORK_ALLOWED):
             found.append(f"{relative_path} imports the web framework ({module})")
+            reported.append(module)
     return found
 
 
@@ -66,3 +81,8 @@ def test_the_rule_catches_an_added_edge() -> None:
     assert violations("service/ledger/x.py", "from litestar import get\n") == [
         "service/ledger/x.py imports the web framework (litestar)"]
     assert violations("service/api/x.py", "from litestar import get\n") == []
+    assert violations("service/ledger/x.py", "from service.api.schemas import PriceIn\n") == [
+        "service/ledger/x.py imports service.api.schemas"]
+    assert violations("service/ledger/x.py", "from service import console\n") == [
+        "service/ledger/x.py imports service.console"]
+    assert violations("service/api/x.py", "from service.ledger.keys import KeyCache\n") == []

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from service.money import Money, MoneyError, minor_unit
+from core.money import Money, MoneyError, minor_unit
 
 
 @pytest.mark.parametrize(("currency", "digits"), [("EUR", 2), ("JPY", 0), ("KWD", 3), ("USD", 2), ("BHD", 3)])

@@ -3,7 +3,8 @@ import uuid
 import msgspec
 import pytest
 
-from service.api.schemas import MAX_DATA_BYTES, decode_append
+from core.events import MAX_DATA_BYTES
+from service.api.schemas import decode_append
 
 
 def body(**fields: object) -> bytes:

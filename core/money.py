@@ -2,7 +2,8 @@
 
 Amounts travel as decimal strings, are held as `Decimal` and stored as `numeric`; a float
 never touches them. The currency list and minor units come from the `iso4217` package,
-which follows the ISO 4217 maintenance agency's published list.
+which follows the ISO 4217 maintenance agency's published list. `PriceIn` is money as a request
+or an import file gives it, checked into `Money` when decoded.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Annotated
 
+import msgspec
 from iso4217 import Currency
+
+from core.events import whole
 
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?")  # used with fullmatch: no final-newline hole
 
@@ -62,3 +67,19 @@ class Money:
             raise MoneyError(f"{currency} has {digits} fraction digits; amount {amount!r} has more")
         return cls(Decimal(amount).quantize(Decimal(1).scaleb(-digits)), currency)
 
+
+Amount = Annotated[str, msgspec.Meta(pattern=whole(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?"), examples=["129.90"])]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"), examples=["EUR"])]
+
+
+class PriceIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Money: a non-negative decimal string with at most the currency's minor-unit digits."""
+
+    amount: Amount
+    currency: CurrencyCode
+
+    def __post_init__(self) -> None:
+        self.money()  # raises MoneyError (a ValueError), which msgspec reports with its path
+
+    def money(self) -> Money:
+        return Money.parse(self.amount, self.currency)
