@@ -1,12 +1,19 @@
 """`booking-ledger import FILE`: a department's history into the ledger, through the append function.
 
 The file is JSON Lines, one event a line: `{"booking_code", "department", "event_id", "type",
-"price"?, "data"?, "occurred_at"?}`. Every event goes through service.ledger.append (the ledger's
-SQL function with all its checks, the outbox and so Kafka and DynamoDB), never around it:
+"price"?, "data"?, "occurred_at"?}`. Every event goes through the ledger's append function
+(ledger_append_batch, with all its checks, the outbox and so Kafka and DynamoDB), never around it:
 
-- The events of one booking get versions in file order: a booking's lines are appended in order,
-  in batches of up to BATCH_EVENTS consecutive lines of one department, and a booking's batches
-  never run concurrently; batches of different bookings do (CONCURRENCY at once).
+- Lines are read ahead (up to MAX_PENDING) and grouped by booking: a booking's lines become
+  batches of up to BATCH_EVENTS consecutive lines of one department. A call of the function
+  carries one batch of each of many bookings (up to CALL_EVENTS events), each with its own
+  outcome, and CONNECTIONS calls run at once; a booking belongs to one worker, whose calls run one
+  after the other.
+- The events of one booking get versions in file order: each batch expects the version the one
+  before it leaves (from a lookup of the booking, then counted), so a batch that was not written
+  makes the booking's next one fail as well, and nothing is written out of order. From a refused
+  batch on, the booking goes one append at a time through the single append's path
+  (service.ledger.append), which says why, line by line.
 - A booking is appended to at whatever version it is; an unknown code is created by its first
   line's department. A code another department owns is rejected for that department, with
   nothing of its lines written (`booking_code_taken`).
@@ -20,9 +27,9 @@ SQL function with all its checks, the outbox and so Kafka and DynamoDB), never a
 - `occurred_at` comes from the file; `recorded_at` is the time of the import (the ledger's clock:
   when it learnt of the event). Ask the price of imported history with `clock=occurred`.
 
-Memory is bounded whatever the file's length: at most MAX_PENDING lines wait to be written, and
-the only state kept across them is the set of (code, department) pairs rejected so far and up
-to KNOWN_CODES codes already written to.
+Memory is bounded whatever the file's length: at most MAX_PENDING lines (or MAX_PENDING_BYTES)
+wait to be written, and the only state kept across them is the set of (code, department) pairs
+rejected so far.
 """
 
 from __future__ import annotations
