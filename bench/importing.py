@@ -95,6 +95,21 @@ def measure(database_url: str, events: int, folder: Path, log=print) -> dict:
             "rerun_seconds": round(again, 2), "rerun_events_per_s": round(made["events"] / again, 1)}
 
 
+def phase(stack, events: int, log=print) -> dict:
+    """On `stack` (bench.stack.Stack, Postgres running): import into a fresh, empty ledger."""
+    return measure(stack.database("ledger_import"), events, stack.folder, log)
+
+
+def markdown(result: dict | None) -> list[str]:
+    if not result:
+        return []
+    return ["", "## Import", "",
+            f"- `booking-ledger import` of {result['events']:,} events ({result['bookings']:,} bookings created, "
+            f"{result['bytes'] / 1e6:.1f} MB) into an empty ledger: {result['seconds']:.1f} s, "
+            f"**{result['events_per_s']:,.0f} events/s**; the same file again (everything already present): "
+            f"{result['rerun_seconds']:.1f} s, {result['rerun_events_per_s']:,.0f} events/s"]
+
+
 def main() -> None:
     from bench.stack import Stack
 

@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import load, pipeline, report
+from bench import importing, load, pipeline, report, streaming
 from bench.fill import fill
 from bench.stack import Stack, fetch_value, free_port, peak_rss_mb, run_sql
 from core.dynamodb import item_of
@@ -31,6 +31,7 @@ from devstack.processes import wait_until
 
 BOOKINGS = 1000  # existing bookings the appends go to (BENCH-0 .. BENCH-999)
 SINK_THREADS = 8  # cdc.sink.Sink's default
+SECTIONS = ["throughput", "growth", "pipeline", "importing", "streaming"]  # Bench's methods, in order
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Plan:
     e2e_seconds: float = 60
     relay_seconds: float = 20
     e2e_warmup_seconds: float = 10
+    import_events: int = 200_000  # bench/importing.py
+    stream_count: int = 50  # bench/streaming.py: open streams ...
+    stream_rate: int = 200  # ... while appends run at this rate
+    stream_seconds: float = 30
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -55,7 +60,8 @@ class Plan:
                    # the sink's rate leaves out its first batch (500): several batches are needed
                    sink_events=1_500,
                    e2e_rates=(50,), e2e_seconds=3, relay_seconds=2,
-                   e2e_warmup_seconds=1)
+                   e2e_warmup_seconds=1, import_events=3_000, stream_count=10, stream_rate=50,
+                   stream_seconds=2)
 
 
 def median(values: list[float]) -> float:
@@ -182,6 +188,15 @@ class Bench:
             "reads": reads,
             "price_as_of": price_as_of,
         }
+
+    # -- import and the live stream (issue 15): bench/importing.py, bench/streaming.py ----------
+    def importing(self) -> None:
+        self.results["importing"] = importing.phase(self.stack, self.plan.import_events, self.log)
+
+    def streaming(self) -> None:
+        plan = self.plan
+        self.results["streaming"] = streaming.phase(self.stack, plan.stream_count, plan.stream_rate,
+                                                    plan.stream_seconds, self.log)
 
     # -- 4-6: relay, sink, end to end ----------------------------------------------------------
     def pipeline(self) -> None:
@@ -348,10 +363,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each measurement (for the tests)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--only", choices=["throughput", "growth", "pipeline"], action="append")
+    parser.add_argument("--only", choices=SECTIONS, action="append")
     args = parser.parse_args()
     plan = Plan.smoke() if args.smoke else Plan()
-    sections = args.only or ["throughput", "growth", "pipeline"]
+    sections = args.only or SECTIONS
     started = time.monotonic()
 
     def log(message: str) -> None:
