@@ -124,6 +124,10 @@ def markdown(results: dict) -> str:
                              f"{name} {as_of[name]['ops_per_s']:,.0f}/s (p50 {as_of[name]['p50_ms']:.1f} ms, "
                              f"p99 {as_of[name]['p99_ms']:.1f} ms)"
                              for name in ("at_recorded", "at_occurred", "at_version")))
+            one = as_of.get("at_recorded_1_in_flight")
+            if one:
+                lines.append(f"- the same (at, recorded) at 1 in flight: {one['ops_per_s']:,.0f}/s "
+                             f"(p50 {one['p50_ms']:.1f} ms, p99 {one['p99_ms']:.1f} ms)")
     relay, sink = results.get("relay"), results.get("sink")
     if relay or sink:
         lines += ["", "## Pipeline", ""]
