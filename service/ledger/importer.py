@@ -274,8 +274,8 @@ class Importer:
             rows = await retrying(self._pool, lambda conn: _append_many(conn, [item for _, _, item in call]), tries)
         except StoreUnavailable:
             raise
-        except Exception:  # Postgres refused the whole call (bad data it cannot store): one at a time
-            log.warning("a call of %d appends failed; writing them one at a time", len(call), exc_info=True)
+        except Exception as error:  # Postgres refused the whole call (data it cannot store): one at a time
+            log.info("a call of %d appends was refused as a whole (%s); writing them one at a time", len(call), error)
             rows = []
         outcomes = {row["append_no"]: row["outcome"] for row in rows}
         for number, (booking, batch, item) in enumerate(call, start=1):

@@ -156,24 +156,28 @@ async def test_many_bookings_per_call_keep_file_order_through_refusals_and_a_rer
     from service.ledger.importer import Importer
 
     car = f"car-{uuid.uuid4().hex[:6]}"
-    a, b, c = (random_code("CHAIN") for _ in range(3))
+    a, b, c, d, e = (random_code("CHAIN") for _ in range(5))
     rows = [
         line(a, car, "1.00"), line(b, car, "2.00"), line(a, car, "1.10"),  # a: 2 lines ...
         line(a, "hotel", "9.00"),                                           # ... hotel's line: refused
         line(c, car, "3.00"), line(a, car, "1.20"), line(b, car, "2.10"),  # a goes on after it
         line(c, car, "3.10"), line(c, car, "3.20"),
+        line(d, car, "4.00", data={"text": "nul \u0000 here"}),           # Postgres refuses the whole call
+        line(e, car, "5.00"),                                               # ... its neighbour is written
     ]
     raw = [(n, json.dumps(row).encode()) for n, row in enumerate(rows, start=1)]
     importer = Importer(pool, connections=2, call_events=2)
     summary = await importer.run(iter(raw), lambda *_: None)
-    assert (summary.imported, summary.bookings_created, summary.rejected) == (8, 3, {"booking_code_taken": 1})
+    assert (summary.imported, summary.bookings_created) == (9, 4)
+    assert summary.rejected == {"booking_code_taken": 1, "invalid": 1}
     assert summary.examples["booking_code_taken"][0].startswith("line 4:")
+    assert summary.examples["invalid"][0].startswith("line 10:")
     assert importer.calls > 2  # several calls, several bookings in most
-    for code, numbers in ((a, [1, 3, 6]), (b, [2, 7]), (c, [5, 8, 9])):
+    for code, numbers in ((a, [1, 3, 6]), (b, [2, 7]), (c, [5, 8, 9]), (d, []), (e, [11])):
         stored = await _events(database_url, code)
         assert [str(e["event_id"]) for e in stored] == [rows[n - 1]["event_id"] for n in numbers]
         assert [e["version"] for e in stored] == list(range(1, len(numbers) + 1))
 
     again = await Importer(pool, connections=2, call_events=2).run(iter(raw), lambda *_: None)
-    assert (again.imported, again.already_present, again.rejected_lines) == (0, 8, 1)
+    assert (again.imported, again.already_present, again.rejected_lines) == (0, 9, 2)
 
