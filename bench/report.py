@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench import importing, streaming
+
 # (name, where in the results, comparison, bound): the targets of the benchmark issue.
 TARGETS = [
     ("api_vs_raw at 32 in flight", ("ratios", "api_vs_raw", "32"), ">=", 1.0),
@@ -18,6 +20,10 @@ TARGETS = [
     ("API worker peak RSS (MB)", ("derived", "api_worker_peak_rss_mb"), "<=", 150),
     ("relay peak RSS (MB)", ("memory", "relay_peak_rss_mb"), "<=", 100),
     ("sink peak RSS (MB)", ("memory", "sink_peak_rss_mb"), "<=", 100),
+    ("price as of p99 (ms), 100,000-event booking, 8 in flight", ("growth", "price_as_of", "at_recorded", "p99_ms"),
+     "<=", 5),
+    ("import events/s (200,000-event file)", ("importing", "events_per_s"), ">=", 10_000),
+    ("stream commit-to-client p50 (ms), 50 streams, 200 appends/s", ("streaming", "p50_ms"), "<=", 20),
 ]
 
 
@@ -118,6 +124,10 @@ def markdown(results: dict) -> str:
                              f"{name} {as_of[name]['ops_per_s']:,.0f}/s (p50 {as_of[name]['p50_ms']:.1f} ms, "
                              f"p99 {as_of[name]['p99_ms']:.1f} ms)"
                              for name in ("at_recorded", "at_occurred", "at_version")))
+            one = as_of.get("at_recorded_1_in_flight")
+            if one:
+                lines.append(f"- the same (at, recorded) at 1 in flight: {one['ops_per_s']:,.0f}/s "
+                             f"(p50 {one['p50_ms']:.1f} ms, p99 {one['p99_ms']:.1f} ms)")
     relay, sink = results.get("relay"), results.get("sink")
     if relay or sink:
         lines += ["", "## Pipeline", ""]
@@ -143,6 +153,7 @@ def markdown(results: dict) -> str:
                      f"p99 {_fmt(run['lag_p99_ms'])} ms ({run['lag_samples']} sampled bookings, "
                      f"{run['lag_not_seen']} not seen); outbox backlog max "
                      f"{max((n for _, n, _ in run['backlog_series']), default=0):,}")
+    lines += importing.markdown(results.get("importing")) + streaming.markdown(results.get("streaming"))
     lines += _replicated(results.get("replicated"))
     memory = results.get("memory")
     if memory:

@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import load, pipeline, replicated, report
+from bench import importing, load, pipeline, replicated, report, streaming
 from bench.fill import fill
 from bench.stack import Stack, fetch_value, free_port, peak_rss_mb, run_sql
 from core.dynamodb import item_of
@@ -31,6 +31,7 @@ from devstack.processes import wait_until
 
 BOOKINGS = 1000  # existing bookings the appends go to (BENCH-0 .. BENCH-999)
 SINK_THREADS = 8  # cdc.sink.Sink's default
+SECTIONS = ["throughput", "growth", "pipeline", "importing", "streaming"]  # Bench's methods, in order
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class Plan:
     relay_seconds: float = 20
     e2e_warmup_seconds: float = 10
     replicated_concurrency: tuple[int, ...] = (1, 32)
+    import_events: int = 200_000  # bench/importing.py
+    stream_count: int = 50  # bench/streaming.py: open streams ...
+    stream_rate: int = 200  # ... while appends run at this rate
+    stream_seconds: float = 30
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -56,10 +61,8 @@ class Plan:
                    # the sink's rate leaves out its first batch (500): several batches are needed
                    sink_events=1_500,
                    e2e_rates=(50,), e2e_seconds=3, relay_seconds=2,
-                   e2e_warmup_seconds=1)
-
-
-SECTIONS = ["throughput", "growth", "pipeline"]
+                   e2e_warmup_seconds=1, import_events=3_000, stream_count=10, stream_rate=50,
+                   stream_seconds=2)
 
 
 def median(values: list[float]) -> float:
@@ -181,6 +184,9 @@ class Bench:
             "at_version": summarize([load.api_reads(
                 grown_api, grown_key, f"/v1/bookings/HIST0/price?version={plan.history_events // 2}", 8,
                 plan.seconds)]),
+            # The same at 1 in flight: the answer's own time, without the queueing of 8 on 2 shared CPUs.
+            "at_recorded_1_in_flight": summarize([load.api_reads(
+                grown_api, grown_key, f"/v1/bookings/HIST0/price?at={middle_time}", 1, plan.seconds)]),
         }
         for api, *_ in apis.values():
             api.stop()
@@ -192,6 +198,15 @@ class Bench:
             "reads": reads,
             "price_as_of": price_as_of,
         }
+
+    # -- import and the live stream (issue 15): bench/importing.py, bench/streaming.py ----------
+    def importing(self) -> None:
+        self.results["importing"] = importing.phase(self.stack, self.plan.import_events, self.log)
+
+    def streaming(self) -> None:
+        plan = self.plan
+        self.results["streaming"] = streaming.phase(self.stack, plan.stream_count, plan.stream_rate,
+                                                    plan.stream_seconds, self.log)
 
     # -- 4-6: relay, sink, end to end ----------------------------------------------------------
     def pipeline(self) -> None:

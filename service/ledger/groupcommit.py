@@ -1,5 +1,5 @@
 """Group commit: the appends that reach one API process while its call to Postgres is in flight
-share the next call and its commit (ledger_append_batch, migrations/sql/ledger_append_batch.0007.sql).
+share the next call and its commit (ledger_append_batch: migrations/sql/, the highest revision in force).
 
 There is no timer: a lone append goes at once, and a batch is whatever queued up during the
 previous call, bounded by events and bytes. Every append is still checked and answered on its
@@ -163,6 +163,11 @@ def _answer(waiting: _Waiting, result: AppendResult | None = None, error: BaseEx
 
 
 def _call(conn: asyncpg.Connection, batch: list[_Waiting]) -> Awaitable[list[asyncpg.Record]]:
+    return conn.fetch(BATCH_SQL, *batch_arguments([waiting.append for waiting in batch]))
+
+
+def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
+    """ledger_append_batch's eleven arguments (per-append arrays, then per-event arrays) for `appends`."""
     codes: list[str] = []
     departments: list[str] = []
     may_write_any: list[bool] = []
@@ -174,8 +179,7 @@ def _call(conn: asyncpg.Connection, batch: list[_Waiting]) -> Awaitable[list[asy
     currencies: list[str | None] = []
     data: list[dict[str, Any] | None] = []
     occurred_at: list[datetime | None] = []
-    for waiting in batch:
-        item = waiting.append
+    for item in appends:
         codes.append(item.code)
         departments.append(item.department)
         may_write_any.append(item.may_write_any)
@@ -188,8 +192,8 @@ def _call(conn: asyncpg.Connection, batch: list[_Waiting]) -> Awaitable[list[asy
             currencies.append(e.price.currency if e.price else None)
             data.append(e.data)
             occurred_at.append(e.occurred_at)
-    return conn.fetch(BATCH_SQL, codes, departments, may_write_any, expected, counts,
-                      event_ids, types, amounts, currencies, data, occurred_at)
+    return (codes, departments, may_write_any, expected, counts, event_ids, types, amounts, currencies, data,
+            occurred_at)
 
 
 def _answer_rows(batch: list[_Waiting], rows: list[asyncpg.Record], unknown_outcome: bool) -> None:

@@ -1,12 +1,19 @@
 """`booking-ledger import FILE`: a department's history into the ledger, through the append function.
 
 The file is JSON Lines, one event a line: `{"booking_code", "department", "event_id", "type",
-"price"?, "data"?, "occurred_at"?}`. Every event goes through service.ledger.append (the ledger's
-SQL function with all its checks, the outbox and so Kafka and DynamoDB), never around it:
+"price"?, "data"?, "occurred_at"?}`. Every event goes through the ledger's append function
+(ledger_append_batch, with all its checks, the outbox and so Kafka and DynamoDB), never around it:
 
-- The events of one booking get versions in file order: a booking's lines are appended in order,
-  in batches of up to BATCH_EVENTS consecutive lines of one department, and a booking's batches
-  never run concurrently; batches of different bookings do (CONCURRENCY at once).
+- Lines are read ahead (up to MAX_PENDING) and grouped by booking: a booking's lines become
+  batches of up to BATCH_EVENTS consecutive lines of one department. A call of the function
+  carries one batch of each of many bookings (up to CALL_EVENTS events), each with its own
+  outcome, and CONNECTIONS calls run at once; a booking belongs to one worker, whose calls run one
+  after the other.
+- The events of one booking get versions in file order: each batch expects the version the one
+  before it leaves (from a lookup of the booking, then counted), so a batch that was not written
+  makes the booking's next one fail as well, and nothing is written out of order. From a refused
+  batch on, the booking goes one append at a time through the single append's path
+  (service.ledger.append), which says why, line by line.
 - A booking is appended to at whatever version it is; an unknown code is created by its first
   line's department. A code another department owns is rejected for that department, with
   nothing of its lines written (`booking_code_taken`).
@@ -20,15 +27,17 @@ SQL function with all its checks, the outbox and so Kafka and DynamoDB), never a
 - `occurred_at` comes from the file; `recorded_at` is the time of the import (the ledger's clock:
   when it learnt of the event). Ask the price of imported history with `clock=occurred`.
 
-Memory is bounded whatever the file's length: at most MAX_PENDING lines wait to be written, and
-the only state kept across them is the set of (code, department) pairs rejected so far and up
-to KNOWN_CODES codes already written to.
+Memory is bounded whatever the file's length: at most MAX_PENDING lines (or MAX_PENDING_BYTES)
+wait to be written, and the only state kept across them is the set of (code, department) pairs
+rejected so far.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,15 +51,24 @@ import msgspec
 from core.events import MAX_DATA_BYTES, OUTBOX_CHANNEL, BookingCode, EventType, data_size, utc_instant
 from core.money import PriceIn
 from service.ledger.append import NewEvent, append
-from service.ledger.errors import BookingCodeTaken, EventIdConflict, InvalidData, NotOwner
+from service.ledger.db import Tries, retrying
+from service.ledger.errors import BookingCodeTaken, EventIdConflict, InvalidData, NotOwner, StoreUnavailable
+from service.ledger.groupcommit import BATCH_SQL, Append, batch_arguments
 from service.ledger.keys import DEPARTMENT
 from service.ledger.notify import NOTIFY_SQL
 
-BATCH_EVENTS = 100  # events per append call (the API's own limit per request)
+log = logging.getLogger("booking_ledger.import")
+
+# Many appends per call (the group-commit function), answered per append: the outcome is all the
+# import needs, so the stored events are counted where they are, not sent back.
+IMPORT_SQL = f"SELECT append_no, min(outcome) AS outcome FROM ({BATCH_SQL}) answer GROUP BY append_no"
+LOOKUP_SQL = "SELECT code, version FROM bookings WHERE code = ANY($1::text[])"
+
+BATCH_EVENTS = 1000  # events per append at most (the append function's limit)
 MAX_PENDING = 50_000  # lines read ahead before they are written (so a booking's lines share calls)
 MAX_PENDING_BYTES = 64 * 1024 * 1024  # ... or this many bytes of them
-KNOWN_CODES = 200_000  # codes this run wrote to, remembered so that their next batch appends at once
-CONCURRENCY = 8  # bookings written at once
+CALL_EVENTS = 1000  # events per call of the append function (many bookings' appends)
+CONNECTIONS = 2  # calls in flight at once
 MAX_LINE_BYTES = 1024 * 1024
 SHOWN_PER_REASON = 20  # line numbers kept per rejection reason for the summary
 
@@ -137,15 +155,29 @@ class _Batch:
     data_bytes: int = 0
 
 
+@dataclass
+class _Booking:
+    """One booking's pending lines in a flush, and what this run knows of it."""
+
+    code: str
+    batches: deque[_Batch]
+    version: int = 0  # the version it is at, as far as this run knows (0: it does not exist)
+    exists: bool = False
+    slow: bool = False  # an append of it was not written: the rest go one at a time (`_write`)
+
+
 class Importer:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, connections: int = CONNECTIONS, call_events: int = CALL_EVENTS) -> None:
         self._pool = pool
+        self._connections = connections
+        self._call_events = call_events
         self.summary = Summary()
         self._pending: dict[str, list[_Batch]] = {}
         self._pending_lines = 0
         self._pending_bytes = 0
-        self._known: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
         self._refused: dict[tuple[str, str], str] = {}  # (code, department) -> why
+        self.calls = 0  # calls of the append function, many appends each
+        self.single_calls = 0  # ... and of the single append (after a refusal)
 
     async def run(self, lines: Iterator[tuple[int, bytes]], progress: Callable[[int, Summary], None]) -> Summary:
         for number, raw in lines:
@@ -179,17 +211,88 @@ class Importer:
         pending, self._pending, self._pending_lines, self._pending_bytes = self._pending, {}, 0, 0
         if not pending:
             return
-        gate = asyncio.Semaphore(CONCURRENCY)
+        # Groups of bookings of about `call_events` events; a worker writes a group in order, and a
+        # booking is in one group only, so its batches are written in file order.
+        groups: list[list[_Booking]] = [[]]
+        events = 0
+        for code, batches in pending.items():
+            size = sum(len(batch.lines) for batch in batches)
+            if groups[-1] and events + size > self._call_events:
+                groups.append([])
+                events = 0
+            groups[-1].append(_Booking(code, deque(batches)))
+            events += size
+        queue = iter(groups)
 
-        async def booking(code: str, batches: list[_Batch]) -> None:
-            async with gate:
-                for batch in batches:  # in file order: versions follow it
-                    await self._write(code, batch.department, batch.lines)
+        async def worker() -> None:
+            for group in queue:
+                await self._group(group)
 
-        await asyncio.gather(*(booking(code, batches) for code, batches in pending.items()))
-        await self._pool.execute(NOTIFY_SQL, OUTBOX_CHANNEL)  # wake the relay
+        await asyncio.gather(*(worker() for _ in range(min(self._connections, len(groups)))))
 
-    async def _write(self, code: str, department: str, lines: list[tuple[int, NewEvent]]) -> None:
+    async def _group(self, bookings: list[_Booking]) -> None:
+        found = await retrying(self._pool, lambda conn: conn.fetch(LOOKUP_SQL, [b.code for b in bookings]))
+        versions = {row["code"]: row["version"] for row in found}
+        for booking in bookings:
+            booking.version = versions.get(booking.code, 0)
+            booking.exists = booking.code in versions
+        todo = deque(bookings)
+        while todo:
+            # The next call: the next batch of each booking in turn, up to `call_events` events (at
+            # least one batch). One append per booking per call, so that the function checks and
+            # applies them set-wise; a booking's next batch goes in a later call of this worker,
+            # expecting the version the one before it leaves (a batch that was not written makes the
+            # next one fail too, so nothing is written out of file order).
+            call: list[tuple[_Booking, _Batch, Append]] = []
+            later: list[_Booking] = []
+            events = 0
+            while todo and (not call or events + len(todo[0].batches[0].lines) <= self._call_events):
+                booking = todo.popleft()
+                batch = booking.batches.popleft()
+                call.append((booking, batch, Append(booking.code, batch.department, False, booking.version,
+                                                    [event for _, event in batch.lines])))
+                booking.version += len(batch.lines)
+                events += len(batch.lines)
+                if booking.batches:
+                    later.append(booking)
+            todo.extend(later)
+            await self._call(call)
+            for booking, batch, _ in call:
+                if booking.slow:  # from this batch on, one append at a time, the single append's answers
+                    for each in [batch, *booking.batches]:
+                        await self._write(booking, each.department, each.lines)
+                    booking.batches.clear()
+            if any(not booking.batches for booking in todo):
+                todo = deque(booking for booking in todo if booking.batches)
+        await retrying(self._pool, lambda conn: conn.execute(NOTIFY_SQL, OUTBOX_CHANNEL))  # wake the relay
+
+    async def _call(self, call: list[tuple[_Booking, _Batch, Append]]) -> None:
+        """One call of the append function carrying many bookings' appends, each with its own outcome."""
+        self.calls += 1
+        tries = Tries()
+        try:
+            rows = await retrying(self._pool, lambda conn: _append_many(conn, [item for _, _, item in call]), tries)
+        except StoreUnavailable:
+            raise
+        except Exception as error:  # Postgres refused the whole call (data it cannot store): one at a time
+            log.info("a call of %d appends was refused as a whole (%s); writing them one at a time", len(call), error)
+            rows = []
+        outcomes = {row["append_no"]: row["outcome"] for row in rows}
+        for number, (booking, batch, item) in enumerate(call, start=1):
+            outcome = outcomes.get(number)
+            if outcome in ("created", "appended") or (outcome == "replayed" and tries.unknown_outcome):
+                # (a replay after a try whose outcome was unknown: that try wrote them)
+                self.summary.imported += len(batch.lines)
+                self.summary.bookings_created += item.expected_version == 0
+                booking.exists = True
+            elif outcome == "replayed":
+                self.summary.already_present += len(batch.lines)
+                booking.exists = True
+            else:  # refused (taken, not ours, a conflict, ...): the single append says why, line by line
+                booking.slow = True
+
+    async def _write(self, booking: _Booking, department: str, lines: list[tuple[int, NewEvent]]) -> None:
+        code = booking.code
         refused = self._refused.get((code, department))
         if refused is not None:
             for number, _ in lines:
@@ -197,9 +300,9 @@ class Importer:
             return
         events = [event for _, event in lines]
         try:
-            # A code this run wrote to is appended to at once; any other is first created (the
-            # common case when onboarding), and appended to when it exists and is ours.
-            if code in self._known:
+            # A code known to exist is appended to; any other is first created, and appended to
+            # when it exists and is ours after all.
+            if booking.exists:
                 result = await self._append(code, department, None, events)
             else:
                 try:
@@ -210,8 +313,9 @@ class Importer:
                     if taken.context.get("department") != department:
                         raise
                     result = await self._append(code, department, None, events)
-                self._remember(code)
+                booking.exists = True
         except (BookingCodeTaken, NotOwner) as error:
+            booking.exists = True
             owner = error.context.get("department", "another department")
             why = f"booking {code} belongs to {owner}, not {department}: none of its {department} lines is written"
             self._refused[(code, department)] = why
@@ -221,7 +325,7 @@ class Importer:
         except (EventIdConflict, InvalidData) as error:
             if len(lines) > 1:  # find the line(s) at fault; the others get their own outcome
                 for one in lines:
-                    await self._write(code, department, [one])
+                    await self._write(booking, department, [one])
                 return
             reason = "event_id_conflict" if isinstance(error, EventIdConflict) else "invalid"
             self.summary.reject(reason, lines[0][0], f"event {lines[0][1].event_id}: {error.detail}")
@@ -231,14 +335,18 @@ class Importer:
         else:
             self.summary.imported += len(lines)
 
-    def _remember(self, code: str) -> None:
-        self._known[code] = None
-        if len(self._known) > KNOWN_CODES:
-            del self._known[next(iter(self._known))]
-
     async def _append(self, code: str, department: str, expected: int | None, events: list[NewEvent]) -> Any:
+        self.single_calls += 1
         return await append(self._pool, code=code, department=department, may_write_any=False,
-                             expected_version=expected, events=events)
+                            expected_version=expected, events=events)
+
+
+async def _append_many(conn: asyncpg.Connection, appends: list[Append]) -> list[asyncpg.Record]:
+    # The append function's plans are cached per session, and the first ones were made while the
+    # ledger may have been small (an empty one: a sequential scan for the event-id check, then kept
+    # as it grows by every call). Planned afresh per call, they follow the ledger's size.
+    await conn.execute("DISCARD PLANS")
+    return await conn.fetch(IMPORT_SQL, *batch_arguments(appends))
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -38,11 +38,16 @@ def test_the_bench_measures_everything_it_reports(tmp_path: Path) -> None:
     assert results["sink"]["sink_items_per_s"] > 0 and results["sink"]["raw_boto3_items_per_s"] > 0
     e2e = results["e2e"]["50"]
     assert e2e["load"]["created"] == e2e["load"]["sent"] and e2e["lag_samples"] > 0 and e2e["lag_not_seen"] == 0
+    imported = results["importing"]
+    assert imported["events_per_s"] > 0 and imported["rerun_events_per_s"] > 0
+    stream = results["streaming"]
+    assert stream["deliveries"] > 0 and stream["missing"] == 0 and stream["reader_errors"] == []
     memory = results["memory"]
     assert len(memory["api_worker_peak_rss_mb"]) == 2 and memory["relay_peak_rss_mb"] > 0
     assert all(row["value"] is not None for row in results["targets"]), results["targets"]
     markdown = (tmp_path / "latest.md").read_text()
     assert "| api_vs_raw at 32 in flight |" in markdown and "## Growth" in markdown
+    assert "## Import" in markdown and "## Live stream" in markdown
     for plot in ("throughput.png", "latency.png", "e2e_lag.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

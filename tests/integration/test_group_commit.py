@@ -94,6 +94,69 @@ async def test_a_mixed_batch_answers_each_append_as_if_alone(pool) -> None:
         assert (str(raised.value), raised.value.context) == (str(batched), batched.context)  # type: ignore[union-attr]
 
 
+async def test_a_batch_of_independent_appends_answers_each_as_if_alone(pool) -> None:
+    """No code and no event id twice: the function's set-wise path (0012), every outcome of the loop's."""
+    codes = {name: random_code(name.upper()) for name in
+             ("taken", "conflict", "replay", "reused", "other", "fresh", "owned", "priced", "any", "big")}
+    for name in ("taken", "conflict", "reused", "owned", "priced", "any", "big"):
+        await append(pool, code=codes[name], department="hotel", may_write_any=False, expected_version=0,
+                     events=[event(amount="1.00")])
+    await append(pool, code=codes["other"], department="car", may_write_any=False, expected_version=0,
+                 events=[event()])
+    earlier = [event(amount="2.00"), event("Note", data={"a": 1})]
+    first = await append(pool, code=codes["replay"], department="hotel", may_write_any=False, expected_version=0,
+                         events=earlier)
+    used = await append(pool, code=codes["reused"], department="hotel", may_write_any=False, expected_version=1,
+                        events=[event(amount="3.00")])
+    writer = GroupCommit(pool)
+    items = [
+        item(codes["taken"], 0),                                                     # collision
+        item(codes["conflict"], 7),                                                  # version conflict
+        item(codes["replay"], 0, earlier),                                           # replay of `first`
+        item(codes["reused"], None, [event(), event(event_id=used.events[0].event_id)]),  # id reused, other content
+        item(codes["other"], None),                                                  # not the owner
+        item(random_code("NONE"), 3),                                                # no such booking
+        item(codes["fresh"], 0, [event(amount="5.00"), event(), event(amount="5.50"), event()]),  # creates
+        item(codes["owned"], 1, [event(amount="6.00")]),                             # appends at version 1
+        item(codes["priced"], None, [event()]),                                      # appends, no new price
+        Append(codes["any"], "car", True, None, [event(amount="7.00")]),             # write:any
+        item(codes["big"], None, [event() for _ in range(1001)]),                    # over 1000 events
+    ]
+    answers = await one_batch(writer, items)
+    taken, conflict, replay, reused, not_owner, missing, created, appended, unpriced, anyone, big = answers
+    assert isinstance(taken, BookingCodeTaken) and taken.context == {"department": "hotel"}
+    assert isinstance(conflict, VersionConflict) and conflict.context == {"current_version": 1}
+    assert isinstance(replay, AppendResult) and replay.replayed and replay.events == first.events
+    assert isinstance(reused, EventIdConflict) and reused.context == {"event_ids": [str(used.events[0].event_id)]}
+    assert isinstance(not_owner, NotOwner) and not_owner.context == {"department": "car"}
+    assert isinstance(missing, BookingNotFound)
+    assert isinstance(big, InvalidData)
+    assert isinstance(created, AppendResult) and not created.replayed
+    assert [e.version for e in created.events] == [1, 2, 3, 4]
+    assert [e.version for e in appended.events] == [2] and [e.version for e in unpriced.events] == [2]  # type: ignore[union-attr]
+    assert [e.department for e in anyone.events] == ["car"]  # type: ignore[union-attr]
+    written = [*created.events, *appended.events, *unpriced.events, *anyone.events]  # type: ignore[union-attr]
+    positions = [e.position for e in written]
+    assert positions == sorted(positions) and len({p >> 16 for p in positions}) == 1  # argument order, one transaction
+    conn_prices = {code: await _price(pool, code) for code in (codes["fresh"], codes["owned"], codes["priced"],
+                                                               codes["any"])}
+    assert conn_prices == {codes["fresh"]: "5.50", codes["owned"]: "6.00", codes["priced"]: "1.00",
+                           codes["any"]: "7.00"}
+    # Nothing of a refused append was written, and each refusal is what a single append answers.
+    assert await _price(pool, codes["reused"]) == "3.00"
+    for alone, batched in zip(items[:6], answers[:6], strict=True):
+        if isinstance(batched, AppendResult):
+            continue
+        with pytest.raises(type(batched)) as raised:
+            await append(pool, code=alone.code, department=alone.department, may_write_any=False,
+                         expected_version=alone.expected_version, events=alone.events)
+        assert (str(raised.value), raised.value.context) == (str(batched), batched.context)  # type: ignore[union-attr]
+
+
+async def _price(pool: asyncpg.Pool, code: str) -> str:
+    return str(await pool.fetchval("SELECT price_amount FROM bookings WHERE code = $1", code))
+
+
 async def test_forty_concurrent_creators_of_one_code_give_exactly_one_creation(pool) -> None:
     code = random_code("RACE")
     writers = [GroupCommit(pool), GroupCommit(pool)]  # as two API processes: batches race each other too

@@ -147,3 +147,37 @@ def test_a_clean_file_exits_0_and_its_events_reach_dynamodb(pipeline: Pipeline, 
     wait_until(lambda: all(len(pipeline.items(code)) == 5 for code in codes), 120, interval=0.5,
                what="every imported event in DynamoDB")
     assert asyncio.run(verify(pipeline.settings, grace=1)).drift == []
+
+
+async def test_many_bookings_per_call_keep_file_order_through_refusals_and_a_rerun(pool, database_url: str) -> None:
+    """Calls of two events at a time: a booking's batches go in successive calls, each expecting the
+    version the one before it leaves; a refused batch sends the rest of its booking one append at a
+    time, and nothing is written out of file order."""
+    from service.ledger.importer import Importer
+
+    car = f"car-{uuid.uuid4().hex[:6]}"
+    a, b, c, d, e = (random_code("CHAIN") for _ in range(5))
+    rows = [
+        line(a, car, "1.00"), line(b, car, "2.00"), line(a, car, "1.10"),  # a: 2 lines ...
+        line(a, "hotel", "9.00"),                                           # ... hotel's line: refused
+        line(c, car, "3.00"), line(a, car, "1.20"), line(b, car, "2.10"),  # a goes on after it
+        line(c, car, "3.10"), line(c, car, "3.20"),
+        line(d, car, "4.00", data={"text": "nul \u0000 here"}),           # Postgres refuses the whole call
+        line(e, car, "5.00"),                                               # ... its neighbour is written
+    ]
+    raw = [(n, json.dumps(row).encode()) for n, row in enumerate(rows, start=1)]
+    importer = Importer(pool, connections=2, call_events=2)
+    summary = await importer.run(iter(raw), lambda *_: None)
+    assert (summary.imported, summary.bookings_created) == (9, 4)
+    assert summary.rejected == {"booking_code_taken": 1, "invalid": 1}
+    assert summary.examples["booking_code_taken"][0].startswith("line 4:")
+    assert summary.examples["invalid"][0].startswith("line 10:")
+    assert importer.calls > 2  # several calls, several bookings in most
+    for code, numbers in ((a, [1, 3, 6]), (b, [2, 7]), (c, [5, 8, 9]), (d, []), (e, [11])):
+        stored = await _events(database_url, code)
+        assert [str(e["event_id"]) for e in stored] == [rows[n - 1]["event_id"] for n in numbers]
+        assert [e["version"] for e in stored] == list(range(1, len(numbers) + 1))
+
+    again = await Importer(pool, connections=2, call_events=2).run(iter(raw), lambda *_: None)
+    assert (again.imported, again.already_present, again.rejected_lines) == (0, 9, 2)
+

@@ -27,6 +27,12 @@ def written_lines(capfd: pytest.CaptureFixture[str]) -> list[str]:
 @pytest.fixture
 def console(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEDGER_LOG_FORMAT", "console")
+    # configure() points the root logger at this test's captured stderr by its file descriptor;
+    # left in place, later tests' log lines would go to whatever reuses that number (once, a
+    # Postgres connection's socket: "invalid frontend message type 50", the "2" of a timestamp).
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
 
 
 def test_request_lines_escape_every_field(console: None, capfd: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,440 @@
+-- ledger_append_batch: many appends, each checked and applied on its own, in one transaction (group
+-- commit). Applied by the migration named in the file name; ledger_append (one append) calls it.
+--
+-- The appends are given as per-append arrays (p_codes .. p_counts: append i carries the next
+-- p_counts[i] entries of the per-event arrays). Each append is answered by its own rows:
+--   created / appended / replayed   one row per event of the append (the stored event);
+--   booking_code_taken, version_conflict, not_owner, booking_not_found, event_id_conflict,
+--   invalid                         one row, event columns NULL, `detail` the answer's context.
+-- A refused append writes nothing and does not affect its neighbours: every check runs before the
+-- append's first write, so no subtransaction (EXCEPTION block) is needed. An error raised by
+-- Postgres itself (a CHECK, bad data) still aborts the whole call: the caller then redoes the
+-- batch append by append.
+--
+-- 0012: a call of several appends in which no booking code and no event id occurs twice (the
+-- common case: group commit, an import) is checked and applied set-wise, a statement per step for
+-- all its appends instead of one per append: such appends cannot see each other's writes, so their
+-- order changes no answer. The checks, their order and the answers are the loop's below, which
+-- still serves single appends and calls whose appends depend on each other.
+CREATE OR REPLACE FUNCTION ledger_append_batch(
+    p_codes             text[],
+    p_departments       text[],
+    p_may_write_any     boolean[],
+    p_expected_versions integer[],  -- 0: create; n: append at version n; NULL: append at any version
+    p_counts            integer[],  -- events per append, in order
+    p_event_ids         uuid[],
+    p_types             text[],
+    p_amounts           numeric[],
+    p_currencies        text[],
+    p_data              jsonb[],
+    p_occurred_at       timestamptz[]
+) RETURNS TABLE (
+    append_no       integer,
+    outcome         text,
+    detail          jsonb,
+    "position"      bigint,
+    event_id        uuid,
+    booking_code    text,
+    version         integer,
+    type            text,
+    price_amount    numeric,
+    price_currency  text,
+    data            jsonb,
+    department      text,
+    occurred_at     timestamptz,
+    recorded_at     timestamptz
+)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    m           integer := coalesce(cardinality(p_codes), 0);
+    total       integer := coalesce(cardinality(p_event_ids), 0);
+    i           integer;
+    n           integer;
+    first       integer := 1;   -- index of the append's first event in the per-event arrays
+    next_index  integer := 0;   -- index of the next event in this transaction's positions
+    k           bigint;
+    v_code      text;
+    v_dept      text;
+    v_any       boolean;
+    v_expected  integer;
+    v_known     integer;
+    v_same      integer;
+    v_offsets   integer;
+    v_distinct  integer;
+    v_known_ids uuid[];
+    v_owner     text;
+    v_current   integer;
+    v_last      integer;
+    v_amount    numeric;
+    v_currency  text;
+    v_base      bigint;
+    v_recorded  timestamptz;    -- the events' recorded_at (0011): read once every lock is held
+    v_ev_append integer[];  -- the set-wise path (0012): each event's append ...
+    v_ev_ord    integer[];  -- ... and its place in it
+    v_amount_of numeric[];  -- each append's new price, if it sets one
+    v_currency_of text[];
+    v_decided   integer[];  -- appends answered before any write (invalid, replayed, event_id_conflict)
+    v_replayed  integer[];
+    v_written   integer[];  -- appends that wrote ...
+    v_written_last integer[];  -- ... and their booking's version after them
+BEGIN
+    -- The ordering argument below needs this call to be the first write of its transaction.
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger_append_batch must be the first write of its transaction'
+            USING ERRCODE = '55000';
+    END IF;
+    IF m < 1 OR cardinality(p_departments) <> m OR cardinality(p_may_write_any) <> m
+       OR cardinality(p_expected_versions) <> m OR cardinality(p_counts) <> m
+       OR (SELECT sum(c) FROM unnest(p_counts) c) IS DISTINCT FROM total
+       OR EXISTS (SELECT FROM unnest(p_counts) c WHERE c IS NULL OR c < 0)
+       OR cardinality(p_types) <> total OR cardinality(p_amounts) <> total
+       OR cardinality(p_currencies) <> total OR cardinality(p_data) <> total
+       OR cardinality(p_occurred_at) <> total THEN
+        RAISE EXCEPTION 'ledger_append_batch: the argument arrays do not match' USING ERRCODE = '22023';
+    END IF;
+    -- Positions are xid * 65536 + index: one transaction holds at most 65536 events.
+    IF total > 65536 THEN
+        RAISE EXCEPTION 'a batch carries at most 65536 events, got %', total USING ERRCODE = '22023';
+    END IF;
+
+    -- Every lock this call needs, taken in one pass, in one global order (ascending key), before
+    -- its first write and so before the transaction is given an id:
+    --  * one per booking: appends to one booking queue here, so for one booking a later
+    --    transaction always gets a larger transaction id, and its positions (derived from the
+    --    id, below) are larger too: per booking, position order is version order. A row lock on
+    --    bookings could not give this: locking a row first assigns the transaction id, then waits.
+    --  * one per event id: two batches carrying one event id for different bookings would
+    --    otherwise both write and then wait for each other on the unique index (a deadlock).
+    -- Taking them all in one sorted pass means no two callers can each hold a lock the other
+    -- waits for. Advisory locks live on the virtual transaction id until then.
+    FOR k IN
+        SELECT DISTINCT key FROM (
+            SELECT hashtextextended(c, 0) AS key FROM unnest(p_codes) c
+            UNION ALL
+            SELECT hashtextextended(e::text, 1) FROM unnest(p_event_ids) e
+        ) keys
+        ORDER BY key
+    LOOP
+        PERFORM pg_advisory_xact_lock(k);
+    END LOOP;
+
+    -- recorded_at is the clock read now, not now() (the transaction's start, 0010 and before): a
+    -- caller that waited above for a booking's lock reads the clock after the previous holder
+    -- committed, so per booking recorded_at follows version order (what the price as of a moment
+    -- orders by). One value for the whole call: the events of one append share it.
+    v_recorded := clock_timestamp();
+
+    -- 0012: several appends, no booking code and no event id twice: set-wise, the same checks in
+    -- the same order as the loop below, each a statement for all the appends.
+    IF m > 1
+       AND (SELECT count(DISTINCT c) FROM unnest(p_codes) c) = m
+       AND (SELECT count(DISTINCT e) FROM unnest(p_event_ids) e) = total THEN
+        -- Each event's append and its place in it (1, 2, ...), in argument order.
+        SELECT coalesce(array_agg(s.a ORDER BY s.a, g.o), '{}'), coalesce(array_agg(g.o ORDER BY s.a, g.o), '{}')
+          INTO v_ev_append, v_ev_ord
+          FROM generate_subscripts(p_counts, 1) AS s(a), generate_series(1, p_counts[s.a]) AS g(o);
+
+        -- An append of 0 or more than 1000 events.
+        v_decided := ARRAY(SELECT s.a FROM generate_subscripts(p_counts, 1) AS s(a)
+                            WHERE p_counts[s.a] < 1 OR p_counts[s.a] > 1000);
+        RETURN QUERY SELECT s.a, 'invalid'::text,
+                            jsonb_build_object('message', format('an append carries 1 to 1000 events, got %s', p_counts[s.a])),
+                            NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                            NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz
+                       FROM unnest(v_decided) AS s(a);
+
+        -- Appends with recorded event ids: a retry (replayed) or a conflict, as in the loop.
+        FOR i, v_known, v_same, v_offsets, v_known_ids IN
+            SELECT r.a, count(*),
+                   count(*) FILTER (WHERE e.booking_code = p_codes[r.a]
+                                      AND e.type = r.type
+                                      AND e.price_amount IS NOT DISTINCT FROM r.amount
+                                      AND e.price_currency IS NOT DISTINCT FROM r.currency
+                                      AND e.data IS NOT DISTINCT FROM r.data
+                                      AND e.occurred_at IS NOT DISTINCT FROM r.occurred_at
+                                      AND e.department = p_departments[r.a]),
+                   count(DISTINCT e.version - r.o),
+                   array_agg(e.event_id ORDER BY r.o)
+              FROM unnest(v_ev_append, v_ev_ord, p_event_ids, p_types, p_amounts, p_currencies, p_data, p_occurred_at)
+                   AS r(a, o, event_id, type, amount, currency, data, occurred_at)
+              JOIN events e ON e.event_id = r.event_id
+             WHERE NOT (r.a = ANY (v_decided))
+             GROUP BY r.a
+        LOOP
+            v_decided := v_decided || i;
+            IF v_known = p_counts[i] AND v_same = p_counts[i] AND v_offsets = 1 THEN
+                v_replayed := v_replayed || i;
+            ELSE
+                RETURN QUERY SELECT i, 'event_id_conflict'::text, jsonb_build_object('event_ids', v_known_ids),
+                                    NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                                    NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz;
+            END IF;
+        END LOOP;
+        IF v_replayed IS NOT NULL THEN
+            -- As in the loop: a replay's commit waits for the synchronous standby (0010).
+            PERFORM pg_logical_emit_message(true, 'booking-ledger', 'replay');
+            RETURN QUERY
+                SELECT r.a, 'replayed'::text, NULL::jsonb, e.position, e.event_id, e.booking_code, e.version,
+                       e.type, e.price_amount, e.price_currency, e.data, e.department, e.occurred_at, e.recorded_at
+                  FROM unnest(v_ev_append, p_event_ids) AS r(a, event_id)
+                  JOIN events e ON e.event_id = r.event_id
+                 WHERE r.a = ANY (v_replayed)
+                 ORDER BY r.a, e.version;
+        END IF;
+
+        -- Each append's new price: the last price it sets, if any.
+        SELECT array_agg(lp.amount ORDER BY s.a), array_agg(lp.currency ORDER BY s.a)
+          INTO v_amount_of, v_currency_of
+          FROM generate_subscripts(p_codes, 1) AS s(a)
+          LEFT JOIN (SELECT DISTINCT ON (r.a) r.a, r.amount, r.currency
+                       FROM unnest(v_ev_append, p_amounts, p_currencies) WITH ORDINALITY AS r(a, amount, currency, idx)
+                      WHERE r.amount IS NOT NULL
+                      ORDER BY r.a, r.idx DESC) lp ON lp.a = s.a;
+
+        -- Creates: the primary key is the collision check, as in the loop.
+        WITH created AS (
+            INSERT INTO bookings (code, department, version, price_amount, price_currency)
+            SELECT p_codes[s.a], p_departments[s.a], p_counts[s.a], v_amount_of[s.a], v_currency_of[s.a]
+              FROM generate_subscripts(p_codes, 1) AS s(a)
+             WHERE p_expected_versions[s.a] = 0 AND NOT (s.a = ANY (v_decided))
+            ON CONFLICT (code) DO NOTHING
+            RETURNING bookings.code, bookings.version
+        )
+        SELECT coalesce(array_agg(s.a), '{}'), coalesce(array_agg(c.version), '{}')
+          INTO v_written, v_written_last
+          FROM created c JOIN generate_subscripts(p_codes, 1) AS s(a) ON p_codes[s.a] = c.code;
+        RETURN QUERY
+            SELECT s.a, 'booking_code_taken'::text, jsonb_build_object('department', b.department),
+                   NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                   NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz
+              FROM generate_subscripts(p_codes, 1) AS s(a)
+              LEFT JOIN bookings b ON b.code = p_codes[s.a]
+             WHERE p_expected_versions[s.a] = 0 AND NOT (s.a = ANY (v_decided)) AND NOT (s.a = ANY (v_written));
+
+        -- Appends to existing bookings: at the expected version (if any), by the owner (or write:any).
+        WITH moved AS (
+            UPDATE bookings b
+               SET version = b.version + p_counts[u.a],
+                   price_amount = coalesce(v_amount_of[u.a], b.price_amount),
+                   price_currency = CASE WHEN v_amount_of[u.a] IS NULL THEN b.price_currency
+                                         ELSE v_currency_of[u.a] END,
+                   updated_at = now()
+              FROM generate_subscripts(p_codes, 1) AS u(a)
+             WHERE b.code = p_codes[u.a]
+               AND p_expected_versions[u.a] IS DISTINCT FROM 0 AND NOT (u.a = ANY (v_decided))
+               AND (p_expected_versions[u.a] IS NULL OR b.version = p_expected_versions[u.a])
+               AND (p_may_write_any[u.a] OR b.department = p_departments[u.a])
+            RETURNING u.a, b.version
+        )
+        SELECT v_written || coalesce(array_agg(moved.a), '{}'), v_written_last || coalesce(array_agg(moved.version), '{}')
+          INTO v_written, v_written_last
+          FROM moved;
+        RETURN QUERY
+            SELECT s.a,
+                   CASE WHEN b.code IS NULL THEN 'booking_not_found'
+                        WHEN NOT p_may_write_any[s.a] AND b.department <> p_departments[s.a] THEN 'not_owner'
+                        ELSE 'version_conflict' END,
+                   CASE WHEN b.code IS NULL THEN NULL
+                        WHEN NOT p_may_write_any[s.a] AND b.department <> p_departments[s.a]
+                            THEN jsonb_build_object('department', b.department)
+                        ELSE jsonb_build_object('current_version', b.version) END,
+                   NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                   NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz
+              FROM generate_subscripts(p_codes, 1) AS s(a)
+              LEFT JOIN bookings b ON b.code = p_codes[s.a]
+             WHERE p_expected_versions[s.a] IS DISTINCT FROM 0 AND NOT (s.a = ANY (v_decided))
+               AND NOT (s.a = ANY (v_written));
+
+        -- The events of the appends that wrote, with positions in argument order, and their outbox rows.
+        IF cardinality(v_written) > 0 THEN
+            v_base := (pg_current_xact_id()::text::bigint
+                       + (SELECT xid_offset FROM ledger_position_offset)) * 65536;
+            RETURN QUERY
+                WITH ok AS (
+                    SELECT * FROM unnest(v_written, v_written_last) AS ok(a, last_version)
+                ), ev AS (
+                    SELECT r.a, r.o, r.event_id, r.type, r.amount, r.currency, r.data, r.occurred_at, ok.last_version,
+                           row_number() OVER (ORDER BY r.idx) AS nth
+                      FROM unnest(v_ev_append, v_ev_ord, p_event_ids, p_types, p_amounts, p_currencies, p_data,
+                                  p_occurred_at) WITH ORDINALITY
+                           AS r(a, o, event_id, type, amount, currency, data, occurred_at, idx)
+                      JOIN ok ON ok.a = r.a
+                ), written AS (
+                    INSERT INTO events AS e (position, event_id, booking_code, version, type, price_amount,
+                                             price_currency, data, department, occurred_at, recorded_at)
+                    SELECT v_base + ev.nth - 1, ev.event_id, p_codes[ev.a], ev.last_version - p_counts[ev.a] + ev.o,
+                           ev.type, ev.amount, ev.currency, ev.data, p_departments[ev.a], ev.occurred_at, v_recorded
+                      FROM ev
+                     ORDER BY ev.nth
+                    RETURNING e.position, e.event_id, e.booking_code, e.version, e.type, e.price_amount,
+                              e.price_currency, e.data, e.department, e.occurred_at, e.recorded_at
+                ), queued AS (
+                    INSERT INTO outbox (position, booking_code, version)
+                    SELECT w.position, w.booking_code, w.version FROM written w
+                )
+                SELECT ev.a, CASE WHEN p_expected_versions[ev.a] = 0 THEN 'created' ELSE 'appended' END, NULL::jsonb,
+                       w.position, w.event_id, w.booking_code, w.version, w.type, w.price_amount,
+                       w.price_currency, w.data, w.department, w.occurred_at, w.recorded_at
+                  FROM written w JOIN ev ON ev.event_id = w.event_id
+                 ORDER BY ev.a, w.version;
+        END IF;
+        RETURN;
+    END IF;
+
+    -- Appends apply in arrival order: several appends to one booking see each other's writes,
+    -- with versions to match, and a retry of an append earlier in the batch is a replay.
+    FOR i IN 1 .. m LOOP
+        n := p_counts[i];
+        v_code := p_codes[i];
+        v_dept := p_departments[i];
+        v_any := p_may_write_any[i];
+        v_expected := p_expected_versions[i];
+        IF n < 1 OR n > 1000 THEN
+            RETURN QUERY SELECT i, 'invalid'::text,
+                                jsonb_build_object('message', format('an append carries 1 to 1000 events, got %s', n)),
+                                NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                                NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz;
+            first := first + n;
+            CONTINUE;
+        END IF;
+
+        -- A request whose event_ids are all recorded, for this booking, with the same content and
+        -- in the same relative order, is a retry: answer it with the recorded events.
+        -- "Same content" is type, price, data, occurred_at and the writing department.
+        SELECT count(*),
+               count(*) FILTER (WHERE e.booking_code = v_code
+                                  AND e.type = r.type
+                                  AND e.price_amount IS NOT DISTINCT FROM r.amount
+                                  AND e.price_currency IS NOT DISTINCT FROM r.currency
+                                  AND e.data IS NOT DISTINCT FROM r.data
+                                  AND e.occurred_at IS NOT DISTINCT FROM r.occurred_at
+                                  AND e.department = v_dept),
+               count(DISTINCT e.version - r.ord),
+               array_agg(e.event_id ORDER BY r.ord)
+          INTO v_known, v_same, v_offsets, v_known_ids
+          FROM unnest(p_event_ids[first:first + n - 1], p_types[first:first + n - 1],
+                      p_amounts[first:first + n - 1], p_currencies[first:first + n - 1],
+                      p_data[first:first + n - 1], p_occurred_at[first:first + n - 1])
+               WITH ORDINALITY AS r(event_id, type, amount, currency, data, occurred_at, ord)
+          JOIN events e ON e.event_id = r.event_id;
+
+        IF v_known > 0 THEN
+            IF v_known = n AND v_same = n AND v_offsets = 1 THEN
+                -- A replay answers "stored", so its commit must wait for the synchronous standby as a
+                -- write's does. Postgres waits only for a transaction that has an id *and* wrote WAL:
+                -- a transactional logical message gives it both, touching no table. Without it, a
+                -- replay could vouch for an earlier try whose wait for the standby was cancelled (a
+                -- cancel there keeps the commit, on the primary's disk only). 0010.
+                PERFORM pg_logical_emit_message(true, 'booking-ledger', 'replay');
+                RETURN QUERY
+                    SELECT i, 'replayed'::text, NULL::jsonb, e.position, e.event_id, e.booking_code, e.version,
+                           e.type, e.price_amount, e.price_currency, e.data, e.department,
+                           e.occurred_at, e.recorded_at
+                      FROM events e
+                     WHERE e.event_id = ANY (p_event_ids[first:first + n - 1])
+                     ORDER BY e.version;
+            ELSE
+                RETURN QUERY SELECT i, 'event_id_conflict'::text, jsonb_build_object('event_ids', v_known_ids),
+                                    NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                                    NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz;
+            END IF;
+            first := first + n;
+            CONTINUE;
+        END IF;
+
+        -- One event_id twice in one append: the unique key would abort the whole batch.
+        SELECT count(DISTINCT x) INTO v_distinct FROM unnest(p_event_ids[first:first + n - 1]) x;
+        IF v_distinct < n THEN
+            RETURN QUERY SELECT i, 'event_id_conflict'::text, NULL::jsonb,
+                                NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                                NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz;
+            first := first + n;
+            CONTINUE;
+        END IF;
+
+        -- The booking's price becomes the last price set in this append, if any.
+        v_amount := NULL;
+        v_currency := NULL;
+        SELECT r.amount, r.currency INTO v_amount, v_currency
+          FROM unnest(p_amounts[first:first + n - 1], p_currencies[first:first + n - 1])
+               WITH ORDINALITY AS r(amount, currency, ord)
+         WHERE r.amount IS NOT NULL
+         ORDER BY r.ord DESC
+         LIMIT 1;
+
+        IF v_expected = 0 THEN
+            -- The primary key is the collision check: of any number of concurrent creators of
+            -- one code, in any process or batch, exactly one inserts this row.
+            INSERT INTO bookings (code, department, version, price_amount, price_currency)
+            VALUES (v_code, v_dept, n, v_amount, v_currency)
+            ON CONFLICT (code) DO NOTHING;
+            IF NOT FOUND THEN
+                SELECT b.department INTO v_owner FROM bookings b WHERE b.code = v_code;
+                RETURN QUERY SELECT i, 'booking_code_taken'::text, jsonb_build_object('department', v_owner),
+                                    NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                                    NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz;
+                first := first + n;
+                CONTINUE;
+            END IF;
+            v_last := n;
+        ELSE
+            UPDATE bookings b
+               SET version = b.version + n,
+                   price_amount = coalesce(v_amount, b.price_amount),
+                   price_currency = CASE WHEN v_amount IS NULL THEN b.price_currency ELSE v_currency END,
+                   updated_at = now()
+             WHERE b.code = v_code
+               AND (v_expected IS NULL OR b.version = v_expected)
+               AND (v_any OR b.department = v_dept)
+            RETURNING b.version INTO v_last;
+            IF NOT FOUND THEN
+                SELECT b.department, b.version INTO v_owner, v_current FROM bookings b WHERE b.code = v_code;
+                RETURN QUERY
+                    SELECT i,
+                           CASE WHEN v_owner IS NULL THEN 'booking_not_found'
+                                WHEN NOT v_any AND v_owner <> v_dept THEN 'not_owner'
+                                ELSE 'version_conflict' END,
+                           CASE WHEN v_owner IS NULL THEN NULL
+                                WHEN NOT v_any AND v_owner <> v_dept THEN jsonb_build_object('department', v_owner)
+                                ELSE jsonb_build_object('current_version', v_current) END,
+                           NULL::bigint, NULL::uuid, NULL::text, NULL::integer, NULL::text, NULL::numeric,
+                           NULL::text, NULL::jsonb, NULL::text, NULL::timestamptz, NULL::timestamptz;
+                first := first + n;
+                CONTINUE;
+            END IF;
+        END IF;
+
+        -- Read only now: every lock is held (above), so the id is assigned after all of them.
+        IF v_base IS NULL THEN
+            -- (xid + offset) * 65536: the offset (0010) lifts positions past those of a restored
+            -- dump, whose cluster had counted further (booking-ledger migrate --advance-positions).
+            v_base := (pg_current_xact_id()::text::bigint
+                       + (SELECT xid_offset FROM ledger_position_offset)) * 65536;
+        END IF;
+        RETURN QUERY
+            WITH written AS (
+                INSERT INTO events AS e (position, event_id, booking_code, version, type, price_amount,
+                                         price_currency, data, department, occurred_at, recorded_at)
+                SELECT v_base + next_index + r.ord - 1, r.event_id, v_code, v_last - n + r.ord::integer, r.type,
+                       r.amount, r.currency, r.data, v_dept, r.occurred_at, v_recorded
+                  FROM unnest(p_event_ids[first:first + n - 1], p_types[first:first + n - 1],
+                              p_amounts[first:first + n - 1], p_currencies[first:first + n - 1],
+                              p_data[first:first + n - 1], p_occurred_at[first:first + n - 1])
+                       WITH ORDINALITY AS r(event_id, type, amount, currency, data, occurred_at, ord)
+                RETURNING e.position, e.event_id, e.booking_code, e.version, e.type, e.price_amount,
+                          e.price_currency, e.data, e.department, e.occurred_at, e.recorded_at
+            ), queued AS (
+                INSERT INTO outbox (position, booking_code, version)
+                SELECT w.position, w.booking_code, w.version FROM written w
+            )
+            SELECT i, CASE WHEN v_expected = 0 THEN 'created' ELSE 'appended' END, NULL::jsonb,
+                   w.position, w.event_id, w.booking_code, w.version, w.type, w.price_amount,
+                   w.price_currency, w.data, w.department, w.occurred_at, w.recorded_at
+              FROM written w
+             ORDER BY w.version;
+        next_index := next_index + n;
+        first := first + n;
+    END LOOP;
+END
+$fn$;
