@@ -4,16 +4,22 @@
         --variant three-workers:LEDGER_HTTP_WORKERS=3 --concurrency 1 32 128 --rounds 3
 
 A variant is a name and, optionally, `tree=DIR` (run the API from another checkout of the code,
-e.g. a git worktree of an earlier commit) and environment settings. Every variant's API runs on
-the same Postgres and ledger; the runs alternate (variant 1, raw, variant 2, raw, ...) round by
-round. Prints, per variant and level, appends/s, its ratio to the raw run right after it, CPU per
-append (Postgres and the API's processes, from /proc) and the mean group-commit batch (from /metrics).
+e.g. a git worktree of an earlier commit), `schema=DIR` (the variant's own database, migrated by
+that checkout's migrations and filled alike: e.g. an earlier append function) and environment
+settings. Every variant's API runs on the same Postgres, on one ledger unless it has its own
+schema; the raw baseline runs on this checkout's schema. The runs alternate (variant 1, raw,
+variant 2, raw, ...) round by round, each round starting with the next variant. Prints, per
+variant and level, appends/s, its ratio to the raw run right after it, CPU per append (Postgres
+and the API's processes, from /proc) and the mean group-commit batch (from /metrics).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,12 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
         key, _, value = part.partition("=")
         env["PYTHONPATH" if key == "tree" else key] = value
     return name, env
+
+
+def migrate_from(checkout: str, url: str) -> None:
+    """Migrate the database at `url` with the migrations of another checkout of the code."""
+    subprocess.run([sys.executable, "-c", "import sys; from migrations.runner import upgrade; upgrade(sys.argv[1])",
+                    url], cwd=checkout, env={**os.environ, "PYTHONPATH": checkout}, check=True)
 
 
 def batch_counts(api_url: str) -> tuple[float, float]:
@@ -79,21 +91,30 @@ def main() -> None:
         fill(url, "BENCH-", BOOKINGS)
         key = stack.api_key(url)
         apis = {}
-        for name, env in args.variant:
+        for n, (name, env) in enumerate(args.variant):
             env = dict(env)
             workers = int(env.pop("LEDGER_HTTP_WORKERS", "2"))
-            api, api_url = stack.start_bench_api(url, workers=workers, ready_path="/health/live", **env)
-            load.api_appends(api_url, key, 8, 2, BOOKINGS)
-            apis[name] = (api, api_url)
+            own_url, own_key = url, key
+            if checkout := env.pop("schema", None):
+                own_url = stack.database(f"ledger_experiment_{n}", migrate=False)
+                migrate_from(checkout, own_url)
+                fill(own_url, "BENCH-", BOOKINGS)
+                own_key = stack.api_key(own_url)
+            api, api_url = stack.start_bench_api(own_url, workers=workers, ready_path="/health/live", **env)
+            load.api_appends(api_url, own_key, 8, 2, BOOKINGS)
+            apis[name] = (api, api_url, own_key)
         load.driver("raw", url, 8, 2, BOOKINGS)
         runs: dict[tuple[str, int], Runs] = {}
         for c in args.concurrency:
             for n in range(args.rounds):
-                for name, (api, api_url) in apis.items():
+                # Each round starts with the next variant, so that whatever recurs once a round (an
+                # autovacuum, another tenant's job) does not always fall on the same one.
+                order = [*apis.items()][n % len(apis):] + [*apis.items()][:n % len(apis)]
+                for name, (api, api_url, api_key) in order:
                     mine, raw_runs = runs.setdefault((name, c), Runs()), runs.setdefault(("raw", c), Runs())
                     pg0, own0, (sum0, count0) = postgres_seconds(data_dir), process_seconds(api.pids()), \
                         batch_counts(api_url)
-                    sample = load.api_appends(api_url, key, c, args.seconds, BOOKINGS)
+                    sample = load.api_appends(api_url, api_key, c, args.seconds, BOOKINGS)
                     pg1, own1, (sum1, count1) = postgres_seconds(data_dir), process_seconds(api.pids()), \
                         batch_counts(api_url)
                     raw = load.driver("raw", url, c, args.seconds, BOOKINGS)

@@ -6,8 +6,8 @@ import math
 import time
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 
 from service.api import metrics
 from service.api.problems import ApiError
@@ -52,19 +52,22 @@ READ_SCOPES = ("read",)
 WRITE_SCOPES = ("write", "write:any")
 
 
-async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """The guard of every /v1 route: authentication comes before any other check of the request.
+async def authenticated(request: Request[Any, Any, Any]) -> None:
+    """The before-request hook of every /v1 route: authentication comes before any other check.
 
-    Guards run before the framework validates path and query parameters, so a request without a
-    valid key gets 401 whatever else is wrong with it. The route's scopes come from its `opt`;
-    the key is left in `request.state.api_key`.
+    It runs before the framework validates path and query parameters, so a request without a
+    valid key gets 401 whatever else is wrong with it. (A hook, not a guard: Litestar copies the
+    route handler for every guard call, a cost on every request.) The route's scopes come from its
+    `opt`; the key is left in `request.state.api_key`.
     """
+    handler = request.route_handler
     try:
-        connection.state.api_key = await require_key(connection, handler.opt["scopes"])
+        key = await require_key(request, handler.opt["scopes"])
     except ApiError as error:
         if route := handler.opt.get("read_route"):
             metrics.READS.labels(route, error.code).inc()
         raise
+    request.scope["state"]["api_key"] = key  # request.state, without building a State object
 
 
 async def require_key(request: ASGIConnection[Any, Any, Any, Any], scopes: tuple[str, ...]) -> ApiKey:
@@ -81,7 +84,8 @@ async def require_key(request: ASGIConnection[Any, Any, Any, Any], scopes: tuple
     wait = request.app.state.rate_limiter.retry_after(key.id)
     if wait is not None:
         raise ApiError(429, "rate_limited", "this key is over its request rate", {"Retry-After": str(wait)})
-    request.state.department = key.department  # for the request log line; never the key itself
+    # For the request log line, never the key itself (request.state, without building a State object).
+    request.scope.setdefault("state", {})["department"] = key.department
     if not any(key.allows(scope) for scope in scopes):
         raise ApiError(403, "forbidden", f"this key has none of the scopes {', '.join(scopes)}")
     return key

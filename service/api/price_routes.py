@@ -62,7 +62,7 @@ def parse_moment(text: str) -> datetime:
         "occurred_at, or recorded_at where an event has none. Give exactly one of at and version."
     ),
     security=KEY_REQUIRED,
-    guards=[authenticated],
+    before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "price"},
     responses=_problems(401, 403, 404, 422, 429, 503),
 )

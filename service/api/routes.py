@@ -66,7 +66,7 @@ class _AppendOperation(Operation):
     status_code=201,
     operation_class=_AppendOperation,
     security=KEY_REQUIRED,
-    guards=[authenticated],
+    before_request=authenticated,
     opt={"scopes": WRITE_SCOPES},
     request_max_body_size=MAX_BODY_BYTES,
     summary="Append events to a booking (expected_version 0 creates it)",
@@ -74,7 +74,7 @@ class _AppendOperation(Operation):
     | _problems(401, 403, 404, 408, 409, 413, 415, 422, 429, 503),
 )
 async def append_events(request: Request, code: BookingCode) -> Response[AppendOut]:
-    key = request.state.api_key
+    key = request.scope["state"]["api_key"]  # set by `authenticated`
     started: float | None = None  # the duration measures the work, not how slowly a client sends
     outcome = "internal_error"
     try:
@@ -126,7 +126,7 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
     "/v1/bookings/{code:str}",
     summary="A booking: owner, version, latest price",
     security=KEY_REQUIRED,
-    guards=[authenticated],
+    before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "booking"},
     responses=_problems(401, 403, 404, 422, 429, 503),
 )
@@ -139,7 +139,7 @@ async def booking(request: Request, code: BookingCode) -> Booking:
     "/v1/bookings/{code:str}/events",
     summary="A booking's events in version order",
     security=KEY_REQUIRED,
-    guards=[authenticated],
+    before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "booking_events"},
     responses=_problems(401, 403, 404, 422, 429, 503),
 )
@@ -158,7 +158,7 @@ async def booking_events(
     "/v1/events",
     summary="The global feed in position order",
     security=KEY_REQUIRED,
-    guards=[authenticated],
+    before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "feed"},
     responses=_problems(401, 403, 422, 429, 503),
 )

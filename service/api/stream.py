@@ -337,7 +337,7 @@ def _last_event_id(request: Request) -> int | None:
         "the client reads too slowly, after a bounded number of bytes, or when the key is revoked."
     ),
     security=KEY_REQUIRED,
-    guards=[authenticated],
+    before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "stream"},
     responses=_problems(401, 403, 422, 429, 503),
     media_type="text/event-stream",

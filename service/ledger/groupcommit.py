@@ -1,5 +1,6 @@
 """Group commit: the appends that reach one API process while its call to Postgres is in flight
-share the next call and its commit (ledger_append_batch: migrations/sql/, the highest revision in force).
+share the next call and its commit (ledger_append_batch: migrations/sql/, the file with the highest
+revision number is the one in force).
 
 There is no timer: a lone append goes at once, and a batch is whatever queued up during the
 previous call, bounded by events and bytes. Every append is still checked and answered on its

@@ -239,8 +239,8 @@ class Importer:
         todo = deque(bookings)
         while todo:
             # The next call: the next batch of each booking in turn, up to `call_events` events (at
-            # least one batch). One append per booking per call, so that the function checks and
-            # applies them set-wise; a booking's next batch goes in a later call of this worker,
+            # least one batch). One append per booking per call (the function looks up repeated
+            # event ids once per call); a booking's next batch goes in a later call of this worker,
             # expecting the version the one before it leaves (a batch that was not written makes the
             # next one fail too, so nothing is written out of file order).
             call: list[tuple[_Booking, _Batch, Append]] = []

@@ -95,7 +95,7 @@ async def test_a_mixed_batch_answers_each_append_as_if_alone(pool) -> None:
 
 
 async def test_a_batch_of_independent_appends_answers_each_as_if_alone(pool) -> None:
-    """No code and no event id twice: the function's set-wise path (0012), every outcome of the loop's."""
+    """No code and no event id twice in one call: every outcome, each as a single append gets it."""
     codes = {name: random_code(name.upper()) for name in
              ("taken", "conflict", "replay", "reused", "other", "fresh", "owned", "priced", "any", "big")}
     for name in ("taken", "conflict", "reused", "owned", "priced", "any", "big"):
@@ -180,6 +180,33 @@ async def test_appends_to_one_booking_inside_one_batch_apply_in_arrival_order(po
     positions = [e.position for a in good for e in a.events]  # type: ignore[union-attr]
     assert positions == sorted(positions) and len(set(p >> 16 for p in positions)) == 1
     assert isinstance(late, VersionConflict) and late.context == {"current_version": 5}
+
+
+async def test_an_event_id_seen_earlier_in_the_same_batch_is_a_replay_or_a_conflict(pool) -> None:
+    code, other, between = random_code("AGAIN"), random_code("AGAIN"), random_code("MID")
+    first = [event(amount="1.00"), event("Note", data={"n": 1})]
+    twice = uuid.uuid4()
+    writer = GroupCommit(pool)
+    answers = await one_batch(writer, [
+        item(code, 0, first),                                         # creates
+        item(between, 0),                                             # good, in between
+        item(code, 0, first),                                         # the same request again: a replay
+        item(other, 0, [event(event_id=first[1].event_id)]),          # one of its ids, another booking
+        item(other, 0, [event(event_id=twice), event(event_id=twice)]),  # one id twice in one append
+        item(code, None, [event(amount="3.00")]),                     # good: after them
+    ])
+    created, good, replay, reused, doubled, appended = answers
+    assert isinstance(created, AppendResult) and not created.replayed
+    assert isinstance(good, AppendResult) and good.version == 1
+    assert isinstance(replay, AppendResult) and replay.replayed and replay.events == created.events
+    assert isinstance(reused, EventIdConflict) and reused.context == {"event_ids": [str(first[1].event_id)]}
+    assert isinstance(doubled, EventIdConflict) and doubled.context == {}
+    assert isinstance(appended, AppendResult) and [e.version for e in appended.events] == [3]
+    positions = [e.position for a in (created, good, appended) for e in a.events]
+    assert positions == sorted(positions) and len(set(p >> 16 for p in positions)) == 1
+    with pytest.raises(BookingNotFound):
+        await append(pool, code=other, department="hotel", may_write_any=False, expected_version=None,
+                     events=[event()])
 
 
 async def test_a_poisoned_member_fails_alone_and_its_neighbours_succeed(pool) -> None:
