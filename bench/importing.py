@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--database-url", help="an empty, migrated database (default: a private Postgres)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="booking-ledger-import-"))
+    folder.chmod(0o755)  # a private Postgres runs as the postgres user when we are root
     if args.database_url:
         print(json.dumps(measure(args.database_url, args.events, folder)))
         return
