@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -25,7 +29,7 @@ from service.ledger.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from service.ledger.groupcommit import Append, GroupCommit
+from service.ledger.groupcommit import BATCH_SQL, Append, GroupCommit, batch_arguments
 from service.ledger.reads import read_feed
 from tests.conftest import random_code
 
@@ -220,6 +224,111 @@ async def test_a_poisoned_member_fails_alone_and_its_neighbours_succeed(pool) ->
     assert isinstance(answers[0], AppendResult) and isinstance(answers[2], AppendResult)
     assert isinstance(answers[1], InvalidData)
     assert [answers[0].events[0].version, answers[2].events[0].version] == [1, 2]
+
+
+async def test_a_member_refused_by_the_final_insert_fails_alone_and_nothing_of_the_call_stays(pool) -> None:
+    """The events of a call are written at its end, after the booking rows: a CHECK that refuses one
+    of them there must still fail the whole call (booking rows included), and the redo one by one
+    answers each member as if alone."""
+    writer = GroupCommit(pool)
+    code, bad = random_code("LATE"), random_code("BAD")
+    infinite = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)  # asyncpg sends 'infinity'
+    answers = await one_batch(writer, [
+        item(code, 0),
+        item(bad, 0, [event(), NewEvent(uuid.uuid4(), "Late", occurred_at=infinite)]),  # events_occurred_at_finite
+        item(code, 1),
+    ])
+    first, refused, second = answers
+    assert isinstance(refused, InvalidData)
+    assert isinstance(first, AppendResult) and isinstance(second, AppendResult)
+    assert [first.events[0].version, second.events[0].version] == [1, 2]
+    assert first.events[0].position >> 16 != second.events[0].position >> 16  # redone alone, not in the call
+    assert await pool.fetchval("SELECT count(*) FROM bookings WHERE code = $1", bad) == 0
+
+
+async def test_a_batch_answers_and_writes_as_the_append_by_append_loop_does(pool) -> None:
+    """Seeded random batches (one booking appended to several times, ids repeated within and across
+    appends, recorded ids with the same or other content, refusals, bad counts), each called on the
+    same state by the function in force and by 0011's append-by-append loop (the reference: every
+    check and write in arrival order), rolled back: the same answers, booking rows, events and outbox
+    rows (positions compared by their index in the call)."""
+    rnd = random.Random(12)
+    async with pool.acquire() as conn:
+        # A session-temporary copy of the reference, so nothing of it outlives the connection.
+        await conn.execute((SQL / "ledger_append_batch.0011.sql").read_text()
+                           .replace("FUNCTION ledger_append_batch(", "FUNCTION pg_temp.reference_batch("))
+        for _ in range(60):
+            codes = [random_code("REF") for _ in range(3)]
+            recorded: list[NewEvent] = []
+            for code in codes[:2]:
+                owner = rnd.choice(["hotel", "car"])
+                for version in range(rnd.randint(1, 2)):
+                    events = [_random_event(rnd) for _ in range(rnd.randint(1, 2))]
+                    await append(pool, code=code, department=owner, may_write_any=False,
+                                 expected_version=None if version else 0, events=events)
+                    recorded += events
+            items, used = [], []
+            for _ in range(rnd.randint(2, 7)):
+                events: list[NewEvent] = []
+                for _ in range(rnd.choice([0, 1, 1, 2, 3])):
+                    pick = rnd.random()
+                    if pick < 0.15:
+                        again = rnd.choice(recorded)
+                    elif pick < 0.35 and used:
+                        again = rnd.choice(used)
+                    elif pick < 0.4 and events:
+                        again = rnd.choice(events)
+                    else:
+                        events.append(_random_event(rnd))
+                        continue
+                    events.append(again if rnd.random() < 0.7 else replace(again, type="Other"))
+                used += events
+                items.append(Append(rnd.choice(codes), rnd.choice(["hotel", "car"]), rnd.random() < 0.2,
+                                    rnd.choice([0, 0, None, None, 1, 2, 3, 4]), events))
+            arguments = batch_arguments(items)
+            answers = [await _call_and_roll_back(conn, function, arguments, codes)
+                       for function in ("ledger_append_batch", "pg_temp.reference_batch")]
+            assert answers[0] == answers[1], items
+
+
+def _random_event(rnd: random.Random) -> NewEvent:
+    amount = rnd.choice([None, "1.00", "2.50"])
+    return NewEvent(uuid.uuid4(), rnd.choice(["Priced", "Note"]), Money.parse(amount, "EUR") if amount else None,
+                    rnd.choice([None, {"n": 1}]))
+
+
+async def _call_and_roll_back(conn: asyncpg.Connection, function: str, arguments: tuple[list[Any], ...],
+                              codes: list[str]) -> tuple[list[tuple[Any, ...]], ...]:
+    """The call's rows (by append, then version) and the state it leaves for `codes`, undone after."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        rows = await conn.fetch(BATCH_SQL.replace("ledger_append_batch", function), *arguments)
+        base = await conn.fetchval("SELECT (pg_current_xact_id()::text::bigint"
+                                   " + (SELECT xid_offset FROM ledger_position_offset)) * 65536")
+        answer = sorted(
+            (tuple({**row, "position": _in_call(row["position"], base),
+                    "recorded_at": None if (row["position"] or 0) >= base else row["recorded_at"]}.values())
+             for row in rows),
+            key=lambda row: (row[0], row[6] or 0))
+        bookings = [tuple(row) for row in await conn.fetch(
+            "SELECT code, department, version, price_amount, price_currency FROM bookings"
+            " WHERE code = ANY($1) ORDER BY code", codes)]
+        events = [(*row.values(),) for row in await conn.fetch(
+            "SELECT event_id, booking_code, version, type, price_amount, price_currency, data, department, position"
+            " FROM events WHERE booking_code = ANY($1) ORDER BY booking_code, version", codes)]
+        events = [(*row[:-1], _in_call(row[-1], base)) for row in events]
+        outbox = [(_in_call(row["position"], base), row["booking_code"], row["version"]) for row in await conn.fetch(
+            "SELECT position, booking_code, version FROM outbox WHERE booking_code = ANY($1)"
+            " ORDER BY position", codes)]
+        return answer, bookings, events, outbox
+    finally:
+        await transaction.rollback()
+
+
+def _in_call(position: int | None, base: int) -> Any:
+    """A position written by the call as its index in the call; an earlier one as it is."""
+    return ("call", position - base) if position is not None and position >= base else position
 
 
 async def test_a_transaction_held_open_holds_back_a_later_batch_and_is_not_skipped(pool, database_url) -> None:
