@@ -198,7 +198,7 @@ def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
 
 
 def _answer_rows(batch: list[_Waiting], rows: list[asyncpg.Record], unknown_outcome: bool) -> None:
-    """Each member's answer from its rows (rows come grouped by append, in order)."""
+    """Each member's answer from its rows (rows come grouped by append; the groups are not in append order)."""
     by_append: list[list[asyncpg.Record]] = [[] for _ in batch]
     for row in rows:
         by_append[row["append_no"] - 1].append(row)
