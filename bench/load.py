@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,23 @@ def paced(url: str, key: str, rate: float, seconds: float) -> subprocess.Popen:
                             env={**os.environ, "BENCH_API_KEY": key})
 
 
+async def at_rate(rate: float, seconds: float, one: Callable[[], Awaitable[None]]) -> tuple[int, float]:
+    """Start `one()` `rate` times a second for `seconds` (open loop: a slow answer does not delay the
+    next start) and wait for them all: (how many started, the most seconds a start fell behind)."""
+    tasks = []
+    behind = 0.0
+    start = time.monotonic()
+    for n in range(int(rate * seconds)):
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            behind = max(behind, -delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return len(tasks), behind
+
+
 async def _paced(url: str, key: str, rate: float, seconds: float) -> dict[str, float]:
     import aiohttp
 
@@ -87,7 +105,6 @@ async def _paced(url: str, key: str, rate: float, seconds: float) -> dict[str, f
             "events": [{"type": "BookingPriced", "price": {"amount": "80.00", "currency": "EUR"}}]}
     headers = {"Authorization": f"Bearer {key}"}
     statuses: dict[int, int] = {}
-    behind = 0.0
     connector = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(url, headers=headers, connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -101,18 +118,10 @@ async def _paced(url: str, key: str, rate: float, seconds: float) -> dict[str, f
             except (TimeoutError, aiohttp.ClientError):
                 statuses[0] = statuses.get(0, 0) + 1
 
-        tasks = []
         start = time.monotonic()
-        for n in range(int(rate * seconds)):
-            delay = start + n / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                behind = max(behind, -delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        sent, behind = await at_rate(rate, seconds, one)
         elapsed = time.monotonic() - start
-    return {"sent": len(tasks), "seconds": elapsed, "created": statuses.get(201, 0),
+    return {"sent": sent, "seconds": elapsed, "created": statuses.get(201, 0),
             "failed": sum(v for k, v in statuses.items() if k != 201), "max_behind_s": behind}
 
 

@@ -29,6 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.load import at_rate
+
 HERE = Path(__file__).resolve().parent
 DRAIN_SECONDS = 1.0  # after the last 201, before the streams are closed
 KEYS = 5  # API keys the streams are spread over (the API's cap is 10 streams per key per worker)
@@ -127,16 +129,9 @@ async def _paced(url: str, key: str, rate: float, seconds: float) -> dict[str, f
             except (TimeoutError, aiohttp.ClientError):
                 failed += 1
 
-        tasks = []
-        start = time.monotonic()
-        for n in range(int(rate * seconds)):
-            delay = start + n / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        sent, _ = await at_rate(rate, seconds, one)
     if failed:
-        raise RuntimeError(f"{failed} of {len(tasks)} appends failed")
+        raise RuntimeError(f"{failed} of {sent} appends failed")
     return acked
 
 
