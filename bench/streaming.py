@@ -9,7 +9,7 @@ the API at a steady rate, each with an event id chosen by the writer, which note
 came back. Latency = the time a stream received the event - the time its append's 201 came back.
 
 The commit time is taken from the 201 rather than from the event's `recorded_at`: `recorded_at` is
-the transaction's start (Postgres's now()), before the append function ran and before the commit
+read inside the append function once its locks are held, before its writes and before the commit
 waited for its WAL flush, so it would count the commit itself (several milliseconds on this disk)
 as delivery. The 201 leaves the API just after the commit; the stream's wake-up is sent at the same
 moment, so a delivery can beat the 201 by a little (those count as 0 ms). Both are reported;
@@ -203,8 +203,8 @@ def markdown(result: dict | None) -> list[str]:
             f"- {result['streams']} open `GET /v1/events/stream` streams, appends at {result['rate']:.0f}/s for "
             f"{result['seconds']:.0f} s ({result['appends']:,} appends, {result['deliveries']:,} deliveries, "
             f"{result['missing']} missing): commit (the append's 201) → client p50 **{result['p50_ms']} ms**, "
-            f"p99 {result['p99_ms']} ms, max {result['max_ms']} ms; from the event's recorded_at (the "
-            f"transaction's start, so the commit's own time included) p50 {recorded['p50_ms']} ms, "
+            f"p99 {result['p99_ms']} ms, max {result['max_ms']} ms; from the event's recorded_at (read "
+            f"before the writes, so the commit's own time included) p50 {recorded['p50_ms']} ms, "
             f"p99 {recorded['p99_ms']} ms"]
 
 
