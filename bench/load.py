@@ -81,6 +81,14 @@ def paced(url: str, key: str, rate: float, seconds: float) -> subprocess.Popen:
                             env={**os.environ, "BENCH_API_KEY": key})
 
 
+def quantile(values: list[float], q: float) -> float | None:
+    """The nearest-rank `q` quantile of `values` (None when there are none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 async def at_rate(rate: float, seconds: float, one: Callable[[], Awaitable[None]]) -> tuple[int, float]:
     """Start `one()` `rate` times a second for `seconds` (open loop: a slow answer does not delay the
     next start) and wait for them all: (how many started, the most seconds a start fell behind)."""

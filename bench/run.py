@@ -313,8 +313,8 @@ class Bench:
                 "load": sent,
                 "lag_samples": len(lags),
                 "lag_not_seen": probe.unseen,
-                "lag_p50_ms": round(lags[len(lags) // 2] * 1000, 1) if lags else None,
-                "lag_p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000, 1) if lags else None,
+                "lag_p50_ms": _ms(load.quantile(lags, 0.5)),
+                "lag_p99_ms": _ms(load.quantile(lags, 0.99)),
                 "relay_commit_to_ack": pipeline.histogram_quantiles(relay_metrics,
                                                                     "ledger_relay_commit_to_ack_seconds"),
                 "lag_series": [(round(t, 2), round(lag * 1000, 1)) for t, lag in probe.lags],
@@ -350,6 +350,10 @@ class Bench:
             "sink_vs_raw": round(median([a / b for a, b in zip(sink_runs, boto_runs, strict=True)]), 3),
         }
         self.results["e2e"] = e2e
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _metric(port: int, name: str) -> float | None:

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.load import at_rate
+from bench.load import at_rate, quantile
 
 HERE = Path(__file__).resolve().parent
 DRAIN_SECONDS = 1.0  # after the last 201, before the streams are closed
@@ -135,13 +135,6 @@ async def _paced(url: str, key: str, rate: float, seconds: float) -> dict[str, f
     return acked
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def measure(api_url: str, keys: list[str], write_key: str, streams: int, rate: float, seconds: float,
             folder: Path, log=print) -> dict:
     out = folder / "stream-readers.json"
@@ -170,12 +163,12 @@ def measure(api_url: str, keys: list[str], write_key: str, streams: int, rate: f
     result = {
         "streams": streams, "rate": rate, "seconds": seconds, "appends": len(acked),
         "deliveries": len(lags), "missing": expected - len(lags), "reader_errors": found["errors"],
-        "p50_ms": _round(_quantile(lags, 0.5)), "p99_ms": _round(_quantile(lags, 0.99)),
+        "p50_ms": _round(quantile(lags, 0.5)), "p99_ms": _round(quantile(lags, 0.99)),
         "max_ms": _round(max(lags, default=None)),
         "before_the_201": round(sum(1 for e, ats in received.items() if e in acked for a in ats if a < acked[e])
                                 / max(1, len(lags)), 4),
-        "from_recorded_at": {"p50_ms": _round(_quantile(from_recorded, 0.5)),
-                             "p99_ms": _round(_quantile(from_recorded, 0.99))},
+        "from_recorded_at": {"p50_ms": _round(quantile(from_recorded, 0.5)),
+                             "p99_ms": _round(quantile(from_recorded, 0.99))},
     }
     log(f"  {streams} streams at {rate:.0f} appends/s for {seconds:.0f} s: commit->client p50 {result['p50_ms']} ms, "
         f"p99 {result['p99_ms']} ms ({result['deliveries']:,} deliveries, {result['missing']} missing; "
