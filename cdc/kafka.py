@@ -1,6 +1,7 @@
 """Kafka clients configured for the pipeline, and topic creation when the topic is missing.
 
-The local broker (Tansu) keeps topics in memory, so whoever needs the topic creates it.
+Brokers do not create topics on demand (a topic auto-created by a produce or a fetch would get the
+broker's partition count): the relay creates the events topic, the sink the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ def producer_config(settings: KafkaSettings) -> dict[str, object]:
         "bootstrap.servers": settings.bootstrap,
         "client.id": "booking-ledger-relay",
         # The relay creates the topic itself, with our partition count, and learns from that
-        # that a broker lost its memory; a topic auto-created by a produce would hide both.
+        # that it was missing (see relay.py); a topic auto-created by a produce would hide both.
         "allow.auto.create.topics": False,
         # Idempotent and fully acknowledged: a retry inside the client never duplicates or
         # reorders a partition, and an acknowledged message is on every in-sync replica.
         "enable.idempotence": True,
         "acks": "all",
+        "max.in.flight.requests.per.connection": 5,  # the most idempotence keeps in order
         "linger.ms": 2,
         "batch.num.messages": 1000,
         # A message not acknowledged in this time is reported failed; the relay sends it again.
@@ -46,12 +48,12 @@ def consumer_config(settings: KafkaSettings) -> dict[str, object]:
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
         "auto.commit.interval.ms": settings.commit_interval_ms,
-        # Group joins take ~20 s on the local broker with the default session timeout.
+        # A sink that died is noticed, and its partitions handed to another, within 6 s.
         "session.timeout.ms": 6_000,
         "heartbeat.interval.ms": 1_000,
         "fetch.wait.max.ms": 100,
         "reconnect.backoff.max.ms": 1_000,
-        # Notice a topic that was recreated (a broker that lost its memory) within seconds.
+        # Notice a topic that was created again, or new partitions, within seconds.
         "topic.metadata.refresh.interval.ms": 5_000,
     }
 
@@ -75,7 +77,8 @@ def ensure_topic(settings: KafkaSettings, topic: str | None = None, timeout: flo
         return EXISTING
     if not create:
         return MISSING
-    futures = admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)])
+    replicas = settings.replication_factor or -1  # -1: the broker's default.replication.factor
+    futures = admin.create_topics([NewTopic(topic, num_partitions=settings.partitions, replication_factor=replicas)])
     try:
         futures[topic].result(timeout)
         log.info("created topic %s with %d partitions", topic, settings.partitions)

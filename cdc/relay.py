@@ -12,9 +12,9 @@ Why this never skips or reorders an event:
   report nothing past it is marked; the next pass resends from the oldest unsent row, and the
   duplicates this may cause downstream are absorbed by the sink's idempotent writes.
 
-A broker that lost its memory (the local Tansu keeps none across a restart) also lost what the
-sink had not read yet. The relay alone creates the topic; when it has to, it puts the events of
-the last LEDGER_RELAY_RESEND_SECONDS back into the outbox, so they are sent again.
+A topic that had to be created again (an operator deleted it, or the cluster was replaced) lost
+what the sink had not read yet. The relay alone creates the events topic; when it has to, it puts
+the events of the last LEDGER_RELAY_RESEND_SECONDS back into the outbox, so they are sent again.
 """
 
 from __future__ import annotations

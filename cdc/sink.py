@@ -10,26 +10,14 @@ A message that is not Event JSON is never dropped silently: it goes to the dead-
 ERROR, and only then is its offset stored. If the dead-letter topic cannot take it, the sink
 retries and does not move past it.
 
-A broker that lost its memory (the local Tansu keeps none across a restart) comes back with a new
-topic whose offsets start again at 0, and may even receive this consumer's old offsets in an
-auto-commit. The topic's identity is therefore kept where no broker can drop it: in the name of
-the consumer group, LEDGER_SINK_GROUP + "." + the topic's id. (Commit metadata would do on Apache
-Kafka, but Tansu returns committed offsets without it, which made every restart read everything
-again.) A group's committed offsets can only belong to its own incarnation of the topic: a restarted
-sink resumes where the last one stopped, and after the topic was created again the sink joins a new
-group, which starts at the beginning. The old offsets a stale consumer commits land in the old
-group, where nobody reads them. The relay, which recreates the topic, sends recent events again,
-and rewriting them changes nothing.
-
-ledger_sink_commit_to_write_seconds measures freshness. Restarts, rebalances and rejoins no longer
-read anything again (but the up to one second of offsets a killed sink had not committed yet), and
-after the topic was created again, what the new topic held at this sink's first fetch of a partition
-(the relay's re-sent events, written before) is not observed.
+Each partition starts at the group's committed offset (at the beginning without one). Apache Kafka
+keeps the offsets with the group and drops them with a deleted topic, so a topic created again is
+read from its beginning. ledger_sink_commit_to_write_seconds measures freshness: from the commit
+of each event in the ledger to its write here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -39,16 +27,13 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
     Message,
     Producer,
-    TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
 
 from cdc import dynamo, metrics, progress
 from cdc.backoff import Backoff
@@ -73,11 +58,6 @@ def where(message: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
-def group_of(sink_group: str, topic_id: str) -> str:
-    """The consumer group of the sink for one incarnation of the topic."""
-    return f"{sink_group}.{topic_id}"
-
-
 class Sink:
     def __init__(self, settings: Settings, batch_size: int = 500, threads: int = 8) -> None:
         self.settings = settings
@@ -85,15 +65,8 @@ class Sink:
         self.threads = threads
         self._paused = False
         self._carry: list[Message] = []
-        self._topic_id: str | None = None  # of the incarnation whose group this consumer is in
-        # Why this consumer must be replaced by one in the current incarnation's group, if it must.
-        self._rejoin: str | None = None
         # Per assigned partition, the next offset to store: what is below it is in DynamoDB.
         self._next: dict[int, int] = {}
-        # Per assigned partition, the first offset whose freshness is observed (None: the high
-        # watermark of the first fetch, in a topic created again while this sink ran).
-        self._fresh_from: dict[int, int | None] = {}
-        self._recreated = False
         self._lag_updated = 0.0
         self._lag_partitions: set[str] = set()
         self._progress = time.monotonic()  # when the consumer last received or had nothing waiting
@@ -108,29 +81,21 @@ class Sink:
         self._wait_for_table_and_topic(dynamodb, stop)
         if stop.is_set():
             return
-        self._admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap})
-        try:
-            consumer = self._subscribe(stop)
-        except dynamo.Stopped:
-            return
+        consumer = self._subscribe()
         log.info("sink consuming %s into DynamoDB table %s", self.settings.kafka.topic, self.settings.dynamo.table)
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="dynamodb") as executor:
                 while not stop.is_set():
-                    if self._rejoin is not None:
-                        consumer = self._join_again(consumer, stop)
-                        continue
                     messages = self._fetch(consumer)
                     if self._stalled(consumer, messages):
                         consumer.close()  # commits the offsets stored so far
-                        consumer = self._subscribe(stop)
+                        consumer = self._subscribe()
                         continue
                     self._write_batch(consumer, messages, dynamodb, executor, stop)
         except dynamo.Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
-            with contextlib.suppress(RuntimeError):  # already closed when stopped while joining again
-                consumer.close()  # commits the offsets stored so far
+            consumer.close()  # commits the offsets stored so far
             if self._dead_letters is not None:
                 self._dead_letters.flush(5)
 
@@ -147,15 +112,6 @@ class Sink:
             except Exception as error:  # DynamoDB Local or the broker still starting
                 log.debug("set-up attempt failed: %r", error)
             stop.wait(backoff.failed("sink waits for DynamoDB and for the relay to create topic %s", kafka.topic))
-
-    def _join_again(self, consumer: Consumer, stop: threading.Event) -> Consumer:
-        """Replace the consumer by one in the current topic incarnation's group (see _on_assign)."""
-        log.warning("sink joins the consumer group again: %s", self._rejoin)
-        consumer.close()  # its offsets go to the old topic's group, where nobody reads them
-        previous = self._topic_id
-        consumer = self._subscribe(stop)
-        self._recreated = self._topic_id != previous
-        return consumer
 
     def _fetch(self, consumer: Consumer) -> list[Message]:
         """What a paused write left over, then a wait for one message and whatever is there already."""
@@ -181,7 +137,7 @@ class Sink:
                      executor: ThreadPoolExecutor, stop: threading.Event) -> None:
         """Write the batch's events to DynamoDB (unparseable messages to the dead-letter topic), and
         only then store each partition's offset past its last message."""
-        events, fresh, last = [], [], {}
+        events, last = [], {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -190,8 +146,6 @@ class Sink:
             try:
                 event = decode_event(message.value() or b"")
                 events.append(event)
-                if self._first_read(consumer, message):
-                    fresh.append(event)
             except (msgspec.DecodeError, TypeError) as failure:
                 self._dead_letters = self._dead_letters or Producer(producer_config(self.settings.kafka))
                 self._dead_letter(self._dead_letters, consumer, message, failure, stop)
@@ -204,54 +158,21 @@ class Sink:
             )
             self.metrics.written.inc(len(events))
             self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
-            metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in fresh))
+            metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in events))
         for message in last.values():
             self._store(consumer, message)
         self._resume(consumer)
         self._update_lag(consumer)
 
-    def _subscribe(self, stop: threading.Event) -> Consumer:
-        """A consumer in the group of the topic's current incarnation (raises Stopped on `stop`)."""
-        backoff = Backoff(log)
-        while True:
-            try:
-                self._topic_id = self._current_topic_id()
-                break
-            except KafkaException as error:
-                if stop.wait(backoff.failed("cannot read the id of topic %s: %s", self.settings.kafka.topic, error)):
-                    raise dynamo.Stopped() from None
-        backoff.succeeded("topic id read")
-        config = consumer_config(self.settings.kafka)
-        config["group.id"] = group_of(self.settings.kafka.sink_group, self._topic_id)
-        consumer = Consumer(config)
+    def _subscribe(self) -> Consumer:
+        """A new consumer in the sink's group (see _on_assign for where it starts)."""
+        consumer = Consumer(consumer_config(self.settings.kafka))
         consumer.subscribe([self.settings.kafka.topic], on_assign=self._on_assign)
         self._progress = time.monotonic()
         self._paused = False
-        self._rejoin = None
         self._next = {}
-        self._fresh_from = {}
         self._carry = []  # fetched by the old consumer; the new one reads them again
         return consumer
-
-    def _current_topic_id(self) -> str:
-        topic = self.settings.kafka.topic
-        return str(self._admin.describe_topics(TopicCollection([topic]))[topic].result(10).topic_id)
-
-    def _first_read(self, consumer: Consumer, message: Message) -> bool:
-        """False for a message whose freshness is not observed (see the module's docstring)."""
-        topic, partition, offset = where(message)
-        if partition not in self._fresh_from:  # revoked meanwhile
-            return False
-        fresh_from = self._fresh_from[partition]
-        if fresh_from is None:  # a new topic: what its first fetch saw was re-sent by the relay
-            try:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except KafkaException:
-                return False
-            if high < 0:
-                return False
-            self._fresh_from[partition] = fresh_from = high
-        return offset >= fresh_from
 
     def _waiting(self, consumer: Consumer) -> bool:
         """True without partitions, or when an owned partition holds events beyond what was written
@@ -312,29 +233,17 @@ class Sink:
             self._paused = False
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start each partition at the group's committed offset (from the beginning without one),
-        unless the topic was created again since this consumer joined its group."""
+        """Note where each assigned partition starts, for the lag gauge: the group's committed offset.
+
+        The consumer itself starts there (at the beginning without one) once this returns.
+        """
         try:
-            current = self._current_topic_id()
             committed = consumer.committed(partitions, timeout=10)
-        except KafkaException as error:
-            self._rejoin = f"cannot read the topic id or the committed offsets ({error})"
-            consumer.assign([])
-            return
-        if current != self._topic_id:
-            # Its offsets in this group, even if committed a moment ago, belong to the old topic.
-            self._rejoin = ("the topic was created again (a broker that lost its memory): "
-                            "its new group reads it from the beginning")
-            consumer.assign([])
-            return
-        # No further broker round trips in here (it runs inside the group protocol): a partition read
-        # from its beginning gets its start from the watermarks cached by the first fetch (_update_lag).
+        except KafkaException as error:  # the lag gauge counts from the beginning until the first store
+            log.warning("committed offsets not read for the lag gauge: %s", error)
+            committed = partitions
         self._next = {tp.partition: tp.offset if tp.offset >= 0 else progress.NOT_STORED for tp in committed}
-        unknown = None if self._recreated else 0
-        self._fresh_from = {tp.partition: tp.offset if tp.offset >= 0 else unknown for tp in committed}
         self._lag_updated = 0.0
-        consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-                         for tp in committed])
 
     def _store(self, consumer: Consumer, message: Message) -> None:
         topic, partition, offset = where(message)
@@ -348,7 +257,7 @@ class Sink:
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             return
-        # UNKNOWN_TOPIC_OR_PART after a broker restart resolves itself once the relay recreated it.
+        # UNKNOWN_TOPIC_OR_PART for a deleted topic resolves itself once the relay created it again.
         log.warning("consumer error: %s", error)
 
     def _dead_letter(

@@ -145,12 +145,16 @@ class KafkaSettings:
     partitions: int = _env_int(
         "LEDGER_KAFKA_PARTITIONS", 6, "Partitions of the topic when the relay or sink has to create it.", minimum=1
     )
+    replication_factor: int = _env_int(
+        "LEDGER_KAFKA_REPLICATION_FACTOR", 0,
+        "Replicas of each partition when the relay creates a topic; 0 = the broker's default.replication.factor.",
+    )
     dead_letter_topic: str = _env_str(
         "LEDGER_KAFKA_DEAD_LETTER_TOPIC", "booking-events.dead-letter", "Where the sink parks messages it cannot parse."
     )
     sink_group: str = _env_str(
         "LEDGER_SINK_GROUP", "booking-ledger-sink",
-        "Consumer group of the sink; its full name is this, '.', and the topic's id (see cdc/sink.py).",
+        "Consumer group of the sink: its offsets in the topic are committed there.",
     )
     commit_interval_ms: int = _env_int(
         "LEDGER_SINK_COMMIT_INTERVAL_MS", 1_000,
@@ -159,8 +163,8 @@ class KafkaSettings:
     )
     resend_seconds: int = _env_int(
         "LEDGER_RELAY_RESEND_SECONDS", 900,
-        "When the relay has to create the topic (a new or forgetful broker), events of this many seconds "
-        "are sent again.",
+        "When the relay has to create the topic (a new cluster, or the topic was deleted), events of this "
+        "many seconds are sent again.",
     )
 
 

@@ -1,7 +1,7 @@
 """One harness for real servers and the ledger's own processes, on free loopback ports.
 
 The tests, the soak and the bench build their topologies from these parts: `Stack` (a private
-Postgres, and on demand the broker and DynamoDB Local, in one scratch folder), `LedgerProcess`
+Postgres, and on demand Kafka and DynamoDB Local, in one scratch folder), `LedgerProcess`
 (`booking-ledger api|relay|sink` as a child we can stop, kill -9, freeze and read the log of) and
 `start_api` (an API that answers readiness). The environment a process gets is made from the
 settings themselves (`Settings.to_env()`), so each `LEDGER_*` name is written once, in
@@ -25,8 +25,9 @@ import httpx
 
 from core import roles
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
+from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
-from devstack.processes import Broker, DynamoDBLocal, wait_until
+from devstack.processes import DynamoDBLocal, wait_until
 
 CLI = str(Path(sys.executable).with_name("booking-ledger"))
 
@@ -193,11 +194,11 @@ def start_api(env: Mapping[str, str], log_path: Path, workers: int = 2, ready_pa
 
 @dataclass
 class Stack:
-    """A private stack in `folder`: Postgres, and on demand a broker and DynamoDB Local; our processes."""
+    """A private stack in `folder`: Postgres, and on demand Kafka and DynamoDB Local; our processes."""
 
     folder: Path
     postgres: LocalPostgres = field(init=False)
-    broker: Broker | None = None
+    broker: KafkaCluster | None = None
     dynamodb: DynamoDBLocal | None = None
     processes: list[LedgerProcess] = field(default_factory=list)
 
@@ -224,8 +225,9 @@ class Stack:
             upgrade(url)
         return url
 
-    def start_pipeline_servers(self, dynamodb_data: Path | None = None) -> None:
-        self.broker = Broker(free_port(), log_file=self.folder / "broker.log")
+    def start_pipeline_servers(self, dynamodb_data: Path | None = None, kafka_nodes: int = 1) -> None:
+        """Kafka (`kafka_nodes` KRaft nodes) and DynamoDB Local (in memory unless given a folder)."""
+        self.broker = KafkaCluster(self.folder / "kafka", [(free_port(), free_port()) for _ in range(kafka_nodes)])
         self.broker.start()
         self.dynamodb = DynamoDBLocal(free_port(), data_dir=dynamodb_data, log_file=self.folder / "dynamodb.log")
         self.dynamodb.start()

