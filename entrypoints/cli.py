@@ -148,7 +148,7 @@ def _import(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(summary.text())
-    return 1 if summary.rejected_lines else 0
+    return 1 if summary.rejected_lines or summary.held_back else 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
