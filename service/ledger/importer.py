@@ -115,13 +115,44 @@ def parse_line(raw: bytes) -> ImportLine:
     """One line, strictly (as the API reads an append); ValueError with the reason."""
     if len(raw) > MAX_LINE_BYTES:
         raise ValueError(f"the line is over {MAX_LINE_BYTES} bytes")
+    if raw.startswith(BOM):
+        raise ValueError("the line starts with a UTF-8 byte order mark (BOM): save the file as UTF-8 without a BOM")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"the line is not UTF-8: byte 0x{raw[error.start]:02x} at byte {error.start + 1} "
+                         f"({error.reason})") from None
     try:
         line = msgspec.json.decode(raw, type=ImportLine, strict=True)
-        json.loads(raw, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
+        json.loads(text, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
                    parse_constant=_skip)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+    except (msgspec.DecodeError, RecursionError) as error:
+        surrogate = _lone_surrogate(text)
+        if surrogate is not None:  # msgspec calls it "truncated"; it is an escape that is not text
+            raise ValueError(f"a string holds {surrogate}, half of a UTF-16 surrogate pair alone, which is not "
+                             f"text") from None
         raise ValueError(str(error) or type(error).__name__) from None
     return line
+
+
+def _lone_surrogate(text: str) -> str | None:
+    """The first lone surrogate escape (such as '\\ud800') in the strings of `text`'s JSON, if any."""
+    try:
+        pending: list[Any] = [json.loads(text)]
+    except (ValueError, RecursionError):
+        return None
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError as error:
+                return f"\\u{ord(item[error.start]):04x}"
+    return None
 
 
 def booking_of(raw: bytes) -> str | None:

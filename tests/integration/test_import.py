@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import uuid
 from decimal import Decimal
@@ -222,3 +223,49 @@ def test_a_fixed_line_imported_again_keeps_its_booking_in_file_order(database_ur
     assert [str(e["event_id"]) for e in stored] == [rows[n]["event_id"] for n in (0, 1, 3, 4)]
     assert [e["version"] for e in stored] == [1, 2, 3, 4]
     assert [e["price_amount"] for e in stored] == [Decimal(a) for a in ("80.00", "75.00", "72.50", "70.00")]
+
+
+def test_a_bom_a_lone_surrogate_and_bytes_not_utf8_are_named(database_url: str, tmp_path: Path) -> None:
+    codes = [random_code("TEXT") for _ in range(4)]
+    rows = [json.dumps(line(code, "car", "1.00")).encode() for code in codes]
+    rows[0] = b"\xef\xbb\xbf" + rows[0]
+    rows[1] = rows[1][:-1] + b', "data": {"note": "\\ud800"}}'
+    rows[2] = rows[2][:-1] + b', "data": {"note": "\xed\xa0\x80"}}'  # a surrogate written as UTF-8: not UTF-8
+    path = tmp_path / "text.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    done = run_import(database_url, path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert "4 lines: 1 events imported (1 bookings created), 0 already present, 3 rejected, 0 held back" \
+        in done.stdout, done.stdout
+    assert "line 1: the line starts with a UTF-8 byte order mark (BOM)" in done.stdout
+    assert "line 2: a string holds \\ud800, half of a UTF-16 surrogate pair alone" in done.stdout
+    assert "line 3: the line is not UTF-8: byte 0xed at byte " in done.stdout
+    assert "truncated" not in done.stdout and "byte 0)" not in done.stdout
+
+
+def test_a_missing_file_or_a_directory_is_a_usage_error(database_url: str, tmp_path: Path) -> None:
+    for path, why in ((tmp_path / "missing.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
+        done = run_import(database_url, path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr == f"booking-ledger: cannot import {path}: {why}\n"
+        assert done.stdout == ""
+
+
+def test_ctrl_c_stops_the_import_with_130_and_no_traceback(database_url: str, tmp_path: Path) -> None:
+    codes = [random_code("INT") for _ in range(40_000)]
+    path = write(tmp_path / "big.jsonl", [line(code, "car", "1.00") for code in codes * 3])
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}, "LEDGER_DATABASE_URL": database_url}
+    started = subprocess.Popen([CLI, "import", "--quiet", str(path)], env=as_role(env, "import"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The first 50,000 lines are read and being written: the import is well under way.
+        wait_until(lambda: len(events_of(database_url, codes[0])) > 0, 120, interval=0.1,
+                   what="the import's first writes")
+        started.send_signal(signal.SIGINT)
+        out, err = started.communicate(timeout=60)
+    finally:
+        started.kill()
+    assert started.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines() == ["booking-ledger: import interrupted: the lines written so far stay written; "
+                                        "import the file again to go on (nothing is written twice)"]
