@@ -131,13 +131,17 @@ async def sign_out(request: Request) -> Response[Any]:
     return Redirect(f"{PATH}?notice=signed_out", status_code=303, cookies=[_cookie("", 0)])
 
 
-def _moment(text: str) -> datetime | None:
-    """The console's time field: RFC 3339, or a date and time without an offset, taken as UTC."""
+def _moment(text: str) -> datetime:
+    """The console's time field: RFC 3339, or a date and time without an offset, taken as UTC;
+    ValueError with the notice to show."""
     try:
         moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
     except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        raise ValueError("That is not a time: write it as 2026-11-26T10:00:00Z or 2026-11-26 10:00.") from None
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # such as 0001-01-01T00:00:00+01:00: a valid time whose UTC is in year 0
+        raise ValueError("That time is outside the years 1 to 9999 in UTC.") from None
 
 
 @get("/booking")
@@ -154,7 +158,13 @@ async def booking(request: Request, code: str = "", at: str = "", clock: str = "
     booking = await get_booking(pool, code)
     events, _ = await read_booking_events(pool, code, max(1, booking.version - MAX_EVENTS + 1), MAX_EVENTS)
     as_of: PriceInForce | None = None
-    moment = _moment(at) if at.strip() else None
+    moment: datetime | None = None
+    moment_error: str | None = None
+    if at.strip():
+        try:
+            moment = _moment(at)
+        except ValueError as error:
+            moment_error = str(error)
     chosen: Clock = "occurred" if clock == "occurred" else "recorded"
     if moment is not None:
         as_of = await price_at(pool, code, moment, chosen)
@@ -167,7 +177,7 @@ async def booking(request: Request, code: str = "", at: str = "", clock: str = "
         "booking.html", key, booking=booking, events=events,
         chart=step_chart(code, price_points(events), booking.version, point_href=lambda p: (
             f"{PATH}/booking?" + urlencode({"code": code, "at": p.at.isoformat(timespec="microseconds")}) + "#as-of")),
-        as_of=as_of, at=at, moment=moment, clock=chosen, bad_moment=bool(at.strip()) and moment is None,
+        as_of=as_of, at=at, moment=moment, clock=chosen, moment_error=moment_error,
         pending=pending, replicated=replicated, dynamodb_error=dynamodb_error,
     )
 

@@ -119,6 +119,19 @@ def test_booking_page_answers_the_price_as_of_a_moment(client: httpx.Client, key
                 "That is not a time")
 
 
+def test_a_moment_outside_the_years_1_to_9999_in_utc_is_a_notice(client: httpx.Client, keys: Keys) -> None:
+    code, _ = create_booking(client, keys.hotel, "120.00")
+    cookie = session(client, keys.reader)
+    for at in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-01:00"):
+        for clock in ("recorded", "occurred"):
+            page = assert_page(client.get("/console/booking", params={"code": code, "at": at, "clock": clock},
+                                          headers=cookie), 200, code, "120.00 EUR")
+            assert "That time is outside the years 1 to 9999 in UTC" in page and 'id="price-as-of"' not in page
+    for at in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"):  # the ends themselves are times
+        assert_page(client.get("/console/booking", params={"code": code, "at": at}, headers=cookie), 200,
+                    'id="price-as-of"')
+
+
 def test_unknown_booking_bad_code_and_empty_code(client: httpx.Client, keys: Keys) -> None:
     missing = random_code("NONE")
     assert_page(client.get("/console/booking", params={"code": missing}, headers=session(client, keys.reader)), 404,
