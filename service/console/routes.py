@@ -7,7 +7,7 @@ line. Every page checks the session and its key again (a revoked key's sessions 
 session also ends after SESSION_SECONDS and at sign-out) and needs the `read` scope; the API's
 per-key rate limit is not applied (a person clicks, a page is a few queries). CSRF: the cookie is
 SameSite=Strict, so no other site's request carries it, and the only state-changing routes
-(sign-in, sign-out) are POSTs that also refuse a cross-site Origin.
+(sign-in, sign-out) are POSTs that also need the console's own origin in Origin (or Referer).
 """
 
 from __future__ import annotations
@@ -84,12 +84,42 @@ def _page(name: str, key: ApiKey | None, status_code: int = 200, **context: Any)
     return Template(template_name=name, context={"key": key, **context}, status_code=status_code)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL without user info; None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        return None
+    return parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme]
+
+
 def _same_origin(request: Request) -> bool:
-    """False for a POST that a browser says came from another site (login CSRF)."""
+    """True only for a POST that a browser says came from the console's own origin (login CSRF):
+    an Origin that is exactly that origin (scheme, host, port, and no path), or, when a browser sent
+    no Origin, a Referer on that origin. Neither header can be set by another site's page.
+
+    The console's own scheme is X-Forwarded-Proto's when a proxy in front terminates TLS (a page
+    cannot set that header either), else the connection's.
+    """
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return False
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
+    scheme = forwarded if forwarded in _DEFAULT_PORTS else request.url.scheme
+    own = _origin_of(f"{scheme}://{request.headers.get('host', '')}")
+    if own is None:
+        return False
     origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+    if origin is not None:
+        found = _origin_of(origin)
+        return found == own and origin == f"{urlsplit(origin).scheme}://{urlsplit(origin).netloc}"
+    referer = request.headers.get("referer")
+    return referer is not None and _origin_of(referer) == own
 
 
 @dataclass
