@@ -17,7 +17,7 @@ The file is JSON Lines, one event a line: `{"booking_code", "department", "event
 - A booking stops at its first rejected line, whatever the reason: none of its lines after that
   one is written (they are "held back"). Otherwise the fixed line, imported again, would land
   after them, and the booking's current price would be an older one. A line whose booking code
-  cannot be read at all (not a JSON object, no code, two codes, a code that is not valid) could
+  cannot be read at all (not a JSON object, over MAX_LINE_BYTES, no code, two, one not valid) could
   belong to any booking, so every line after it is held back. Held-back lines are still read, so
   one run reports every invalid line.
 - A booking is appended to at whatever version it is; an unknown code is created by its first
