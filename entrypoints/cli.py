@@ -20,6 +20,11 @@ from service.ledger import keys
 from service.ledger.errors import LedgerError, StoreUnavailable
 
 T = TypeVar("T")
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
+
+
+class UsageError(Exception):
+    """The command was given something it cannot use (exit 2), said in one line."""
 
 
 def _with_connection(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -127,7 +132,12 @@ def _import(args: argparse.Namespace) -> int:
     from service.ledger.importer import Importer, Summary, read_lines
 
     path = Path(args.file)
-    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="import", disable=args.quiet,
+    try:
+        with path.open("rb") as file:  # a missing file or a directory is the caller's mistake, not the ledger's
+            size = os.fstat(file.fileno()).st_size
+    except OSError as error:
+        raise UsageError(f"cannot import {path}: {error.strerror or error}") from None
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc="import", disable=args.quiet,
                file=sys.stderr)
 
     def progress(size: int, summary: Summary) -> None:
@@ -145,10 +155,15 @@ def _import(args: argparse.Namespace) -> int:
 
     try:
         summary = asyncio.run(run())
+    except KeyboardInterrupt:
+        bar.close()
+        print("booking-ledger: import interrupted: the lines written so far stay written; "
+              "import the file again to go on (nothing is written twice)", file=sys.stderr)
+        return INTERRUPTED
     finally:
         bar.close()
     print(summary.text())
-    return 1 if summary.rejected_lines else 0
+    return 1 if summary.rejected_lines or summary.held_back else 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -227,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     _local_role(args.command)
     try:
         return args.run(args)
-    except (SettingsError, keys.InvalidKeySpec) as error:
+    except KeyboardInterrupt:
+        print("booking-ledger: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except (SettingsError, keys.InvalidKeySpec, UsageError) as error:
         print(f"booking-ledger: {error}", file=sys.stderr)
         return 2
     except StoreUnavailable as error:

@@ -7,7 +7,7 @@ line. Every page checks the session and its key again (a revoked key's sessions 
 session also ends after SESSION_SECONDS and at sign-out) and needs the `read` scope; the API's
 per-key rate limit is not applied (a person clicks, a page is a few queries). CSRF: the cookie is
 SameSite=Strict, so no other site's request carries it, and the only state-changing routes
-(sign-in, sign-out) are POSTs that also refuse a cross-site Origin.
+(sign-in, sign-out) are POSTs that also need the console's own origin in Origin (or Referer).
 """
 
 from __future__ import annotations
@@ -84,12 +84,42 @@ def _page(name: str, key: ApiKey | None, status_code: int = 200, **context: Any)
     return Template(template_name=name, context={"key": key, **context}, status_code=status_code)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL without user info; None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        return None
+    return parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme]
+
+
 def _same_origin(request: Request) -> bool:
-    """False for a POST that a browser says came from another site (login CSRF)."""
+    """True only for a POST that a browser says came from the console's own origin (login CSRF):
+    an Origin that is exactly that origin (scheme, host, port, and no path), or, when a browser sent
+    no Origin, a Referer on that origin. Neither header can be set by another site's page.
+
+    The console's own scheme is X-Forwarded-Proto's when a proxy in front terminates TLS (a page
+    cannot set that header either), else the connection's.
+    """
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return False
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
+    scheme = forwarded if forwarded in _DEFAULT_PORTS else request.url.scheme
+    own = _origin_of(f"{scheme}://{request.headers.get('host', '')}")
+    if own is None:
+        return False
     origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+    if origin is not None:
+        found = _origin_of(origin)
+        return found == own and origin == f"{urlsplit(origin).scheme}://{urlsplit(origin).netloc}"
+    referer = request.headers.get("referer")
+    return referer is not None and _origin_of(referer) == own
 
 
 @dataclass
@@ -131,13 +161,17 @@ async def sign_out(request: Request) -> Response[Any]:
     return Redirect(f"{PATH}?notice=signed_out", status_code=303, cookies=[_cookie("", 0)])
 
 
-def _moment(text: str) -> datetime | None:
-    """The console's time field: RFC 3339, or a date and time without an offset, taken as UTC."""
+def _moment(text: str) -> datetime:
+    """The console's time field: RFC 3339, or a date and time without an offset, taken as UTC;
+    ValueError with the notice to show."""
     try:
         moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
     except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        raise ValueError("That is not a time: write it as 2026-11-26T10:00:00Z or 2026-11-26 10:00.") from None
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # such as 0001-01-01T00:00:00+01:00: a valid time whose UTC is in year 0
+        raise ValueError("That time is outside the years 1 to 9999 in UTC.") from None
 
 
 @get("/booking")
@@ -154,7 +188,13 @@ async def booking(request: Request, code: str = "", at: str = "", clock: str = "
     booking = await get_booking(pool, code)
     events, _ = await read_booking_events(pool, code, max(1, booking.version - MAX_EVENTS + 1), MAX_EVENTS)
     as_of: PriceInForce | None = None
-    moment = _moment(at) if at.strip() else None
+    moment: datetime | None = None
+    moment_error: str | None = None
+    if at.strip():
+        try:
+            moment = _moment(at)
+        except ValueError as error:
+            moment_error = str(error)
     chosen: Clock = "occurred" if clock == "occurred" else "recorded"
     if moment is not None:
         as_of = await price_at(pool, code, moment, chosen)
@@ -167,7 +207,7 @@ async def booking(request: Request, code: str = "", at: str = "", clock: str = "
         "booking.html", key, booking=booking, events=events,
         chart=step_chart(code, price_points(events), booking.version, point_href=lambda p: (
             f"{PATH}/booking?" + urlencode({"code": code, "at": p.at.isoformat(timespec="microseconds")}) + "#as-of")),
-        as_of=as_of, at=at, moment=moment, clock=chosen, bad_moment=bool(at.strip()) and moment is None,
+        as_of=as_of, at=at, moment=moment, clock=chosen, moment_error=moment_error,
         pending=pending, replicated=replicated, dynamodb_error=dynamodb_error,
     )
 

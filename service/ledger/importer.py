@@ -14,9 +14,15 @@ The file is JSON Lines, one event a line: `{"booking_code", "department", "event
   makes the booking's next one fail as well, and nothing is written out of order. From a refused
   batch on, the booking goes one append at a time through the single append's path
   (service.ledger.append), which says why, line by line.
+- A booking stops at its first rejected line, whatever the reason: none of its lines after that
+  one is written (they are "held back"). Otherwise the fixed line, imported again, would land
+  after them, and the booking's current price would be an older one. A line whose booking code
+  cannot be read at all (not a JSON object, over MAX_LINE_BYTES, no code, two, one not valid) could
+  belong to any booking, so every line after it is held back. Held-back lines are still read, so
+  one run reports every invalid line.
 - A booking is appended to at whatever version it is; an unknown code is created by its first
-  line's department. A code another department owns is rejected for that department, with
-  nothing of its lines written (`booking_code_taken`).
+  line's department. A code another department owns is rejected for that department
+  (`booking_code_taken`), which stops the booking as any rejection does.
 - An event id already recorded with the same content is skipped: the function answers a batch
   whose ids are all recorded as a retry, so running the import again writes nothing twice. A
   batch that mixes recorded and new ids (a file that grew since the last run) is written event
@@ -28,8 +34,7 @@ The file is JSON Lines, one event a line: `{"booking_code", "department", "event
   when it learnt of the event). Ask the price of imported history with `clock=occurred`.
 
 Memory is bounded whatever the file's length: at most MAX_PENDING lines (or MAX_PENDING_BYTES)
-wait to be written, and the only state kept across them is the set of (code, department) pairs
-rejected so far.
+wait to be written, and the only state kept across them is the set of bookings stopped so far.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +54,15 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from core.events import MAX_DATA_BYTES, OUTBOX_CHANNEL, BookingCode, EventType, data_size, utc_instant
+from core.events import (
+    BOOKING_CODE_PATTERN,
+    MAX_DATA_BYTES,
+    OUTBOX_CHANNEL,
+    BookingCode,
+    EventType,
+    data_size,
+    utc_instant,
+)
 from core.money import PriceIn
 from service.ledger.append import NewEvent, append
 from service.ledger.db import Tries, retrying
@@ -71,6 +85,8 @@ CALL_EVENTS = 1000  # events per call of the append function (many bookings' app
 CONNECTIONS = 2  # calls in flight at once
 MAX_LINE_BYTES = 1024 * 1024
 SHOWN_PER_REASON = 20  # line numbers kept per rejection reason for the summary
+BOM = b"\xef\xbb\xbf"
+BOOKING_CODE = re.compile(BOOKING_CODE_PATTERN)
 
 Department = Annotated[str, msgspec.Meta(pattern=f"^{DEPARTMENT.pattern}$(?!\\n)")]
 
@@ -99,13 +115,60 @@ def parse_line(raw: bytes) -> ImportLine:
     """One line, strictly (as the API reads an append); ValueError with the reason."""
     if len(raw) > MAX_LINE_BYTES:
         raise ValueError(f"the line is over {MAX_LINE_BYTES} bytes")
+    if raw.startswith(BOM):
+        raise ValueError("the line starts with a UTF-8 byte order mark (BOM): save the file as UTF-8 without a BOM")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"the line is not UTF-8: byte 0x{raw[error.start]:02x} at byte {error.start + 1} "
+                         f"({error.reason})") from None
     try:
         line = msgspec.json.decode(raw, type=ImportLine, strict=True)
-        json.loads(raw, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
+        json.loads(text, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
                    parse_constant=_skip)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+    except (msgspec.DecodeError, RecursionError) as error:
+        surrogate = _lone_surrogate(text)
+        if surrogate is not None:  # msgspec calls it "truncated"; it is an escape that is not text
+            raise ValueError(f"a string holds {surrogate}, half of a UTF-16 surrogate pair alone, which is not "
+                             f"text") from None
         raise ValueError(str(error) or type(error).__name__) from None
     return line
+
+
+def _lone_surrogate(text: str) -> str | None:
+    """The first lone surrogate escape (such as '\\ud800') in the strings of `text`'s JSON, if any."""
+    try:
+        pending: list[Any] = [json.loads(text)]
+    except (ValueError, RecursionError):
+        return None
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError as error:
+                return f"\\u{ord(item[error.start]):04x}"
+    return None
+
+
+def booking_of(raw: bytes) -> str | None:
+    """The booking an invalid line names, when it names exactly one valid code; else None."""
+    try:
+        value = json.loads(raw.removeprefix(BOM), object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return None
+    codes = [code for key, code in value if key == "booking_code"] if isinstance(value, _Pairs) else []
+    if len(codes) == 1 and isinstance(codes[0], str) and BOOKING_CODE.fullmatch(codes[0]):
+        return codes[0]
+    return None
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's (key, value) pairs in order, duplicates kept."""
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
@@ -126,6 +189,8 @@ class Summary:
     already_present: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> lines
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> "line N: why", a few
+    held_back: int = 0  # lines not written because an earlier line of their booking was rejected
+    held_back_examples: list[str] = field(default_factory=list)
 
     @property
     def rejected_lines(self) -> int:
@@ -137,15 +202,27 @@ class Summary:
         if len(shown) < SHOWN_PER_REASON:
             shown.append(f"line {line}: {why}")
 
+    def hold_back(self, line: int, why: str) -> None:
+        self.held_back += 1
+        if len(self.held_back_examples) < SHOWN_PER_REASON:
+            self.held_back_examples.append(f"line {line}: {why}")
+
     def text(self) -> str:
         out = [f"{self.lines} lines: {self.imported} events imported ({self.bookings_created} bookings created), "
-               f"{self.already_present} already present, {self.rejected_lines} rejected"]
+               f"{self.already_present} already present, {self.rejected_lines} rejected, {self.held_back} held back"]
         for reason in sorted(self.rejected):
             out.append(f"rejected {reason}: {self.rejected[reason]}")
-            out += [f"  {example}" for example in self.examples[reason]]
-            if self.rejected[reason] > len(self.examples[reason]):
-                out.append(f"  ... and {self.rejected[reason] - len(self.examples[reason])} more")
+            out += _shown(self.examples[reason], self.rejected[reason])
+        if self.held_back:
+            out.append(f"held back (after a rejected line of their booking): {self.held_back}")
+            out += _shown(self.held_back_examples, self.held_back)
+            out.append("  fix the rejected lines and import the file again: the held-back lines follow them in order")
         return "\n".join(out)
+
+
+def _shown(examples: list[str], count: int) -> list[str]:
+    return [f"  {example}" for example in examples] + ([f"  ... and {count - len(examples)} more"]
+                                                       if count > len(examples) else [])
 
 
 @dataclass
@@ -175,7 +252,8 @@ class Importer:
         self._pending: dict[str, list[_Batch]] = {}
         self._pending_lines = 0
         self._pending_bytes = 0
-        self._refused: dict[tuple[str, str], str] = {}  # (code, department) -> why
+        self._stopped: dict[str, tuple[int, str]] = {}  # booking code -> its first rejected line, and why
+        self._all_stopped: int | None = None  # the first rejected line whose booking cannot be read
         self.calls = 0  # calls of the append function, many appends each
         self.single_calls = 0  # ... and of the single append (after a refusal)
 
@@ -189,10 +267,41 @@ class Importer:
                 line = parse_line(raw)
             except ValueError as error:
                 self.summary.reject("invalid", number, str(error))
+                self._stop(booking_of(raw), number, "invalid")
+                continue
+            held = self._held(line.booking_code, number)
+            if held is not None:
+                self.summary.hold_back(number, held)
                 continue
             await self._add(number, line, len(raw))
         await self._flush()
         return self.summary
+
+    def _stop(self, code: str | None, number: int, reason: str) -> None:
+        """Line `number` was rejected: hold back the lines after it of booking `code` (of every booking
+        when its code cannot be read)."""
+        if code is None:
+            self._all_stopped = min(number, self._all_stopped or number)
+        elif code not in self._stopped or number < self._stopped[code][0]:
+            self._stopped[code] = (number, reason)
+
+    def _held(self, code: str, number: int) -> str | None:
+        """Why line `number` of booking `code` is held back, or None when it is not."""
+        stop = self._stopped.get(code)
+        if stop is not None and number > stop[0]:
+            return f"booking {code} stopped at line {stop[0]} ({stop[1]})"
+        if self._all_stopped is not None and number > self._all_stopped:
+            return f"every booking stopped at line {self._all_stopped}, whose booking code cannot be read"
+        return None
+
+    def _hold_back(self, code: str, lines: list[tuple[int, NewEvent]]) -> bool:
+        """Holds back `lines` when the first of them is held back (the rest follow it in the file)."""
+        held = self._held(code, lines[0][0]) if lines else None
+        if held is None:
+            return False
+        for number, _ in lines:
+            self.summary.hold_back(number, held)
+        return True
 
     async def _add(self, number: int, line: ImportLine, raw_size: int) -> None:
         size = data_size(line.data) if line.data is not None else 0
@@ -259,7 +368,8 @@ class Importer:
             for booking, batch, _ in call:
                 if booking.slow:  # from this batch on, one append at a time, the single append's answers
                     for each in [batch, *booking.batches]:
-                        await self._write(booking, each.department, each.lines)
+                        if not self._hold_back(booking.code, each.lines):
+                            await self._write(booking, each.department, each.lines)
                     booking.batches.clear()
             todo.extend(booking for booking in later if booking.batches)
         await retrying(self._pool, lambda conn: conn.execute(NOTIFY_SQL, OUTBOX_CHANNEL))  # wake the relay
@@ -290,12 +400,9 @@ class Importer:
                 booking.slow = True
 
     async def _write(self, booking: _Booking, department: str, lines: list[tuple[int, NewEvent]]) -> None:
+        """`lines` as one append; when it is refused, the first line at fault is rejected and the
+        booking stops there (the lines after it are held back)."""
         code = booking.code
-        refused = self._refused.get((code, department))
-        if refused is not None:
-            for number, _ in lines:
-                self.summary.reject("booking_code_taken", number, refused)
-            return
         events = [event for _, event in lines]
         try:
             # A code known to exist is appended to; any other is first created, and appended to
@@ -315,18 +422,21 @@ class Importer:
         except (BookingCodeTaken, NotOwner) as error:
             booking.exists = True
             owner = error.context.get("department", "another department")
-            why = f"booking {code} belongs to {owner}, not {department}: none of its {department} lines is written"
-            self._refused[(code, department)] = why
-            for number, _ in lines:
-                self.summary.reject("booking_code_taken", number, why)
+            self.summary.reject("booking_code_taken", lines[0][0],
+                                f"booking {code} belongs to {owner}, not {department}")
+            self._stop(code, lines[0][0], "booking_code_taken")
+            self._hold_back(code, lines[1:])
             return
         except (EventIdConflict, InvalidData) as error:
-            if len(lines) > 1:  # find the line(s) at fault; the others get their own outcome
-                for one in lines:
+            if len(lines) > 1:  # find the line at fault; those before it get their own outcome
+                for at, one in enumerate(lines):
+                    if self._hold_back(code, lines[at:]):
+                        return
                     await self._write(booking, department, [one])
                 return
             reason = "event_id_conflict" if isinstance(error, EventIdConflict) else "invalid"
             self.summary.reject(reason, lines[0][0], f"event {lines[0][1].event_id}: {error.detail}")
+            self._stop(code, lines[0][0], reason)
             return
         if result.replayed:
             self.summary.already_present += len(lines)

@@ -88,6 +88,6 @@ def session_cookie(answer: httpx.Response) -> str:
 def signed_in(url: str, key: str) -> dict[str, str]:
     """Signs in to the console at `url` with `key`; the session's cookie, to send by hand (httpx keeps
     Secure cookies off plain-HTTP requests)."""
-    answer = httpx.post(f"{url}/console/sign-in", data={"key": key}, timeout=15)
+    answer = httpx.post(f"{url}/console/sign-in", data={"key": key}, headers={"Origin": url}, timeout=15)
     assert answer.status_code == 303, answer.text[:300]
     return {"Cookie": f"ledger_console={session_cookie(answer)}"}

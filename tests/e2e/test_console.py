@@ -13,7 +13,9 @@ from tests.e2e.conftest import Keys, Server, auth, cli, make_key, session_cookie
 
 @pytest.fixture
 def client(console_server: Server) -> httpx.Client:
-    with httpx.Client(base_url=console_server.url, timeout=15, follow_redirects=False) as c:
+    # The Origin a browser sends with the console's own forms.
+    with httpx.Client(base_url=console_server.url, headers={"Origin": console_server.url}, timeout=15,
+                      follow_redirects=False) as c:
         yield c
 
 
@@ -94,6 +96,45 @@ def test_a_sign_in_posted_from_another_site_is_refused(client: httpx.Client, key
         assert_page(answer, 403, "did not come from the console")
 
 
+def test_sign_in_and_out_need_an_exact_same_origin_or_a_same_origin_referer(console_server: Server,
+                                                                             keys: Keys) -> None:
+    """Origin must be the console's own scheme, host and port, nothing more; without an Origin, the
+    Referer must be a page of the console's own origin; with neither, the POST is refused."""
+    url = console_server.url  # http://127.0.0.1:PORT
+    port = url.rsplit(":", 1)[1]
+    refused = [
+        {},                                                     # neither Origin nor Referer
+        {"Referer": "http://evil.example/console"},             # no Origin, a foreign Referer
+        {"Referer": f"https://127.0.0.1:{port}/console"},       # ... a Referer of another scheme
+        {"Referer": "not a url"},
+        {"Origin": f"https://127.0.0.1:{port}"},                # another scheme
+        {"Origin": f"{url}/console"},                           # an Origin with a path
+        {"Origin": f"{url}/"},
+        {"Origin": f"http://127.0.0.1:{int(port) + 1}"},        # another port
+        {"Origin": "http://127.0.0.1"},                         # ... the default one
+        {"Origin": f"http://user@127.0.0.1:{port}"},
+        {"Origin": "null"},                                     # an opaque origin (a sandbox, a data: page)
+        {"Origin": "http://evil.example", "Referer": f"{url}/console"},  # Origin wins over Referer
+    ]
+    with httpx.Client(base_url=url, timeout=15, follow_redirects=False) as plain:  # sends neither header itself
+        for headers in refused:
+            answer = plain.post("/console/sign-in", data={"key": keys.reader}, headers=headers)
+            assert "set-cookie" not in answer.headers, headers
+            assert_page(answer, 403, "did not come from the console")
+            cookie = signed_in(url, keys.reader)
+            out = plain.post("/console/sign-out", headers={**headers, **cookie})
+            assert_page(out, 403, "did not come from the console")
+            assert plain.get("/console/pipeline", headers=cookie).status_code == 200, headers  # still signed in
+        for headers in ({"Origin": url}, {"Referer": f"{url}/console?notice=signed_out"},
+                        # behind a proxy that terminates TLS
+                        {"Origin": f"https://127.0.0.1:{port}", "X-Forwarded-Proto": "https"}):
+            answer = plain.post("/console/sign-in", data={"key": keys.reader}, headers=headers)
+            assert answer.status_code == 303 and "set-cookie" in answer.headers, headers
+            cookie = {"Cookie": f"ledger_console={session_cookie(answer)}"}
+            out = plain.post("/console/sign-out", headers={**headers, **cookie})
+            assert out.status_code == 303 and out.headers["location"] == "/console?notice=signed_out", headers
+
+
 def test_booking_page_shows_owner_events_chart_and_replication(client: httpx.Client, keys: Keys) -> None:
     code, events = create_booking(client, keys.hotel, "120.00", None, "99.50")
     page = assert_page(client.get("/console/booking", params={"code": code}, headers=session(client, keys.reader)), 200,
@@ -117,6 +158,19 @@ def test_booking_page_answers_the_price_as_of_a_moment(client: httpx.Client, key
     assert "no price yet" in before and "2000-01-01 10:00:00 UTC (occurred clock)" in before
     assert_page(client.get("/console/booking", params={"code": code, "at": "noon"}, headers=cookie), 200,
                 "That is not a time")
+
+
+def test_a_moment_outside_the_years_1_to_9999_in_utc_is_a_notice(client: httpx.Client, keys: Keys) -> None:
+    code, _ = create_booking(client, keys.hotel, "120.00")
+    cookie = session(client, keys.reader)
+    for at in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-01:00"):
+        for clock in ("recorded", "occurred"):
+            page = assert_page(client.get("/console/booking", params={"code": code, "at": at, "clock": clock},
+                                          headers=cookie), 200, code, "120.00 EUR")
+            assert "That time is outside the years 1 to 9999 in UTC" in page and 'id="price-as-of"' not in page
+    for at in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"):  # the ends themselves are times
+        assert_page(client.get("/console/booking", params={"code": code, "at": at}, headers=cookie), 200,
+                    'id="price-as-of"')
 
 
 def test_unknown_booking_bad_code_and_empty_code(client: httpx.Client, keys: Keys) -> None:
@@ -191,7 +245,7 @@ def test_postgres_down_is_a_503_page(database_url: str) -> None:
     server = start_server(dead, workers=1, ready_path="/health/live")
     try:
         fake_key = f"bl_{uuid.uuid4().hex[:16]}_{'A' * 43}"
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(base_url=server.url, headers={"Origin": server.url}, timeout=30) as client:
             some_session = {"Cookie": f"ledger_console={uuid.uuid4().hex}"}
             assert_page(client.get("/console/pipeline", headers=some_session), 503, "The ledger is not reachable")
             assert_page(client.post("/console/sign-in", data={"key": fake_key}), 503, "The ledger is not reachable")

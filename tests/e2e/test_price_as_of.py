@@ -53,7 +53,9 @@ async def test_price_errors(api: str, keys: Keys, client) -> None:
                                     headers=auth(keys.reader)), 404, "booking_not_found")
     for params in ({}, {"at": "2026-11-01T10:00:00Z", "version": 1}, {"at": "2026-11-01T10:00:00"},
                    {"at": "yesterday"}, {"at": "2026-11-01T10:00:00Z", "clock": "wall"}, {"version": 0},
-                   {"version": 1, "clock": "occurred"}, {"clock": "recorded"}):
+                   {"version": 1, "clock": "occurred"}, {"clock": "recorded"},
+                   # valid times whose UTC falls outside the years 1 to 9999
+                   {"at": "0001-01-01T00:00:00+01:00"}, {"at": "9999-12-31T23:00:00-01:00"}):
         assert_problem(await client.get(url, params=params, headers=auth(keys.reader)), 422, "validation_error")
     # Authentication first, whatever else is wrong.
     assert_problem(await client.get(url, params={"version": 0}), 401, "unauthorized")
