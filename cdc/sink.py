@@ -67,6 +67,9 @@ class Sink:
         self._carry: list[Message] = []
         # Per assigned partition, the next offset to store: what is below it is in DynamoDB.
         self._next: dict[int, int] = {}
+        self._assigned: set[int] = set()
+        # Assigned partitions whose committed offset (where this consumer starts) is not read yet.
+        self._unread: list[TopicPartition] = []
         self._lag_updated = 0.0
         self._lag_partitions: set[str] = set()
         self._progress = time.monotonic()  # when the consumer last received or had nothing waiting
@@ -86,6 +89,7 @@ class Sink:
         try:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="dynamodb") as executor:
                 while not stop.is_set():
+                    self._read_committed(consumer)
                     messages = self._fetch(consumer)
                     if self._stalled(consumer, messages):
                         consumer.close()  # commits the offsets stored so far
@@ -170,7 +174,7 @@ class Sink:
         consumer.subscribe([self.settings.kafka.topic], on_assign=self._on_assign)
         self._progress = time.monotonic()
         self._paused = False
-        self._next = {}
+        self._next, self._assigned, self._unread = {}, set(), []
         self._carry = []  # fetched by the old consumer; the new one reads them again
         return consumer
 
@@ -233,23 +237,37 @@ class Sink:
             self._paused = False
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Note where each assigned partition starts, for the lag gauge: the group's committed offset.
+        """Take the new assignment; the consumer starts each partition at the group's committed
+        offset (at the beginning without one) once this returns.
 
-        The consumer itself starts there (at the beginning without one) once this returns.
+        No broker round trip in here: it runs inside the group protocol, and a call that waits for
+        a coordinator still loading (after a broker restart) makes the rebalance time out, again and
+        again. The committed offsets, for the lag gauge, are read by the main loop (_read_committed).
         """
-        try:
-            committed = consumer.committed(partitions, timeout=10)
-        except KafkaException as error:  # the lag gauge counts from the beginning until the first store
-            log.warning("committed offsets not read for the lag gauge: %s", error)
-            committed = partitions
-        self._next = {tp.partition: tp.offset if tp.offset >= 0 else progress.NOT_STORED for tp in committed}
+        self._assigned = {tp.partition for tp in partitions}
+        self._next = {}
+        self._unread = list(partitions)
         self._lag_updated = 0.0
+
+    def _read_committed(self, consumer: Consumer) -> None:
+        """Learn where the partitions assigned last start, for the lag gauge and the stall check."""
+        if not self._unread:
+            return
+        try:
+            committed = consumer.committed(self._unread, timeout=2)
+        except KafkaException as error:  # the coordinator is still loading: on the next pass
+            log.debug("committed offsets not read yet: %s", error)
+            return
+        for tp in committed:
+            if tp.partition in self._assigned:
+                self._next.setdefault(tp.partition, tp.offset if tp.offset >= 0 else progress.NOT_STORED)
+        self._unread = []
 
     def _store(self, consumer: Consumer, message: Message) -> None:
         topic, partition, offset = where(message)
         try:
             consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset + 1)])
-            if partition in self._next:
+            if partition in self._assigned:
                 self._next[partition] = offset + 1
         except KafkaException as error:  # the partition moved to another sink in a rebalance
             log.info("offset not stored for %s[%d]: %s", topic, partition, error)
