@@ -216,7 +216,7 @@ async def test_money_is_stored_exactly(pool, database_url) -> None:
 async def test_an_append_must_be_the_first_write_of_its_transaction(database_url) -> None:
     # A transaction that already holds an id could wait for a booking's lock with an id smaller
     # than the version before it: position order would no longer be version order.
-    from service.ledger.append import APPEND_SQL
+    from devstack.harness import APPEND_SQL
 
     conn = await asyncpg.connect(database_url)
     try:

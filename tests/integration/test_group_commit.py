@@ -14,10 +14,11 @@ import pytest
 
 from core.money import Money
 from core.settings import DatabaseSettings
+from devstack.harness import APPEND_SQL
 from devstack.postgres import LocalPostgres
 from migrations import function_sql
 from migrations.runner import upgrade
-from service.ledger.append import APPEND_SQL, AppendResult, NewEvent, append
+from service.ledger.append import BATCH_SQL, Append, AppendResult, NewEvent, append, batch_arguments
 from service.ledger.db import create_pool, retrying
 from service.ledger.errors import (
     BookingCodeTaken,
@@ -29,7 +30,7 @@ from service.ledger.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from service.ledger.groupcommit import BATCH_SQL, Append, GroupCommit, batch_arguments
+from service.ledger.groupcommit import GroupCommit
 from service.ledger.reads import read_feed
 from tests.conftest import random_code
 
