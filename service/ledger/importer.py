@@ -64,6 +64,7 @@ from core.events import (
     utc_instant,
 )
 from core.money import PriceIn
+from core.strictjson import decode_strict
 from service.ledger.append import Append, NewEvent, append, append_outcomes
 from service.ledger.db import retrying
 from service.ledger.errors import BookingCodeTaken, EventIdConflict, InvalidData, NotOwner, StoreUnavailable
@@ -119,16 +120,13 @@ def parse_line(raw: bytes) -> ImportLine:
         raise ValueError(f"the line is not UTF-8: byte 0x{raw[error.start]:02x} at byte {error.start + 1} "
                          f"({error.reason})") from None
     try:
-        line = msgspec.json.decode(raw, type=ImportLine, strict=True)
-        json.loads(text, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
-                   parse_constant=_skip)
-    except (msgspec.DecodeError, RecursionError) as error:
+        return decode_strict(raw, ImportLine, "the line")
+    except msgspec.DecodeError as error:
         surrogate = _lone_surrogate(text)
         if surrogate is not None:  # msgspec calls it "truncated"; it is an escape that is not text
             raise ValueError(f"a string holds {surrogate}, half of a UTF-16 surrogate pair alone, which is not "
                              f"text") from None
         raise ValueError(str(error) or type(error).__name__) from None
-    return line
 
 
 def _lone_surrogate(text: str) -> str | None:
@@ -166,15 +164,6 @@ def booking_of(raw: bytes) -> str | None:
 class _Pairs(list[tuple[str, Any]]):
     """A JSON object's (key, value) pairs in order, duplicates kept."""
 
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("a key appears more than once in one JSON object")
-
-
-def _skip(_: str) -> None:
-    """Numbers are msgspec's to read; the duplicate-key pass only looks at keys."""
 
 
 @dataclass
