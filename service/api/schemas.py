@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from core.events import EVENT_TYPE_PATTERN, MAX_DATA_BYTES, Event, data_size, utc_instant, whole
-from core.money import PriceIn, currencies_by_minor_unit
+from core.money import PriceIn, amount_pattern, currencies_by_minor_unit
 from core.strictjson import decode_strict
 
 MAX_EVENTS = 100
@@ -106,8 +106,7 @@ def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
             {
                 "type": "object",
                 "properties": {
-                    "amount": {"type": "string", "pattern": whole(
-                        r"(0|[1-9][0-9]{0,17})" + (rf"(\.[0-9]{{1,{digits}}})?" if digits else ""))},
+                    "amount": {"type": "string", "pattern": whole(amount_pattern(digits))},
                     "currency": {"type": "string", "enum": codes},
                 },
                 "required": ["amount", "currency"],
