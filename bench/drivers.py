@@ -31,7 +31,7 @@ import asyncpg
 import msgspec
 
 from core.pg import init_connection
-from service.ledger.append import APPEND_SQL
+from devstack.harness import APPEND_SQL
 
 APPEND_DATA = {"reason": "bench"}
 EVENT_JSON = msgspec.json.encode(

@@ -4,7 +4,7 @@ Why this never skips or reorders an event:
 - It does not tail by a cursor. Each pass reads the unsent rows that are visible now, in
   position order, sends them, and deletes them once Kafka acknowledged them. A row whose
   transaction commits late is simply visible on a later pass.
-- Per booking, ledger_append gives v(n+1) a transaction id only after v(n) committed, so when
+- Per booking, the append function gives v(n+1) a transaction id only after v(n) committed, so when
   v(n+1) is visible v(n) is visible too (or already sent) and has the smaller position.
 - One relay sends at a time: the leader holds a session advisory lock on its connection; a
   standby polls for the lock and takes over within a second of the leader's connection dying.

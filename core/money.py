@@ -18,7 +18,21 @@ from iso4217 import Currency
 
 from core.events import whole
 
-_AMOUNT = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?")  # used with fullmatch: no final-newline hole
+
+def amount_pattern(fraction_digits: int | None = None) -> str:
+    """An amount's decimal string, unanchored (see core.events.whole): no sign, exponent or leading
+    zeros, at most 18 integer digits; then a fraction of any length, or of at most `fraction_digits`
+    (none when 0)."""
+    if fraction_digits is None:
+        fraction = r"(\.[0-9]+)?"
+    elif fraction_digits:
+        fraction = rf"(\.[0-9]{{1,{fraction_digits}}})?"
+    else:
+        fraction = ""
+    return r"(0|[1-9][0-9]{0,17})" + fraction
+
+
+_AMOUNT = re.compile(amount_pattern())  # used with fullmatch: no final-newline hole
 
 # Active codes that carry a minor unit; funds, metals and test codes have none ("N.A.").
 _MINOR_UNITS: dict[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
@@ -68,7 +82,7 @@ class Money:
         return cls(Decimal(amount).quantize(Decimal(1).scaleb(-digits)), currency)
 
 
-Amount = Annotated[str, msgspec.Meta(pattern=whole(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?"), examples=["129.90"])]
+Amount = Annotated[str, msgspec.Meta(pattern=whole(amount_pattern()), examples=["129.90"])]
 CurrencyCode = Annotated[str, msgspec.Meta(pattern=whole("[A-Z]{3}"), examples=["EUR"])]
 
 

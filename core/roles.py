@@ -12,7 +12,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 OWNER = "ledger_owner"
-API = "ledger_api"  # the HTTP API: appends through ledger_append, reads, console sessions, key lookup
+API = "ledger_api"  # the HTTP API: appends through ledger_append_batch, reads, console sessions, key lookup
 RELAY = "ledger_relay"  # the relay: reads events, reads and deletes (and re-fills) the outbox
 READER = "ledger_reader"  # replay and verify: read only
 KEYS = "ledger_keys"  # `booking-ledger keys`: creates, lists and revokes API keys
@@ -20,7 +20,7 @@ KEYS = "ledger_keys"  # `booking-ledger keys`: creates, lists and revokes API ke
 RUNTIME = (API, RELAY, READER, KEYS)
 
 # The role each command connects as by default (the sink uses no Postgres; migrate runs as OWNER).
-# `import` writes through ledger_append like the API (and reads what the API reads).
+# `import` writes through ledger_append_batch like the API (and reads what the API reads).
 BY_COMMAND = {"api": API, "relay": RELAY, "replay": READER, "verify": READER, "keys": KEYS, "migrate": OWNER,
               "import": API}
 

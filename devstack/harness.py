@@ -30,6 +30,10 @@ from devstack.postgres import LocalPostgres
 from devstack.processes import DynamoDBLocal, wait_until
 
 CLI = str(Path(sys.executable).with_name("booking-ledger"))
+# One append through ledger_append (migration 0007), which raises its refusals as SQLSTATEs
+# BL001-BL005. The service calls ledger_append_batch (service.ledger.append); the bench's raw
+# driver and the tests that hold an append's transaction open call this.
+APPEND_SQL = "SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
 
 def free_port() -> int:

@@ -5,9 +5,9 @@ Revises:
 Create Date: 2026-11-26
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from migrations import function_sql
 
 revision = "0001"
 down_revision = None
@@ -67,7 +67,7 @@ CREATE TABLE api_keys (
 """
 
 # The append transaction, one round trip per append: see the SQL file for how it works.
-APPEND_FUNCTION = (Path(__file__).parent.parent / "sql" / "ledger_append.0001.sql").read_text()
+APPEND_FUNCTION = function_sql("ledger_append", "0001")
 
 
 def upgrade() -> None:

@@ -5,21 +5,19 @@ Revises: 0001
 Create Date: 2026-11-26
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from migrations import function_sql
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SQL = Path(__file__).parent.parent / "sql"
-
 
 def upgrade() -> None:
-    op.execute((SQL / "ledger_append.0002.sql").read_text())
+    op.execute(function_sql("ledger_append", "0002"))
 
 
 def downgrade() -> None:
-    op.execute((SQL / "ledger_append.0001.sql").read_text().replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    op.execute(function_sql("ledger_append", "0001").replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))

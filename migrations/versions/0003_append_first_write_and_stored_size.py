@@ -10,21 +10,19 @@ Revises: 0002
 Create Date: 2026-11-26
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from migrations import function_sql
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-SQL = Path(__file__).parent.parent / "sql"
-
 
 def upgrade() -> None:
-    op.execute((SQL / "ledger_append.0003.sql").read_text())
+    op.execute(function_sql("ledger_append", "0003"))
 
 
 def downgrade() -> None:
-    op.execute((SQL / "ledger_append.0002.sql").read_text())
+    op.execute(function_sql("ledger_append", "0002"))

@@ -16,16 +16,14 @@ Revises: 0004
 Create Date: 2026-11-28
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from migrations import function_sql
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
-
-SQL = Path(__file__).parent.parent / "sql"
 
 CONSTRAINTS = (
     ("bookings", "bookings_code_format", "code ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'"),
@@ -39,10 +37,10 @@ CONSTRAINTS = (
 def upgrade() -> None:
     for table, name, check in CONSTRAINTS:
         op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} CHECK ({check}) NOT VALID")
-    op.execute((SQL / "ledger_append.0005.sql").read_text())
+    op.execute(function_sql("ledger_append", "0005"))
 
 
 def downgrade() -> None:
-    op.execute((SQL / "ledger_append.0003.sql").read_text())
+    op.execute(function_sql("ledger_append", "0003"))
     for table, name, _ in reversed(CONSTRAINTS):
         op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")

@@ -20,16 +20,14 @@ Revises: 0006
 Create Date: 2026-11-29
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from migrations import function_sql
 
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
-
-SQL = Path(__file__).parent.parent / "sql"
 
 FENCE_SQL = """
 CREATE OR REPLACE FUNCTION ledger_feed_fence() RETURNS bigint
@@ -42,8 +40,8 @@ $$
 
 
 def upgrade() -> None:
-    op.execute((SQL / "ledger_append_batch.0007.sql").read_text())
-    op.execute((SQL / "ledger_append.0007.sql").read_text())
+    op.execute(function_sql("ledger_append_batch", "0007"))
+    op.execute(function_sql("ledger_append", "0007"))
     op.execute(FENCE_SQL)
     # A constant in DDL cannot be a bound parameter: build it in the server.
     op.execute("""
@@ -71,6 +69,6 @@ def downgrade() -> None:
     """)
     op.execute("ALTER TABLE events DROP CONSTRAINT events_position_floor")
     op.execute("DROP FUNCTION ledger_feed_fence()")
-    op.execute((SQL / "ledger_append.0005.sql").read_text())
+    op.execute(function_sql("ledger_append", "0005"))
     op.execute("DROP FUNCTION ledger_append_batch(text[], text[], boolean[], integer[], integer[], uuid[], text[], "
                "numeric[], text[], jsonb[], timestamptz[])")

@@ -26,16 +26,15 @@ Revises: 0009
 Create Date: 2026-11-28
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from migrations import function_sql
 
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-SQL = Path(__file__).resolve().parent.parent / "sql"
 WRITER = "ledger_append_batch"
 
 OFFSET = (  # one statement each: asyncpg prepares what it is given
@@ -93,7 +92,7 @@ $$
 
 
 def _install(version: str) -> None:
-    op.execute((SQL / f"ledger_append_batch.{version}.sql").read_text())
+    op.execute(function_sql("ledger_append_batch", version))
     op.execute(f"ALTER FUNCTION {WRITER} SECURITY DEFINER SET search_path = public, pg_temp")
 
 

@@ -25,21 +25,20 @@ Revises: 0011
 Create Date: 2026-11-28
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from migrations import function_sql
 
 revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
 
-SQL = Path(__file__).resolve().parent.parent / "sql"
 WRITER = "ledger_append_batch"
 
 
 def _install(version: str) -> None:
-    op.execute((SQL / f"{WRITER}.{version}.sql").read_text())
+    op.execute(function_sql(WRITER, version))
     op.execute(f"ALTER FUNCTION {WRITER} SECURITY DEFINER SET search_path = public, pg_temp")
     op.execute(f"REVOKE EXECUTE ON FUNCTION {WRITER} FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION {WRITER} TO ledger_api")

@@ -26,9 +26,8 @@ from service.api.schemas import (
     Problem,
     decode_append,
 )
-from service.ledger.append import NewEvent
+from service.ledger.append import Append, NewEvent
 from service.ledger.errors import LedgerError
-from service.ledger.groupcommit import Append
 from service.ledger.reads import Booking, get_booking, read_booking_events, read_feed
 
 MAX_BODY_BYTES = 1024 * 1024

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -11,7 +10,8 @@ import msgspec
 from msgspec import Meta
 
 from core.events import EVENT_TYPE_PATTERN, MAX_DATA_BYTES, Event, data_size, utc_instant, whole
-from core.money import PriceIn, currencies_by_minor_unit
+from core.money import PriceIn, amount_pattern, currencies_by_minor_unit
+from core.strictjson import decode_strict
 
 MAX_EVENTS = 100
 MAX_VERSION = 2**31 - 1
@@ -90,29 +90,9 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 
 def decode_append(body: bytes) -> AppendIn:
-    """Decode and validate an append body; raises msgspec.ValidationError or DecodeError."""
-    try:
-        request = msgspec.json.decode(body, type=AppendIn, strict=True)
-        # msgspec, like most decoders, keeps the last of duplicate keys; a gateway or log reader
-        # may keep the first. Such a body means two things, so it is refused.
-        json.loads(body, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
-                   parse_constant=_skip)
-        return request
-    except UnicodeDecodeError as error:
-        raise msgspec.DecodeError(f"body is not UTF-8: {error.reason} at byte {error.start}") from None
-    except RecursionError:
-        raise msgspec.DecodeError("body is nested too deeply") from None
-
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        duplicate = next(key for key in keys if keys.count(key) > 1)
-        raise msgspec.ValidationError(f"the key {duplicate!r} appears more than once in one JSON object")
-
-
-def _skip(_: str) -> None:
-    """Numbers are msgspec's to read; the duplicate-key pass only looks at keys."""
+    """Decode and validate an append body strictly (core.strictjson); raises msgspec.ValidationError
+    or DecodeError."""
+    return decode_strict(body, AppendIn, "body")
 
 
 def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -126,8 +106,7 @@ def append_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
             {
                 "type": "object",
                 "properties": {
-                    "amount": {"type": "string", "pattern": whole(
-                        r"(0|[1-9][0-9]{0,17})" + (rf"(\.[0-9]{{1,{digits}}})?" if digits else ""))},
+                    "amount": {"type": "string", "pattern": whole(amount_pattern(digits))},
                     "currency": {"type": "string", "enum": codes},
                 },
                 "required": ["amount", "currency"],

@@ -5,7 +5,6 @@ retry that carries a request through a failover of the primary.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,28 +17,13 @@ import asyncpg
 from core.pg import connect_primary, init_connection, is_transient
 from core.settings import DatabaseSettings
 from service.ledger.errors import (
+    REFUSALS,
     BookingCodeTaken,
-    BookingNotFound,
     EventIdConflict,
     InvalidData,
     LedgerError,
-    NotOwner,
     StoreUnavailable,
-    VersionConflict,
 )
-
-# The refusals of the append function: outcome code -> (the SQLSTATE ledger_append raises, our error,
-# its detail). ledger_append raises the SQLSTATE with DETAIL as a JSON object (migrations/sql/); group
-# commit answers by outcome code. One table for both.
-REFUSALS: dict[str, tuple[str, type[LedgerError], str]] = {
-    "booking_code_taken": ("BL001", BookingCodeTaken, "booking code is taken"),
-    "version_conflict": ("BL002", VersionConflict, "booking is not at the expected version"),
-    "booking_not_found": ("BL003", BookingNotFound, "no booking with this code"),
-    "not_owner": ("BL004", NotOwner, "booking belongs to another department"),
-    "event_id_conflict": ("BL005", EventIdConflict,
-                          "an event_id is already recorded with other content or for another booking"),
-}
-_RAISED: dict[str, tuple[type[LedgerError], str]] = {state: (kind, detail) for state, kind, detail in REFUSALS.values()}
 
 # SQLSTATE classes and codes that mean "the store is not there right now": retry later.
 _SCHEMA_MISSING = ("42P01", "42883")  # undefined table, undefined function
@@ -219,15 +203,11 @@ def translate(error: BaseException) -> BaseException:
 
 def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
     sqlstate = error.sqlstate or ""
-    if sqlstate in _RAISED:
-        kind, detail = _RAISED[sqlstate]
-        context = json.loads(error.detail) if error.detail else {}
-        return kind(detail, **context)
     if isinstance(error, asyncpg.UniqueViolationError):
         if error.constraint_name == "events_event_id_key":
-            return EventIdConflict(_RAISED["BL005"][1])
+            return EventIdConflict(REFUSALS[EventIdConflict.code][1])
         if error.constraint_name == "bookings_pkey":
-            return BookingCodeTaken(_RAISED["BL001"][1])
+            return BookingCodeTaken(REFUSALS[BookingCodeTaken.code][1])
     if isinstance(error, asyncpg.CheckViolationError) and error.constraint_name == "events_position_floor":
         # A call of the pre-0007 ledger_append still running while 0007 committed: try again
         # (with the new function). Also what a restore into lower transaction ids gives.

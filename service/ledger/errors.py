@@ -42,6 +42,17 @@ class InvalidData(LedgerError):
     code = "validation_error"
 
 
+# The append function's refusals: the outcome it answers (the error's `code`) -> the error and its words.
+REFUSALS: dict[str, tuple[type[LedgerError], str]] = {
+    BookingCodeTaken.code: (BookingCodeTaken, "booking code is taken"),
+    VersionConflict.code: (VersionConflict, "booking is not at the expected version"),
+    BookingNotFound.code: (BookingNotFound, "no booking with this code"),
+    NotOwner.code: (NotOwner, "booking belongs to another department"),
+    EventIdConflict.code: (EventIdConflict,
+                           "an event_id is already recorded with other content or for another booking"),
+}
+
+
 class StoreUnavailable(LedgerError):
     """Postgres cannot be reached or did not answer in time; the request may be retried.
 

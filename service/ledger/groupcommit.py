@@ -1,14 +1,12 @@
 """Group commit: the appends that reach one API process while its call to Postgres is in flight
-share the next call and its commit (ledger_append_batch: migrations/sql/, the file with the highest
-revision number is the one in force).
+share the next call and its commit (service.ledger.append.append_batch).
 
 There is no timer: a lone append goes at once, and a batch is whatever queued up during the
 previous call, bounded by events and bytes. Every append is still checked and answered on its
-own, exactly as `service.ledger.append.append` answers it: the function returns one outcome per
-append, and a refused append never fails its neighbours. If the batch call itself fails for an
+own, exactly as `service.ledger.append.append` answers it (a single append is a batch of one),
+and a refused append never fails its neighbours. If the batch call itself fails for an
 unexpected reason (bad data that Postgres refuses, a bug), its members are redone one by one,
-so a poisoned request hurts only itself. While the primary fails over, the batch is tried again
-with the same event ids (service.ledger.db.retrying), as a single append is.
+so a poisoned request hurts only itself.
 """
 
 from __future__ import annotations
@@ -16,43 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
-from typing import Any
-from uuid import UUID
+from collections.abc import Callable
 
 import asyncpg
 
-from core.events import event_from_row
-from service.ledger.append import AppendResult, NewEvent, append
-from service.ledger.db import REFUSALS, Tries, retrying
-from service.ledger.errors import (
-    InvalidData,
-    LedgerError,
-    StoreUnavailable,
-)
-
-BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-
-# The outcomes that refuse an append, and the error (with the same words) a single append raises.
-_REFUSALS: dict[str, tuple[type[LedgerError], str]] = {code: (kind, detail) for code, (_, kind, detail)
-                                                       in REFUSALS.items()}
+from service.ledger.append import Answer, Append, AppendResult, append_batch, settled
+from service.ledger.errors import StoreUnavailable
 
 log = logging.getLogger("booking_ledger.groupcommit")
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """One append, as `service.ledger.append.append` takes it; `size` is what it weighs (its body's bytes)."""
-
-    code: str
-    department: str
-    may_write_any: bool
-    expected_version: int | None
-    events: Sequence[NewEvent]
-    size: int = 0
 
 
 class _Waiting:
@@ -80,7 +49,8 @@ class GroupCommit:
     async def append(self, item: Append) -> AppendResult:
         """The answer `service.ledger.append.append` would give for `item` (raises its LedgerErrors)."""
         if self.max_events <= 0:
-            return await _alone(self.pool, item)
+            [answer] = await append_batch(self.pool, [item])
+            return settled(answer)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
         self._queue.append(_Waiting(item, future))
@@ -120,105 +90,33 @@ class GroupCommit:
         self.appends += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        if len(batch) == 1:
-            # Nothing to share: the single-append path answers exactly as it always did.
-            await _settle(batch[0], _alone(self.pool, batch[0].append))
-            return
-        tries = Tries()
         try:
-            rows = await retrying(self.pool, lambda conn: _call(conn, batch), tries)
+            answers: list[Answer] = await append_batch(self.pool, [waiting.append for waiting in batch])
         except StoreUnavailable as error:
-            # Postgres is not there (the retry budget is spent): every member would get this answer.
-            for waiting in batch:
-                _answer(waiting, error=StoreUnavailable(error.detail, transient=error.transient, **error.context))
-            return
-        except Exception:
-            log.warning("a batch of %d appends failed; redoing them one by one", len(batch), exc_info=True)
-            for waiting in batch:  # in arrival order: appends to one booking keep their order
-                await _settle(waiting, _alone(self.pool, waiting.append))
-            return
-        _answer_rows(batch, rows, tries.unknown_outcome)
+            # Postgres is not there (the retry budget is spent): every member gets this answer.
+            answers = [StoreUnavailable(error.detail, transient=error.transient, **error.context) for _ in batch]
+        except Exception as error:
+            if len(batch) > 1:
+                log.warning("a batch of %d appends failed; redoing them one by one", len(batch), exc_info=True)
+                for waiting in batch:  # in arrival order: appends to one booking keep their order
+                    await self._alone(waiting)
+                return
+            answers = [error]
+        for waiting, answer in zip(batch, answers, strict=True):
+            _answer(waiting, answer)
+
+    async def _alone(self, waiting: _Waiting) -> None:
+        try:
+            [answer] = await append_batch(self.pool, [waiting.append])
+        except Exception as error:
+            answer = error
+        _answer(waiting, answer)
 
 
-async def _alone(pool: asyncpg.Pool, item: Append) -> AppendResult:
-    return await append(pool, code=item.code, department=item.department, may_write_any=item.may_write_any,
-                        expected_version=item.expected_version, events=item.events)
-
-
-async def _settle(waiting: _Waiting, work: Awaitable[AppendResult]) -> None:
-    try:
-        result = await work
-    except Exception as error:
-        _answer(waiting, error=error)
-    else:
-        _answer(waiting, result=result)
-
-
-def _answer(waiting: _Waiting, result: AppendResult | None = None, error: BaseException | None = None) -> None:
+def _answer(waiting: _Waiting, answer: Answer) -> None:
     if waiting.future.done():  # its caller went away
         return
-    if result is not None:
-        waiting.future.set_result(result)
+    if isinstance(answer, Exception):
+        waiting.future.set_exception(answer)
     else:
-        waiting.future.set_exception(error or RuntimeError("no answer"))
-
-
-def _call(conn: asyncpg.Connection, batch: list[_Waiting]) -> Awaitable[list[asyncpg.Record]]:
-    return conn.fetch(BATCH_SQL, *batch_arguments([waiting.append for waiting in batch]))
-
-
-def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
-    """ledger_append_batch's eleven arguments (per-append arrays, then per-event arrays) for `appends`."""
-    codes: list[str] = []
-    departments: list[str] = []
-    may_write_any: list[bool] = []
-    expected: list[int | None] = []
-    counts: list[int] = []
-    event_ids: list[UUID] = []
-    types: list[str] = []
-    amounts: list[Decimal | None] = []
-    currencies: list[str | None] = []
-    data: list[dict[str, Any] | None] = []
-    occurred_at: list[datetime | None] = []
-    for item in appends:
-        codes.append(item.code)
-        departments.append(item.department)
-        may_write_any.append(item.may_write_any)
-        expected.append(item.expected_version)
-        counts.append(len(item.events))
-        for e in item.events:
-            event_ids.append(e.event_id)
-            types.append(e.type)
-            amounts.append(e.price.amount if e.price else None)
-            currencies.append(e.price.currency if e.price else None)
-            data.append(e.data)
-            occurred_at.append(e.occurred_at)
-    return (codes, departments, may_write_any, expected, counts, event_ids, types, amounts, currencies, data,
-            occurred_at)
-
-
-def _answer_rows(batch: list[_Waiting], rows: list[asyncpg.Record], unknown_outcome: bool) -> None:
-    """Each member's answer from its rows (rows come grouped by append; the groups are not in append order)."""
-    by_append: list[list[asyncpg.Record]] = [[] for _ in batch]
-    for row in rows:
-        by_append[row["append_no"] - 1].append(row)
-    for waiting, own in zip(batch, by_append, strict=True):
-        if not own:
-            _answer(waiting, error=RuntimeError("ledger_append_batch gave no answer for an append"))
-            continue
-        outcome = own[0]["outcome"]
-        if outcome in ("created", "appended", "replayed"):
-            events = [event_from_row(row) for row in own]
-            _answer(waiting, result=AppendResult(
-                booking_code=waiting.append.code,
-                version=events[-1].version,
-                events=events,
-                # As for a single append: a try whose outcome was unknown may have stored them.
-                replayed=outcome == "replayed" and not unknown_outcome,
-            ))
-        elif outcome in _REFUSALS:
-            kind, detail = _REFUSALS[outcome]
-            _answer(waiting, error=kind(detail, **(own[0]["detail"] or {})))
-        else:  # invalid
-            message = (own[0]["detail"] or {}).get("message", outcome)
-            _answer(waiting, error=InvalidData(f"the ledger cannot store this input: {message}"))
+        waiting.future.set_result(answer)

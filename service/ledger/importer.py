@@ -64,18 +64,15 @@ from core.events import (
     utc_instant,
 )
 from core.money import PriceIn
-from service.ledger.append import NewEvent, append
-from service.ledger.db import Tries, retrying
+from core.strictjson import decode_strict
+from service.ledger.append import Append, NewEvent, append, append_outcomes
+from service.ledger.db import retrying
 from service.ledger.errors import BookingCodeTaken, EventIdConflict, InvalidData, NotOwner, StoreUnavailable
-from service.ledger.groupcommit import BATCH_SQL, Append, batch_arguments
 from service.ledger.keys import DEPARTMENT
 from service.ledger.notify import NOTIFY_SQL
 
 log = logging.getLogger("booking_ledger.import")
 
-# Many appends per call (the group-commit function), answered per append: the outcome is all the
-# import needs, so the stored events are counted where they are, not sent back.
-IMPORT_SQL = f"SELECT append_no, min(outcome) AS outcome FROM ({BATCH_SQL}) answer GROUP BY append_no"
 LOOKUP_SQL = "SELECT code, version FROM bookings WHERE code = ANY($1::text[])"
 
 BATCH_EVENTS = 1000  # events per append at most (the append function's limit)
@@ -123,16 +120,13 @@ def parse_line(raw: bytes) -> ImportLine:
         raise ValueError(f"the line is not UTF-8: byte 0x{raw[error.start]:02x} at byte {error.start + 1} "
                          f"({error.reason})") from None
     try:
-        line = msgspec.json.decode(raw, type=ImportLine, strict=True)
-        json.loads(text, object_pairs_hook=_refuse_duplicates, parse_int=_skip, parse_float=_skip,
-                   parse_constant=_skip)
-    except (msgspec.DecodeError, RecursionError) as error:
+        return decode_strict(raw, ImportLine, "the line")
+    except msgspec.DecodeError as error:
         surrogate = _lone_surrogate(text)
         if surrogate is not None:  # msgspec calls it "truncated"; it is an escape that is not text
             raise ValueError(f"a string holds {surrogate}, half of a UTF-16 surrogate pair alone, which is not "
                              f"text") from None
         raise ValueError(str(error) or type(error).__name__) from None
-    return line
 
 
 def _lone_surrogate(text: str) -> str | None:
@@ -170,15 +164,6 @@ def booking_of(raw: bytes) -> str | None:
 class _Pairs(list[tuple[str, Any]]):
     """A JSON object's (key, value) pairs in order, duplicates kept."""
 
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ValueError("a key appears more than once in one JSON object")
-
-
-def _skip(_: str) -> None:
-    """Numbers are msgspec's to read; the duplicate-key pass only looks at keys."""
 
 
 @dataclass
@@ -377,19 +362,16 @@ class Importer:
     async def _call(self, call: list[tuple[_Booking, _Batch, Append]]) -> None:
         """One call of the append function carrying many bookings' appends, each with its own outcome."""
         self.calls += 1
-        tries = Tries()
         try:
-            rows = await retrying(self._pool, lambda conn: _append_many(conn, [item for _, _, item in call]), tries)
+            outcomes = await append_outcomes(self._pool, [item for _, _, item in call])
         except StoreUnavailable:
             raise
         except Exception as error:  # Postgres refused the whole call (data it cannot store): one at a time
             log.info("a call of %d appends was refused as a whole (%s); writing them one at a time", len(call), error)
-            rows = []
-        outcomes = {row["append_no"]: row["outcome"] for row in rows}
+            outcomes = {}
         for number, (booking, batch, item) in enumerate(call, start=1):
             outcome = outcomes.get(number)
-            if outcome in ("created", "appended") or (outcome == "replayed" and tries.unknown_outcome):
-                # (a replay after a try whose outcome was unknown: that try wrote them)
+            if outcome in ("created", "appended"):  # (a replay after a try whose outcome was unknown included)
                 self.summary.imported += len(batch.lines)
                 self.summary.bookings_created += item.expected_version == 0
                 booking.exists = True
@@ -447,15 +429,6 @@ class Importer:
         self.single_calls += 1
         return await append(self._pool, code=code, department=department, may_write_any=False,
                             expected_version=expected, events=events)
-
-
-async def _append_many(conn: asyncpg.Connection, appends: list[Append]) -> list[asyncpg.Record]:
-    # The append function's plans are cached per session, and the first ones were made while the
-    # ledger may have been small (an empty one), then kept as it grows by every call. 0012 plans its
-    # event-id lookup per call; planning the rest afresh too still measured faster (200,000 events:
-    # 12.2-14.0 s with this, 17.5 s without).
-    await conn.execute("DISCARD PLANS")
-    return await conn.fetch(IMPORT_SQL, *batch_arguments(appends))
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:

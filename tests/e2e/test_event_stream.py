@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
+from devstack.harness import APPEND_SQL
 from devstack.processes import wait_until
-from service.ledger.append import APPEND_SQL
 from tests.conftest import random_code
 from tests.e2e.conftest import Server, auth, cli, make_key, start_server
 from tests.e2e.test_http import assert_problem, events_url, priced

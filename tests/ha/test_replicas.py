@@ -13,8 +13,8 @@ from decimal import Decimal
 
 from core.pg import connect
 from devstack.ha import HACluster, PatroniNode
+from devstack.harness import APPEND_SQL
 from devstack.processes import wait_until
-from service.ledger.append import APPEND_SQL
 from tests.e2e.conftest import Server, start_server
 from tests.ha.load import Load
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -19,10 +20,34 @@ from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
 from devstack.processes import DynamoDBLocal, wait_until
 from migrations.runner import upgrade
+from service.ledger.append import Append, AppendResult, append
+from service.ledger.groupcommit import GroupCommit
 from tests.conftest import free_port, sql
 
-__all__ = ["CLI", "Pipeline", "Worker", "wait_until"]
+__all__ = ["CLI", "Pipeline", "Worker", "Writer", "wait_until"]
 LOGS = Path(tempfile.mkdtemp(prefix="booking-ledger-test-logs-"))
+
+
+@dataclass
+class Writer:
+    """One write path of the append contract. `append` takes what service.ledger.append.append takes
+    (but the pool) and must answer, or raise, exactly as it does."""
+
+    name: str
+    pool: asyncpg.Pool
+    append: Callable[..., Awaitable[AppendResult]]
+
+
+@pytest.fixture(params=["single", "group_commit"])
+async def writer(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> AsyncIterator[Writer]:
+    """Each write path in turn, as eventsourcing runs its recorder tests over every backend: a single
+    append (a batch of one), and group commit (concurrent appends share a call)."""
+    if request.param == "single":
+        yield Writer("single", pool, lambda **append_args: append(pool, **append_args))
+        return
+    group = GroupCommit(pool)
+    yield Writer("group_commit", pool, lambda **append_args: group.append(Append(**append_args)))
+    await group.close()
 
 
 @pytest.fixture(scope="session")

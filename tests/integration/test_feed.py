@@ -7,7 +7,8 @@ import uuid
 
 import asyncpg
 
-from service.ledger.append import APPEND_SQL, NewEvent, append
+from devstack.harness import APPEND_SQL
+from service.ledger.append import NewEvent, append
 from service.ledger.reads import read_feed
 from tests.conftest import random_code
 

@@ -7,7 +7,6 @@ import random
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,9 +14,11 @@ import pytest
 
 from core.money import Money
 from core.settings import DatabaseSettings
+from devstack.harness import APPEND_SQL
 from devstack.postgres import LocalPostgres
+from migrations import function_sql
 from migrations.runner import upgrade
-from service.ledger.append import APPEND_SQL, AppendResult, NewEvent, append
+from service.ledger.append import BATCH_SQL, Append, AppendResult, NewEvent, append, batch_arguments
 from service.ledger.db import create_pool, retrying
 from service.ledger.errors import (
     BookingCodeTaken,
@@ -29,11 +30,9 @@ from service.ledger.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from service.ledger.groupcommit import BATCH_SQL, Append, GroupCommit, batch_arguments
+from service.ledger.groupcommit import GroupCommit
 from service.ledger.reads import read_feed
 from tests.conftest import random_code
-
-SQL = Path(__file__).parents[2] / "migrations" / "sql"
 
 
 def event(type_: str = "BookingPriced", amount: str | None = None, event_id: uuid.UUID | None = None,
@@ -255,7 +254,7 @@ async def test_a_batch_answers_and_writes_as_the_append_by_append_loop_does(pool
     rnd = random.Random(12)
     async with pool.acquire() as conn:
         # A session-temporary copy of the reference, so nothing of it outlives the connection.
-        await conn.execute((SQL / "ledger_append_batch.0011.sql").read_text()
+        await conn.execute(function_sql("ledger_append_batch", "0011")
                            .replace("FUNCTION ledger_append_batch(", "FUNCTION pg_temp.reference_batch("))
         for _ in range(60):
             codes = [random_code("REF") for _ in range(3)]
@@ -388,7 +387,7 @@ async def test_positions_after_the_migration_are_above_every_old_one(postgres: L
             for n in range(3):
                 await conn.fetch(APPEND_SQL, code, "hotel", False, n, [uuid.uuid4()], ["Old"], [None], [None],
                                  [None], [None])
-            await conn.execute((SQL / "ledger_append.0005.sql").read_text()
+            await conn.execute(function_sql("ledger_append", "0005")
                                .replace("FUNCTION ledger_append(", "FUNCTION ledger_append_0005("))
             old_max = await conn.fetchval("SELECT max(position) FROM events")
             assert old_max % 1000 == 0

@@ -22,8 +22,8 @@ from cdc.verify import verify
 from core import dynamodb
 from core.events import decode_event, encode_event
 from core.money import Money
-from devstack.harness import as_role
-from service.ledger.append import APPEND_SQL, NewEvent, append
+from devstack.harness import APPEND_SQL, as_role
+from service.ledger.append import NewEvent, append
 from service.ledger.db import create_pool
 from tests.conftest import free_port, random_code, sql
 from tests.e2e.conftest import auth, make_key, signed_in, start_server

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.money import Money
-from service.ledger.append import APPEND_SQL, NewEvent, append
+from devstack.harness import APPEND_SQL
+from service.ledger.append import NewEvent, append
 from service.ledger.errors import BookingNotFound
 from service.ledger.prices import PRICE_SQL, price_at, price_at_version
 from tests.conftest import random_code

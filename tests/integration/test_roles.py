@@ -57,6 +57,11 @@ FORBIDDEN = {
         "DELETE FROM outbox",
         "INSERT INTO api_keys (id, department, scopes, key_hash) VALUES ('x', 'x', ARRAY['read'], ''::bytea)",
         "UPDATE api_keys SET revoked_at = now()",
+        # The append function's parts run only inside it, as the owner (0013).
+        "SELECT ledger_acquire_locks(ARRAY['X'], ARRAY[]::uuid[])",
+        "SELECT ledger_advance_booking('X', 'thief', true, NULL, ARRAY[1]::numeric[], ARRAY['EUR'], 1, 1)",
+        "SELECT count(*) FROM ledger_write_events('{}', '{}', '{}', 0, now(), '{}', '{}', '{}', '{}', '{}', '{}',"
+        " '{}', '{}', '{}')",
     ),
     roles.RELAY: (
         "SELECT key_hash FROM api_keys",
