@@ -219,14 +219,14 @@ class Relay:
         delay = self._send_backoff.failed("Kafka did not acknowledge %d of %d events; resending from the oldest "
                                           "unsent", len(rows) - delivered, len(rows))
         await _wait(stop, delay)
-        await self._topic_ready(conn)  # a restarted broker may have forgotten it
+        await self._topic_ready(conn)  # the topic may have been deleted meanwhile
 
     async def _topic_ready(self, conn: asyncpg.Connection) -> bool:
         state = await asyncio.to_thread(ensure_topic, self.settings.kafka)
         resend = self.settings.kafka.resend_seconds
         if state == CREATED and resend > 0:
             status = await conn.execute(RESEND_SQL, float(resend))
-            log.warning("topic was missing (a new or restarted broker): queued the events of the last %d s "
+            log.warning("topic was missing (a new cluster, or deleted): queued the events of the last %d s "
                         "again (%s rows)", resend, status.split()[-1])
         return state in (EXISTING, CREATED)
 
