@@ -50,6 +50,10 @@ PACKAGES = {"dockerd": "docker.io", "debootstrap": "debootstrap"}  # the command
 # The production packages: the service image's cache key covers these (and pyproject, constraints).
 SOURCES = ("entrypoints", "service", "core", "cdc", "migrations")
 HOST_DIRS = ("/run/docker", "/run/containerd")  # made by dockerd / containerd outside their roots
+# The official Debian images' apt setting: the packages an image installs are not kept in it as .deb files.
+_APT_CLEAN_UP = 'rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true'
+APT_CLEAN = (f'DPkg::Post-Invoke {{ "{_APT_CLEAN_UP}"; }};\nAPT::Update::Post-Invoke {{ "{_APT_CLEAN_UP}"; }};\n'
+             'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n')
 
 
 def ensure_packages() -> None:
@@ -283,8 +287,8 @@ class Images:
         return self.timings
 
     def base(self) -> None:
-        """debootstrap --variant=minbase bookworm, apt's caches removed, `docker import`ed."""
-        recipe = _digest([SUITE, MIRROR, "minbase"])
+        """debootstrap --variant=minbase bookworm, apt's caches removed and kept empty, `docker import`ed."""
+        recipe = _digest([SUITE, MIRROR, "minbase", APT_CLEAN])
         if self.engine.image_label(self.BASE) == recipe:
             return
         started = time.monotonic()
@@ -297,6 +301,7 @@ class Images:
             for path in (rootfs / cache).glob("*"):
                 if path.is_file():
                     path.unlink()
+        (rootfs / "etc" / "apt" / "apt.conf.d" / "docker-clean").write_text(APT_CLEAN)
         tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True).stdout
         self.engine.docker("import", "--change", f"LABEL {RECIPE_LABEL}={recipe}", "--change", 'CMD ["bash"]',
                            "-", self.BASE, input=tar, capture=True)
