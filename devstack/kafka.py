@@ -83,8 +83,7 @@ class KafkaNode(ChildServer):
 
     def prepare(self) -> None:
         """Write the configuration; format the data folder the first time (it is kept afterwards)."""
-        if not (KAFKA_LIBS / f"kafka_2.13-{kafka_version()}.jar").exists():
-            raise RuntimeError(f"Apache Kafka is not installed in {KAFKA_LIBS}: run `make install`")
+        installed_libs()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         if (self.folder / "data" / "meta.properties").exists():
@@ -111,6 +110,13 @@ def kafka_version() -> str:
     """The broker version the pom pins."""
     pom = (Path(__file__).resolve().parent / "kafka-broker" / "pom.xml").read_text()
     return pom.split("<kafka.version>", 1)[1].split("<", 1)[0]
+
+
+def installed_libs() -> Path:
+    """KAFKA_LIBS, once `make install` has put the pinned version there."""
+    if not (KAFKA_LIBS / f"kafka_2.13-{kafka_version()}.jar").exists():
+        raise RuntimeError(f"Apache Kafka is not installed in {KAFKA_LIBS}: run `make install`")
+    return KAFKA_LIBS
 
 
 class KafkaCluster:
