@@ -33,6 +33,7 @@ import bisect
 import contextlib
 import itertools
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -46,7 +47,7 @@ from litestar.params import Parameter
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
-from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, OUTBOX_CHANNEL, Event
+from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, OUTBOX_CHANNEL, Event, whole
 from core.settings import StreamSettings
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated, header
@@ -375,12 +376,18 @@ def _pieces(messages: Iterable[tuple[int, bytes | None]]) -> Iterator[tuple[int,
         yield last, b"".join(parts)
 
 
+# ASCII digits only: str.isdigit() also takes "²" and other digits that int() refuses, and a
+# bound on the length keeps int() away from huge numbers.
+_POSITION = re.compile(r"[0-9]{1,19}")
+
+
 def _last_event_id(request: Request) -> int | None:
-    raw = header(request, b"last-event-id").strip()
+    raw = header(request, b"last-event-id").strip(" \t")
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) > MAX_POSITION:
-        raise ApiError(422, "validation_error", "Last-Event-ID must be a position: an integer from 0")
+    if not _POSITION.fullmatch(raw) or int(raw) > MAX_POSITION:
+        raise ApiError(422, "validation_error",
+                       f"Last-Event-ID must be a position: an integer from 0 to {MAX_POSITION}, in digits")
     return int(raw)
 
 
@@ -402,7 +409,7 @@ def _last_event_id(request: Request) -> int | None:
 async def event_stream(
     request: Request,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
-    department: Annotated[str | None, Parameter(pattern=f"^{DEPARTMENT.pattern}$", max_length=64)] = None,
+    department: Annotated[str | None, Parameter(pattern=whole(DEPARTMENT.pattern), max_length=64)] = None,
     type: Annotated[str | None, Parameter(pattern=EVENT_TYPE_PATTERN, max_length=100)] = None,  # noqa: A002
     booking_code: Annotated[str | None, Parameter(pattern=BOOKING_CODE_PATTERN, max_length=64)] = None,
 ) -> EventStream:

@@ -48,7 +48,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from core.events import MAX_DATA_BYTES, OUTBOX_CHANNEL, BookingCode, EventType, data_size, utc_instant
+from core.events import MAX_DATA_BYTES, OUTBOX_CHANNEL, BookingCode, EventType, data_size, utc_instant, whole
 from core.money import PriceIn
 from service.ledger.append import NewEvent, append
 from service.ledger.db import Tries, retrying
@@ -72,7 +72,7 @@ CONNECTIONS = 2  # calls in flight at once
 MAX_LINE_BYTES = 1024 * 1024
 SHOWN_PER_REASON = 20  # line numbers kept per rejection reason for the summary
 
-Department = Annotated[str, msgspec.Meta(pattern=f"^{DEPARTMENT.pattern}$(?!\\n)")]
+Department = Annotated[str, msgspec.Meta(pattern=whole(DEPARTMENT.pattern))]
 
 
 class ImportLine(msgspec.Struct, forbid_unknown_fields=True):

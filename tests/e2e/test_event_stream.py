@@ -38,6 +38,12 @@ def stream_api(database_url: str) -> Iterator[Server]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def reader(database_url: str) -> str:
+    """A read key for requests that never open a stream (so it never meets the per-key cap)."""
+    return make_key(database_url, department(), "read")
+
+
 @dataclass
 class Sse:
     """What one stream delivered: events as (id, data) and comment lines."""
@@ -185,6 +191,24 @@ async def test_filters(stream_api: Server, database_url: str, streams) -> None:
         assert_problem(bad, 422, "validation_error")
         assert_problem(await client.get(f"{stream_api.url}/v1/events/stream", params={"after": "-1"}), 401,
                        "unauthorized")
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb2", b"\xd9\xa1", b"9" * 5000, b"9000000000000000001",
+                                   b"-1", b"+1", b"1.0", b"1e0", b"0x10", b"1 2"])
+async def test_a_last_event_id_that_is_not_a_position_is_a_422(stream_api: Server, reader: str, value: bytes) -> None:
+    logged = len(stream_api.log())
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(f"{stream_api.url}/v1/events/stream",
+                                  headers={**auth(reader), "Last-Event-ID": value})
+    assert_problem(answer, 422, "validation_error")
+    assert "Traceback" not in stream_api.log()[logged:]
+
+
+@pytest.mark.parametrize("name", ["department", "type", "booking_code"])
+async def test_a_filter_with_a_final_newline_is_a_422(stream_api: Server, reader: str, name: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(f"{stream_api.url}/v1/events/stream?{name}=advhotel%0A", headers=auth(reader))
+    assert_problem(answer, 422, "validation_error")
 
 
 async def test_caps_per_key_and_per_process(stream_api: Server, database_url: str, streams) -> None:
