@@ -17,8 +17,8 @@ twice, in position order. How the events reach a stream:
 
 A stream answers with what the client can take. granian accepts a few sends ahead of a client that
 does not read, however large each one is, and the kernel's socket buffer takes a few MB more; so a
-stream reads the feed in small pages (STREAM_PAGE_BYTES) and sends at most SEND_BYTES at a time,
-which bounds what the process holds for a stalled client. A send blocked longer than
+stream reads the feed in small pages (STREAM_PAGE_BYTES) and sends about SEND_BYTES at a time
+(whole messages), which bounds what the process holds for a stalled client. A send blocked longer than
 LEDGER_STREAM_SEND_TIMEOUT drops the client with a final comment (it resumes with Last-Event-ID).
 A stream also ends, with a comment, after LEDGER_STREAM_MAX_BYTES (no answer is unbounded) and
 when its key is revoked, which it checks before every send: catching up on a large backlog never
@@ -65,7 +65,8 @@ PAGE = 1000  # events per read of the feed by the hub
 # this (and one event over it) in the process, besides what granian queues.
 STREAM_PAGE_EVENTS = 256
 STREAM_PAGE_BYTES = 256 * 1024
-# granian queues a few sends whatever their size, so sends are kept small.
+# granian queues a few sends whatever their size, so sends are kept small: messages gathered up to
+# this size, or one larger message alone (an event's data is at most 256 KiB).
 SEND_BYTES = 64 * 1024
 KEY_RECHECK_SECONDS = 1.0  # how often a stream looks its key up while the key cache cannot hear changes
 FINAL_SEND_FACTOR = 6  # the last comment waits this many send timeouts for a slow client
@@ -277,13 +278,14 @@ class EventStream(ASGIResponse):
                 return
 
     async def _send(self, send: Send, body: bytes) -> None:
-        for start in range(0, len(body), SEND_BYTES):
-            try:
-                await asyncio.wait_for(send({"type": "http.response.body", "body": body[start:start + SEND_BYTES],
-                                             "more_body": True}), self._hub.settings.send_timeout)
-            except TimeoutError:
-                raise _Ended("too_slow", f"dropped: this client did not read for {self._hub.settings.send_timeout} "
-                             f"s; reconnect with Last-Event-ID: {self._cursor}") from None
+        """Send whole messages at once: a message cut by a timeout would leave the client a
+        fragment that the final comment line completes as a truncated event."""
+        try:
+            await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": True}),
+                                   self._hub.settings.send_timeout)
+        except TimeoutError:
+            raise _Ended("too_slow", f"dropped: this client did not read for {self._hub.settings.send_timeout} s; "
+                         f"reconnect with Last-Event-ID: {self._cursor}") from None
         self._sent_bytes += len(body)
 
     async def _check_key(self) -> None:
