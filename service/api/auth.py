@@ -10,6 +10,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 
 from service.api import metrics
+from service.api.http_rules import check_parameters
 from service.api.problems import ApiError
 from service.ledger.keys import ApiKey, authenticate
 
@@ -56,13 +57,15 @@ async def authenticated(request: Request[Any, Any, Any]) -> None:
     """The before-request hook of every /v1 route: authentication comes before any other check.
 
     It runs before the framework validates path and query parameters, so a request without a
-    valid key gets 401 whatever else is wrong with it. (A hook, not a guard: Litestar copies the
-    route handler for every guard call, a cost on every request.) The route's scopes come from its
-    `opt`; the key is left in `request.state.api_key`.
+    valid key gets 401 whatever else is wrong with it; then come the rules every /v1 request
+    keeps (http_rules.check_parameters). (A hook, not a guard: Litestar copies the route handler
+    for every guard call, a cost on every request.) The route's scopes come from its `opt`; the
+    key is left in `request.state.api_key`.
     """
     handler = request.route_handler
     try:
         key = await require_key(request, handler.opt["scopes"])
+        check_parameters(request)
     except ApiError as error:
         if route := handler.opt.get("read_route"):
             metrics.READS.labels(route, error.code).inc()

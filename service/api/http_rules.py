@@ -5,12 +5,18 @@
 - HEAD is answered wherever GET is: the request runs as a GET and the body is dropped.
 - A body is read within LEDGER_HTTP_BODY_TIMEOUT seconds (408 after that), only as UTF-8 JSON
   without a Content-Encoding; a client that goes away mid-body is not a server error.
+- Nothing in a /v1 request is picked silently (422 otherwise, after authentication): no query
+  parameter and no header the API reads given twice, no integer parameter written other than in
+  plain digits (the framework would read 1.0 and 1e0 as 1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
+from collections.abc import Callable
+from typing import Any
 
 from litestar import Request
 from litestar.enums import ScopeType
@@ -19,6 +25,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.problems import ApiError, ClientGone
 
 ANSWER_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+# Headers a /v1 route reads a single value of (Authorization has its own rule: 401).
+SINGLE_HEADERS = (b"content-type", b"last-event-id")
+# Every integer parameter of the API is at least 0 and below 2**63.
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def http_rules(app: ASGIApp) -> ASGIApp:
@@ -110,3 +120,35 @@ def _content_length(request: Request) -> float | None:
             except ValueError:
                 return math.inf
     return None
+
+
+def check_parameters(request: Request[Any, Any, Any]) -> None:
+    """Refuse (422) a query parameter or a SINGLE_HEADERS header given more than once, and an
+    integer query parameter of the route that is not plain digits."""
+    query: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name in query:
+            raise ApiError(422, "validation_error", f"the query parameter {name[:100]!r} is given more than once")
+        query[name] = value
+    for single in SINGLE_HEADERS:
+        if sum(1 for name, _ in request.scope["headers"] if name == single) > 1:
+            raise ApiError(422, "validation_error", f"the header {single.decode()} is given more than once")
+    for name in _integer_parameters(request.route_handler):
+        value = query.get(name)
+        if value is not None and not _DIGITS.fullmatch(value):
+            raise ApiError(422, "validation_error", f"{name} must be an integer written in digits (0-9), "
+                           "at most 19 of them")
+
+
+_INTEGERS: dict[Callable[..., Any], frozenset[str]] = {}  # route function -> its integer query parameters
+
+
+def _integer_parameters(handler: Any) -> frozenset[str]:
+    """The names of a route handler's integer query parameters, read once from its signature."""
+    names = _INTEGERS.get(handler.fn)
+    if names is None:
+        names = _INTEGERS[handler.fn] = frozenset(
+            getattr(field.kwarg_definition, "query", None) or name
+            for name, field in handler.parsed_fn_signature.parameters.items()
+            if any(f.annotation is int for f in (field, *field.inner_types)))
+    return names

@@ -85,7 +85,7 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
             code=code,
             department=key.department,
             may_write_any=key.allows("write:any"),
-            expected_version=body.expected,
+            expected_version=body.expected_version,
             events=[
                 NewEvent(
                     event_id=e.event_id or uuid.uuid4(),

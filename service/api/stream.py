@@ -15,21 +15,28 @@ twice, in position order. How the events reach a stream:
   cursor where a stream, having read real events (or from 0), found nothing more: a cursor the
   feed itself handed out, so the ring is a suffix of the feed.
 
-A stream answers with what the client can take: granian holds back a send while the client does
-not read (about 4.5 MB are buffered), so memory per stream is bounded; a send blocked longer than
+A stream answers with what the client can take. granian accepts a few sends ahead of a client that
+does not read, however large each one is, and the kernel's socket buffer takes a few MB more; so a
+stream reads the feed in small pages (STREAM_PAGE_BYTES) and sends about SEND_BYTES at a time
+(whole messages), which bounds what the process holds for a stalled client. A send blocked longer than
 LEDGER_STREAM_SEND_TIMEOUT drops the client with a final comment (it resumes with Last-Event-ID).
 A stream also ends, with a comment, after LEDGER_STREAM_MAX_BYTES (no answer is unbounded) and
-when its key is revoked. Open streams are capped per key and in all, per API worker process: a key
-may hold LEDGER_STREAM_MAX_PER_KEY streams in each worker (429 before it starts).
+when its key is revoked, which it checks before every send: catching up on a large backlog never
+outlives the key. Open streams are capped per key and in all, per API worker process: a key may
+hold LEDGER_STREAM_MAX_PER_KEY streams in each worker (429 before it starts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import logging
+import re
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -40,20 +47,28 @@ from litestar.params import Parameter
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
-from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, OUTBOX_CHANNEL, Event
+from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, OUTBOX_CHANNEL, Event, whole
 from core.settings import StreamSettings
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated, header
 from service.api.problems import ApiError
 from service.api.routes import KEY_REQUIRED, MAX_POSITION, _problems
-from service.ledger.keys import DEPARTMENT, ApiKey, authenticate
+from service.ledger.keys import DEPARTMENT, ApiKey, KeyCache, authenticate
 from service.ledger.notify import listen
 from service.ledger.reads import read_feed
 
 log = logging.getLogger("booking_ledger.stream")
 
 POLL_SECONDS = 1.0  # the hub reads the feed at least this often while streams are open
-PAGE = 1000  # events per read of the feed
+PAGE = 1000  # events per read of the feed by the hub
+# What one stream takes at a time, from Postgres or the hub: a stalled client holds no more than
+# this (and one event over it) in the process, besides what granian queues.
+STREAM_PAGE_EVENTS = 256
+STREAM_PAGE_BYTES = 256 * 1024
+# granian queues a few sends whatever their size, so sends are kept small: messages gathered up to
+# this size, or one larger message alone (an event's data is at most 256 KiB).
+SEND_BYTES = 64 * 1024
+KEY_RECHECK_SECONDS = 1.0  # how often a stream looks its key up while the key cache cannot hear changes
 FINAL_SEND_FACTOR = 6  # the last comment waits this many send timeouts for a slow client
 
 
@@ -158,15 +173,18 @@ class FeedHub:
             self.start = self.head = cursor
             self._wake.set()
 
-    def since(self, cursor: int, limit: int = PAGE) -> list[_Item]:
-        """Ring events after `cursor` (which `covers`), oldest first."""
+    def since(self, cursor: int, limit: int = STREAM_PAGE_EVENTS, max_bytes: int = STREAM_PAGE_BYTES) -> list[_Item]:
+        """Ring events after `cursor` (which `covers`), oldest first: at most `limit`, and no more
+        after the one that reaches `max_bytes`."""
+        first = bisect.bisect_right(self._ring, cursor, key=lambda item: item.position)
         newer: list[_Item] = []
-        for item in reversed(self._ring):
-            if item.position <= cursor:
-                break
+        size = 0
+        for item in itertools.islice(self._ring, first, first + limit):
             newer.append(item)
-        newer.reverse()
-        return newer[:limit]
+            size += len(item.chunk)
+            if size >= max_bytes:
+                break
+        return newer
 
     def admit(self, key_id: str) -> None:
         """Count a new stream of `key_id`, or raise 429 when over a cap."""
@@ -218,15 +236,18 @@ class EventStream(ASGIResponse):
                  filters: Filters) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"X-Accel-Buffering": "no"})
-        self._request = request
+        self._pool: asyncpg.Pool = request.app.state.pool
+        self._keys: KeyCache = request.app.state.key_cache
         self._hub = hub
         self._key = key
         self._presented = presented
-        self._cursor = after
+        self._cursor = after  # the position of the last event sent (or passed over by the filters)
         self._real_cursor = after == 0  # a cursor the feed handed out (see the module's docstring)
         self._filters = filters
         self._sent_bytes = 0
         self._gone = asyncio.Event()
+        self._key_generation = self._keys.generation()  # the key was checked at this generation
+        self._key_checked = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self._hub.settings
@@ -257,53 +278,73 @@ class EventStream(ASGIResponse):
                 return
 
     async def _send(self, send: Send, body: bytes) -> None:
+        """Send whole messages at once: a message cut by a timeout would leave the client a
+        fragment that the final comment line completes as a truncated event."""
         try:
             await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": True}),
                                    self._hub.settings.send_timeout)
         except TimeoutError:
             raise _Ended("too_slow", f"dropped: this client did not read for {self._hub.settings.send_timeout} s; "
-                         f"reconnect with Last-Event-ID: {self._last_id}") from None
+                         f"reconnect with Last-Event-ID: {self._cursor}") from None
         self._sent_bytes += len(body)
 
-    @property
-    def _last_id(self) -> int:
-        return self._cursor
+    async def _check_key(self) -> None:
+        """End the stream when its key is revoked.
+
+        Cheap enough for every send: while the key cache hears every change to api_keys, a
+        look-up happens only when its generation moved; while it does not, at most once per
+        KEY_RECHECK_SECONDS.
+        """
+        keys = self._keys
+        if keys.listening and keys.generation() == self._key_generation:
+            return
+        now = time.monotonic()
+        if not keys.listening and now - self._key_checked < KEY_RECHECK_SECONDS:
+            return
+        self._key_generation, self._key_checked = keys.generation(), now
+        if await authenticate(self._pool, self._presented, keys) is None:
+            raise _Ended("revoked", "end: the API key of this stream is revoked")
+
+    async def _deliver(self, send: Send, messages: Iterable[tuple[int, bytes | None]]) -> bool:
+        """Send the messages (position, SSE message, or None where the filters pass an event
+        over) in pieces; the cursor follows what was sent. True when anything was sent."""
+        sent = False
+        for cursor, body in _pieces(messages):
+            await self._check_key()
+            if body:
+                await self._send(send, body)
+                sent = True
+            self._cursor = cursor
+            if self._sent_bytes >= self._hub.settings.max_bytes:
+                raise _Ended("max_bytes", f"end: this stream carried {self._sent_bytes} bytes, its most; "
+                             f"reconnect with Last-Event-ID: {self._cursor}")
+        return sent
 
     async def _run(self, send: Send) -> None:
         settings = self._hub.settings
         hub = self._hub
-        pool = self._request.app.state.pool
-        cache = self._request.app.state.key_cache
-        generation = cache.generation()
         quiet_since = time.monotonic()
         while not self._gone.is_set():
+            await self._check_key()
             changed = hub.changed()
+            messages: list[tuple[int, bytes | None]]
             if hub.covers(self._cursor):
-                items = hub.since(self._cursor)
-                events = [item.event for item in items]
-                chunks = [item.chunk for item in items]
+                match = self._filters.match
+                messages = [(item.position, item.chunk if match(item.event) else None)
+                            for item in hub.since(self._cursor)]
             else:
-                events, after = await read_feed(pool, self._cursor, PAGE)
-                chunks = [sse_message(event) for event in events]
-                if events:
+                events, after = await read_feed(self._pool, self._cursor, STREAM_PAGE_EVENTS, STREAM_PAGE_BYTES)
+                messages = [(event.position, sse_message(event) if self._filters.match(event) else None)
+                            for event in events]
+                del events  # only the messages are kept while the client reads them
+                if messages:
                     self._real_cursor = True
                 elif self._real_cursor:
                     hub.tail_from(after)
-            if events:
-                body = b"".join(chunk for event, chunk in zip(events, chunks, strict=True)
-                                if self._filters.match(event))
-                if body:
-                    await self._send(send, body)
+            if messages:
+                if await self._deliver(send, messages):
                     quiet_since = time.monotonic()
-                self._cursor = events[-1].position
-                if self._sent_bytes >= settings.max_bytes:
-                    raise _Ended("max_bytes", f"end: this stream carried {self._sent_bytes} bytes, its most; "
-                                 f"reconnect with Last-Event-ID: {self._cursor}")
                 continue  # there may be more at once
-            if cache.generation() != generation or not cache.listening:
-                generation = cache.generation()
-                if await authenticate(pool, self._presented, cache) is None:
-                    raise _Ended("revoked", "end: the API key of this stream is revoked")
             wait = settings.heartbeat_seconds - (time.monotonic() - quiet_since)
             if wait <= 0:
                 await self._send(send, sse_comment("keep-alive"))
@@ -318,12 +359,37 @@ class EventStream(ASGIResponse):
                 woken.cancel()
 
 
+def _pieces(messages: Iterable[tuple[int, bytes | None]]) -> Iterator[tuple[int, bytes]]:
+    """(the cursor after a piece, its bytes): consecutive messages gathered up to SEND_BYTES (a
+    larger message is a piece of its own), so that a stream can stop between any two."""
+    parts: list[bytes] = []
+    size = 0
+    last: int | None = None
+    for position, message in messages:
+        if message is not None and parts and size + len(message) > SEND_BYTES:
+            assert last is not None
+            yield last, b"".join(parts)
+            parts, size = [], 0
+        if message is not None:
+            parts.append(message)
+            size += len(message)
+        last = position
+    if last is not None:
+        yield last, b"".join(parts)
+
+
+# ASCII digits only: str.isdigit() also takes "²" and other digits that int() refuses, and a
+# bound on the length keeps int() away from huge numbers.
+_POSITION = re.compile(r"[0-9]{1,19}")
+
+
 def _last_event_id(request: Request) -> int | None:
-    raw = header(request, b"last-event-id").strip()
+    raw = header(request, b"last-event-id").strip(" \t")
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) > MAX_POSITION:
-        raise ApiError(422, "validation_error", "Last-Event-ID must be a position: an integer from 0")
+    if not _POSITION.fullmatch(raw) or int(raw) > MAX_POSITION:
+        raise ApiError(422, "validation_error",
+                       f"Last-Event-ID must be a position: an integer from 0 to {MAX_POSITION}, in digits")
     return int(raw)
 
 
@@ -345,7 +411,7 @@ def _last_event_id(request: Request) -> int | None:
 async def event_stream(
     request: Request,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
-    department: Annotated[str | None, Parameter(pattern=f"^{DEPARTMENT.pattern}$", max_length=64)] = None,
+    department: Annotated[str | None, Parameter(pattern=whole(DEPARTMENT.pattern), max_length=64)] = None,
     type: Annotated[str | None, Parameter(pattern=EVENT_TYPE_PATTERN, max_length=100)] = None,  # noqa: A002
     booking_code: Annotated[str | None, Parameter(pattern=BOOKING_CODE_PATTERN, max_length=64)] = None,
 ) -> EventStream:

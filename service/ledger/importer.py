@@ -62,6 +62,7 @@ from core.events import (
     EventType,
     data_size,
     utc_instant,
+    whole,
 )
 from core.money import PriceIn
 from core.strictjson import decode_strict
@@ -85,7 +86,7 @@ SHOWN_PER_REASON = 20  # line numbers kept per rejection reason for the summary
 BOM = b"\xef\xbb\xbf"
 BOOKING_CODE = re.compile(BOOKING_CODE_PATTERN)
 
-Department = Annotated[str, msgspec.Meta(pattern=f"^{DEPARTMENT.pattern}$(?!\\n)")]
+Department = Annotated[str, msgspec.Meta(pattern=whole(DEPARTMENT.pattern))]
 
 
 class ImportLine(msgspec.Struct, forbid_unknown_fields=True):

@@ -13,8 +13,11 @@ import asyncpg
 import httpx
 import pytest
 
-from devstack.harness import APPEND_SQL
+from devstack.harness import APPEND_SQL, run_sql
+from devstack.harness import database_url as other_database
+from devstack.postgres import LocalPostgres
 from devstack.processes import wait_until
+from migrations.runner import upgrade
 from tests.conftest import random_code
 from tests.e2e.conftest import Server, auth, cli, make_key, start_server
 from tests.e2e.test_http import assert_problem, events_url, priced
@@ -32,6 +35,12 @@ def stream_api(database_url: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def reader(database_url: str) -> str:
+    """A read key for requests that never open a stream (so it never meets the per-key cap)."""
+    return make_key(database_url, department(), "read")
 
 
 @dataclass
@@ -183,6 +192,24 @@ async def test_filters(stream_api: Server, database_url: str, streams) -> None:
                        "unauthorized")
 
 
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb2", b"\xd9\xa1", b"9" * 5000, b"9000000000000000001",
+                                   b"-1", b"+1", b"1.0", b"1e0", b"0x10", b"1 2"])
+async def test_a_last_event_id_that_is_not_a_position_is_a_422(stream_api: Server, reader: str, value: bytes) -> None:
+    logged = len(stream_api.log())
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(f"{stream_api.url}/v1/events/stream",
+                                  headers={**auth(reader), "Last-Event-ID": value})
+    assert_problem(answer, 422, "validation_error")
+    assert "Traceback" not in stream_api.log()[logged:]
+
+
+@pytest.mark.parametrize("name", ["department", "type", "booking_code"])
+async def test_a_filter_with_a_final_newline_is_a_422(stream_api: Server, reader: str, name: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.get(f"{stream_api.url}/v1/events/stream?{name}=advhotel%0A", headers=auth(reader))
+    assert_problem(answer, 422, "validation_error")
+
+
 async def test_caps_per_key_and_per_process(stream_api: Server, database_url: str, streams) -> None:
     one, two = (make_key(database_url, department(), "read") for _ in range(2))
     opened = [open_stream(streams, stream_api.url, one, department="nobody") for _ in range(2)]
@@ -259,3 +286,137 @@ def test_a_slow_consumer_is_dropped_and_memory_stays_bounded(stream_api: Server,
 def _dropped(server: Server) -> bool:
     metrics = httpx.get(f"{server.url}/metrics", timeout=5).text
     return 'ledger_event_streams_ended_total{reason="too_slow"}' in metrics
+
+
+# A ledger of its own whose whole feed is a backlog: a stream from after=0 has far more to catch
+# up on than any buffer holds, as on a large production ledger.
+BACKLOG_APPENDS, BACKLOG_PER_APPEND, BACKLOG_DATA_CHARS = 200, 100, 2000  # 20,000 events, about 48 MB
+_FILL_BACKLOG = f"""
+DO $fill$
+BEGIN
+    FOR i IN 1..{BACKLOG_APPENDS} LOOP
+        PERFORM ledger_append(
+            'BACKLOG-' || i, 'backlog', false, 0,
+            (SELECT array_agg(gen_random_uuid()) FROM generate_series(1, {BACKLOG_PER_APPEND})),
+            array_fill('PriceChanged'::text, ARRAY[{BACKLOG_PER_APPEND}]),
+            array_fill(10.00::numeric, ARRAY[{BACKLOG_PER_APPEND}]),
+            array_fill('EUR'::text, ARRAY[{BACKLOG_PER_APPEND}]),
+            array_fill(jsonb_build_object('note', repeat('n', {BACKLOG_DATA_CHARS})), ARRAY[{BACKLOG_PER_APPEND}]),
+            array_fill(NULL::timestamptz, ARRAY[{BACKLOG_PER_APPEND}]));
+        COMMIT;  -- the append function must be the first write of its transaction
+    END LOOP;
+END
+$fill$
+"""
+BACKLOG_BYTES = BACKLOG_APPENDS * BACKLOG_PER_APPEND * (BACKLOG_DATA_CHARS + 400)  # about, as SSE
+
+
+@pytest.fixture(scope="module")
+def backlog_url(postgres: LocalPostgres) -> str:
+    """A database of its own (other tests' streams from 0 need not wade through it), filled."""
+    name = f"stream_backlog_{uuid.uuid4().hex[:8]}"
+    run_sql(postgres.url, f'CREATE DATABASE "{name}"')
+    url = other_database(postgres.url, name)
+    upgrade(url)
+    run_sql(url, _FILL_BACKLOG)
+    return url
+
+
+def raw_stream(server: Server, key: str, receive_buffer: int, **params: str) -> socket.socket:
+    """A GET of the stream on a socket of its own, whose receive buffer the test sets (and so the
+    kernel does not grow it): what the client holds is known, the rest waits in the server."""
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((host, int(port)))
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    sock.sendall(f"GET /v1/events/stream?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    return sock
+
+
+def test_a_revoked_key_ends_its_stream_while_it_catches_up(backlog_url: str) -> None:
+    server = start_server(backlog_url, workers=1, LEDGER_RATE_LIMIT="0")
+    try:
+        key = make_key(backlog_url, department(), "read")
+        rate = 2_000_000  # bytes/s: a slow reader, who would need BACKLOG_BYTES / rate (about 24 s) to catch up
+        sock = raw_stream(server, key, 256 * 1024, after="0")
+        sock.settimeout(30)
+        received = 0
+        tail = b""
+        revoked_at: float | None = None
+        received_at_revoke = 0
+        started = time.monotonic()
+        while not tail.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += len(chunk)
+            tail = (tail + chunk)[-4096:]
+            if revoked_at is None and received >= 2_000_000:
+                cli(backlog_url, "keys", "revoke", key.split("_")[1])
+                revoked_at, received_at_revoke = time.monotonic(), received
+            time.sleep(max(0.0, started + received / rate - time.monotonic()))
+        ended_at = time.monotonic()
+        sock.close()
+    finally:
+        server.stop()
+    assert revoked_at is not None
+    assert b": end: the API key of this stream is revoked" in tail, tail[-300:]
+    after_revoke = received - received_at_revoke
+    # What was already on its way (the transport's buffers) still arrives, at the reader's pace;
+    # nothing more is read from the backlog once the key is revoked.
+    assert after_revoke < BACKLOG_BYTES / 3, (after_revoke, BACKLOG_BYTES)
+    assert ended_at - revoked_at < 8, (ended_at - revoked_at, after_revoke)
+
+
+def _rss_bytes(server: Server) -> int:
+    """Resident memory of the API's worker processes (not granian's parent)."""
+    total = 0
+    for pid in server.pids()[1:]:
+        with open(f"/proc/{pid}/status") as status:
+            total += next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+    return total
+
+
+def _settled(server: Server, timeout: float = 90) -> int:
+    """RSS once it has stopped growing (the streams have filled what the transport takes)."""
+    samples: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        samples.append(_rss_bytes(server))
+        recent = samples[-8:]
+        if len(samples) >= 12 and max(recent) - min(recent) < 1_000_000:
+            return max(recent)
+        time.sleep(0.5)
+    raise TimeoutError(f"the API's memory did not settle within {timeout} s: {samples[-8:]}")
+
+
+NEVER_READING = 8
+
+
+def test_a_never_reading_stream_holds_bounded_memory(backlog_url: str) -> None:
+    server = start_server(backlog_url, workers=1, LEDGER_RATE_LIMIT="0", LEDGER_STREAM_SEND_TIMEOUT="300",
+                          LEDGER_STREAM_MAX_PER_KEY=str(NEVER_READING + 1))
+    socks: list[socket.socket] = []
+    try:
+        key = make_key(backlog_url, department(), "read")
+        with httpx.Client(timeout=30) as client, client.stream(
+                "GET", f"{server.url}/v1/events/stream", params={"after": "0"}, headers=auth(key)) as warm:
+            read = 0
+            for chunk in warm.iter_raw():  # one stream's code paths and buffers, before the baseline
+                read += len(chunk)
+                if read > 10_000_000:
+                    break
+        before = _settled(server)
+        socks = [raw_stream(server, key, 4096, after="0") for _ in range(NEVER_READING)]
+        wait_until(lambda: f"ledger_event_streams_open {float(NEVER_READING)}" in httpx.get(
+            f"{server.url}/metrics", timeout=10).text, timeout=30, what="the streams to open")
+        after = _settled(server)
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+    per_stream = (after - before) / NEVER_READING
+    print(f"\nRSS per never-reading stream: {per_stream / 1e6:.1f} MB ({before / 1e6:.0f} -> {after / 1e6:.0f} MB "
+          f"for {NEVER_READING} streams)")
+    assert per_stream < 3_000_000, per_stream
