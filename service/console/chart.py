@@ -50,6 +50,28 @@ def price_points(events: Sequence[Event]) -> list[PricePoint]:
             for e in sorted(events, key=lambda e: e.version) if e.price is not None]
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """Where the drawn points go: the x range (seconds since the first point, or versions) and
+    the y range (amounts), mapped onto the plot area."""
+
+    time_axis: bool
+    origin: datetime  # the first drawn point's time (the x origin on a time axis)
+    first: float
+    end: float
+    low: float
+    high: float
+
+    def place(self, point: PricePoint) -> float:
+        return (point.at - self.origin).total_seconds() if self.time_axis else point.version
+
+    def x(self, value: float) -> float:
+        return LEFT + (value - self.first) / (self.end - self.first) * (WIDTH - LEFT - RIGHT)
+
+    def y(self, amount: float) -> float:
+        return TOP + (self.high - amount) / (self.high - self.low) * (HEIGHT - TOP - BOTTOM)
+
+
 def step_chart(code: str, points: Sequence[PricePoint], last_version: int,
                point_href: Callable[[PricePoint], str] | None = None) -> Chart | None:
     """The chart of `points` in the currency of the latest one; None when nothing is priced."""
@@ -60,73 +82,86 @@ def step_chart(code: str, points: Sequence[PricePoint], last_version: int,
     time_axis = max(p.at for p in drawn) - min(p.at for p in drawn) > MOMENT
     if time_axis:
         drawn.sort(key=lambda p: (p.at, p.version))  # the as-of order: time, then version
-        t_first = drawn[0].at
-        t_span = (drawn[-1].at - t_first).total_seconds()
-        first, end = 0.0, t_span * 1.04  # the last price runs on a little: it is still in force
-
-        def place(point: PricePoint) -> float:
-            return (point.at - t_first).total_seconds()
-    else:
-        first, end = drawn[0].version, max(last_version, drawn[-1].version) + 1
-
-        def place(point: PricePoint) -> float:
-            return point.version
     amounts = [float(Decimal(p.amount)) for p in drawn]
-    digits = max(_fraction_digits(p.amount) for p in drawn)
     low, high = _y_range(min(amounts), max(amounts))
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-
-    def x(value: float) -> float:
-        return LEFT + (value - first) / (end - first) * plot_w
-
-    def y(amount: float) -> float:
-        return TOP + (high - amount) / (high - low) * plot_h
-
+    if time_axis:
+        t_span = (drawn[-1].at - drawn[0].at).total_seconds()
+        # The last price runs on a little: it is still in force.
+        frame = _Frame(True, drawn[0].at, 0.0, t_span * 1.04, low, high)
+    else:
+        frame = _Frame(False, drawn[0].at, drawn[0].version, max(last_version, drawn[-1].version) + 1, low, high)
     axis = "over time (UTC)" if time_axis else "by version"
     parts = [
         f'<svg class="price-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'role="img" aria-labelledby="chart-title" font-family="system-ui, sans-serif" font-size="12">',
         f'<title id="chart-title">Price of {escape(code)} {axis}, in {escape(currency)}</title>',
+        *_y_axis(frame, currency, max(_fraction_digits(p.amount) for p in drawn)),
+        *(_time_labels(drawn[0].at, frame.end, frame.x, HEIGHT - BOTTOM) if time_axis
+          else _version_labels(frame, drawn)),
+        _step_line(frame, drawn, amounts),
+        *_point_marks(frame, drawn, amounts, currency, point_href),
+        "</svg>",
     ]
-    for tick in _ticks(low, high):
-        ty = y(tick)
+    return Chart(Markup("".join(parts)), currency, len(drawn), len(points) - len(drawn), time_axis)
+
+
+def _y_axis(frame: _Frame, currency: str, digits: int) -> list[str]:
+    """Grid lines with their amounts, the x axis line and the currency."""
+    base = HEIGHT - BOTTOM
+    parts = []
+    for tick in _ticks(frame.low, frame.high):
+        ty = frame.y(tick)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{ty:.1f}" y2="{ty:.1f}" '
                      f'stroke="#e3e6ea"/>')
         parts.append(f'<text x="{LEFT - 8}" y="{ty + 4:.1f}" text-anchor="end" fill="#555">'
                      f'{tick:,.{digits}f}</text>')
-    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}" stroke="#999"/>')
-    parts.append(f'<text x="16" y="{TOP + plot_h / 2:.1f}" text-anchor="middle" fill="#555" '
-                 f'transform="rotate(-90 16 {TOP + plot_h / 2:.1f})">{escape(currency)}</text>')
-    if time_axis:
-        parts.extend(_time_labels(drawn[0].at, end, x, TOP + plot_h))
-    else:
-        step = max(1, math.ceil(len(drawn) / MAX_X_LABELS))
-        for index, point in enumerate(drawn):
-            if index % step and index != len(drawn) - 1:
-                continue
-            px = x(place(point))
-            parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 5}" '
-                         f'stroke="#999"/>')
-            parts.append(f'<text class="x-label" x="{px:.1f}" y="{TOP + plot_h + 19}" text-anchor="middle" '
-                         f'fill="#333">v{point.version}</text>')
-            parts.append(f'<text x="{px:.1f}" y="{TOP + plot_h + 34}" text-anchor="middle" fill="#777" '
-                         f'font-size="11">{point.at:%m-%d %H:%M}</text>')
-    path = [f"M{x(place(drawn[0])):.1f},{y(amounts[0]):.1f}"]
+    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{base}" y2="{base}" stroke="#999"/>')
+    middle = TOP + (base - TOP) / 2
+    parts.append(f'<text x="16" y="{middle:.1f}" text-anchor="middle" fill="#555" '
+                 f'transform="rotate(-90 16 {middle:.1f})">{escape(currency)}</text>')
+    return parts
+
+
+def _version_labels(frame: _Frame, drawn: Sequence[PricePoint]) -> list[str]:
+    """At most about MAX_X_LABELS versions (the last always) with their times, under the axis."""
+    base = HEIGHT - BOTTOM
+    step = max(1, math.ceil(len(drawn) / MAX_X_LABELS))
+    parts = []
+    for index, point in enumerate(drawn):
+        if index % step and index != len(drawn) - 1:
+            continue
+        px = frame.x(frame.place(point))
+        parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{base}" y2="{base + 5}" stroke="#999"/>')
+        parts.append(f'<text class="x-label" x="{px:.1f}" y="{base + 19}" text-anchor="middle" '
+                     f'fill="#333">v{point.version}</text>')
+        parts.append(f'<text x="{px:.1f}" y="{base + 34}" text-anchor="middle" fill="#777" '
+                     f'font-size="11">{point.at:%m-%d %H:%M}</text>')
+    return parts
+
+
+def _step_line(frame: _Frame, drawn: Sequence[PricePoint], amounts: Sequence[float]) -> str:
+    """Each price held until the next, the last one run on to the end of the axis."""
+    path = [f"M{frame.x(frame.place(drawn[0])):.1f},{frame.y(amounts[0]):.1f}"]
     for point, amount in zip(drawn[1:], amounts[1:], strict=True):
-        path.append(f"H{x(place(point)):.1f}V{y(amount):.1f}")
-    path.append(f"H{x(end):.1f}")
-    parts.append(f'<path class="step" d="{"".join(path)}" fill="none" stroke="#1f6feb" stroke-width="2"/>')
+        path.append(f"H{frame.x(frame.place(point)):.1f}V{frame.y(amount):.1f}")
+    path.append(f"H{frame.x(frame.end):.1f}")
+    return f'<path class="step" d="{"".join(path)}" fill="none" stroke="#1f6feb" stroke-width="2"/>'
+
+
+def _point_marks(frame: _Frame, drawn: Sequence[PricePoint], amounts: Sequence[float], currency: str,
+                 point_href: Callable[[PricePoint], str] | None) -> list[str]:
+    """A dot per priced event, with its exact amount, linked to the price as of its time."""
+    parts = []
     for point, amount in zip(drawn, amounts, strict=True):
         circle = (
-            f'<circle class="point" data-version="{point.version}" cx="{x(place(point)):.1f}" cy="{y(amount):.1f}" '
-            f'r="4" fill="#1f6feb"><title>v{point.version}: {escape(point.amount)} {escape(currency)}, '
-            f'{point.at:%Y-%m-%d %H:%M:%S} UTC</title></circle>'
+            f'<circle class="point" data-version="{point.version}" cx="{frame.x(frame.place(point)):.1f}" '
+            f'cy="{frame.y(amount):.1f}" r="4" fill="#1f6feb"><title>v{point.version}: {escape(point.amount)} '
+            f'{escape(currency)}, {point.at:%Y-%m-%d %H:%M:%S} UTC</title></circle>'
         )
         if point_href is not None:
             circle = f'<a href="{escape(point_href(point))}">{circle}</a>'
         parts.append(circle)
-    parts.append("</svg>")
-    return Chart(Markup("".join(parts)), currency, len(drawn), len(points) - len(drawn), time_axis)
+    return parts
 
 
 def _time_labels(start: datetime, span: float, x: Callable[[float], float], base: float) -> list[str]:
