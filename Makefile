@@ -58,7 +58,7 @@ test: install lint
 soak: install
 	$(BIN)/python -m tests.soak.soak --duration $(DURATION) $(if $(HA),--ha)
 
-# The benchmarks (about 11 minutes): bench/results/latest.{json,md} and plots.
+# The benchmarks (bench/README.md says what and how long): bench/results/latest.{json,md} and plots.
 bench: install
 	$(BIN)/python -m bench
 

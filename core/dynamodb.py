@@ -1,5 +1,5 @@
 """The DynamoDB read store's layout and client: what the sink, replay and verify write and compare,
-what the console reads (CONTRACT.md section 3). The writer (batches, retries) is cdc/dynamo.py."""
+what the console reads (docs/api.md, "Streams out of the ledger"). The writer (batches, retries) is cdc/dynamo.py."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def ensure_table(dynamodb, table: str, timeout: float = 60) -> None:
 
 
 def item_of(event: Event) -> Item:
-    """The DynamoDB item of an event (CONTRACT.md section 3)."""
+    """The DynamoDB item of an event, in the layout docs/api.md gives."""
     item: Item = {
         PARTITION_KEY: {"S": event.booking_code},
         SORT_KEY: {"N": str(event.version)},

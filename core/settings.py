@@ -7,6 +7,7 @@ Every setting is optional; with none set, every command targets the local stack 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import get_type_hints
@@ -19,7 +20,8 @@ class SettingsError(ValueError):
 
 
 def _env_str(name: str, default: str, doc: str):
-    return field(default_factory=lambda: os.environ.get(name, default), metadata={"env": name, "doc": doc})
+    return field(default_factory=lambda: os.environ.get(name, default),
+                 metadata={"env": name, "doc": doc, "default": default})
 
 
 def _env_int(name: str, default: int, doc: str, minimum: int = 0):
@@ -35,7 +37,7 @@ def _env_int(name: str, default: int, doc: str, minimum: int = 0):
             raise SettingsError(f"{name} must be >= {minimum}, got {value}")
         return value
 
-    return field(default_factory=read, metadata={"env": name, "doc": doc})
+    return field(default_factory=read, metadata={"env": name, "doc": doc, "default": default})
 
 
 def _env_bool(name: str, doc: str):
@@ -47,7 +49,7 @@ def _env_bool(name: str, doc: str):
             return True
         raise SettingsError(f"{name} must be 1/true/yes or 0/false/no, got {raw!r}")
 
-    return field(default_factory=read, metadata={"env": name, "doc": doc})
+    return field(default_factory=read, metadata={"env": name, "doc": doc, "default": False})
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ class DatabaseSettings:
         "LEDGER_DATABASE_URL",
         roles.local_url(roles.API),
         "Postgres holding the ledger (the system of record), as this process's own role: neither a superuser "
-        "nor the tables' owner. Unset: the local stack as the command's role (core/roles.py BY_COMMAND).",
+        "nor the tables' owner (give each process its own). Unset: the local stack as the command's role "
+        "(core/roles.py BY_COMMAND: ledger_api for `api` and `import`, ledger_relay for `relay`, ledger_reader "
+        "for `replay`/`verify`, ledger_keys for `keys`). Set, `make run` starts no Postgres.",
     )
     migrate_url: str = _env_str(
         "LEDGER_MIGRATE_DATABASE_URL", "",
@@ -66,7 +70,7 @@ class DatabaseSettings:
     allow_privileged_role: bool = _env_bool(
         "LEDGER_ALLOW_PRIVILEGED_ROLE",
         "1 lets the API run as a superuser or as the tables' owner (a test bench, never production); "
-        "otherwise it refuses to start and readiness answers 503.",
+        "otherwise it refuses to start (exit 2) and readiness answers 503 naming the role.",
     )
     pool_size: int = _env_int("LEDGER_DB_POOL_SIZE", 16, "Connections per API worker process.", minimum=1)
     command_timeout: int = _env_int(
@@ -140,7 +144,9 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class KafkaSettings:
-    bootstrap: str = _env_str("LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers.")
+    bootstrap: str = _env_str(
+        "LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers. Set, `make run` starts no broker."
+    )
     topic: str = _env_str("LEDGER_KAFKA_TOPIC", "booking-events", "Topic the relay writes and the sink reads.")
     partitions: int = _env_int(
         "LEDGER_KAFKA_PARTITIONS", 6, "Partitions of the topic when the relay or sink has to create it.", minimum=1
@@ -175,10 +181,14 @@ LOCAL_DYNAMODB_ENDPOINT = "http://127.0.0.1:18000"
 @dataclass(frozen=True)
 class DynamoSettings:
     endpoint: str = _env_str(
-        "LEDGER_DYNAMODB_ENDPOINT", LOCAL_DYNAMODB_ENDPOINT, "DynamoDB endpoint URL; 'aws' for AWS itself."
+        "LEDGER_DYNAMODB_ENDPOINT", LOCAL_DYNAMODB_ENDPOINT, "DynamoDB endpoint URL; 'aws' for AWS's own endpoints. "
+        "Set, `make run` starts no DynamoDB Local.",
     )
     table: str = _env_str("LEDGER_DYNAMODB_TABLE", "booking_events", "The company-wide read store of events.")
-    region: str = _env_str("AWS_REGION", "eu-west-1", "AWS region of the tables.")
+    region: str = _env_str(
+        "AWS_REGION", "eu-west-1", "AWS region of the tables. Credentials come from the usual AWS chain "
+        "(placeholders for a local endpoint).",
+    )
 
     @property
     def endpoint_url(self) -> str | None:
@@ -222,3 +232,47 @@ def setting_names() -> set[str]:
 def get_settings() -> Settings:
     """The settings of this process, read from the environment on first use."""
     return Settings()
+
+
+# Read before the settings exist (logging is set up first), so not a field of Settings.
+# name -> (default, doc); a unit test checks that the code reads no other LEDGER_ variable.
+READ_ELSEWHERE = {
+    "LEDGER_LOG_FORMAT": (
+        "json (console on a terminal)",
+        "`json` or `console` (core/logs.py). `make run` shows readable lines; every API request is one line with "
+        "its request_id (also returned as X-Request-ID), method, path, status, duration, department and problem "
+        "code, never the key.",
+    ),
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown() -> str:
+    """docs/settings.md: every setting with its variable, default and doc, one table per concern."""
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated by `python -m core.settings --markdown > docs/settings.md`; do not edit by hand. -->",
+        "",
+        "Environment variables, all optional: with none set, every command targets the local stack that",
+        "`make run` starts. Each process reads them once (`core.settings.get_settings()`).",
+    ]
+    for group_name, group in get_type_hints(Settings).items():
+        lines += ["", f"## {group_name}", "", "| variable | default | |", "|---|---|---|"]
+        for setting in fields(group):
+            default = setting.metadata["default"]
+            shown = "unset" if default == "" else f"`{int(default) if isinstance(default, bool) else default}`"
+            lines.append(f"| `{setting.metadata['env']}` | {_cell(shown)} | {_cell(setting.metadata['doc'])} |")
+    lines += ["", "## read elsewhere", "", "| variable | default | |", "|---|---|---|"]
+    for name, (default, doc) in READ_ELSEWHERE.items():
+        lines.append(f"| `{name}` | {_cell(default)} | {_cell(doc)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        raise SystemExit("usage: python -m core.settings --markdown")
+    sys.stdout.write(markdown())

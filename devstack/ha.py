@@ -1,7 +1,7 @@
 """A replicated ledger on loopback: etcd and three Patroni-managed Postgres 15 nodes.
 
-Debian's packages only (`patroni` 3.0.2, `etcd-server` 3.4): see ../shared/MEASURED.md for why the
-settings are what they are. In short:
+Debian's packages only (`patroni` 3.0.2, `etcd-server` 3.4). Why the settings are what they are,
+as found on this stack (deploy/RUNBOOK.md has the same table for production):
 
 - Patroni's `etcd:` (v2 API) section, etcd started with `--enable-v2=true`. Never `etcd3:` with
   Patroni 3.0.2: its leader update there is an unconditional put, and a leader frozen past the TTL

@@ -1,10 +1,10 @@
 """The DynamoDB read store as the client reads it: one Query per booking, items decoded to Events.
 
-Layout (CONTRACT §3): table `booking_events`, partition key `booking_code` (S), sort key `version`
-(N); attributes `event_id`, `type`, `department`, `position` (N), `recorded_at`, `occurred_at`
-(when given), `price_amount` + `price_currency` (when priced, the amount a decimal string) and
-`data` (JSON text, when given). This module knows the layout on its own: the client does not
-import the service.
+Layout (docs/api.md, "Streams out of the ledger"): table `booking_events`, partition key
+`booking_code` (S), sort key `version` (N); attributes `event_id`, `type`, `department`,
+`position` (N), `recorded_at`, `occurred_at` (when given), `price_amount` + `price_currency` (when
+priced, the amount a decimal string) and `data` (JSON text, when given). This module knows the
+layout on its own: the client does not import the service.
 """
 
 from __future__ import annotations

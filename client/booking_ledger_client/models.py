@@ -69,7 +69,7 @@ class Event:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Event:
-        """An event from the API's Event JSON (CONTRACT §2)."""
+        """An event from the API's Event JSON (docs/api.md)."""
         price = obj.get("price")
         occurred_at = obj.get("occurred_at")
         data = obj.get("data")

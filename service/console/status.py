@@ -1,7 +1,7 @@
 """What the console shows about replication: the outbox, the relay's lease, the DynamoDB copy.
 
 Everything here reads; nothing changes the ledger. The outbox and the lease come from Postgres,
-the latest replicated version from the DynamoDB read store (CONTRACT.md section 3).
+the latest replicated version from the DynamoDB read store (layout: core/dynamodb.py).
 """
 
 from __future__ import annotations

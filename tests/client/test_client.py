@@ -301,7 +301,7 @@ def test_a_create_rides_through_a_postgres_restart() -> None:
 
 
 def test_the_readme_example_runs_as_written(stack: ClientStack) -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "client" / "README.md").read_text()
     section = readme.split("## Using the client", 1)[1]
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     env = {**os.environ, "LEDGER_URL": stack.url, "HOTEL_KEY": stack.hotel, "LEDGER_DYNAMODB_TABLE": stack.table,

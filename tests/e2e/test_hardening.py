@@ -271,7 +271,7 @@ def test_answers_carry_no_store_and_nosniff(api: str, keys: Keys) -> None:
         assert response.headers["x-content-type-options"] == "nosniff"
 
 
-# 9. What the HTTP server answers itself, as the README lists it (granian offers no hook to change it).
+# 9. What the HTTP server answers itself, as docs/api.md lists it (granian offers no hook to change it).
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", 400),

@@ -123,7 +123,7 @@ class Load:
             with self._lock:
                 if status in (200, 201):
                     # A resend answers 200; 201 when the API's own first try of it lost its answer
-                    # in the failover (README: both mean stored, with the same body).
+                    # in the failover (docs/api.md: both mean stored, with the same body).
                     self.resends_201 += kind == "resend" and status == 201
                     for event in payload["events"]:
                         price = event["price"]["amount"] if event.get("price") else None

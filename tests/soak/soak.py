@@ -272,7 +272,7 @@ class Load:
         if response is None:
             return
         # 200; 201 when the API's own first try of this resend lost its answer in a failover or a
-        # restart and its next try found the events (README: both mean stored, with the same body).
+        # restart and its next try found the events (docs/api.md: both mean stored, with the same body).
         if response.status_code not in (200, 201):
             self.record.violations.append(f"retry on {code} answered {response.status_code} {response.text[:120]}")
         elif [e["event_id"] for e in response.json()["events"]] != [e["event_id"] for e in body["events"]]:
