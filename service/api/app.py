@@ -8,8 +8,6 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
 from core import logs
 from core.settings import Settings, get_settings
@@ -17,28 +15,20 @@ from service.api import metrics
 from service.api.auth import RateLimiter
 from service.api.health import HEALTH_ROUTES
 from service.api.http_rules import http_rules
+from service.api.openapi import openapi_config
 from service.api.price_routes import PRICE_ROUTES
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.requestlog import request_log
 from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import append_request_schema
-from service.api.stream import STREAM_ROUTES, FeedHub
+from service.api.stream import STREAM_ROUTES, StreamAdmission, sse_message
 from service.console.routes import console, template_config
 from service.console.status import ReadStore
 from service.ledger.db import create_pool
+from service.ledger.feedhub import FeedHub
 from service.ledger.groupcommit import GroupCommit
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
-
-
-def _openapi() -> OpenAPIConfig:
-    return OpenAPIConfig(
-        title="booking-ledger",
-        version="1",
-        description="The booking price ledger. Every /v1 route takes 'Authorization: Bearer <api-key>'.",
-        path="/schema",
-        components=Components(security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer")}),
-    )
 
 
 def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
@@ -55,8 +45,10 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
         app.state.notifier.start()
         app.state.key_cache = KeyCache(settings.database.url)
         app.state.key_cache.start()
-        app.state.feed_hub = FeedHub(app.state.pool, settings.database.url, settings.stream)
+        app.state.feed_hub = FeedHub(app.state.pool, settings.database.url, settings.stream.buffer_bytes,
+                                     encode=sse_message)
         app.state.feed_hub.start_tasks()
+        app.state.streams = StreamAdmission(settings.stream, app.state.feed_hub)
         try:
             yield
         finally:
@@ -76,7 +68,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
         logging_config=None,  # core.logs owns logging: one format for every line
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=_openapi(),
+        openapi_config=openapi_config(),
         template_config=template_config(),
         state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": schema_head,
                      "body_timeout": settings.http.body_timeout,

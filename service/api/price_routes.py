@@ -14,8 +14,8 @@ from litestar.params import Parameter
 from core.events import Price, utc_instant
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated
+from service.api.openapi import KEY_REQUIRED, BookingCode, problem_responses
 from service.api.problems import ApiError
-from service.api.routes import KEY_REQUIRED, BookingCode, _problems
 from service.api.schemas import MAX_VERSION
 from service.ledger.prices import Clock, PriceInForce, price_at, price_at_version
 
@@ -64,7 +64,7 @@ def parse_moment(text: str) -> datetime:
     security=KEY_REQUIRED,
     before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "price"},
-    responses=_problems(401, 403, 404, 422, 429, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 async def booking_price(
     request: Request,

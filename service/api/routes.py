@@ -11,19 +11,18 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, SecurityRequirement
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
 from litestar.params import Parameter
 
-from core.events import BOOKING_CODE_PATTERN
 from service.api import metrics
 from service.api.auth import READ_SCOPES, WRITE_SCOPES, authenticated
 from service.api.http_rules import check_json_body, read_body
-from service.api.problems import PROBLEM_JSON, ApiError, ClientGone
+from service.api.openapi import KEY_REQUIRED, MAX_POSITION, BookingCode, problem_responses
+from service.api.problems import ApiError, ClientGone
 from service.api.schemas import (
     AppendOut,
     BookingEventsOut,
     FeedOut,
-    Problem,
     decode_append,
 )
 from service.ledger.append import Append, NewEvent
@@ -31,22 +30,6 @@ from service.ledger.errors import LedgerError
 from service.ledger.reads import Booking, get_booking, read_booking_events, read_feed
 
 MAX_BODY_BYTES = 1024 * 1024
-# Below 2**63 and exact as a JSON Schema float, so validators agree on the bound.
-MAX_POSITION = 9 * 10**18
-
-
-KEY_REQUIRED: list[SecurityRequirement] = [{"apiKey": []}]
-
-
-def _problems(*statuses: int) -> dict[int, ResponseSpec]:
-    return {
-        s: ResponseSpec(Problem, description="problem details", media_type=PROBLEM_JSON, generate_examples=False)
-        for s in statuses
-    }
-
-
-# Path parameter: validated (422 on mismatch) and documented with its pattern.
-BookingCode = Annotated[str, Parameter(pattern=BOOKING_CODE_PATTERN, description="the booking code", max_length=64)]
 
 
 @dataclass
@@ -70,7 +53,7 @@ class _AppendOperation(Operation):
     request_max_body_size=MAX_BODY_BYTES,
     summary="Append events to a booking (expected_version 0 creates it)",
     responses={200: ResponseSpec(AppendOut, description="idempotent retry: the events recorded before")}
-    | _problems(401, 403, 404, 408, 409, 413, 415, 422, 429, 503),
+    | problem_responses(401, 403, 404, 408, 409, 413, 415, 422, 429, 503),
 )
 async def append_events(request: Request, code: BookingCode) -> Response[AppendOut]:
     key = request.scope["state"]["api_key"]  # set by `authenticated`
@@ -127,7 +110,7 @@ async def append_events(request: Request, code: BookingCode) -> Response[AppendO
     security=KEY_REQUIRED,
     before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "booking"},
-    responses=_problems(401, 403, 404, 422, 429, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 async def booking(request: Request, code: BookingCode) -> Booking:
     with metrics.counting_read("booking"):
@@ -140,7 +123,7 @@ async def booking(request: Request, code: BookingCode) -> Booking:
     security=KEY_REQUIRED,
     before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "booking_events"},
-    responses=_problems(401, 403, 404, 422, 429, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 async def booking_events(
     request: Request,
@@ -159,7 +142,7 @@ async def booking_events(
     security=KEY_REQUIRED,
     before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "feed"},
-    responses=_problems(401, 403, 422, 429, 503),
+    responses=problem_responses(401, 403, 422, 429, 503),
 )
 async def feed(
     request: Request,
