@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-import asyncpg
 import msgspec
 from litestar import Request, get
 from litestar.params import Parameter
@@ -36,13 +35,12 @@ from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
 from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, Event, whole
-from core.settings import StreamSettings
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated, header
 from service.api.openapi import KEY_REQUIRED, MAX_POSITION, problem_responses
 from service.api.problems import ApiError
-from service.ledger.feedhub import FeedHub
-from service.ledger.keys import DEPARTMENT, ApiKey, KeyCache, authenticate
+from service.api.state import AppState
+from service.ledger.keys import DEPARTMENT, ApiKey, authenticate
 from service.ledger.reads import read_feed
 
 # What one stream takes at a time, from Postgres or the hub: a stalled client holds no more than
@@ -62,35 +60,6 @@ def sse_message(event: Event) -> bytes:
 
 def sse_comment(text: str) -> bytes:
     return b": " + text.replace("\n", " ").encode() + b"\n\n"
-
-
-class StreamAdmission:
-    """The open event streams of one API worker, capped per key and in all."""
-
-    def __init__(self, settings: StreamSettings, hub: FeedHub) -> None:
-        self.settings = settings
-        self._hub = hub
-        self.open: dict[str, int] = {}  # key id -> open streams
-
-    def admit(self, key_id: str) -> None:
-        """Count a new stream of `key_id`, or raise 429 when over a cap."""
-        total = sum(self.open.values())
-        if total >= self.settings.max_open:
-            raise ApiError(429, "rate_limited", f"this API process serves {total} event streams, its most; "
-                           "try again later", {"Retry-After": "5"})
-        if self.open.get(key_id, 0) >= self.settings.max_per_key:
-            raise ApiError(429, "rate_limited", f"this key has {self.settings.max_per_key} event streams open "
-                           "here, its most; close one first", {"Retry-After": "5"})
-        self.open[key_id] = self.open.get(key_id, 0) + 1
-        metrics.STREAMS_OPEN.inc()
-        self._hub.join()
-
-    def release(self, key_id: str) -> None:
-        self.open[key_id] -= 1
-        if not self.open[key_id]:
-            del self.open[key_id]
-        metrics.STREAMS_OPEN.dec()
-        self._hub.leave()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +88,14 @@ class EventStream(ASGIResponse):
 
     _should_set_content_length = False
 
-    def __init__(self, request: Request, streams: StreamAdmission, hub: FeedHub, key: ApiKey, presented: str,
-                 after: int, filters: Filters) -> None:
+    def __init__(self, state: AppState, key: ApiKey, presented: str, after: int, filters: Filters) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"X-Accel-Buffering": "no"})
-        self._pool: asyncpg.Pool = request.app.state.pool
-        self._keys: KeyCache = request.app.state.key_cache
-        self._streams = streams
-        self._settings = streams.settings
-        self._hub = hub
+        self._pool = state.pool
+        self._keys = state.key_cache
+        self._streams = state.streams
+        self._settings = state.streams.settings
+        self._hub = state.feed_hub
         self._key = key
         self._presented = presented
         self._cursor = after  # the position of the last event sent (or passed over by the filters)
@@ -299,19 +267,19 @@ def _last_event_id(request: Request) -> int | None:
 )
 async def event_stream(
     request: Request,
+    app_state: AppState,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     department: Annotated[str | None, Parameter(pattern=whole(DEPARTMENT.pattern), max_length=64)] = None,
     type: Annotated[str | None, Parameter(pattern=EVENT_TYPE_PATTERN, max_length=100)] = None,  # noqa: A002
     booking_code: Annotated[str | None, Parameter(pattern=BOOKING_CODE_PATTERN, max_length=64)] = None,
 ) -> EventStream:
     resume = _last_event_id(request)
-    streams: StreamAdmission = request.app.state.streams
     key: ApiKey = request.state.api_key
-    streams.admit(key.id)
+    app_state.streams.admit(key.id)
     metrics.READS.labels("stream", "ok").inc()
     presented = header(request, b"authorization").partition(" ")[2].strip()
-    return EventStream(request, streams, request.app.state.feed_hub, key, presented,
-                       resume if resume is not None else after, Filters(department, type, booking_code))
+    return EventStream(app_state, key, presented, resume if resume is not None else after,
+                       Filters(department, type, booking_code))
 
 
 STREAM_ROUTES = [event_stream]
