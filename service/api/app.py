@@ -7,38 +7,56 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.di import Provide
 
 from core import logs
 from core.settings import Settings, get_settings
 from service.api import metrics
-from service.api.auth import RateLimiter
 from service.api.health import HEALTH_ROUTES
 from service.api.http_rules import http_rules
+from service.api.limits import RateLimiter, StreamAdmission
+from service.api.openapi import openapi_config
 from service.api.price_routes import PRICE_ROUTES
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.requestlog import request_log
 from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import append_request_schema
-from service.api.stream import STREAM_ROUTES, FeedHub
+from service.api.state import APP_STATE, AppState, app_state_of
+from service.api.stream import STREAM_ROUTES, sse_message
 from service.console.routes import console, template_config
 from service.console.status import ReadStore
 from service.ledger.db import create_pool
+from service.ledger.feedhub import FeedHub
 from service.ledger.groupcommit import GroupCommit
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
 
 
-def _openapi() -> OpenAPIConfig:
-    return OpenAPIConfig(
-        title="booking-ledger",
-        version="1",
-        description="The booking price ledger. Every /v1 route takes 'Authorization: Bearer <api-key>'.",
-        path="/schema",
-        components=Components(security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer")}),
-    )
+@asynccontextmanager
+async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppState]:
+    """The app's state for as long as the app runs: the pool and the tasks over it, closed after."""
+    pool = await create_pool(settings.database)
+    writer = GroupCommit(pool, settings.database.batch_max_events, settings.database.batch_max_bytes,
+                         on_batch=metrics.APPEND_BATCH_SIZE.observe)
+    notifier = OutboxNotifier(pool)
+    notifier.start()
+    key_cache = KeyCache(settings.database.url)
+    key_cache.start()
+    feed_hub = FeedHub(pool, settings.database.url, settings.stream.buffer_bytes, encode=sse_message)
+    feed_hub.start_tasks()
+    try:
+        yield AppState(settings=settings, schema_head=schema_head, pool=pool, writer=writer, notifier=notifier,
+                       key_cache=key_cache, feed_hub=feed_hub, streams=StreamAdmission(settings.stream, feed_hub),
+                       rate_limiter=RateLimiter(settings.http.rate_limit), read_store=ReadStore(settings.dynamo))
+    finally:
+        await feed_hub.stop()
+        await key_cache.stop()
+        await notifier.stop()
+        await writer.close()
+        try:
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except TimeoutError:
+            pool.terminate()
 
 
 def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
@@ -47,41 +65,21 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
     logs.configure()
 
     @asynccontextmanager
-    async def pool_lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings.database)
-        app.state.writer = GroupCommit(app.state.pool, settings.database.batch_max_events,
-                                       settings.database.batch_max_bytes, on_batch=metrics.APPEND_BATCH_SIZE.observe)
-        app.state.notifier = OutboxNotifier(app.state.pool)
-        app.state.notifier.start()
-        app.state.key_cache = KeyCache(settings.database.url)
-        app.state.key_cache.start()
-        app.state.feed_hub = FeedHub(app.state.pool, settings.database.url, settings.stream)
-        app.state.feed_hub.start_tasks()
-        try:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with _running(settings, schema_head) as state:
+            app.state[APP_STATE] = state
             yield
-        finally:
-            await app.state.feed_hub.stop()
-            await app.state.key_cache.stop()
-            await app.state.notifier.stop()
-            await app.state.writer.close()
-            try:
-                await asyncio.wait_for(app.state.pool.close(), timeout=10)
-            except TimeoutError:
-                app.state.pool.terminate()
 
     app = Litestar(
         route_handlers=[*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *HEALTH_ROUTES, console],
-        lifespan=[pool_lifespan],
+        lifespan=[lifespan],
+        dependencies={APP_STATE: Provide(app_state_of, sync_to_thread=False)},
         middleware=[request_log],
         logging_config=None,  # core.logs owns logging: one format for every line
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=_openapi(),
+        openapi_config=openapi_config(),
         template_config=template_config(),
-        state=State({"rate_limiter": RateLimiter(settings.http.rate_limit), "schema_head": schema_head,
-                     "body_timeout": settings.http.body_timeout,
-                     "allow_privileged_role": settings.database.allow_privileged_role,
-                     "read_store": ReadStore(settings.dynamo)}),
     )
     # Outside the router, so that its own answers (404, 405) get the same headers, and HEAD
     # reaches the GET handlers instead of a 405.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any
 
 from litestar import Request
@@ -12,31 +10,8 @@ from litestar.connection import ASGIConnection
 from service.api import metrics
 from service.api.http_rules import check_parameters
 from service.api.problems import ApiError
+from service.api.state import app_state_of
 from service.ledger.keys import ApiKey, authenticate
-
-
-class RateLimiter:
-    """A token bucket per key: `rate` requests per second, bursts up to one second's worth.
-
-    It lives in one worker process; with N workers a key may get up to N times the rate.
-    """
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, last refill)
-
-    def retry_after(self, key_id: str) -> int | None:
-        """Take a token for `key_id`; None when allowed, else whole seconds until a token is due."""
-        if self.rate <= 0:
-            return None
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key_id, (float(self.rate), now))
-        tokens = min(float(self.rate), tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key_id] = (tokens - 1.0, now)
-            return None
-        self._buckets[key_id] = (tokens, now)
-        return max(1, math.ceil((1.0 - tokens) / self.rate))
 
 
 def header(request: ASGIConnection[Any, Any, Any, Any], name: bytes) -> str:
@@ -81,10 +56,11 @@ async def require_key(request: ASGIConnection[Any, Any, Any, Any], scopes: tuple
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'", _CHALLENGE)
-    key = await authenticate(request.app.state.pool, presented, request.app.state.key_cache)
+    state = app_state_of(request)
+    key = await authenticate(state.pool, presented, state.key_cache)
     if key is None:
         raise ApiError(401, "unauthorized", "the API key is unknown or revoked", _CHALLENGE)
-    wait = request.app.state.rate_limiter.retry_after(key.id)
+    wait = state.rate_limiter.retry_after(key.id)
     if wait is not None:
         raise ApiError(429, "rate_limited", "this key is over its request rate", {"Retry-After": str(wait)})
     # For the request log line, never the key itself (request.state, without building a State object).

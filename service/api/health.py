@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from service.api import metrics
 from service.api.problems import PROBLEM_JSON, problem
 from service.api.schemas import Problem
+from service.api.state import AppState
 from service.ledger.db import connection
 from service.ledger.errors import StoreUnavailable
 from service.ledger.privileges import positions_behind, privileged_role
@@ -24,12 +25,13 @@ async def live() -> dict[str, str]:
 
 @get("/health/ready", summary="Postgres answers and its schema is at the code's head revision",
      responses={503: ResponseSpec(Problem, description="not ready", media_type=PROBLEM_JSON, generate_examples=False)})
-async def ready(request: Request) -> Response[dict[str, str] | bytes]:
-    expected = request.app.state.schema_head
+async def ready(app_state: AppState) -> Response[dict[str, str] | bytes]:
+    expected = app_state.schema_head
     refusal = None
     try:
-        async with connection(request.app.state.pool) as conn:
-            refusal = None if request.app.state.allow_privileged_role else await privileged_role(conn, timeout=2)
+        async with connection(app_state.pool) as conn:
+            refusal = (None if app_state.settings.database.allow_privileged_role
+                       else await privileged_role(conn, timeout=2))
             current = await conn.fetchval(SCHEMA_VERSION_SQL, timeout=2)
             behind = await positions_behind(conn, timeout=2) if current == expected else None
     except StoreUnavailable as error:

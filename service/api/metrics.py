@@ -4,12 +4,19 @@ PROMETHEUS_MULTIPROC_DIR (set by `booking-ledger api`) and /metrics sums them.""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import msgspec
+from litestar.exceptions import HTTPException
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.api.problems import ApiError, ClientGone
+from service.ledger.append import AppendResult
+from service.ledger.errors import LedgerError
 
 APPENDS = Counter("ledger_appends_total", "Append requests answered, by outcome code.", ["outcome"])
 APPENDED_EVENTS = Counter("ledger_appended_events_total", "Events newly written to the ledger.")
@@ -43,6 +50,51 @@ def counting_read(route: str) -> Iterator[None]:
         raise
     finally:
         READS.labels(route, outcome).inc()
+
+
+class AppendCount:
+    """What the metrics record of one append request, told by the route as it goes."""
+
+    __slots__ = ("outcome", "started")
+
+    def __init__(self) -> None:
+        self.outcome = "internal_error"
+        self.started: float | None = None
+
+    def start(self) -> None:
+        """The body is read: the duration measures the work from here, not how slowly a client sends."""
+        self.started = time.perf_counter()
+
+    def answered(self, result: AppendResult) -> None:
+        self.outcome = "replayed" if result.replayed else "appended"
+        if not result.replayed:
+            APPENDED_EVENTS.inc(len(result.events))
+
+
+@contextmanager
+def counting_append() -> Iterator[AppendCount]:
+    """Count one append request in ledger_appends_total, labelled by its outcome (`appended`,
+    `replayed`, or what it failed with), and time it in ledger_append_duration_seconds once started."""
+    count = AppendCount()
+    try:
+        yield count
+    except Exception as error:
+        count.outcome = _append_failure(error)
+        raise
+    finally:
+        APPENDS.labels(count.outcome).inc()
+        if count.started is not None:
+            APPEND_SECONDS.observe(time.perf_counter() - count.started)
+
+
+def _append_failure(error: Exception) -> str:
+    if isinstance(error, LedgerError | ApiError | ClientGone):
+        return error.code
+    if isinstance(error, msgspec.DecodeError):  # includes ValidationError
+        return "validation_error"
+    if isinstance(error, HTTPException):  # e.g. 413 while reading the body
+        return f"http_{error.status_code}"
+    return "internal_error"
 
 
 def render(accept: str) -> tuple[bytes, str]:

@@ -8,15 +8,16 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Request, get
+from litestar import get
 from litestar.params import Parameter
 
 from core.events import Price, utc_instant
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated
+from service.api.openapi import KEY_REQUIRED, BookingCode, problem_responses
 from service.api.problems import ApiError
-from service.api.routes import KEY_REQUIRED, BookingCode, _problems
 from service.api.schemas import MAX_VERSION
+from service.api.state import AppState
 from service.ledger.prices import Clock, PriceInForce, price_at, price_at_version
 
 _Moment = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -64,11 +65,11 @@ def parse_moment(text: str) -> datetime:
     security=KEY_REQUIRED,
     before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "price"},
-    responses=_problems(401, 403, 404, 422, 429, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 async def booking_price(
-    request: Request,
     code: BookingCode,
+    app_state: AppState,
     at: Annotated[str | None, Parameter(description="RFC 3339 time with an offset", max_length=64)] = None,
     clock: Literal["recorded", "occurred"] | None = None,
     version: Annotated[int | None, Parameter(ge=1, le=MAX_VERSION)] = None,
@@ -76,7 +77,7 @@ async def booking_price(
     with metrics.counting_read("price"):
         if (at is None) == (version is None):
             raise ApiError(422, "validation_error", "give exactly one of at and version")
-        pool = request.app.state.pool
+        pool = app_state.pool
         if version is not None:
             if clock is not None:
                 raise ApiError(422, "validation_error", "clock applies to at, not to version")

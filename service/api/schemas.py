@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import msgspec
 from msgspec import Meta
@@ -12,6 +12,7 @@ from msgspec import Meta
 from core.events import EVENT_TYPE_PATTERN, MAX_DATA_BYTES, Event, data_size, utc_instant, whole
 from core.money import PriceIn, amount_pattern, currencies_by_minor_unit
 from core.strictjson import decode_strict
+from service.ledger.append import NewEvent
 
 MAX_EVENTS = 100
 MAX_VERSION = 2**31 - 1
@@ -30,6 +31,16 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
         if self.occurred_at is not None:
             self.occurred_at = utc_instant(self.occurred_at)
 
+    def new_event(self) -> NewEvent:
+        """The event for the ledger, with a new event_id when the request gives none."""
+        return NewEvent(
+            event_id=self.event_id or uuid4(),
+            type=self.type,
+            price=self.price.money() if self.price else None,
+            data=self.data,
+            occurred_at=self.occurred_at,
+        )
+
 
 class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
     """1 to 100 events, appended atomically, versions assigned in list order."""
@@ -47,6 +58,9 @@ class AppendIn(msgspec.Struct, forbid_unknown_fields=True):
         if size > MAX_DATA_BYTES:
             raise ValueError(f"data of all events together is {size} bytes of compact JSON, "
                              f"over the {MAX_DATA_BYTES} byte limit")
+
+    def new_events(self) -> list[NewEvent]:
+        return [e.new_event() for e in self.events]
 
 
 class AppendOut(msgspec.Struct):

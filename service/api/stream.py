@@ -2,18 +2,10 @@
 
 Every event comes from the paged feed's own query (service.ledger.reads.read_feed), so one
 visibility fence serves both and the stream makes the feed's promise: nothing skipped, nothing
-twice, in position order. How the events reach a stream:
-
-- One `FeedHub` per API process LISTENs on the outbox channel (the API NOTIFYs it after its
-  commits, service/ledger/notify.py) and polls once a second as a safety net (a wake-up can be
-  lost, and a rolled-back transaction moves the fence without one). Woken, it reads the feed from
-  its own head and keeps the events in a ring bounded by bytes, then wakes every stream: one
-  query per wake-up per process, however many streams are open.
-- The ring holds exactly the feed after its `start`. A stream whose cursor is at or past `start`
-  takes its events from the ring; one further behind (a new stream with an old `after`, or one
-  that fell behind) reads the feed from Postgres page by page until it is. The ring starts at the
-  cursor where a stream, having read real events (or from 0), found nothing more: a cursor the
-  feed itself handed out, so the ring is a suffix of the feed.
+twice, in position order. The events reach a stream through the process's `FeedHub`
+(service/ledger/feedhub.py), the feed's in-memory tail, which keeps them as SSE messages: a
+stream at or past the hub's `start` takes them from there, one further behind reads the feed from
+Postgres page by page until it is.
 
 A stream answers with what the client can take. granian accepts a few sends ahead of a client that
 does not read, however large each one is, and the kernel's socket buffer takes a few MB more; so a
@@ -29,38 +21,28 @@ hold LEDGER_STREAM_MAX_PER_KEY streams in each worker (429 before it starts).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import itertools
-import logging
 import re
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-import asyncpg
 import msgspec
 from litestar import Request, get
 from litestar.params import Parameter
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
-from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, OUTBOX_CHANNEL, Event, whole
-from core.settings import StreamSettings
+from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, Event, whole
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated, header
+from service.api.openapi import KEY_REQUIRED, MAX_POSITION, problem_responses
 from service.api.problems import ApiError
-from service.api.routes import KEY_REQUIRED, MAX_POSITION, _problems
-from service.ledger.keys import DEPARTMENT, ApiKey, KeyCache, authenticate
-from service.ledger.notify import listen
+from service.api.state import AppState
+from service.ledger.keys import DEPARTMENT, ApiKey, authenticate
 from service.ledger.reads import read_feed
 
-log = logging.getLogger("booking_ledger.stream")
-
-POLL_SECONDS = 1.0  # the hub reads the feed at least this often while streams are open
-PAGE = 1000  # events per read of the feed by the hub
 # What one stream takes at a time, from Postgres or the hub: a stalled client holds no more than
 # this (and one event over it) in the process, besides what granian queues.
 STREAM_PAGE_EVENTS = 256
@@ -72,138 +54,12 @@ KEY_RECHECK_SECONDS = 1.0  # how often a stream looks its key up while the key c
 FINAL_SEND_FACTOR = 6  # the last comment waits this many send timeouts for a slow client
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    position: int
-    event: Event
-    chunk: bytes  # the event as an SSE message
-
-
 def sse_message(event: Event) -> bytes:
     return b"id: %d\ndata: %s\n\n" % (event.position, msgspec.json.encode(event))
 
 
 def sse_comment(text: str) -> bytes:
     return b": " + text.replace("\n", " ").encode() + b"\n\n"
-
-
-class FeedHub:
-    """The feed's recent events and the wake-ups of one API process, shared by its streams."""
-
-    def __init__(self, pool: asyncpg.Pool, url: str, settings: StreamSettings) -> None:
-        self._pool = pool
-        self._url = url
-        self.settings = settings
-        self._ring: deque[_Item] = deque()
-        self._ring_bytes = 0
-        self.start: int | None = None  # the ring holds every feed event after `start` (None: not tailing)
-        self.head = 0  # the feed cursor after the ring's last event
-        self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
-        self.open: dict[str, int] = {}  # key id -> open streams
-        self._tasks: list[asyncio.Task[None]] = []
-
-    # -- life ------------------------------------------------------------------------------
-    def start_tasks(self) -> None:
-        self._tasks = [asyncio.create_task(self._listen(), name="feed-hub-listen"),
-                       asyncio.create_task(self._tail(), name="feed-hub-tail")]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _listen(self) -> None:
-        await listen(self._url, OUTBOX_CHANNEL, name="booking-ledger-stream", on_notify=self._wake.set,
-                     on_connect=self._wake.set,  # whatever committed while nobody listened
-                     meanwhile=f"streams poll every {POLL_SECONDS:g}s")
-
-    async def _tail(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            self._wake.clear()
-            if not self.open:
-                self._reset()  # nobody reads: do not keep tailing
-                continue
-            try:
-                await self._read_on()
-            except Exception as error:  # a stream reads Postgres itself meanwhile
-                log.warning("the stream hub could not read the feed: %r", error)
-                await asyncio.sleep(POLL_SECONDS)
-            self._signal()
-
-    async def _read_on(self) -> None:
-        while self.start is not None:
-            events, after = await read_feed(self._pool, self.head, PAGE)
-            if not events:
-                return
-            for event in events:
-                item = _Item(event.position, event, sse_message(event))
-                self._ring.append(item)
-                self._ring_bytes += len(item.chunk)
-            self.head = after
-            while self._ring_bytes > self.settings.buffer_bytes and len(self._ring) > 1:
-                dropped = self._ring.popleft()
-                self._ring_bytes -= len(dropped.chunk)
-                self.start = dropped.position
-
-    def _reset(self) -> None:
-        self._ring.clear()
-        self._ring_bytes = 0
-        self.start = None
-
-    def _signal(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    # -- what streams use ----------------------------------------------------------------------
-    def changed(self) -> asyncio.Event:
-        """Set at the hub's next pass over the feed (after a commit, or POLL_SECONDS)."""
-        return self._changed
-
-    def covers(self, cursor: int) -> bool:
-        return self.start is not None and cursor >= self.start
-
-    def tail_from(self, cursor: int) -> None:
-        """Start the ring at `cursor`, a feed cursor after which the feed had nothing yet."""
-        if self.start is None:
-            self.start = self.head = cursor
-            self._wake.set()
-
-    def since(self, cursor: int, limit: int = STREAM_PAGE_EVENTS, max_bytes: int = STREAM_PAGE_BYTES) -> list[_Item]:
-        """Ring events after `cursor` (which `covers`), oldest first: at most `limit`, and no more
-        after the one that reaches `max_bytes`."""
-        first = bisect.bisect_right(self._ring, cursor, key=lambda item: item.position)
-        newer: list[_Item] = []
-        size = 0
-        for item in itertools.islice(self._ring, first, first + limit):
-            newer.append(item)
-            size += len(item.chunk)
-            if size >= max_bytes:
-                break
-        return newer
-
-    def admit(self, key_id: str) -> None:
-        """Count a new stream of `key_id`, or raise 429 when over a cap."""
-        total = sum(self.open.values())
-        if total >= self.settings.max_open:
-            raise ApiError(429, "rate_limited", f"this API process serves {total} event streams, its most; "
-                           "try again later", {"Retry-After": "5"})
-        if self.open.get(key_id, 0) >= self.settings.max_per_key:
-            raise ApiError(429, "rate_limited", f"this key has {self.settings.max_per_key} event streams open "
-                           "here, its most; close one first", {"Retry-After": "5"})
-        self.open[key_id] = self.open.get(key_id, 0) + 1
-        metrics.STREAMS_OPEN.inc()
-        self._wake.set()
-
-    def release(self, key_id: str) -> None:
-        self.open[key_id] -= 1
-        if not self.open[key_id]:
-            del self.open[key_id]
-        metrics.STREAMS_OPEN.dec()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,13 +88,14 @@ class EventStream(ASGIResponse):
 
     _should_set_content_length = False
 
-    def __init__(self, request: Request, hub: FeedHub, key: ApiKey, presented: str, after: int,
-                 filters: Filters) -> None:
+    def __init__(self, state: AppState, key: ApiKey, presented: str, after: int, filters: Filters) -> None:
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"X-Accel-Buffering": "no"})
-        self._pool: asyncpg.Pool = request.app.state.pool
-        self._keys: KeyCache = request.app.state.key_cache
-        self._hub = hub
+        self._pool = state.pool
+        self._keys = state.key_cache
+        self._streams = state.streams
+        self._settings = state.streams.settings
+        self._hub = state.feed_hub
         self._key = key
         self._presented = presented
         self._cursor = after  # the position of the last event sent (or passed over by the filters)
@@ -250,7 +107,7 @@ class EventStream(ASGIResponse):
         self._key_checked = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        settings = self._hub.settings
+        settings = self._settings
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         ended: _Ended | None = None
         try:
@@ -261,7 +118,7 @@ class EventStream(ASGIResponse):
             ended = error
         finally:
             watcher.cancel()
-            self._hub.release(self._key.id)
+            self._streams.release(self._key.id)
             metrics.STREAMS_ENDED.labels(ended.reason if ended else "disconnected").inc()
         if ended is not None and not self._gone.is_set():
             # Counted and released already: a client that reads again soon still gets the reason
@@ -282,9 +139,9 @@ class EventStream(ASGIResponse):
         fragment that the final comment line completes as a truncated event."""
         try:
             await asyncio.wait_for(send({"type": "http.response.body", "body": body, "more_body": True}),
-                                   self._hub.settings.send_timeout)
+                                   self._settings.send_timeout)
         except TimeoutError:
-            raise _Ended("too_slow", f"dropped: this client did not read for {self._hub.settings.send_timeout} s; "
+            raise _Ended("too_slow", f"dropped: this client did not read for {self._settings.send_timeout} s; "
                          f"reconnect with Last-Event-ID: {self._cursor}") from None
         self._sent_bytes += len(body)
 
@@ -315,13 +172,13 @@ class EventStream(ASGIResponse):
                 await self._send(send, body)
                 sent = True
             self._cursor = cursor
-            if self._sent_bytes >= self._hub.settings.max_bytes:
+            if self._sent_bytes >= self._settings.max_bytes:
                 raise _Ended("max_bytes", f"end: this stream carried {self._sent_bytes} bytes, its most; "
                              f"reconnect with Last-Event-ID: {self._cursor}")
         return sent
 
     async def _run(self, send: Send) -> None:
-        settings = self._hub.settings
+        settings = self._settings
         hub = self._hub
         quiet_since = time.monotonic()
         while not self._gone.is_set():
@@ -331,7 +188,7 @@ class EventStream(ASGIResponse):
             if hub.covers(self._cursor):
                 match = self._filters.match
                 messages = [(item.position, item.chunk if match(item.event) else None)
-                            for item in hub.since(self._cursor)]
+                            for item in hub.since(self._cursor, STREAM_PAGE_EVENTS, STREAM_PAGE_BYTES)]
             else:
                 events, after = await read_feed(self._pool, self._cursor, STREAM_PAGE_EVENTS, STREAM_PAGE_BYTES)
                 messages = [(event.position, sse_message(event) if self._filters.match(event) else None)
@@ -405,23 +262,23 @@ def _last_event_id(request: Request) -> int | None:
     security=KEY_REQUIRED,
     before_request=authenticated,
     opt={"scopes": READ_SCOPES, "read_route": "stream"},
-    responses=_problems(401, 403, 422, 429, 503),
+    responses=problem_responses(401, 403, 422, 429, 503),
     media_type="text/event-stream",
 )
 async def event_stream(
     request: Request,
+    app_state: AppState,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     department: Annotated[str | None, Parameter(pattern=whole(DEPARTMENT.pattern), max_length=64)] = None,
     type: Annotated[str | None, Parameter(pattern=EVENT_TYPE_PATTERN, max_length=100)] = None,  # noqa: A002
     booking_code: Annotated[str | None, Parameter(pattern=BOOKING_CODE_PATTERN, max_length=64)] = None,
 ) -> EventStream:
     resume = _last_event_id(request)
-    hub: FeedHub = request.app.state.feed_hub
     key: ApiKey = request.state.api_key
-    hub.admit(key.id)
+    app_state.streams.admit(key.id)
     metrics.READS.labels("stream", "ok").inc()
     presented = header(request, b"authorization").partition(" ")[2].strip()
-    return EventStream(request, hub, key, presented, resume if resume is not None else after,
+    return EventStream(app_state, key, presented, resume if resume is not None else after,
                        Filters(department, type, booking_code))
 
 

@@ -32,6 +32,7 @@ from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 
 from core.events import BOOKING_CODE_PATTERN
+from service.api.state import AppState, app_state_of
 from service.console import status
 from service.console.chart import price_points, step_chart
 from service.ledger import sessions
@@ -72,7 +73,7 @@ async def _signed_in(request: Request) -> ApiKey:
     presented = request.cookies.get(COOKIE)
     if not presented:
         raise _SignInFirst(had_cookie=False)
-    key = await sessions.key_of(request.app.state.pool, presented)
+    key = await sessions.key_of(app_state_of(request).pool, presented)
     if key is None or not key.allows("read"):
         raise _SignInFirst(had_cookie=True)
     request.state.department = key.department  # for the request log line; never the key itself
@@ -138,26 +139,27 @@ async def home(request: Request, notice: str | None = None) -> Template:
 
 @post("/sign-in", status_code=303)
 async def sign_in(
-    request: Request, data: Annotated[SignInForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
+    request: Request, data: Annotated[SignInForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    app_state: AppState,
 ) -> Response[Any]:
     if not _same_origin(request):
         return _page("sign_in.html", None, 403, error="This sign-in did not come from the console's own page.")
     presented = data.key.strip()
-    key = await authenticate(request.app.state.pool, presented, request.app.state.key_cache) if presented else None
+    key = await authenticate(app_state.pool, presented, app_state.key_cache) if presented else None
     if key is None:
         return _page("sign_in.html", None, 401, error="That key is unknown, revoked or mistyped.")
     if not key.allows("read"):
         return _page("sign_in.html", None, 403, error=f"This {key.department} key has no read scope.")
     request.state.department = key.department
-    session = await sessions.start(request.app.state.pool, key, timedelta(seconds=SESSION_SECONDS))
+    session = await sessions.start(app_state.pool, key, timedelta(seconds=SESSION_SECONDS))
     return Redirect(PATH, status_code=303, cookies=[_cookie(session, SESSION_SECONDS)])
 
 
 @post("/sign-out", status_code=303)
-async def sign_out(request: Request) -> Response[Any]:
+async def sign_out(request: Request, app_state: AppState) -> Response[Any]:
     if not _same_origin(request):
         return _page("sign_in.html", None, 403, error="This sign-out did not come from the console's own page.")
-    await sessions.end(request.app.state.pool, request.cookies.get(COOKIE, ""))
+    await sessions.end(app_state.pool, request.cookies.get(COOKIE, ""))
     return Redirect(f"{PATH}?notice=signed_out", status_code=303, cookies=[_cookie("", 0)])
 
 
@@ -175,7 +177,8 @@ def _moment(text: str) -> datetime:
 
 
 @get("/booking")
-async def booking(request: Request, code: str = "", at: str = "", clock: str = "recorded") -> Template | Redirect:
+async def booking(request: Request, app_state: AppState, code: str = "", at: str = "",
+                  clock: str = "recorded") -> Template | Redirect:
     key = await _signed_in(request)
     code = code.strip()
     if not code:
@@ -184,7 +187,7 @@ async def booking(request: Request, code: str = "", at: str = "", clock: str = "
         return _page("home.html", key, 422, code=code,
                      error="A booking code is 1 to 64 letters, digits, '.', '_' or '-', "
                            "starting with a letter or digit.")
-    pool = request.app.state.pool
+    pool = app_state.pool
     booking = await get_booking(pool, code)
     events, _ = await read_booking_events(pool, code, max(1, booking.version - MAX_EVENTS + 1), MAX_EVENTS)
     as_of: PriceInForce | None = None
@@ -200,7 +203,7 @@ async def booking(request: Request, code: str = "", at: str = "", clock: str = "
         as_of = await price_at(pool, code, moment, chosen)
     pending = await status.booking_outbox(pool, code)
     try:
-        replicated, dynamodb_error = await request.app.state.read_store.latest_version(code), None
+        replicated, dynamodb_error = await app_state.read_store.latest_version(code), None
     except status.ReadStoreUnavailable as error:
         replicated, dynamodb_error = None, str(error)
     return _page(
@@ -213,17 +216,17 @@ async def booking(request: Request, code: str = "", at: str = "", clock: str = "
 
 
 @get("/pipeline")
-async def pipeline(request: Request) -> Template:
+async def pipeline(request: Request, app_state: AppState) -> Template:
     key = await _signed_in(request)
-    pool = request.app.state.pool
+    pool = app_state.pool
     outbox = await status.outbox(pool)
     leader = await status.relay_leader(pool)
     try:
-        item_count, dynamodb_error = await request.app.state.read_store.check(), None
+        item_count, dynamodb_error = await app_state.read_store.check(), None
     except status.ReadStoreUnavailable as error:
         item_count, dynamodb_error = None, str(error)
     return _page("pipeline.html", key, outbox=outbox, leader=leader, item_count=item_count,
-                 dynamodb_error=dynamodb_error, dynamodb=request.app.state.read_store.settings)
+                 dynamodb_error=dynamodb_error, dynamodb=app_state.read_store.settings)
 
 
 def _sign_in_first(request: Request, exc: _SignInFirst) -> Response[Any]:

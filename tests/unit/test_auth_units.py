@@ -1,6 +1,6 @@
 import time
 
-from service.api.auth import RateLimiter
+from service.api.limits import RateLimiter
 from service.ledger.keys import DEPARTMENT, parse_scopes
 
 
