@@ -55,13 +55,38 @@ def ha_cluster() -> HACluster:
 
 
 def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
+    logs = LOCAL / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    sections = [
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={logs / 'supervisord.log'}",
+        f"pidfile={LOCAL / 'supervisord.pid'}",
+        f"childlogdir={logs}",
+        "",
+        "[unix_http_server]",
+        f"file={LOCAL / 'supervisor.sock'}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
+    ]
+    for name, program in _programs(bin_dir, cluster).items():
+        sections += _program_section(name, program, logs, cluster)
+    return "\n".join(sections) + "\n"
+
+
+# name -> (command, stop signal, environment, working directory)
+Programs = dict[str, tuple[list[str], str, str, Path]]
+
+
+def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     # Each topology keeps its own broker and read store beside its own ledger: events of one
     # ledger never show up in the other's DynamoDB table.
     data = LOCAL if cluster is None else cluster.root
-    logs = LOCAL / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # name -> (command, stop signal, environment, working directory)
-    programs: dict[str, tuple[list[str], str, str, Path]] = {}
+    programs: Programs = {}
     if cluster is not None:
         programs["etcd"] = (cluster.etcd.command(), "TERM", "", cluster.root)
         for node in cluster.nodes:
@@ -87,48 +112,36 @@ def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
         "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"',
                  Path.cwd()),
     })
-    sections = [
-        "[supervisord]",
-        "nodaemon=true",
-        f"logfile={logs / 'supervisord.log'}",
-        f"pidfile={LOCAL / 'supervisord.pid'}",
-        f"childlogdir={logs}",
-        "",
-        "[unix_http_server]",
-        f"file={LOCAL / 'supervisor.sock'}",
-        "",
-        "[rpcinterface:supervisor]",
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-        "",
-        "[supervisorctl]",
-        f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
-    ]
+    return programs
+
+
+def _program_section(name: str, program: tuple[list[str], str, str, Path], logs: Path,
+                     cluster: HACluster | None) -> list[str]:
+    command, stop_signal, environment, workdir = program
     nodes = {node.name: node for node in cluster.nodes} if cluster is not None else {}
-    for name, (command, stop_signal, environment, workdir) in programs.items():
-        quiet = name in ("broker", "dynamodb", "etcd") or name in nodes  # their logs go to files, ours to the terminal
-        output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
-            "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
-        sections += [
-            "",
-            f"[program:{name}]",
-            "command=" + " ".join(_quote(part) for part in command),
-            f"directory={workdir}",
-            "priority=" + ({"etcd": "1"}.get(name) or ("5" if name in nodes else "10" if quiet else "20")),
-            # With the cluster, our services start once it has a primary and is migrated (main()).
-            *(["autostart=false"] if cluster is not None and not quiet else []),
-            *(_as_postgres(nodes[name]) if name in nodes else []),
-            "autorestart=true",
-            "startsecs=1",
-            "startretries=100",
-            f"stopsignal={stop_signal}",
-            "stopwaitsecs=15",
-            "stopasgroup=true",
-            "killasgroup=true",
-            "redirect_stderr=true",
-            *output,
-            *([f"environment={environment}"] if environment else []),
-        ]
-    return "\n".join(sections) + "\n"
+    quiet = name in ("broker", "dynamodb", "etcd") or name in nodes  # their logs go to files, ours to the terminal
+    output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
+        "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
+    return [
+        "",
+        f"[program:{name}]",
+        "command=" + " ".join(_quote(part) for part in command),
+        f"directory={workdir}",
+        "priority=" + ({"etcd": "1"}.get(name) or ("5" if name in nodes else "10" if quiet else "20")),
+        # With the cluster, our services start once it has a primary and is migrated (main()).
+        *(["autostart=false"] if cluster is not None and not quiet else []),
+        *(_as_postgres(nodes[name]) if name in nodes else []),
+        "autorestart=true",
+        "startsecs=1",
+        "startretries=100",
+        f"stopsignal={stop_signal}",
+        "stopwaitsecs=15",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        *output,
+        *([f"environment={environment}"] if environment else []),
+    ]
 
 
 def _as_postgres(node: PatroniNode) -> list[str]:
