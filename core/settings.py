@@ -142,10 +142,14 @@ class StreamSettings:
         minimum=1024)
 
 
+# The Kafka broker `make run` starts.
+LOCAL_KAFKA_BOOTSTRAP = "127.0.0.1:19092"
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str = _env_str(
-        "LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers. Set, `make run` starts no broker."
+        "LEDGER_KAFKA_BOOTSTRAP", LOCAL_KAFKA_BOOTSTRAP, "Kafka bootstrap servers. Set, `make run` starts no broker."
     )
     topic: str = _env_str("LEDGER_KAFKA_TOPIC", "booking-events", "Topic the relay writes and the sink reads.")
     partitions: int = _env_int(

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.postgres import DATABASE, ROLE, ROLES_SQL, _bindir
-from devstack.processes import ChildServer, wait_for_port, wait_until
+from devstack.processes import Child, ChildServer, wait_for_port, wait_until
 
 SCOPE = "booking-ledger"
 PATRONI = "/usr/bin/patroni"
@@ -74,10 +74,18 @@ class Etcd(ChildServer):
         ]
 
 
-class PatroniNode:
-    """One Patroni daemon and the Postgres it runs."""
+class PatroniNode(Child):
+    """One Patroni daemon and the Postgres it runs.
+
+    Patroni starts its postmaster in a session of its own (so that Postgres outlives a Patroni
+    crash): kill, freeze and thaw reach both and every process under them (`pids`), not the
+    process group only.
+    """
+
+    stop_timeout = 30
 
     def __init__(self, index: int, root: Path, pg_port: int, rest_port: int, etcd_port: int) -> None:
+        super().__init__(root / f"node{index}" / "patroni.log")
         self.index = index
         self.name = f"node{index}"
         self.pg_port = pg_port
@@ -88,8 +96,6 @@ class PatroniNode:
         self.log_dir = root / self.name / "log"  # Postgres's own logs: outside PGDATA (pg_rewind)
         self.socket_dir = root / self.name / "run"
         self.config_file = root / self.name / "patroni.yml"
-        self.log_file = root / self.name / "patroni.log"
-        self.process: subprocess.Popen | None = None
 
     @property
     def rest(self) -> str:
@@ -178,25 +184,21 @@ class PatroniNode:
     def command(self) -> list[str]:
         return [PATRONI, str(self.config_file)]
 
+    def workdir(self) -> Path:
+        return self.root / self.name
+
     def start(self) -> None:
         self.prepare()
         owner = _postgres_user()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name)}
-        user: int | None = owner[0] if owner else None
-        group: int | None = owner[1] if owner else None
-        extra_groups: list[int] | None = [] if owner else None  # the postgres user's groups only, not ours
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                cwd=self.root / self.name, user=user, group=group, extra_groups=extra_groups,
-            )
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if owner is None:
+            self.launch(env=env)
+        else:  # the postgres user's groups only, not ours
+            self.launch(env=env, user=owner[0], group=owner[1], extra_groups=[])
 
     def restart(self) -> None:
         """Start the node again after a kill or stop; it rejoins as a replica (pg_rewind where needed)."""
-        if self.running():
+        if self.alive:
             self.stop()
         self.start()
 
@@ -207,37 +209,27 @@ class PatroniNode:
             return None
         return pid if _alive(pid) else None
 
-    def _pids(self) -> list[int]:
+    def pids(self) -> list[int]:
         """Patroni, the postmaster and every process under them."""
-        roots = [p for p in (self.process.pid if self.running() else None, self.postmaster_pid()) if p]  # type: ignore[union-attr]
-        return _with_descendants(roots)
+        patroni = [self.process.pid] if self.process is not None and self.alive else []
+        postmaster = self.postmaster_pid()
+        return _with_descendants(patroni + ([postmaster] if postmaster else []))
+
+    def signal_all(self, sig: signal.Signals) -> None:
+        """`sig` to every one of `pids`: SIGSTOP freezes the host (not dead), SIGKILL loses it."""
+        for pid in self.pids():
+            _signal(pid, sig)
 
     def kill(self) -> None:
         """kill -9 of Patroni and its Postgres together: a lost node."""
-        for pid in self._pids():
-            _signal(pid, signal.SIGKILL)
-        if self.process is not None:
-            self.process.wait()
+        super().kill()
         wait_until(lambda: self.postmaster_pid() is None, timeout=10, what=f"{self.name}'s postmaster to die")
 
-    def freeze(self) -> None:
-        """SIGSTOP Patroni, the postmaster and every backend: a frozen (not dead) host."""
-        for pid in self._pids():
-            _signal(pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        for pid in self._pids():
-            _signal(pid, signal.SIGCONT)
-
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """A clean stop: Patroni stops its Postgres (fast) on SIGTERM."""
-        self.thaw()
-        if self.running():
-            self.process.terminate()  # type: ignore[union-attr]
-            try:
-                self.process.wait(timeout=timeout)  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                self.kill()
+        timeout = self.stop_timeout if timeout is None else timeout
+        self.thaw()  # its Postgres too, even when Patroni is gone
+        super().stop(timeout)
         pid = self.postmaster_pid()
         if pid is not None:  # Patroni died before its Postgres: stop that one too
             _signal(pid, signal.SIGINT)
@@ -332,7 +324,7 @@ class HACluster:
         for node in self.nodes:
             node.thaw()
         for node in self.nodes:
-            if node.running() or node.postmaster_pid():
+            if node.alive or node.postmaster_pid():
                 node.stop()
         self.etcd.stop()
 

@@ -14,7 +14,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from core import roles
 from core.settings import DatabaseSettings, DynamoSettings, KafkaSettings, Settings
 from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
-from devstack.processes import DynamoDBLocal, wait_until
+from devstack.processes import Child, DynamoDBLocal, wait_until
 
 CLI = str(Path(sys.executable).with_name("booking-ledger"))
 # One append through ledger_append (migration 0007), which raises its refusals as SQLSTATEs
@@ -100,76 +99,43 @@ def as_role(env: Mapping[str, str], command: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class LedgerProcess:
+class LedgerProcess(Child):
     """`booking-ledger <kind>` as a child in its own process group, its output in `log_path`.
 
     It connects as its kind's own role (`as_role`) unless `own_role` is False (then as `env` says).
     """
 
-    kind: str
-    env: Mapping[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    stop_signal: signal.Signals = signal.SIGTERM
-    url: str = ""  # the API's base URL
-    own_role: bool = True
+    stop_timeout = 20
+    log_file: Path
 
-    def start(self) -> LedgerProcess:
-        env = as_role(self.env, self.kind) if self.own_role else dict(self.env)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([CLI, self.kind], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        return self
+    def __init__(self, kind: str, env: Mapping[str, str], log_path: Path, stop_signal: signal.Signals = signal.SIGTERM,
+                 url: str = "", own_role: bool = True) -> None:
+        super().__init__(log_path)
+        self.kind = kind
+        self.env = env
+        self.stop_signal = stop_signal
+        self.url = url  # the API's base URL
+        self.own_role = own_role
+
+    def __repr__(self) -> str:
+        return f"LedgerProcess({self.kind!r}, pid={self.process.pid if self.process else None}, log={self.log_path})"
 
     @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def log_path(self) -> Path:
+        return self.log_file
 
-    def pids(self) -> list[int]:
-        """The process and its children (the API's granian workers)."""
-        if self.process is None:
-            return []
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        found = [self.process.pid]
-        if children.exists():
-            found += [int(pid) for pid in children.read_text().split()]
-        return found
+    def command(self) -> list[str]:
+        return [CLI, self.kind]
+
+    def start(self) -> LedgerProcess:
+        self.launch(env=as_role(self.env, self.kind) if self.own_role else dict(self.env))
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float = 60) -> None:
         wait_until(lambda: text in self.log(), timeout, what=f"{self.kind} to log {text!r}")
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self.alive:
-            assert self.process is not None
-            os.killpg(self.process.pid, sig)
-
-    def freeze(self) -> None:
-        self._signal_group(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self._signal_group(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """kill -9, the process and its children."""
-        if self.alive:
-            assert self.process is not None
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self, timeout: float = 20) -> None:
-        """A clean stop; kill -9 when it takes longer than `timeout` seconds."""
-        if self.alive:
-            assert self.process is not None
-            self.thaw()
-            self.process.send_signal(self.stop_signal)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def start_api(env: Mapping[str, str], log_path: Path, workers: int = 2, ready_path: str = "/health/ready",

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from devstack.processes import TOOLS, ChildServer, wait_for_port, wait_until
 
@@ -100,10 +101,10 @@ class KafkaNode(ChildServer):
                 "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", f"{KAFKA_LIBS}/*", main, *args]
 
-    def launch(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def launch(self, **popen: Any) -> None:
+        if not self.alive:
             self.prepare()
-        super().launch()
+        super().launch(**popen)
 
 
 def kafka_version() -> str:
@@ -185,16 +186,10 @@ class KafkaCluster:
 
         One at a time, the last node would wait for a controller majority that is already gone.
         """
-        running = [node for node in self.nodes if node.process is not None and node.process.poll() is None]
-        for node in running:
-            node.thaw()
-            node.process.terminate()  # type: ignore[union-attr]
+        running = [node for node in self.nodes if node.request_stop()]
         deadline = time.monotonic() + timeout
         for node in running:
-            try:
-                node.process.wait(max(0.1, deadline - time.monotonic()))  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                node.kill()
+            node.wait_or_kill(max(0.1, deadline - time.monotonic()))
 
     def kill(self) -> None:
         for node in self.nodes:

@@ -17,23 +17,35 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from core import roles
+from core.settings import LOCAL_DYNAMODB_ENDPOINT, LOCAL_KAFKA_BOOTSTRAP, DynamoSettings, HttpSettings, KafkaSettings
 from devstack.ha import HACluster, PatroniNode
 from devstack.kafka import KafkaCluster
 from devstack.postgres import LocalPostgres
 from devstack.processes import DynamoDBLocal
 
 LOCAL = Path(".local").absolute()
-POSTGRES_PORT = 55432
-BROKER_PORT = 19092
-CONTROLLER_PORT = 19093
-DYNAMODB_PORT = 18000
+BIN = Path(sys.executable).parent
+# Where the settings look when nothing is set (core/settings.py, core/roles.py): the servers go there.
+def _port(address: str) -> int:
+    """The port of a URL or of host:port."""
+    port = urlsplit(address if "//" in address else "//" + address).port
+    assert port is not None, address
+    return port
+
+
+POSTGRES_PORT = _port(roles.local_url(roles.OWNER))
+BROKER_PORT = _port(LOCAL_KAFKA_BOOTSTRAP)
+CONTROLLER_PORT = BROKER_PORT + 1
+DYNAMODB_PORT = _port(LOCAL_DYNAMODB_ENDPOINT)
 READABLE_LOGS = 'LEDGER_LOG_FORMAT="console"'  # production logs JSON lines; a terminal wants these
 RELAY_METRICS_PORT = 9101
 SINK_METRICS_PORT = 9102
-HA_POSTGRES_PORTS = [55432, 55433, 55434]
+HA_POSTGRES_PORTS = [POSTGRES_PORT + i for i in range(3)]
 HA_REST_PORTS = [58008, 58009, 58010]
 HA_ETCD_PORTS = (52379, 52380)
 
@@ -43,13 +55,38 @@ def ha_cluster() -> HACluster:
 
 
 def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
+    logs = LOCAL / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    sections = [
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={logs / 'supervisord.log'}",
+        f"pidfile={LOCAL / 'supervisord.pid'}",
+        f"childlogdir={logs}",
+        "",
+        "[unix_http_server]",
+        f"file={LOCAL / 'supervisor.sock'}",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
+    ]
+    for name, program in _programs(bin_dir, cluster).items():
+        sections += _program_section(name, program, logs, cluster)
+    return "\n".join(sections) + "\n"
+
+
+# name -> (command, stop signal, environment, working directory)
+Programs = dict[str, tuple[list[str], str, str, Path]]
+
+
+def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     # Each topology keeps its own broker and read store beside its own ledger: events of one
     # ledger never show up in the other's DynamoDB table.
     data = LOCAL if cluster is None else cluster.root
-    logs = LOCAL / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # name -> (command, stop signal, environment, working directory)
-    programs: dict[str, tuple[list[str], str, str, Path]] = {}
+    programs: Programs = {}
     if cluster is not None:
         programs["etcd"] = (cluster.etcd.command(), "TERM", "", cluster.root)
         for node in cluster.nodes:
@@ -75,48 +112,36 @@ def supervisor_config(bin_dir: Path, cluster: HACluster | None = None) -> str:
         "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"',
                  Path.cwd()),
     })
-    sections = [
-        "[supervisord]",
-        "nodaemon=true",
-        f"logfile={logs / 'supervisord.log'}",
-        f"pidfile={LOCAL / 'supervisord.pid'}",
-        f"childlogdir={logs}",
-        "",
-        "[unix_http_server]",
-        f"file={LOCAL / 'supervisor.sock'}",
-        "",
-        "[rpcinterface:supervisor]",
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-        "",
-        "[supervisorctl]",
-        f"serverurl=unix://{LOCAL / 'supervisor.sock'}",
-    ]
+    return programs
+
+
+def _program_section(name: str, program: tuple[list[str], str, str, Path], logs: Path,
+                     cluster: HACluster | None) -> list[str]:
+    command, stop_signal, environment, workdir = program
     nodes = {node.name: node for node in cluster.nodes} if cluster is not None else {}
-    for name, (command, stop_signal, environment, workdir) in programs.items():
-        quiet = name in ("broker", "dynamodb", "etcd") or name in nodes  # their logs go to files, ours to the terminal
-        output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
-            "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
-        sections += [
-            "",
-            f"[program:{name}]",
-            "command=" + " ".join(_quote(part) for part in command),
-            f"directory={workdir}",
-            "priority=" + ({"etcd": "1"}.get(name) or ("5" if name in nodes else "10" if quiet else "20")),
-            # With the cluster, our services start once it has a primary and is migrated (main()).
-            *(["autostart=false"] if cluster is not None and not quiet else []),
-            *(_as_postgres(nodes[name]) if name in nodes else []),
-            "autorestart=true",
-            "startsecs=1",
-            "startretries=100",
-            f"stopsignal={stop_signal}",
-            "stopwaitsecs=15",
-            "stopasgroup=true",
-            "killasgroup=true",
-            "redirect_stderr=true",
-            *output,
-            *([f"environment={environment}"] if environment else []),
-        ]
-    return "\n".join(sections) + "\n"
+    quiet = name in ("broker", "dynamodb", "etcd") or name in nodes  # their logs go to files, ours to the terminal
+    output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
+        "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
+    return [
+        "",
+        f"[program:{name}]",
+        "command=" + " ".join(_quote(part) for part in command),
+        f"directory={workdir}",
+        "priority=" + ({"etcd": "1"}.get(name) or ("5" if name in nodes else "10" if quiet else "20")),
+        # With the cluster, our services start once it has a primary and is migrated (main()).
+        *(["autostart=false"] if cluster is not None and not quiet else []),
+        *(_as_postgres(nodes[name]) if name in nodes else []),
+        "autorestart=true",
+        "startsecs=1",
+        "startretries=100",
+        f"stopsignal={stop_signal}",
+        "stopwaitsecs=15",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        *output,
+        *([f"environment={environment}"] if environment else []),
+    ]
 
 
 def _as_postgres(node: PatroniNode) -> list[str]:
@@ -132,50 +157,17 @@ def main() -> int:
     if "--ha" in sys.argv[1:]:
         return main_ha()
     LOCAL.mkdir(exist_ok=True)
-    bin_dir = Path(sys.executable).parent
     postgres = None
     if not os.environ.get("LEDGER_DATABASE_URL"):
         postgres = LocalPostgres(LOCAL / "postgres", POSTGRES_PORT)
         print(f"starting Postgres on 127.0.0.1:{POSTGRES_PORT} (data in {postgres.data_dir})", flush=True)
         postgres.start()
     try:
-        subprocess.run([str(bin_dir / "booking-ledger"), "migrate"], check=True)
+        subprocess.run([str(BIN / "booking-ledger"), "migrate"], check=True)
         config = LOCAL / "supervisord.conf"
-        config.write_text(supervisor_config(bin_dir))
-        host = os.environ.get("LEDGER_HTTP_HOST", "127.0.0.1")
-        port = os.environ.get("LEDGER_HTTP_PORT", "8000")
-        print(
-            "\nbooking-ledger is starting (supervisord restarts any part that dies):\n"
-            f"  API        http://{host}:{port}   (OpenAPI: /schema/openapi.json, metrics: /metrics)\n"
-            f"  Postgres   {os.environ.get('LEDGER_DATABASE_URL') or postgres.url}"  # type: ignore[union-attr]
-            f"   (each service connects as its own role: {', '.join(roles.RUNTIME)})\n"
-            f"  Kafka      {os.environ.get('LEDGER_KAFKA_BOOTSTRAP', f'127.0.0.1:{BROKER_PORT}')}\n"
-            f"  DynamoDB   {os.environ.get('LEDGER_DYNAMODB_ENDPOINT', f'http://127.0.0.1:{DYNAMODB_PORT}')}\n"
-            f"  metrics    API /metrics, relay http://127.0.0.1:{RELAY_METRICS_PORT}/metrics, "
-            f"sink http://127.0.0.1:{SINK_METRICS_PORT}/metrics\n"
-            f"  logs       {LOCAL / 'logs'}   status: .venv/bin/supervisorctl -c {config} status\n"
-            "  make a key (in another shell):\n"
-            "    .venv/bin/booking-ledger keys create --department hotel\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        # supervisord writes our workers' output into this pipe, and we copy it to the terminal:
-        # if the terminal side goes away, supervisord still has a reader and keeps control.
-        supervisor = subprocess.Popen(
-            [str(bin_dir / "supervisord"), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        threading.Thread(target=_forward, args=(supervisor.stdout,), daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops everything too
-            signal.signal(sig, lambda *_: supervisor.send_signal(signal.SIGTERM))
-        try:
-            return supervisor.wait()
-        except KeyboardInterrupt:
-            supervisor.send_signal(signal.SIGINT)  # (it got the terminal's Ctrl-C too; once more is harmless)
-            try:
-                supervisor.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
-            return 0
+        config.write_text(supervisor_config(BIN))
+        print(_banner(postgres.url if postgres else os.environ["LEDGER_DATABASE_URL"], config), flush=True)
+        return supervise(config, stop_timeout=30)
     finally:
         # Finish the shutdown even if Ctrl-C is pressed again or stdout has gone (a pipe).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -184,64 +176,97 @@ def main() -> int:
             _say("stopped Postgres")
 
 
+def _banner(database_url: str, config: Path) -> str:
+    http = HttpSettings()
+    return (
+        "\nbooking-ledger is starting (supervisord restarts any part that dies):\n"
+        f"  API        http://{http.host}:{http.port}   (OpenAPI: /schema/openapi.json, metrics: /metrics)\n"
+        f"  Postgres   {database_url}   (each service connects as its own role: {', '.join(roles.RUNTIME)})\n"
+        f"  Kafka      {KafkaSettings().bootstrap}\n"
+        f"  DynamoDB   {DynamoSettings().endpoint}\n"
+        f"  metrics    API /metrics, relay http://127.0.0.1:{RELAY_METRICS_PORT}/metrics, "
+        f"sink http://127.0.0.1:{SINK_METRICS_PORT}/metrics\n"
+        f"  logs       {LOCAL / 'logs'}   status: .venv/bin/supervisorctl -c {config} status\n"
+        "  make a key (in another shell):\n"
+        "    .venv/bin/booking-ledger keys create --department hotel\n"
+        "  Ctrl-C stops everything.\n"
+    )
+
+
 def main_ha() -> int:
     """`make run-ha`: supervisord runs etcd and the three Patroni nodes from the start (a killed node
     is restarted and rejoins); the services are started once the cluster has a primary with a
     synchronous standby and the schema is migrated."""
     LOCAL.mkdir(exist_ok=True)
-    bin_dir = Path(sys.executable).parent
     cluster = ha_cluster()
     cluster.prepare()
     os.environ["LEDGER_MIGRATE_DATABASE_URL"] = cluster.url  # the cluster's superuser: migrate SETs ROLE ledger_owner
     config = LOCAL / "supervisord-ha.conf"
-    config.write_text(supervisor_config(bin_dir, cluster))
+    config.write_text(supervisor_config(BIN, cluster))
     print(f"starting etcd and three Patroni/Postgres nodes (data in {cluster.root})", flush=True)
+
+    def start_services() -> None:
+        leader = cluster.wait_ready(timeout=180)
+        subprocess.run([str(BIN / "booking-ledger"), "migrate"], check=True)
+        subprocess.run([str(BIN / "supervisorctl"), "-c", str(config), "start", "api", "relay", "sink"],
+                       check=True, stdout=subprocess.DEVNULL)
+        print(_ha_banner(cluster, leader), flush=True)
+
+    try:
+        return supervise(config, stop_timeout=90, then=start_services)
+    finally:
+        for node in cluster.nodes:  # a postmaster whose Patroni was killed with it gone
+            node.stop()
+        _say("stopped")
+
+
+def _ha_banner(cluster: HACluster, leader: PatroniNode) -> str:
+    nodes = ", ".join(f"{n.name} :{n.pg_port} (REST {n.rest})" for n in cluster.nodes)
+    return (
+        "\nbooking-ledger is running on a replicated Postgres (supervisord restarts any part that dies):\n"
+        f"  API        http://127.0.0.1:{HttpSettings().port}\n"
+        f"  Postgres   {cluster.url}   (as its superuser; each service uses its own role)\n"
+        f"  nodes      {nodes}; leader now: {leader.name}\n"
+        f"  cluster    curl -s {cluster.nodes[0].rest}/cluster   (Patroni's view: leader, sync_standby, replica)\n"
+        f"  logs       {LOCAL / 'logs'}, {cluster.root}/node*/patroni.log\n"
+        "  make a key (in another shell):\n"
+        f"    LEDGER_DATABASE_URL='{roles.with_user(cluster.url, roles.KEYS)}' \\\n"
+        "      .venv/bin/booking-ledger keys create --department hotel\n"
+        "  Ctrl-C stops everything.\n"
+    )
+
+
+def supervise(config: Path, stop_timeout: float, then: Callable[[], None] = lambda: None) -> int:
+    """supervisord on `config` in the foreground, and `then()` once it runs; its exit status, or 0
+    after Ctrl-C. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop it; when this returns it has
+    stopped (kill -9 after `stop_timeout` seconds)."""
+    # supervisord writes our workers' output into this pipe, and we copy it to the terminal:
+    # if the terminal side goes away, supervisord still has a reader and keeps control.
     supervisor = subprocess.Popen(
-        [str(bin_dir / "supervisord"), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=os.environ,
+        [str(BIN / "supervisord"), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     threading.Thread(target=_forward, args=(supervisor.stdout,), daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: supervisor.send_signal(signal.SIGTERM))
     try:
-        leader = cluster.wait_ready(timeout=180)
-        subprocess.run([str(bin_dir / "booking-ledger"), "migrate"], check=True)
-        subprocess.run([str(bin_dir / "supervisorctl"), "-c", str(config), "start", "api", "relay", "sink"],
-                       check=True, stdout=subprocess.DEVNULL)
-        port = os.environ.get("LEDGER_HTTP_PORT", "8000")
-        nodes = ", ".join(f"{n.name} :{n.pg_port} (REST {n.rest})" for n in cluster.nodes)
-        print(
-            "\nbooking-ledger is running on a replicated Postgres (supervisord restarts any part that dies):\n"
-            f"  API        http://127.0.0.1:{port}\n"
-            f"  Postgres   {cluster.url}   (as its superuser; each service uses its own role)\n"
-            f"  nodes      {nodes}; leader now: {leader.name}\n"
-            f"  cluster    curl -s {cluster.nodes[0].rest}/cluster   (Patroni's view: leader, sync_standby, replica)\n"
-            f"  logs       {LOCAL / 'logs'}, {cluster.root}/node*/patroni.log\n"
-            "  make a key (in another shell):\n"
-            f"    LEDGER_DATABASE_URL='{roles.with_user(cluster.url, roles.KEYS)}' \\\n"
-            "      .venv/bin/booking-ledger keys create --department hotel\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
-        )
+        then()
         return supervisor.wait()
     except KeyboardInterrupt:
-        supervisor.send_signal(signal.SIGINT)
-        try:
-            supervisor.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            supervisor.kill()
+        _stop(supervisor, signal.SIGINT, stop_timeout)  # (it got the terminal's Ctrl-C too; once more is harmless)
         return 0
     finally:
+        # Finish the shutdown even if Ctrl-C is pressed again or stdout has gone (a pipe).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if supervisor.poll() is None:
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
-        for node in cluster.nodes:  # a postmaster whose Patroni was killed with it gone
-            node.stop()
-        _say("stopped")
+        _stop(supervisor, signal.SIGTERM, stop_timeout)
+
+
+def _stop(process: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _forward(stream) -> None:

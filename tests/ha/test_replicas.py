@@ -111,7 +111,7 @@ def test_a_replay_never_vouches_for_a_commit_on_one_disk(ha_cluster: HACluster) 
         asyncio.run(_cancelled_commit_then_replay(ha_cluster.url, replicas[0]))
     finally:
         for node in replicas:
-            if not node.running():
+            if not node.alive:
                 node.start()
         ha_cluster.wait_replicas(2, timeout=120)
 
