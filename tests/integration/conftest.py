@@ -60,7 +60,7 @@ def broker() -> Iterator[KafkaCluster]:
     cluster = KafkaCluster(LOGS / "kafka", [(free_port(), free_port()) for _ in range(3)], heap="384m",
                            replica_lag_ms=10_000)
     try:
-        cluster.start(timeout=120)
+        cluster.start(timeout=180)
         yield cluster
     finally:
         cluster.stop()

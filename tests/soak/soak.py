@@ -334,7 +334,7 @@ class Faults:
         node = self._broker_node()
         node.kill()
         time.sleep(self.rng.uniform(0.5, 2))
-        node.start()
+        node.start(timeout=180)  # a JVM on a busy machine can take a minute
 
     def restart_dynamodb(self) -> None:
         self.stack.dynamodb.kill()
