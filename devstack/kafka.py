@@ -145,7 +145,7 @@ class KafkaCluster:
     def bootstrap(self) -> str:
         return ",".join(node.bootstrap for node in self.nodes)
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 180) -> None:
         """Start every node that is not running and wait until all of them serve as brokers.
 
         The nodes start together: a broker opens its port only once a majority of the
