@@ -35,8 +35,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from cdc import dynamo, metrics, progress
-from cdc.backoff import Backoff
+from cdc import dynamodb_writes, metrics, progress
+from cdc.backoff import Backoff, Stopped
 from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
 from core.dynamodb import client as dynamodb_client
 from core.dynamodb import ensure_table, item_of
@@ -96,7 +96,7 @@ class Sink:
                         consumer = self._subscribe()
                         continue
                     self._write_batch(consumer, messages, dynamodb, executor, stop)
-        except dynamo.Stopped:
+        except Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
             consumer.close()  # commits the offsets stored so far
@@ -155,7 +155,7 @@ class Sink:
                 self._dead_letter(self._dead_letters, consumer, message, failure, stop)
             last[(message.topic(), message.partition())] = message
         if events:
-            dynamo.write_items(
+            dynamodb_writes.write_items(
                 dynamodb, self.settings.dynamo.table, [item_of(e) for e in events], executor=executor,
                 should_stop=stop.is_set, on_wait=functools.partial(self._keep_alive, consumer),
                 backoff=self._write_backoff, retries=self.metrics.dynamodb_retries,
@@ -313,4 +313,4 @@ class Sink:
             while time.monotonic() < deadline and not stop.is_set():
                 self._keep_alive(consumer)
                 time.sleep(0.2)
-        raise dynamo.Stopped()
+        raise Stopped()
