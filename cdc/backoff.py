@@ -1,8 +1,14 @@
-"""Bounded exponential backoff that logs when a dependency starts and stops failing."""
+"""Bounded exponential backoff that logs when a dependency starts and stops failing, and the end of
+a retry loop that shutdown interrupted."""
 
 from __future__ import annotations
 
 import logging
+
+
+class Stopped(Exception):
+    """Shutdown was requested while a write (to DynamoDB or Kafka) was still being retried; nothing
+    was skipped: what was not written is read again by the next sink."""
 
 
 class Backoff:

@@ -52,6 +52,16 @@ def consumer_config(settings: KafkaSettings) -> dict[str, object]:
         "session.timeout.ms": 6_000,
         "heartbeat.interval.ms": 1_000,
         "fetch.wait.max.ms": 100,
+        # Partitions side by side: the client keeps one queue for all partitions, served in the
+        # order fetches returned, and fetches ahead while it holds fewer than queued.min.messages.
+        # With the default (100,000) a partition that got a backlog first fills the queue, and the
+        # events of the others wait behind all of it. Here the queue holds about two of the sink's
+        # batches (plus one fetch), so every partition with events has its share of the next ones.
+        # A fetch still takes up to 1 MB of a partition (max.partition.fetch.bytes): the relay's
+        # batches are as large, and a partition whose batch is over the limit gets nothing from a
+        # fetch in which it is not the first.
+        "queued.min.messages": 1_000,
+        "fetch.queue.backoff.ms": 10,  # how soon to look again once the queue is below that (default 1 s)
         "reconnect.backoff.max.ms": 1_000,
         # Notice a topic that was created again, or new partitions, within seconds.
         "topic.metadata.refresh.interval.ms": 5_000,

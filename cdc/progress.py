@@ -29,9 +29,3 @@ def lag(next_offset: int, low: int, high: int) -> int | None:
     if high < 0 or start is None:
         return None
     return max(0, high - start)
-
-
-def events_wait(next_offset: int, low: int, high: int) -> bool:
-    """True when the partition holds messages beyond what was written (by the cached watermark)."""
-    start = next_offset if next_offset >= 0 else low
-    return start >= 0 and high > start

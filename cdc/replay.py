@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
-from cdc import dynamo
+from cdc import dynamodb_writes
 from core.dynamodb import client as dynamodb_client
 from core.dynamodb import ensure_table, item_of
 from core.events import EVENT_COLUMNS, event_from_row
@@ -39,7 +39,8 @@ async def replay(settings: Settings, after: int = 0, page_size: int = 1000, prog
                 if not rows:
                     break
                 items = [item_of(event_from_row(row)) for row in rows]
-                await asyncio.to_thread(dynamo.write_items, dynamodb, settings.dynamo.table, items, executor=executor)
+                await asyncio.to_thread(dynamodb_writes.write_items, dynamodb, settings.dynamo.table, items,
+                                        executor=executor)
                 after = rows[-1]["position"]
                 written += len(rows)
                 bar.update(len(rows))

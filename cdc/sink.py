@@ -1,19 +1,23 @@
-"""The sink: Kafka topic booking-events -> DynamoDB table booking_events, in a consumer group.
+"""The sink: the Kafka topic booking-events into the DynamoDB table booking_events, as a member of
+the consumer group LEDGER_SINK_GROUP (several sinks share the partitions).
 
-Offsets are stored only after DynamoDB accepted every event of the batch (and committed in the
-background), so a crash anywhere replays events instead of losing them; replays rewrite the same
-item content and change nothing. While DynamoDB is down the sink retries with capped backoff,
-pausing its partitions and polling so that it keeps its place in the group.
+- Nothing is lost: a partition's offset is stored only after DynamoDB accepted every event of the
+  batch up to it, and stored offsets are committed in the background, so a crash replays events;
+  a replayed event rewrites the same item content and changes nothing.
+- Partitions progress side by side: the consumer fetches little ahead (cdc/kafka.py), so each batch
+  holds events of every partition that has some, and a backlog on one partition does not hold back
+  the events of the others.
+- While DynamoDB is down, writes are retried with capped backoff; the sink pauses its partitions and
+  keeps polling, so that it keeps its place in the group.
+- A message that is not Event JSON is never dropped silently: it goes to the dead-letter topic
+  (LEDGER_KAFKA_DEAD_LETTER_TOPIC, see DeadLetters), and only then is its offset stored.
+- Each partition starts at the group's committed offset (at the beginning without one). Kafka drops
+  a deleted topic's offsets with it, so a topic created again is read from its beginning.
+- A consumer that has had no partitions, or events waiting and none arriving, for STALL_SECONDS is
+  replaced by a new one, which joins the group again.
 
-A message that is not Event JSON is never dropped silently: it goes to the dead-letter topic
-(LEDGER_KAFKA_DEAD_LETTER_TOPIC) with headers naming its origin and the parse error, is logged at
-ERROR, and only then is its offset stored. If the dead-letter topic cannot take it, the sink
-retries and does not move past it.
-
-Each partition starts at the group's committed offset (at the beginning without one). Apache Kafka
-keeps the offsets with the group and drops them with a deleted topic, so a topic created again is
-read from its beginning. ledger_sink_commit_to_write_seconds measures freshness: from the commit
-of each event in the ledger to its write here.
+Metrics: ledger_sink_consumer_lag per owned partition, and ledger_sink_commit_to_write_seconds, the
+freshness of each event, from its commit in the ledger to its write here.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,20 +39,21 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from prometheus_client import Counter
 
-from cdc import dynamo, metrics, progress
-from cdc.backoff import Backoff
+from cdc import dynamodb_writes, metrics, progress
+from cdc.backoff import Backoff, Stopped
 from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
 from core.dynamodb import client as dynamodb_client
 from core.dynamodb import ensure_table, item_of
-from core.events import decode_event
-from core.settings import Settings
+from core.events import Event, decode_event
+from core.settings import KafkaSettings, Settings
 
 log = logging.getLogger("booking_ledger.sink")
 
 LAG_SECONDS = 2.0  # how often the consumer-lag gauge is brought up to date
 # A consumer that has had no partitions, or has had events waiting without receiving any, for
-# this long is closed and replaced: it rejoins the group (seen after quick broker restarts).
+# this long is closed and replaced: it rejoins the group (needed after quick broker restarts).
 STALL_SECONDS = 45.0
 
 
@@ -59,6 +65,8 @@ def where(message: Message) -> tuple[str, int, int]:
 
 
 class Sink:
+    """One sink process: batches of up to `batch_size` events, each written by `threads` DynamoDB writers."""
+
     def __init__(self, settings: Settings, batch_size: int = 500, threads: int = 8) -> None:
         self.settings = settings
         self.batch_size = batch_size
@@ -73,9 +81,9 @@ class Sink:
         self._lag_updated = 0.0
         self._lag_partitions: set[str] = set()
         self._progress = time.monotonic()  # when the consumer last received or had nothing waiting
-        self._dead_letters: Producer | None = None
         self._write_backoff = Backoff(log)
         self.metrics = metrics.SinkMetrics()
+        self._dead_letters = DeadLetters(settings.kafka, self.metrics.dead_letters)
 
     def run(self, stop: threading.Event) -> None:
         """Consume the topic into DynamoDB until `stop` is set."""
@@ -96,12 +104,11 @@ class Sink:
                         consumer = self._subscribe()
                         continue
                     self._write_batch(consumer, messages, dynamodb, executor, stop)
-        except dynamo.Stopped:
+        except Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
             consumer.close()  # commits the offsets stored so far
-            if self._dead_letters is not None:
-                self._dead_letters.flush(5)
+            self._dead_letters.close()
 
     def _wait_for_table_and_topic(self, dynamodb: Any, stop: threading.Event) -> None:
         """Until DynamoDB answers (the table made if missing) and the relay has created the topic."""
@@ -141,6 +148,26 @@ class Sink:
                      executor: ThreadPoolExecutor, stop: threading.Event) -> None:
         """Write the batch's events to DynamoDB (unparseable messages to the dead-letter topic), and
         only then store each partition's offset past its last message."""
+        keep_alive = functools.partial(self._keep_alive, consumer)
+        events, last = self._decode(messages, keep_alive, stop)
+        if events:
+            dynamodb_writes.write_items(
+                dynamodb, self.settings.dynamo.table, [item_of(e) for e in events], executor=executor,
+                should_stop=stop.is_set, on_wait=keep_alive,
+                backoff=self._write_backoff, retries=self.metrics.dynamodb_retries,
+            )
+            self.metrics.written.inc(len(events))
+            self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
+            metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in events))
+        for message in last:
+            self._store(consumer, message)
+        self._resume(consumer)
+        self._update_lag(consumer)
+
+    def _decode(self, messages: list[Message], keep_alive: Callable[[], None],
+                stop: threading.Event) -> tuple[list[Event], list[Message]]:
+        """The batch's events, with what does not parse moved to the dead-letter topic; and each
+        partition's last message (error events of the consumer are logged and skipped)."""
         events, last = [], {}
         for message in messages:
             error = message.error()
@@ -148,25 +175,11 @@ class Sink:
                 self._on_error(error)
                 continue
             try:
-                event = decode_event(message.value() or b"")
-                events.append(event)
+                events.append(decode_event(message.value() or b""))
             except (msgspec.DecodeError, TypeError) as failure:
-                self._dead_letters = self._dead_letters or Producer(producer_config(self.settings.kafka))
-                self._dead_letter(self._dead_letters, consumer, message, failure, stop)
+                self._dead_letters.move(message, failure, keep_alive, stop)
             last[(message.topic(), message.partition())] = message
-        if events:
-            dynamo.write_items(
-                dynamodb, self.settings.dynamo.table, [item_of(e) for e in events], executor=executor,
-                should_stop=stop.is_set, on_wait=functools.partial(self._keep_alive, consumer),
-                backoff=self._write_backoff, retries=self.metrics.dynamodb_retries,
-            )
-            self.metrics.written.inc(len(events))
-            self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
-            metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in events))
-        for message in last.values():
-            self._store(consumer, message)
-        self._resume(consumer)
-        self._update_lag(consumer)
+        return events, list(last.values())
 
     def _subscribe(self) -> Consumer:
         """A new consumer in the sink's group (see _on_assign for where it starts)."""
@@ -181,17 +194,24 @@ class Sink:
     def _waiting(self, consumer: Consumer) -> bool:
         """True without partitions, or when an owned partition holds events beyond what was written
         (by the watermark cached at the last fetch; no broker round trip)."""
-        if not consumer.assignment():
-            return True
-        topic = self.settings.kafka.topic
+        return not consumer.assignment() or any(lag > 0 for lag in self._lags(consumer).values())
+
+    def _lags(self, consumer: Consumer) -> dict[int, int]:
+        """Per owned partition whose start and watermarks are known: the messages not yet written.
+
+        The high watermark is the one the client cached from its last fetch (no broker round
+        trip), so while partitions are paused for a DynamoDB outage it may lag behind the broker.
+        """
+        topic, lags = self.settings.kafka.topic, {}
         for partition, next_offset in self._next.items():
             try:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:
                 continue
-            if progress.events_wait(next_offset, low, high):
-                return True
-        return False
+            partition_lag = progress.lag(next_offset, low, high)
+            if partition_lag is not None:
+                lags[partition] = partition_lag
+        return lags
 
     def _keep_alive(self, consumer: Consumer) -> None:
         """While a write is retried: stop fetching, but poll so the group keeps our partitions.
@@ -206,25 +226,12 @@ class Sink:
         self._update_lag(consumer)
 
     def _update_lag(self, consumer: Consumer) -> None:
-        """Set ledger_sink_consumer_lag per owned partition, every LAG_SECONDS at most.
-
-        The high watermark is the one the client cached from its last fetch (no broker round
-        trip), so while partitions are paused for a DynamoDB outage it may lag behind the broker.
-        """
+        """Set ledger_sink_consumer_lag per owned partition, every LAG_SECONDS at most."""
         now = time.monotonic()
         if now - self._lag_updated < LAG_SECONDS:
             return
         self._lag_updated = now
-        topic = self.settings.kafka.topic
-        lags: dict[str, int] = {}
-        for partition, next_offset in self._next.items():
-            try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except KafkaException:
-                continue
-            partition_lag = progress.lag(next_offset, low, high)
-            if partition_lag is not None:
-                lags[str(partition)] = partition_lag
+        lags = {str(partition): lag for partition, lag in self._lags(consumer).items()}
         for gone in self._lag_partitions - lags.keys():  # moved to another sink in a rebalance
             self.metrics.consumer_lag.remove(gone)
         for label, partition_lag in lags.items():
@@ -278,10 +285,25 @@ class Sink:
         # UNKNOWN_TOPIC_OR_PART for a deleted topic resolves itself once the relay created it again.
         log.warning("consumer error: %s", error)
 
-    def _dead_letter(
-        self, producer: Producer, consumer: Consumer, message: Message, error: Exception, stop: threading.Event
-    ) -> None:
-        topic = self.settings.kafka.dead_letter_topic
+
+
+class DeadLetters:
+    """Where messages that are not Event JSON go: the dead-letter topic, with headers naming their
+    origin and the parse error, each one logged at ERROR. A message is moved before the sink stores
+    an offset past it; while the topic does not take it, the sink retries and does not move on."""
+
+    def __init__(self, settings: KafkaSettings, moved: Counter) -> None:
+        self.settings = settings
+        self.moved = moved  # ledger_sink_dead_letters_total
+        self._producer: Producer | None = None  # made for the first dead letter
+
+    def move(self, message: Message, error: Exception, keep_alive: Callable[[], None],
+             stop: threading.Event) -> None:
+        """Return once the dead-letter topic has `message`; raise Stopped if `stop` is set first.
+
+        `keep_alive` runs every 0.2 s between attempts (the sink keeps its place in the group there).
+        """
+        topic = self.settings.dead_letter_topic
         source_topic, source_partition, source_offset = where(message)
         log.error("unparseable message at %s[%d]@%d moved to %s: %s",
                   source_topic, source_partition, source_offset, topic, error)
@@ -293,24 +315,34 @@ class Sink:
         ]
         backoff = Backoff(log)
         while not stop.is_set():
-            outcome: list[object] = []
-
-            def delivered(err: KafkaError | None, _message: Message, outcome: list[object] = outcome) -> None:
-                outcome.append(err or True)
-
-            try:
-                ensure_topic(self.settings.kafka, topic)
-                producer.produce(topic, key=message.key(), value=message.value(), headers=headers,
-                                 on_delivery=delivered)
-                producer.flush(10)
-            except (KafkaException, BufferError) as failure:
-                outcome.append(failure)
+            outcome = self._send(topic, message, headers)
             if outcome == [True]:
-                self.metrics.dead_letters.inc()
+                self.moved.inc()
                 return
             delay = backoff.failed("dead-letter topic %s does not take messages: %s", topic, outcome)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not stop.is_set():
-                self._keep_alive(consumer)
+                keep_alive()
                 time.sleep(0.2)
-        raise dynamo.Stopped()
+        raise Stopped()
+
+    def _send(self, topic: str, message: Message, headers: list[tuple[str, str | bytes | None]]) -> list[object]:
+        """One attempt: [True] when the topic acknowledged the message, else what went wrong."""
+        outcome: list[object] = []
+
+        def delivered(err: KafkaError | None, _message: Message) -> None:
+            outcome.append(err or True)
+
+        try:
+            ensure_topic(self.settings, topic)
+            self._producer = self._producer or Producer(producer_config(self.settings))
+            self._producer.produce(topic, key=message.key(), value=message.value(), headers=headers,
+                                   on_delivery=delivered)
+            self._producer.flush(10)
+        except (KafkaException, BufferError) as failure:
+            outcome.append(failure)
+        return outcome
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)

@@ -1,5 +1,6 @@
 """The DynamoDB read store's layout and client: what the sink, replay and verify write and compare,
-what the console reads (docs/api.md, "Streams out of the ledger"). The writer (batches, retries) is cdc/dynamo.py."""
+what the console reads (docs/api.md, "Streams out of the ledger"). The writer (batches, retries)
+is cdc/dynamodb_writes.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The DynamoDB read store: table layout, item format, and batch writes that never skip.
+"""Batch writes to the DynamoDB read store that never skip an item (the sink and replay use them).
 
-Table `booking_events` (LEDGER_DYNAMODB_TABLE), for whoever provisions it in AWS:
+Table `booking_events` (LEDGER_DYNAMODB_TABLE; its layout and items: core/dynamodb.py), for whoever
+provisions it in AWS:
   partition key booking_code (S), sort key version (N), on-demand capacity. Attributes:
   event_id, type, department, position (N), recorded_at, occurred_at (when given),
   price_amount + price_currency (when priced, amount as a decimal string), data (JSON text,
@@ -18,16 +19,12 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter
 
-from cdc.backoff import Backoff
+from cdc.backoff import Backoff, Stopped
 from core.dynamodb import Item, ensure_table
 
 log = logging.getLogger("booking_ledger.dynamodb")
 
 BATCH_LIMIT = 25  # BatchWriteItem's maximum
-
-
-class Stopped(Exception):
-    """Shutdown was requested while a write was still being retried; nothing was skipped."""
 
 
 def write_items(
