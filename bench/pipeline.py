@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import urllib.request
@@ -202,5 +201,3 @@ def messages_of(events: list) -> list[tuple[bytes, bytes]]:
     return [(e.booking_code.encode(), encode_event(e)) for e in events]
 
 
-def dumps(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=True)
