@@ -14,7 +14,8 @@ from confluent_kafka import Producer
 
 from cdc.kafka import ensure_topic, producer_config
 from core import dynamodb
-from core.events import EVENT_COLUMNS, OUTBOX_BACKLOG_SQL, encode_event, event_from_row
+from core.events import EVENT_COLUMNS, encode_event, event_from_row
+from core.outbox import OUTBOX_BACKLOG_SQL
 from core.pg import connect
 from core.settings import DynamoSettings, KafkaSettings
 

@@ -30,8 +30,9 @@ from confluent_kafka import KafkaException, Producer
 from cdc import metrics
 from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
-from core.events import OUTBOX_BACKLOG_SQL, OUTBOX_CHANNEL, encode_event, event_columns, event_from_row
+from core.events import encode_event, event_columns, event_from_row
 from core.lease import LEADER_LOCK, relay_application_name, relay_identity
+from core.outbox import OUTBOX_BACKLOG_SQL, OUTBOX_CHANNEL
 from core.pg import connect, is_transient
 from core.settings import Settings
 

@@ -14,8 +14,8 @@ from datetime import datetime
 import asyncpg
 
 from core import dynamodb
-from core.events import OUTBOX_BACKLOG_SQL
 from core.lease import LEADER_LOCK_CLASSID, LEADER_LOCK_OBJID, RELAY_APPLICATION_PREFIX
+from core.outbox import OUTBOX_BACKLOG_SQL
 from core.settings import DynamoSettings
 from service.ledger.db import connection
 

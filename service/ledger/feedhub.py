@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from core.events import OUTBOX_CHANNEL, Event
+from core.events import Event
+from core.outbox import OUTBOX_CHANNEL
 from service.ledger.notify import listen
 from service.ledger.reads import read_feed
 

@@ -54,17 +54,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from core.events import (
-    BOOKING_CODE_PATTERN,
-    MAX_DATA_BYTES,
-    OUTBOX_CHANNEL,
-    BookingCode,
-    EventType,
-    data_size,
-    utc_instant,
-    whole,
-)
+from core.events import BOOKING_CODE_PATTERN, MAX_DATA_BYTES, BookingCode, EventType, data_size, utc_instant, whole
 from core.money import PriceIn
+from core.outbox import OUTBOX_CHANNEL
 from core.strictjson import decode_strict
 from service.ledger.append import Append, NewEvent, append, append_outcomes
 from service.ledger.db import retrying

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from core.events import OUTBOX_CHANNEL
+from core.outbox import OUTBOX_CHANNEL
 from core.pg import connect_primary
 
 log = logging.getLogger("booking_ledger.notify")

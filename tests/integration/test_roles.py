@@ -21,7 +21,7 @@ from cdc.relay import BATCH_SQL, DELETE_SENT_SQL, RESEND_SQL
 from cdc.replay import PAGE_SQL
 from cdc.verify import PENDING_SQL
 from core import roles
-from core.events import OUTBOX_BACKLOG_SQL
+from core.outbox import OUTBOX_BACKLOG_SQL
 from core.settings import DatabaseSettings, Settings
 from devstack.harness import CLI, process_env, start_api
 from devstack.processes import wait_until
