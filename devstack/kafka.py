@@ -121,7 +121,7 @@ def installed_libs() -> Path:
 
 
 class KafkaCluster:
-    """`size` KRaft nodes on the given (or free) ports, data in `folder`.
+    """One KRaft node per (broker port, controller port) pair, data in `folder`.
 
     start/stop/kill/freeze/thaw act on every node, as a whole-cluster fault; `nodes[i]` for one.
     """
