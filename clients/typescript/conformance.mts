@@ -1,5 +1,5 @@
 // The conformance scenario, on the TypeScript types openapi-typescript makes from the API's OpenAPI
-// document (ledger-api.d.ts, generated beside this file) and openapi-fetch: create a booking, a colliding
+// document (ledger-api.ts, generated beside this file; types only) and openapi-fetch: create a booking, a colliding
 // create by another department, an append at a stale version, a read-back, the price as of a moment.
 // Settings come from the environment (tests/e2e/test_generated_clients.py); any difference from the
 // contract ends the run with an error.

@@ -72,7 +72,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
 
     handlers = [*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *HEALTH_ROUTES]
     # What each operation documents as its problem answers (service/api/openapi.py finishes the document).
-    problems = {handler.operation_id: handler.opt["problems"] for handler in handlers}
+    problems = {str(handler.operation_id): handler.opt["problems"] for handler in handlers}
     app = Litestar(
         route_handlers=[*handlers, console],
         lifespan=[lifespan],

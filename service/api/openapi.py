@@ -183,7 +183,9 @@ _EXAMPLE_EVENT = {
 _EXAMPLES: dict[tuple[str, str], Any] = {
     ("append_events", "request"): {
         "expected_version": 0,
-        "events": [{"event_id": _EXAMPLE_EVENT["event_id"], "type": "BookingPriced",
+        # No event_id (the server makes one): a fuzzer that repeats the example event in a list
+        # would otherwise send one id twice, which the API refuses.
+        "events": [{"type": "BookingPriced",
                     "price": {"amount": "120.00", "currency": "EUR"}, "data": {"reason": "initial quote"},
                     "occurred_at": "2026-11-26T10:00:00Z"}],
     },
@@ -251,7 +253,7 @@ def finish_document(document: dict[str, Any], problems: Mapping[str, Problems]) 
                     parameter["schema"]["format"] = "int64"
                 elif parameter["name"] == "at" and path.endswith("/price"):
                     parameter["schema"] = {"type": "string", "format": "date-time", "maxLength": 64}
-            ok = responses.get("200") or responses.get("201")
+            ok: dict[str, Any] = responses.get("200") or responses["201"]
             if operation_id == "get_price":
                 ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/PriceInForce"}
             elif operation_id == "ready":
@@ -260,10 +262,10 @@ def finish_document(document: dict[str, Any], problems: Mapping[str, Problems]) 
                 ok["content"] = {"text/event-stream": {"schema": {
                     "type": "string", "description": "`id: <position>` and `data: <Event JSON>` per event; "
                                                      "comment lines keep the connection open"}}}
-            for status in ("200", "201"):
-                example = _EXAMPLES.get((operation_id, status))
+            for answer in ("200", "201"):
+                example = _EXAMPLES.get((operation_id, answer))
                 if example is not None:
-                    responses[status]["content"]["application/json"]["example"] = example
+                    responses[answer]["content"]["application/json"]["example"] = example
             request = _EXAMPLES.get((operation_id, "request"))
             if request is not None:
                 # On the schema: generators take an example of a whole body there without a warning.
