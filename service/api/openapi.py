@@ -90,7 +90,7 @@ _STATUS_TEXT = {
 }
 
 
-def _schemas() -> dict[str, Any]:
+def named_schemas() -> dict[str, Any]:
     """The named schemas this module owns (added to, or replacing, the framework's)."""
     # The largest group last: it is the chain's final `else`.
     groups = sorted(currencies_by_minor_unit().items(), key=lambda group: len(group[1]))
@@ -231,7 +231,7 @@ def finish_document(document: dict[str, Any], problems: Mapping[str, Problems]) 
     KeyError, so that no route goes undocumented."""
     document = copy.deepcopy(document)
     schemas = document["components"]["schemas"]
-    schemas.update(_schemas())
+    schemas.update(named_schemas())
     for name in ("PriceAtOut", "PriceAtVersionOut"):
         schemas.pop(name, None)
     # Positions run past 2**31: clients need 64-bit integers for them.
