@@ -71,22 +71,22 @@ PROBLEM_CODES = (
     "internal_error", "bad_request",
 )
 
-_STATUS_TEXT = {
-    400: "The client disconnected before its body was complete (nobody reads this answer).",
-    401: "No, a malformed, unknown or revoked API key.",
-    403: "The key lacks the scope this route needs (forbidden), or a `write` key appends to a booking "
-         "another department owns (not_owner, naming the owner in `department`).",
-    404: "No such booking.",
-    408: "The body did not arrive within LEDGER_HTTP_BODY_TIMEOUT.",
-    409: "booking_code_taken: the code exists (`department` names its owner); version_conflict: the "
-         "booking is not at expected_version (`current_version` says where it is); event_id_conflict: an "
-         "event_id is recorded with other content or for another booking (`event_ids`).",
-    413: "The body is over 1 MiB.",
-    415: "The body is not UTF-8 JSON, or carries a Content-Encoding.",
-    422: "A parameter, header or body that breaks the rules; `detail` says which.",
-    429: "Over the key's request rate (or its open streams): retry after Retry-After seconds.",
-    503: "The store is unavailable: retry after Retry-After seconds.",
-    500: "The server failed; the failure is logged, never shown.",
+_CODE_TEXT = {
+    "client_disconnected": "the client disconnected before its body was complete (nobody reads this answer)",
+    "unauthorized": "no, a malformed, unknown or revoked API key",
+    "forbidden": "the key lacks the scope this route needs",
+    "not_owner": "a `write` key appends to a booking another department owns (`department` names it)",
+    "booking_not_found": "no such booking",
+    "request_timeout": "the body did not arrive within LEDGER_HTTP_BODY_TIMEOUT",
+    "booking_code_taken": "the code exists (`department` names its owner)",
+    "version_conflict": "the booking is not at expected_version (`current_version` says where it is)",
+    "event_id_conflict": "an event_id is recorded with other content or for another booking (`event_ids`)",
+    "payload_too_large": "the body is over 1 MiB",
+    "unsupported_media_type": "the body is not UTF-8 JSON, or carries a Content-Encoding",
+    "validation_error": "a parameter, header or body that breaks the rules; `detail` says which",
+    "rate_limited": "over the key's request rate (or its open streams): retry after Retry-After seconds",
+    "unavailable": "Postgres is unavailable (or, for readiness, not ready): retry after Retry-After seconds",
+    "internal_error": "the server failed; the failure is logged, never shown",
 }
 
 
@@ -203,7 +203,7 @@ def _problem_response(status: int, codes: tuple[str, ...]) -> dict[str, Any]:
     # keywords beside a $ref, and make a type per answer of an allOf); the codes this answer can
     # carry are listed in x-problem-codes, which tests/e2e/schemathesis_hooks.py checks.
     response: dict[str, Any] = {
-        "description": f"{_STATUS_TEXT[status]} Codes: {', '.join(codes)}.",
+        "description": "; ".join(f"{code}: {_CODE_TEXT[code]}" for code in codes),
         "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         "x-problem-codes": list(codes),
     }
