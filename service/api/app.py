@@ -70,15 +70,18 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
             app.state[APP_STATE] = state
             yield
 
+    handlers = [*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *HEALTH_ROUTES]
+    # What each operation documents as its problem answers (service/api/openapi.py finishes the document).
+    problems = {str(handler.operation_id): handler.opt["problems"] for handler in handlers}
     app = Litestar(
-        route_handlers=[*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *HEALTH_ROUTES, console],
+        route_handlers=[*handlers, console],
         lifespan=[lifespan],
         dependencies={APP_STATE: Provide(app_state_of, sync_to_thread=False)},
         middleware=[request_log],
         logging_config=None,  # core.logs owns logging: one format for every line
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=openapi_config(),
+        openapi_config=openapi_config(problems),
         template_config=template_config(),
     )
     # Outside the router, so that its own answers (404, 405) get the same headers, and HEAD

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get
-from litestar.openapi.datastructures import ResponseSpec
 
 from service.api import metrics
-from service.api.problems import PROBLEM_JSON, problem
-from service.api.schemas import Problem
+from service.api.openapi import ANY_ROUTE, READY
+from service.api.problems import problem
 from service.api.state import AppState
 from service.ledger.db import connection
 from service.ledger.errors import StoreUnavailable
@@ -18,14 +18,19 @@ from service.ledger.privileges import positions_behind, privileged_role
 SCHEMA_VERSION_SQL = "SELECT version_num FROM alembic_version"
 
 
-@get("/health/live", summary="The process is up")
+class Readiness(msgspec.Struct):
+    status: str
+    schema: str
+
+
+@get("/health/live", summary="The process is up", operation_id="live", opt={"problems": ANY_ROUTE})
 async def live() -> dict[str, str]:
     return {"status": "live"}
 
 
 @get("/health/ready", summary="Postgres answers and its schema is at the code's head revision",
-     responses={503: ResponseSpec(Problem, description="not ready", media_type=PROBLEM_JSON, generate_examples=False)})
-async def ready(app_state: AppState) -> Response[dict[str, str] | bytes]:
+     operation_id="ready", opt={"problems": READY})
+async def ready(app_state: AppState) -> Response[Readiness]:
     expected = app_state.schema_head
     refusal = None
     try:
@@ -46,7 +51,7 @@ async def ready(app_state: AppState) -> Response[dict[str, str] | bytes]:
         return _not_ready(f"schema at {current}, code expects {expected}: run migrate")
     if behind is not None:
         return _not_ready(behind)
-    return Response({"status": "ready", "schema": current})
+    return Response(Readiness(status="ready", schema=current))
 
 
 def _not_ready(detail: str) -> Response[Any]:
@@ -55,7 +60,8 @@ def _not_ready(detail: str) -> Response[Any]:
     return problem(503, "unavailable", detail, {"Retry-After": "1"})
 
 
-@get("/metrics", summary="Prometheus metrics", media_type="text/plain")
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain", operation_id="metrics",
+     opt={"problems": ANY_ROUTE})
 async def prometheus_metrics(request: Request) -> Response[bytes]:
     body, content_type = metrics.render(request.headers.get("accept", ""))
     # As a header, not as media_type: Litestar appends "; charset=utf-8" to any text/* media type,

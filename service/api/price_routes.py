@@ -14,7 +14,7 @@ from litestar.params import Parameter
 from core.events import Price, utc_instant
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated
-from service.api.openapi import KEY_REQUIRED, BookingCode, problem_responses
+from service.api.openapi import BOOKING_READ, KEY_REQUIRED, BookingCode
 from service.api.problems import ApiError
 from service.api.schemas import MAX_VERSION
 from service.api.state import AppState
@@ -64,8 +64,8 @@ def parse_moment(text: str) -> datetime:
     ),
     security=KEY_REQUIRED,
     before_request=authenticated,
-    opt={"scopes": READ_SCOPES, "read_route": "price"},
-    responses=problem_responses(401, 403, 404, 422, 429, 503),
+    opt={"scopes": READ_SCOPES, "read_route": "price", "problems": BOOKING_READ},
+    operation_id="get_price",
 )
 async def booking_price(
     code: BookingCode,

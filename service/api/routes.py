@@ -13,7 +13,7 @@ from litestar.params import Parameter
 from service.api import metrics
 from service.api.auth import READ_SCOPES, WRITE_SCOPES, authenticated
 from service.api.http_rules import check_json_body, read_body
-from service.api.openapi import KEY_REQUIRED, MAX_POSITION, BookingCode, problem_responses
+from service.api.openapi import APPEND, BOOKING_READ, KEY_REQUIRED, MAX_POSITION, V1_READ, BookingCode
 from service.api.schemas import (
     AppendOut,
     BookingEventsOut,
@@ -45,11 +45,11 @@ class _AppendOperation(Operation):
     operation_class=_AppendOperation,
     security=KEY_REQUIRED,
     before_request=authenticated,
-    opt={"scopes": WRITE_SCOPES},
+    opt={"scopes": WRITE_SCOPES, "problems": APPEND},
+    operation_id="append_events",
     request_max_body_size=MAX_BODY_BYTES,
     summary="Append events to a booking (expected_version 0 creates it)",
-    responses={200: ResponseSpec(AppendOut, description="idempotent retry: the events recorded before")}
-    | problem_responses(401, 403, 404, 408, 409, 413, 415, 422, 429, 503),
+    responses={200: ResponseSpec(AppendOut, description="idempotent retry: the events recorded before")},
 )
 async def append_events(request: Request, code: BookingCode, app_state: AppState) -> Response[AppendOut]:
     key: ApiKey = request.scope["state"]["api_key"]  # set by `authenticated`
@@ -80,8 +80,8 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
     summary="A booking: owner, version, latest price",
     security=KEY_REQUIRED,
     before_request=authenticated,
-    opt={"scopes": READ_SCOPES, "read_route": "booking"},
-    responses=problem_responses(401, 403, 404, 422, 429, 503),
+    opt={"scopes": READ_SCOPES, "read_route": "booking", "problems": BOOKING_READ},
+    operation_id="get_booking",
 )
 async def booking(code: BookingCode, app_state: AppState) -> Booking:
     with metrics.counting_read("booking"):
@@ -93,8 +93,8 @@ async def booking(code: BookingCode, app_state: AppState) -> Booking:
     summary="A booking's events in version order",
     security=KEY_REQUIRED,
     before_request=authenticated,
-    opt={"scopes": READ_SCOPES, "read_route": "booking_events"},
-    responses=problem_responses(401, 403, 404, 422, 429, 503),
+    opt={"scopes": READ_SCOPES, "read_route": "booking_events", "problems": BOOKING_READ},
+    operation_id="get_booking_events",
 )
 async def booking_events(
     code: BookingCode,
@@ -112,8 +112,8 @@ async def booking_events(
     summary="The global feed in position order",
     security=KEY_REQUIRED,
     before_request=authenticated,
-    opt={"scopes": READ_SCOPES, "read_route": "feed"},
-    responses=problem_responses(401, 403, 422, 429, 503),
+    opt={"scopes": READ_SCOPES, "read_route": "feed", "problems": V1_READ},
+    operation_id="get_feed",
 )
 async def feed(
     app_state: AppState,

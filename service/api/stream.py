@@ -37,7 +37,7 @@ from litestar.types import Receive, Scope, Send
 from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, Event, whole
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated, header
-from service.api.openapi import KEY_REQUIRED, MAX_POSITION, problem_responses
+from service.api.openapi import KEY_REQUIRED, MAX_POSITION, V1_READ
 from service.api.problems import ApiError
 from service.api.state import AppState
 from service.ledger.keys import DEPARTMENT, ApiKey, authenticate
@@ -261,8 +261,8 @@ def _last_event_id(request: Request) -> int | None:
     ),
     security=KEY_REQUIRED,
     before_request=authenticated,
-    opt={"scopes": READ_SCOPES, "read_route": "stream"},
-    responses=problem_responses(401, 403, 422, 429, 503),
+    opt={"scopes": READ_SCOPES, "read_route": "stream", "problems": V1_READ},
+    operation_id="stream_events",
     media_type="text/event-stream",
 )
 async def event_stream(

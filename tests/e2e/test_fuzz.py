@@ -1,7 +1,11 @@
 """Schemathesis against the served OpenAPI document: every operation, with a valid key.
 
-No 5xx, every answer matches the documented schema (problem+json for errors), schema-valid
-requests are accepted. Three generator settings are narrowed, with reasons:
+No 5xx, every answer matches the documented schema for its status code, schema-valid requests are
+accepted. Errors are held to the document strictly: the Problem schema (no other field, `code` from
+its enum), and the codes the document lists for that operation and status (x-problem-codes, checked
+by schemathesis_hooks.problem_code_conformance, which `--checks all` runs).
+
+Three generator settings are narrowed, with reasons:
 - NUL characters (\\u0000) are not generated: Postgres' jsonb cannot hold them, the API refuses
   them with 422, and JSON Schema cannot say "no NUL anywhere inside `data`".
 - An append body's expected_version generated as 3.0 is sent as 3 (schemathesis_hooks.py): JSON

@@ -10,7 +10,8 @@ import pytest
 
 from core.events import BOOKING_CODE_PATTERN, EVENT_TYPE_PATTERN, MAX_DATA_BYTES, data_size
 from core.money import Money, MoneyError
-from service.api.schemas import append_request_schema, decode_append
+from service.api.openapi import named_schemas
+from service.api.schemas import decode_append
 
 
 def event_body(**event: object) -> bytes:
@@ -36,9 +37,15 @@ def test_money_refuses_a_final_newline() -> None:
 
 
 def test_the_published_amount_patterns_refuse_a_final_newline() -> None:
-    _, components = append_request_schema()
-    for branch in components["PriceIn"]["anyOf"]:
-        pattern = branch["properties"]["amount"]["pattern"]
+    price_in = named_schemas()["PriceIn"]
+    patterns = [price_in["properties"]["amount"]["pattern"]]
+    rule = price_in
+    while "if" in rule:  # one branch per number of fraction digits
+        patterns.append(rule["then"]["properties"]["amount"]["pattern"])
+        rule = rule["else"]
+    patterns.append(rule["properties"]["amount"]["pattern"])
+    assert len(patterns) == 5
+    for pattern in patterns:
         assert re.search(pattern, "5") and not re.search(pattern, "5\n")
     assert not re.search(EVENT_TYPE_PATTERN, "Abc\n")
 
