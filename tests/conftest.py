@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,39 @@ from migrations.runner import upgrade
 from service.ledger.db import create_pool
 
 __all__ = ["free_port", "random_code", "sql"]
+
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Each test module stays on
+# one worker, so its module fixtures start once; these folders stay whole because their session servers
+# are machine-wide (the project's one Docker engine) or heavy (a Patroni cluster).
+WHOLE_FOLDERS = {"docker", "ha"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        module = item.path.relative_to(tests)
+        group = module.parts[0] if module.parts[0] in WHOLE_FOLDERS else module.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+SESSION_START = pytest.StashKey[float]()
+DOCKER_SUMMARY = "booking-ledger/docker-summary"  # in pytest's cache: tests/docker writes it, the summary reads it
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SESSION_START] = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The Docker engine's start and the image builds, also when a pytest-xdist worker ran tests/docker."""
+    summary = config.cache.get(DOCKER_SUMMARY, None) if config.cache is not None else None
+    if not summary or summary["at"] < config.stash[SESSION_START]:
+        return
+    terminalreporter.section("docker: engine and image builds")
+    for step, seconds in summary["timings"].items():
+        terminalreporter.write_line(f"{seconds:7.1f} s  {step}")
+    for tag, size in summary["sizes"].items():
+        terminalreporter.write_line(f"{size / 1e6:7.0f} MB {tag}")
 
 
 def random_code(prefix: str = "T") -> str:
