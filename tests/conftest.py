@@ -27,14 +27,20 @@ __all__ = ["free_port", "random_code", "sql"]
 # one worker, so its module fixtures start once; these folders stay whole because their session servers
 # are machine-wide (the project's one Docker engine) or heavy (a Patroni cluster).
 WHOLE_FOLDERS = {"docker", "ha"}
+# The longest groups go first, so that neither worker is left with a long one at the end.
+LONGEST_FIRST = ["soak", "docker", "ha", "integration/test_kafka_faults.py", "bench"]
+
+
+def group_of(item: pytest.Item) -> str:
+    module = item.path.relative_to(Path(__file__).parent)
+    return module.parts[0] if module.parts[0] in WHOLE_FOLDERS | {"soak", "bench"} else module.as_posix()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    tests = Path(__file__).parent
     for item in items:
-        module = item.path.relative_to(tests)
-        group = module.parts[0] if module.parts[0] in WHOLE_FOLDERS else module.as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    ranks = {group: rank for rank, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: ranks.get(group_of(item), len(ranks)))
 
 
 SESSION_START = pytest.StashKey[float]()
