@@ -36,6 +36,7 @@ def group_of(item: pytest.Item) -> str:
     return module.parts[0] if module.parts[0] in WHOLE_FOLDERS | {"soak", "bench"} else module.as_posix()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group_of(item)))
@@ -53,7 +54,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     """The Docker engine's start and the image builds, also when a pytest-xdist worker ran tests/docker."""
-    summary = config.cache.get(DOCKER_SUMMARY, None) if config.cache is not None else None
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    summary = cache.get(DOCKER_SUMMARY, None) if cache is not None else None
     if not summary or summary["at"] < config.stash[SESSION_START]:
         return
     terminalreporter.section("docker: engine and image builds")

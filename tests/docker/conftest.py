@@ -34,8 +34,8 @@ def docker_engine(pytestconfig: pytest.Config) -> Iterator[Engine]:
         images = Images(engine)
         TIMINGS.update(images.build().steps)
         SIZES.update({tag: engine.image_size(tag) for tag in images.all()})
-        if pytestconfig.cache is not None:
-            pytestconfig.cache.set(DOCKER_SUMMARY, {"at": time.time(), "timings": TIMINGS, "sizes": SIZES})
+        if (cache := getattr(pytestconfig, "cache", None)) is not None:
+            cache.set(DOCKER_SUMMARY, {"at": time.time(), "timings": TIMINGS, "sizes": SIZES})
         yield engine
     finally:
         leftovers = engine.docker("ps", "-aq", "--filter", "label=org.testcontainers=true", capture=True).stdout.split()
