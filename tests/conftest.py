@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -23,25 +24,35 @@ from service.ledger.db import create_pool
 
 __all__ = ["free_port", "random_code", "sql"]
 
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Each test module stays on
-# one worker, so its module fixtures start once; these folders stay whole because their session servers
-# are machine-wide (the project's one Docker engine) or heavy (a Patroni cluster).
-WHOLE_FOLDERS = {"docker", "ha"}
+# `make test` runs the suite on two workers (pytest-xdist). Each test module stays on one worker, so its
+# module fixtures start once; these folders stay whole because their session servers are machine-wide
+# (the project's one Docker engine) or heavy (a Patroni cluster, the soak's and the bench's stacks).
+WHOLE_FOLDERS = {"docker", "ha", "soak", "bench"}
 # The longest groups go first, so that neither worker is left with a long one at the end.
 LONGEST_FIRST = ["soak", "docker", "ha", "integration/test_kafka_faults.py", "bench"]
 
 
-def group_of(item: pytest.Item) -> str:
-    module = item.path.relative_to(Path(__file__).parent)
-    return module.parts[0] if module.parts[0] in WHOLE_FOLDERS | {"soak", "bench"} else module.as_posix()
+def group_of(nodeid: str) -> str:
+    """`tests/ha/test_x.py::test_y[z]` -> `ha`; `tests/unit/test_x.py::test_y` -> `unit/test_x.py`."""
+    module = Path(nodeid.split("::", 1)[0])
+    parts = module.parts[1:] if module.parts[0] == "tests" else module.parts
+    return parts[0] if parts[0] in WHOLE_FOLDERS else Path(*parts).as_posix()
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
     ranks = {group: rank for rank, group in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: ranks.get(group_of(item), len(ranks)))
+    items.sort(key=lambda item: ranks.get(group_of(item.nodeid), len(ranks)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Hand out whole groups (above) to the workers, in the order collected."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
 
 
 SESSION_START = pytest.StashKey[float]()
