@@ -10,6 +10,8 @@ KAFKA := $(TOOLS)/kafka/installed-stamp
 
 .PHONY: run run-ha test lint soak bench system-deps install clean wheelhouse docker-images compose-up compose-key compose-down
 DURATION ?= 10m
+# The suite runs on two workers (tests/conftest.py keeps each module on one); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 system-deps:
 	@scripts/system-deps.sh
@@ -78,7 +80,7 @@ lint: $(STAMP)
 	cd client && ../$(BIN)/mypy
 
 test: install lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The chaos soak: load plus faults (kills, freezes, restarts) for DURATION, then every invariant.
 # HA=1: on the replicated cluster (make run-ha's), with node faults (leader/replica killed, leader frozen).

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,6 +23,57 @@ from migrations.runner import upgrade
 from service.ledger.db import create_pool
 
 __all__ = ["free_port", "random_code", "sql"]
+
+# `make test` runs the suite on two workers (pytest-xdist). Each test module stays on one worker, so its
+# module fixtures start once; these folders stay whole because their session servers are machine-wide
+# (the project's one Docker engine) or heavy (a Patroni cluster, the soak's and the bench's stacks).
+WHOLE_FOLDERS = {"docker", "ha", "soak", "bench"}
+# The longest groups go first, so that neither worker is left with a long one at the end.
+LONGEST_FIRST = ["soak", "docker", "ha", "integration/test_kafka_faults.py", "bench"]
+
+
+def group_of(nodeid: str) -> str:
+    """`tests/ha/test_x.py::test_y[z]` -> `ha`; `tests/unit/test_x.py::test_y` -> `unit/test_x.py`."""
+    module = Path(nodeid.split("::", 1)[0])
+    parts = module.parts[1:] if module.parts[0] == "tests" else module.parts
+    return parts[0] if parts[0] in WHOLE_FOLDERS else Path(*parts).as_posix()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    ranks = {group: rank for rank, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: ranks.get(group_of(item.nodeid), len(ranks)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Hand out whole groups (above) to the workers, in the order collected."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
+
+
+SESSION_START = pytest.StashKey[float]()
+DOCKER_SUMMARY = "booking-ledger/docker-summary"  # in pytest's cache: tests/docker writes it, the summary reads it
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SESSION_START] = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The Docker engine's start and the image builds, also when a pytest-xdist worker ran tests/docker."""
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    summary = cache.get(DOCKER_SUMMARY, None) if cache is not None else None
+    if not summary or summary["at"] < config.stash[SESSION_START]:
+        return
+    terminalreporter.section("docker: engine and image builds")
+    for step, seconds in summary["timings"].items():
+        terminalreporter.write_line(f"{seconds:7.1f} s  {step}")
+    for tag, size in summary["sizes"].items():
+        terminalreporter.write_line(f"{size / 1e6:7.0f} MB {tag}")
 
 
 def random_code(prefix: str = "T") -> str:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.docker import Engine, Images
+from tests.conftest import DOCKER_SUMMARY
 
 TEST_PROJECT_PREFIX = "booking-ledger-test-"
 TIMINGS: dict[str, float] = {}
@@ -21,7 +22,7 @@ SIZES: dict[str, int] = {}
 
 
 @pytest.fixture(scope="session")
-def docker_engine() -> Iterator[Engine]:
+def docker_engine(pytestconfig: pytest.Config) -> Iterator[Engine]:
     engine = Engine()
     started_at = time.monotonic()
     started = engine.start()
@@ -33,6 +34,8 @@ def docker_engine() -> Iterator[Engine]:
         images = Images(engine)
         TIMINGS.update(images.build().steps)
         SIZES.update({tag: engine.image_size(tag) for tag in images.all()})
+        if (cache := getattr(pytestconfig, "cache", None)) is not None:
+            cache.set(DOCKER_SUMMARY, {"at": time.time(), "timings": TIMINGS, "sizes": SIZES})
         yield engine
     finally:
         leftovers = engine.docker("ps", "-aq", "--filter", "label=org.testcontainers=true", capture=True).stdout.split()
@@ -47,13 +50,3 @@ def docker_engine() -> Iterator[Engine]:
         if started and not engine.containers():
             engine.stop()
         os.environ.pop("DOCKER_HOST", None)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not TIMINGS:
-        return
-    terminalreporter.section("docker: engine and image builds")
-    for step, seconds in TIMINGS.items():
-        terminalreporter.write_line(f"{seconds:7.1f} s  {step}")
-    for tag, size in SIZES.items():
-        terminalreporter.write_line(f"{size / 1e6:7.0f} MB {tag}")
