@@ -35,6 +35,13 @@ STREAMS_OPEN = Gauge("ledger_event_streams_open", "Event streams (GET /v1/events
                      multiprocess_mode="livesum")
 STREAMS_ENDED = Counter("ledger_event_streams_ended_total", "Event streams ended, by reason.", ["reason"])
 
+# Each worker's own value; /metrics shows the lowest of the live workers': 0 if any one does not listen.
+KEY_LISTENER_UP = Gauge(
+    "ledger_key_listener_up",
+    "1 while this worker hears key changes (LISTEN on the primary), so its key cache is used; else 0.",
+    multiprocess_mode="livemin",
+)
+
 READS = Counter("ledger_reads_total", "Read requests answered, by route and outcome code.", ["route", "outcome"])
 
 
