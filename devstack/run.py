@@ -54,6 +54,7 @@ READABLE_LOGS = 'LEDGER_LOG_FORMAT="console"'  # production logs JSON lines; a t
 RELAY_METRICS_PORT = 9101
 SINK_METRICS_PORT = 9102
 NODE_EXPORTER_PORT = 9100
+BROKER_METRICS_PORT = 9404  # the JMX exporter agent in the broker
 POSTGRES_EXPORTER_PORT = 9187  # make run-ha: one per node, 9187, 9188, 9189
 HA_POSTGRES_PORTS = [POSTGRES_PORT + i for i in range(3)]
 HA_REST_PORTS = [58008, 58009, 58010]
@@ -104,6 +105,7 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
                                    node.root / node.name)
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
         broker = KafkaCluster(data / "kafka", [(BROKER_PORT, CONTROLLER_PORT)]).nodes[0]
+        broker.metrics_port = BROKER_METRICS_PORT
         broker.prepare()
         programs["broker"] = (broker.command(), "TERM", "", broker.folder)
     if not os.environ.get("LEDGER_DYNAMODB_ENDPOINT"):
@@ -133,6 +135,8 @@ def _monitoring(data: Path, cluster: HACluster | None) -> Programs:
     targets = [Target("api", f"127.0.0.1:{HttpSettings().port}"), Target("relay", f"127.0.0.1:{RELAY_METRICS_PORT}"),
                Target("sink", f"127.0.0.1:{SINK_METRICS_PORT}"), Target("node", f"127.0.0.1:{NODE_EXPORTER_PORT}")]
     programs["node-exporter"] = (NodeExporter(NODE_EXPORTER_PORT).command(), "TERM", "", data)
+    if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
+        targets.append(Target("kafka", f"127.0.0.1:{BROKER_METRICS_PORT}"))
     databases: list[tuple[str, str]] = []  # (node name, the superuser's URL)
     if cluster is not None:
         databases = [(node.name, cluster.node_url(node)) for node in cluster.nodes]
