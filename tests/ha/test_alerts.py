@@ -27,7 +27,8 @@ from devstack.processes import wait_until
 from devstack.prometheus import PostgresExporter, Prometheus, Target, rules_text
 from tests.ha.conftest import HAPipeline, Server
 
-OUTBOX_THRESHOLD = ("max(ledger_db_outbox_oldest_age_seconds) > 60", "max(ledger_db_outbox_oldest_age_seconds) > 2")
+OUTBOX_RULE = "max(ledger_db_outbox_oldest_age_seconds or ledger_outbox_oldest_age_seconds) >"
+OUTBOX_THRESHOLD = (f"{OUTBOX_RULE} 60", f"{OUTBOX_RULE} 2")
 
 
 @pytest.fixture(scope="module")
