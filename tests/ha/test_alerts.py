@@ -1,7 +1,8 @@
-"""Three alert rules fire in a real Prometheus and resolve after healing: the relay stopped (the
-outbox's oldest event ages), DynamoDB Local killed (the sink's writes fail), a standby killed (one
-more loss would stop writes). The three faults overlap, so that the test takes about as long as the
-slowest part takes to start again (DynamoDB Local's JVM: tens of seconds on a busy machine).
+"""Alert rules fire in a real Prometheus and resolve after healing: the relay stopped (the outbox's
+oldest event ages, no relay leads), DynamoDB Local killed (the sink's writes fail), the synchronous
+standby killed (one more loss would stop writes), then the other one (writes stopped). The faults
+overlap, so that the test takes about as long as the slowest part takes to start again (DynamoDB
+Local's JVM: tens of seconds on a busy machine).
 
 Prometheus scrapes the replicated stack of this folder's fixtures: the API, the relay, the sink,
 Patroni's /metrics and a Postgres exporter per node, every second, and evaluates the rules of
@@ -29,7 +30,8 @@ from tests.ha.conftest import HAPipeline, Server
 
 OUTBOX_RULE = "max(ledger_db_outbox_oldest_age_seconds or ledger_outbox_oldest_age_seconds) >"
 OUTBOX_THRESHOLD = (f"{OUTBOX_RULE} 60", f"{OUTBOX_RULE} 2")
-UNDER_TEST = ("LedgerOutboxStuck", "LedgerNoRelayLeader", "LedgerDynamoDBFailing", "LedgerStandbyMissing")
+UNDER_TEST = ("LedgerOutboxStuck", "LedgerNoRelayLeader", "LedgerDynamoDBFailing", "LedgerStandbyMissing",
+              "LedgerNoSynchronousStandby")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def _append(api: Server, key: str) -> None:
     assert answer.status_code == 201, answer.text
 
 
-def test_three_rules_fire_and_resolve_after_healing(
+def test_the_rules_fire_and_resolve_after_healing(
     prometheus: Prometheus, ha_cluster: HACluster, ha_api: Server, ha_keys: dict[str, str], ha_pipeline: HAPipeline
 ) -> None:
     started = time.monotonic()
@@ -90,37 +92,41 @@ def test_three_rules_fire_and_resolve_after_healing(
     def note(what: str) -> None:
         timeline.append(f"{time.monotonic() - started:5.1f}s {what}")
 
-    standby = ha_cluster.node(ha_cluster.wait_replicas(1, synchronous=True, timeout=60)[0])
+    synchronous = ha_cluster.node(ha_cluster.wait_replicas(1, synchronous=True, timeout=60)[0])
+    other = next(node for node in ha_cluster.nodes if node.name in ha_cluster.replicas() and node is not synchronous)
     relay, dynamodb = ha_pipeline.relay, ha_pipeline.dynamodb
     with ThreadPoolExecutor(1) as background:
         dynamodb_back = None
         try:
-            # DynamoDB Local killed (its data is on disk) and the synchronous standby with its Patroni, kill -9:
-            # the other replica becomes the synchronous one, so the append below still commits.
+            # DynamoDB Local killed (its data is on disk), and the synchronous standby with its Patroni, kill -9:
+            # the other replica becomes the synchronous one, so the appends below still commit.
             dynamodb.kill()
-            standby.kill()
-            note(f"DynamoDB Local and {standby.name} (the synchronous standby) killed")
+            synchronous.kill()
+            note(f"DynamoDB Local and {synchronous.name} (the synchronous standby) killed")
             _append(ha_api, ha_keys["car"])  # the relay sends it; the sink cannot write it
             prometheus.wait_for_alert("LedgerStandbyMissing", timeout=60)
             note("LedgerStandbyMissing fires")
-            standby.start()
             prometheus.wait_for_alert("LedgerDynamoDBFailing", timeout=60)
             note("LedgerDynamoDBFailing fires")
             dynamodb_back = background.submit(dynamodb.start)
             relay.stop()
             _append(ha_api, ha_keys["hotel"])  # stays in the outbox
             note("relay stopped, one more append")
+            other.kill()  # no standby left: strict synchronous mode commits nothing now
+            note(f"{other.name} (the other standby) killed")
+            prometheus.wait_for_alert("LedgerNoSynchronousStandby", timeout=60)
+            note("LedgerNoSynchronousStandby fires")
             prometheus.wait_for_alert("LedgerOutboxStuck", timeout=60)
             note("LedgerOutboxStuck fires")
             prometheus.wait_for_alert("LedgerNoRelayLeader", timeout=30)
         finally:
-            for part in (standby, relay):
+            for part in (synchronous, other, relay):
                 if not part.alive:
                     part.start()
             if dynamodb_back is None:
                 dynamodb_back = background.submit(dynamodb.start)
-        note("relay and standby started again")
-        for alert in ("LedgerOutboxStuck", "LedgerNoRelayLeader", "LedgerStandbyMissing"):
+        note("both standbys and the relay started again")
+        for alert in ("LedgerOutboxStuck", "LedgerNoRelayLeader", "LedgerNoSynchronousStandby", "LedgerStandbyMissing"):
             prometheus.wait_for_alert(alert, "inactive", timeout=90)
             note(f"{alert} resolved")
         dynamodb_back.result()
