@@ -41,12 +41,14 @@ def test_the_rules_pass_their_unit_tests() -> None:
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
-def test_every_rule_has_a_test_where_it_fires() -> None:
+def test_every_rule_has_a_case_where_it_fires_and_one_where_it_stays_quiet() -> None:
     tests = "".join(path.read_text() for path in RULE_TESTS)
-    # An `alert_rule_test` entry that expects the alert: its alertname followed by exp_labels.
+    # An `alert_rule_test` entry: its alertname, then exp_alerts, empty (quiet) or a list (fires).
     fired = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels", tests))
+    quiet = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts: \[\]", tests))
     assert len(alert_names()) > 10
     assert set(alert_names()) - fired == set()
+    assert set(alert_names()) - quiet == set()
 
 
 def test_every_ledger_series_a_rule_uses_is_exported() -> None:
