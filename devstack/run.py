@@ -142,6 +142,7 @@ def _monitoring(data: Path, cluster: HACluster | None) -> Programs:
         databases = [(node.name, cluster.node_url(node)) for node in cluster.nodes]
         targets += [Target("patroni", f"127.0.0.1:{node.rest_port}", labels={"node": node.name})
                     for node in cluster.nodes]
+        targets.append(Target("etcd", f"127.0.0.1:{cluster.etcd.port}"))
     elif not os.environ.get("LEDGER_DATABASE_URL"):
         databases = [("postgres", f"postgresql://{ROLE}@127.0.0.1:{POSTGRES_PORT}/{DATABASE}")]
     for index, (node, url) in enumerate(databases):

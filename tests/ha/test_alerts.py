@@ -5,7 +5,7 @@ overlap, so that the test takes about as long as the slowest part takes to start
 Local's JVM: tens of seconds on a busy machine).
 
 Prometheus scrapes the replicated stack of this folder's fixtures: the API, the relay, the sink,
-Patroni's /metrics and a Postgres exporter per node, every second, and evaluates the rules of
+Patroni's and etcd's /metrics and a Postgres exporter per node, every second, and evaluates the rules of
 deploy/prometheus/alerts.yml every second, with every `for:` at 1 s and the outbox's age threshold
 at 2 s instead of 60 (devstack.prometheus.rules_text): the same expressions, made to fire within
 seconds.
@@ -47,6 +47,7 @@ def prometheus(ha_cluster: HACluster, ha_api: Server, ha_pipeline: HAPipeline, h
                Target("sink", f"127.0.0.1:{ha_pipeline.sink_metrics}"),
                *(Target("patroni", f"127.0.0.1:{node.rest_port}", labels={"node": node.name})
                  for node in ha_cluster.nodes),
+               Target("etcd", f"127.0.0.1:{ha_cluster.etcd.port}"),
                *(Target("postgres", exporter.address, labels={"node": node.name})
                  for exporter, node in zip(exporters, ha_cluster.nodes, strict=True))]
     server = Prometheus(free_port(), folder, targets, [rules], scrape_interval="1s", evaluation_interval="1s",

@@ -63,7 +63,8 @@ def test_prometheus_scrapes_every_part_of_each_topology(local: Path) -> None:
     cluster = run.ha_cluster()
     replicated = run.supervisor_config(local / "bin", cluster)
     jobs = scraped(local / "ha" / "prometheus" / "prometheus.yml")
-    assert set(jobs) == {"api", "relay", "sink", "postgres", "patroni", "kafka", "node"}
+    assert set(jobs) == {"api", "relay", "sink", "postgres", "patroni", "etcd", "kafka", "node"}
+    assert jobs["etcd"] == [f"127.0.0.1:{cluster.etcd.port}"]
     assert jobs["patroni"] == [f"127.0.0.1:{node.rest_port}" for node in cluster.nodes]
     assert len(set(jobs["postgres"])) == len(cluster.nodes)
     for node, address in zip(cluster.nodes, jobs["postgres"], strict=True):
