@@ -17,8 +17,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the b
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)                 # make run-ha, the failover tests
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)                # Patroni's consensus store
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
-# Prometheus 2.42 and promtool (make run's metrics, the alert rules' tests) and its Postgres exporter.
-# Without recommends (below): they would bring system services and collectors of their own.
+# Prometheus 2.42 and promtool (make run's metrics, the alert rules' tests) and two exporters.
 command -v prometheus >/dev/null 2>&1 || quiet_missing+=(prometheus)
 command -v prometheus-postgres-exporter >/dev/null 2>&1 || quiet_missing+=(prometheus-postgres-exporter)
 command -v prometheus-node-exporter >/dev/null 2>&1 || quiet_missing+=(prometheus-node-exporter)  # free disk space
@@ -42,8 +41,9 @@ if [ $((${#missing[@]} + ${#quiet_missing[@]})) -gt 0 ]; then
   fi
 fi
 
-# The packages enable system services for etcd, Patroni and Prometheus; the project runs its own instances
-# (devstack/ha.py, devstack/prometheus.py), so the packaged ones must not run, or they would take the ports and the data.
+# The packages enable system services for etcd, Patroni, Prometheus and its exporters; the project runs
+# its own instances (devstack/ha.py, devstack/prometheus.py), so the packaged ones must not run, or they
+# would take the ports and the data.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then
   for unit in etcd.service patroni.service prometheus.service prometheus-postgres-exporter.service \
               prometheus-node-exporter.service; do
