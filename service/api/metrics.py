@@ -1,8 +1,10 @@
 """Prometheus metrics of the API. With several worker processes, each writes its samples to
-PROMETHEUS_MULTIPROC_DIR (set by `booking-ledger api`) and /metrics sums them."""
+PROMETHEUS_MULTIPROC_DIR (set by `booking-ledger api`) and /metrics sums them (gauges: as their
+`multiprocess_mode` says, over the live workers)."""
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import msgspec
 from litestar.exceptions import HTTPException
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from service.api.problems import ApiError, ClientGone
 from service.ledger.append import AppendResult
@@ -108,8 +110,24 @@ def render(accept: str) -> tuple[bytes, str]:
     """The exposition of every worker's samples in the format `accept` asks for, and its exact
     Content-Type, negotiated as the relay's and sink's /metrics do (the header is sent as is)."""
     encode, content_type = choose_encoder(accept)
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        forget_dead_workers(directory)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         return encode(registry), content_type
     return encode(REGISTRY), content_type
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Remove the live-gauge files of worker processes that have exited. The `live*` modes count a
+    worker as long as its file is there, and nothing else removes it: granian starts a new worker
+    (a new pid) for one that failed, and a dead worker's `ledger_key_listener_up 0` or open streams
+    would stay in the sum until the API restarts."""
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = int(path.rsplit("_", 1)[1].removesuffix(".db"))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, directory)
+        except PermissionError:  # alive, someone else's
+            pass
