@@ -31,10 +31,13 @@ $(DYNAMODB_LOCAL) $(MESSAGE_DB) &:
 
 # Apache Kafka's broker: the jars the pom pins, with their dependencies, from Maven Central
 # (checksums checked: -C fails on a mismatch). devstack/kafka.py runs them on the system's Java 17.
+# The JMX exporter's agent goes to its own folder: it is loaded with -javaagent, not from the classpath.
 $(KAFKA): devstack/kafka-broker/pom.xml
-	rm -rf $(TOOLS)/kafka/libs
+	rm -rf $(TOOLS)/kafka/libs $(TOOLS)/kafka/agents
 	mvn -q -B -C -f devstack/kafka-broker/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-		-DoutputDirectory=$(abspath $(TOOLS)/kafka/libs)
+		-DexcludeArtifactIds=jmx_prometheus_javaagent -DoutputDirectory=$(abspath $(TOOLS)/kafka/libs)
+	mvn -q -B -C -f devstack/kafka-broker/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+		-DincludeArtifactIds=jmx_prometheus_javaagent -DoutputDirectory=$(abspath $(TOOLS)/kafka/agents)
 	@touch $@
 
 # The generators, libraries and compilers of the clients tests/e2e/test_generated_clients.py makes from

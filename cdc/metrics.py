@@ -76,6 +76,11 @@ class SinkMetrics:
                                     registry=registry)
         self.dynamodb_retries = Counter("ledger_dynamodb_retries_total", "DynamoDB batch writes retried, by reason.",
                                         ["reason"], registry=registry)
+        self.dynamodb_failing = Gauge(
+            "ledger_sink_dynamodb_failing",
+            "1 from a DynamoDB write that failed (an error, or items left unprocessed) until one is accepted, else 0.",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "ledger_sink_consumer_lag",
             "Messages in a partition this sink owns that it has not yet written to DynamoDB (high watermark as of "

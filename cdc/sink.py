@@ -16,8 +16,9 @@ the consumer group LEDGER_SINK_GROUP (several sinks share the partitions).
 - A consumer that has had no partitions, or events waiting and none arriving, for STALL_SECONDS is
   replaced by a new one, which joins the group again.
 
-Metrics: ledger_sink_consumer_lag per owned partition, and ledger_sink_commit_to_write_seconds, the
-freshness of each event, from its commit in the ledger to its write here.
+Metrics: ledger_sink_consumer_lag per owned partition, ledger_sink_commit_to_write_seconds, the
+freshness of each event, from its commit in the ledger to its write here, and
+ledger_sink_dynamodb_failing, 1 from a failed DynamoDB write until one is accepted again.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Sink:
         self._progress = time.monotonic()  # when the consumer last received or had nothing waiting
         self._write_backoff = Backoff(log)
         self.metrics = metrics.SinkMetrics()
+        self.metrics.dynamodb_failing.set_function(lambda: float(self._write_backoff.failing))
         self._dead_letters = DeadLetters(settings.kafka, self.metrics.dead_letters)
 
     def run(self, stop: threading.Event) -> None:

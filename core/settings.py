@@ -205,6 +205,11 @@ class MetricsSettings:
     host: str = _env_str("LEDGER_METRICS_HOST", "127.0.0.1", "Address the relay's and sink's /metrics listen on.")
     relay_port: int = _env_int("LEDGER_RELAY_METRICS_PORT", 0, "Port of the relay's /metrics; 0 = not served.")
     sink_port: int = _env_int("LEDGER_SINK_METRICS_PORT", 0, "Port of the sink's /metrics; 0 = not served.")
+    prometheus_port: int = _env_int(
+        "LEDGER_PROMETHEUS_PORT", 9090,
+        "Port (on 127.0.0.1) of the Prometheus that `make run` and `make run-ha` start, with the alert rules of "
+        "deploy/prometheus/.", minimum=1,
+    )
 
 
 @dataclass(frozen=True)

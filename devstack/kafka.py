@@ -21,7 +21,9 @@ from typing import Any
 from devstack.processes import TOOLS, ChildServer, wait_for_port, wait_until
 
 KAFKA_LIBS = TOOLS / "kafka" / "libs"
+KAFKA_AGENTS = TOOLS / "kafka" / "agents"  # the JMX exporter's agent (the same pom)
 LOG_CONFIG = Path(__file__).resolve().parent / "kafka-broker" / "log4j2.yaml"
+JMX_EXPORTER_CONFIG = Path(__file__).resolve().parent / "kafka-broker" / "jmx-exporter.yml"
 
 
 def new_cluster_id() -> str:
@@ -36,7 +38,8 @@ class KafkaNode(ChildServer):
 
     def __init__(self, node_id: int, port: int, controller_port: int, folder: Path, voters: str,
                  cluster_id: str, replicas: int = 1, heap: str = "512m", log_file: Path | None = None,
-                 replica_lag_ms: int = 30_000) -> None:
+                 replica_lag_ms: int = 30_000, metrics_port: int = 0) -> None:
+        """`metrics_port`: where Prometheus's JMX exporter agent serves the broker's metrics (0: no agent)."""
         super().__init__(port, log_file)
         self.node_id = node_id
         self.controller_port = controller_port
@@ -46,6 +49,7 @@ class KafkaNode(ChildServer):
         self.replicas = replicas
         self.heap = heap
         self.replica_lag_ms = replica_lag_ms
+        self.metrics_port = metrics_port
 
     @property
     def bootstrap(self) -> str:
@@ -94,11 +98,14 @@ class KafkaNode(ChildServer):
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def command(self) -> list[str]:
-        return self._java("kafka.Kafka", str(self.properties_file))
+        agent = []
+        if self.metrics_port:
+            agent = [f"-javaagent:{jmx_exporter_agent()}=127.0.0.1:{self.metrics_port}:{JMX_EXPORTER_CONFIG}"]
+        return self._java("kafka.Kafka", str(self.properties_file), agent=agent)
 
-    def _java(self, main: str, *args: str) -> list[str]:
+    def _java(self, main: str, *args: str, agent: list[str] | None = None) -> list[str]:
         return ["java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true", *(agent or []),
                 f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", f"{KAFKA_LIBS}/*", main, *args]
 
     def launch(self, **popen: Any) -> None:
@@ -111,6 +118,14 @@ def kafka_version() -> str:
     """The broker version the pom pins."""
     pom = (Path(__file__).resolve().parent / "kafka-broker" / "pom.xml").read_text()
     return pom.split("<kafka.version>", 1)[1].split("<", 1)[0]
+
+
+def jmx_exporter_agent() -> Path:
+    """The JMX exporter agent's jar, once `make install` has put the version the pom pins there."""
+    found = sorted(KAFKA_AGENTS.glob("jmx_prometheus_javaagent-*.jar"))
+    if not found:
+        raise RuntimeError(f"the JMX exporter agent is not installed in {KAFKA_AGENTS}: run `make install`")
+    return found[-1]
 
 
 def installed_libs() -> Path:

@@ -22,11 +22,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from core import roles
-from core.settings import LOCAL_DYNAMODB_ENDPOINT, LOCAL_KAFKA_BOOTSTRAP, DynamoSettings, HttpSettings, KafkaSettings
+from core.settings import (
+    LOCAL_DYNAMODB_ENDPOINT,
+    LOCAL_KAFKA_BOOTSTRAP,
+    DynamoSettings,
+    HttpSettings,
+    KafkaSettings,
+    MetricsSettings,
+)
 from devstack.ha import HACluster, PatroniNode
 from devstack.kafka import KafkaCluster
-from devstack.postgres import LocalPostgres
+from devstack.postgres import DATABASE, ROLE, LocalPostgres
 from devstack.processes import DynamoDBLocal
+from devstack.prometheus import NodeExporter, PostgresExporter, Prometheus, Target
 
 LOCAL = Path(".local").absolute()
 BIN = Path(sys.executable).parent
@@ -45,6 +53,9 @@ DYNAMODB_PORT = _port(LOCAL_DYNAMODB_ENDPOINT)
 READABLE_LOGS = 'LEDGER_LOG_FORMAT="console"'  # production logs JSON lines; a terminal wants these
 RELAY_METRICS_PORT = 9101
 SINK_METRICS_PORT = 9102
+NODE_EXPORTER_PORT = 9100
+BROKER_METRICS_PORT = 9404  # the JMX exporter agent in the broker
+POSTGRES_EXPORTER_PORT = 9187  # make run-ha: one per node, 9187, 9188, 9189
 HA_POSTGRES_PORTS = [POSTGRES_PORT + i for i in range(3)]
 HA_REST_PORTS = [58008, 58009, 58010]
 HA_ETCD_PORTS = (52379, 52380)
@@ -94,6 +105,7 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
                                    node.root / node.name)
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
         broker = KafkaCluster(data / "kafka", [(BROKER_PORT, CONTROLLER_PORT)]).nodes[0]
+        broker.metrics_port = BROKER_METRICS_PORT
         broker.prepare()
         programs["broker"] = (broker.command(), "TERM", "", broker.folder)
     if not os.environ.get("LEDGER_DYNAMODB_ENDPOINT"):
@@ -105,6 +117,7 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     api_env, relay_env = (("", "") if cluster is None else
                           (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"',
                            f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.RELAY)}"'))
+    programs.update(_monitoring(data, cluster))
     programs.update({
         "api": ([cli, "api"], "INT", READABLE_LOGS + api_env, Path.cwd()),
         "relay": ([cli, "relay"], "TERM",
@@ -115,11 +128,41 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     return programs
 
 
+def _monitoring(data: Path, cluster: HACluster | None) -> Programs:
+    """Prometheus with the alert rules, scraping every part; a Postgres exporter per node we run, and
+    the node exporter (free disk space)."""
+    programs: Programs = {}
+    targets = [Target("api", f"127.0.0.1:{HttpSettings().port}"), Target("relay", f"127.0.0.1:{RELAY_METRICS_PORT}"),
+               Target("sink", f"127.0.0.1:{SINK_METRICS_PORT}"), Target("node", f"127.0.0.1:{NODE_EXPORTER_PORT}")]
+    programs["node-exporter"] = (NodeExporter(NODE_EXPORTER_PORT).command(), "TERM", "", data)
+    if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
+        targets.append(Target("kafka", f"127.0.0.1:{BROKER_METRICS_PORT}"))
+    databases: list[tuple[str, str]] = []  # (node name, the superuser's URL)
+    if cluster is not None:
+        databases = [(node.name, cluster.node_url(node)) for node in cluster.nodes]
+        targets += [Target("patroni", f"127.0.0.1:{node.rest_port}", labels={"node": node.name})
+                    for node in cluster.nodes]
+        targets.append(Target("etcd", f"127.0.0.1:{cluster.etcd.port}"))
+    elif not os.environ.get("LEDGER_DATABASE_URL"):
+        databases = [("postgres", f"postgresql://{ROLE}@127.0.0.1:{POSTGRES_PORT}/{DATABASE}")]
+    for index, (node, url) in enumerate(databases):
+        exporter = PostgresExporter(POSTGRES_EXPORTER_PORT + index, url)
+        name = "postgres-exporter" if cluster is None else f"postgres-exporter-{node}"
+        programs[name] = (exporter.command(), "TERM", f'DATA_SOURCE_NAME="{exporter.data_source}"', data)
+        targets.append(Target("postgres", exporter.address, labels={"node": node}))
+    prometheus = Prometheus(MetricsSettings().prometheus_port, data / "prometheus", targets)
+    prometheus.prepare()
+    programs["prometheus"] = (prometheus.command(), "TERM", "", prometheus.folder)
+    return programs
+
+
 def _program_section(name: str, program: tuple[list[str], str, str, Path], logs: Path,
                      cluster: HACluster | None) -> list[str]:
     command, stop_signal, environment, workdir = program
     nodes = {node.name: node for node in cluster.nodes} if cluster is not None else {}
-    quiet = name in ("broker", "dynamodb", "etcd") or name in nodes  # their logs go to files, ours to the terminal
+    # Their logs go to files, ours to the terminal.
+    quiet = name in ("broker", "dynamodb", "etcd", "prometheus", "node-exporter") or name in nodes \
+        or name.startswith("postgres-exporter")
     output = [f"stdout_logfile={logs / (name + '.log')}"] if quiet else [
         "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
     return [
@@ -186,6 +229,7 @@ def _banner(database_url: str, config: Path) -> str:
         f"  DynamoDB   {DynamoSettings().endpoint}\n"
         f"  metrics    API /metrics, relay http://127.0.0.1:{RELAY_METRICS_PORT}/metrics, "
         f"sink http://127.0.0.1:{SINK_METRICS_PORT}/metrics\n"
+        f"  Prometheus http://127.0.0.1:{MetricsSettings().prometheus_port}/alerts   (rules: deploy/prometheus/)\n"
         f"  logs       {LOCAL / 'logs'}   status: .venv/bin/supervisorctl -c {config} status\n"
         "  make a key (in another shell):\n"
         "    .venv/bin/booking-ledger keys create --department hotel\n"
@@ -228,6 +272,7 @@ def _ha_banner(cluster: HACluster, leader: PatroniNode) -> str:
         f"  Postgres   {cluster.url}   (as its superuser; each service uses its own role)\n"
         f"  nodes      {nodes}; leader now: {leader.name}\n"
         f"  cluster    curl -s {cluster.nodes[0].rest}/cluster   (Patroni's view: leader, sync_standby, replica)\n"
+        f"  Prometheus http://127.0.0.1:{MetricsSettings().prometheus_port}/alerts   (rules: deploy/prometheus/)\n"
         f"  logs       {LOCAL / 'logs'}, {cluster.root}/node*/patroni.log\n"
         "  make a key (in another shell):\n"
         f"    LEDGER_DATABASE_URL='{roles.with_user(cluster.url, roles.KEYS)}' \\\n"

@@ -3,6 +3,9 @@
 set -euo pipefail
 
 missing=()
+# Installed without recommends: they would bring needrestart, node-exporter and friends, which a test
+# machine does not want.
+quiet_missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # DynamoDB Local, Apache Kafka
@@ -15,35 +18,39 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the b
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)                 # make run-ha, the failover tests
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)                # Patroni's consensus store
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+# Prometheus 2.42 and promtool (make run's metrics, the alert rules' tests) and two exporters.
+command -v prometheus >/dev/null 2>&1 || quiet_missing+=(prometheus)
+command -v prometheus-postgres-exporter >/dev/null 2>&1 || quiet_missing+=(prometheus-postgres-exporter)
+command -v prometheus-node-exporter >/dev/null 2>&1 || quiet_missing+=(prometheus-node-exporter)  # free disk space
 # The project's own Docker engine (devstack/docker.py): Debian's dockerd and a base image from debootstrap.
-# Without recommends: they would bring needrestart and friends, which a test machine does not want.
-docker_missing=()
-command -v dockerd >/dev/null 2>&1 || docker_missing+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || docker_missing+=(debootstrap)
+command -v dockerd >/dev/null 2>&1 || quiet_missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || quiet_missing+=(debootstrap)
 
 # The generated Go client's test (clients/go/go.mod) needs Go 1.26, newer than Debian's: the machine's own.
 command -v go >/dev/null 2>&1 || { echo "Go 1.26 or newer is needed on PATH (clients/go)" >&2; exit 1; }
 
-if [ $((${#missing[@]} + ${#docker_missing[@]})) -gt 0 ]; then
+if [ $((${#missing[@]} + ${#quiet_missing[@]})) -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "missing Debian packages: ${missing[*]} ${docker_missing[*]}" \
-         "(run: sudo apt-get install ${missing[*]} ${docker_missing[*]})" >&2
+    echo "missing Debian packages: ${missing[*]} ${quiet_missing[*]}" \
+         "(run: sudo apt-get install ${missing[*]} ${quiet_missing[*]})" >&2
     exit 1
   fi
-  echo "installing Debian packages: ${missing[*]} ${docker_missing[*]}"
+  echo "installing Debian packages: ${missing[*]} ${quiet_missing[*]}"
   apt-get update -qq
   if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
-  if [ ${#docker_missing[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${docker_missing[@]}"
+  if [ ${#quiet_missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${quiet_missing[@]}"
   fi
 fi
 
-# The packages enable system services for etcd and Patroni; the project runs its own instances
-# (devstack/ha.py), so the packaged ones must not run, or they would take the ports and the data.
+# The packages enable system services for etcd, Patroni, Prometheus and its exporters; the project runs
+# its own instances (devstack/ha.py, devstack/prometheus.py), so the packaged ones must not run, or they
+# would take the ports and the data.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null 2>&1; then
-  for unit in etcd.service patroni.service; do
+  for unit in etcd.service patroni.service prometheus.service prometheus-postgres-exporter.service \
+              prometheus-node-exporter.service; do
     if systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit" 2>/dev/null; then
       systemctl disable --now "$unit" >/dev/null 2>&1 || systemctl disable "$unit" >/dev/null 2>&1 || true
     fi

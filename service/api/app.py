@@ -40,7 +40,7 @@ async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppSta
                          on_batch=metrics.APPEND_BATCH_SIZE.observe)
     notifier = OutboxNotifier(pool)
     notifier.start()
-    key_cache = KeyCache(settings.database.url)
+    key_cache = KeyCache(settings.database.url, on_listening=metrics.KEY_LISTENER_UP.set)
     key_cache.start()
     feed_hub = FeedHub(pool, settings.database.url, settings.stream.buffer_bytes, encode=sse_message)
     feed_hub.start_tasks()

@@ -1,8 +1,10 @@
 """Prometheus metrics of the API. With several worker processes, each writes its samples to
-PROMETHEUS_MULTIPROC_DIR (set by `booking-ledger api`) and /metrics sums them."""
+PROMETHEUS_MULTIPROC_DIR (set by `booking-ledger api`) and /metrics sums them (gauges: as their
+`multiprocess_mode` says, over the live workers)."""
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import msgspec
 from litestar.exceptions import HTTPException
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from service.api.problems import ApiError, ClientGone
 from service.ledger.append import AppendResult
@@ -34,6 +36,13 @@ APPEND_BATCH_SIZE = Histogram(
 STREAMS_OPEN = Gauge("ledger_event_streams_open", "Event streams (GET /v1/events/stream) open now.",
                      multiprocess_mode="livesum")
 STREAMS_ENDED = Counter("ledger_event_streams_ended_total", "Event streams ended, by reason.", ["reason"])
+
+# Each worker's own value; /metrics shows the lowest of the live workers': 0 if any one does not listen.
+KEY_LISTENER_UP = Gauge(
+    "ledger_key_listener_up",
+    "1 while this worker hears key changes (LISTEN on the primary), so its key cache is used; else 0.",
+    multiprocess_mode="livemin",
+)
 
 READS = Counter("ledger_reads_total", "Read requests answered, by route and outcome code.", ["route", "outcome"])
 
@@ -101,8 +110,24 @@ def render(accept: str) -> tuple[bytes, str]:
     """The exposition of every worker's samples in the format `accept` asks for, and its exact
     Content-Type, negotiated as the relay's and sink's /metrics do (the header is sent as is)."""
     encode, content_type = choose_encoder(accept)
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        forget_dead_workers(directory)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         return encode(registry), content_type
     return encode(REGISTRY), content_type
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Remove the live-gauge files of worker processes that have exited. The `live*` modes count a
+    worker as long as its file is there, and nothing else removes it: granian starts a new worker
+    (a new pid) for one that failed, and a dead worker's `ledger_key_listener_up 0` or open streams
+    would stay in the sum until the API restarts."""
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = int(path.rsplit("_", 1)[1].removesuffix(".db"))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, directory)
+        except PermissionError:  # alive, someone else's
+            pass

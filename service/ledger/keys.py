@@ -18,6 +18,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -111,8 +112,11 @@ class KeyCache:
     for at most `max_age` seconds in any case; only ids found in the table are kept.
     """
 
-    def __init__(self, url: str, max_age: float = 60.0, ping_interval: float = 5.0) -> None:
+    def __init__(self, url: str, max_age: float = 60.0, ping_interval: float = 5.0,
+                 on_listening: Callable[[bool], None] = lambda listening: None) -> None:
+        """`on_listening` is told each time the LISTEN connection is put in place (True) or lost (False)."""
         self._url = url
+        self._on_listening = on_listening
         self.max_age = max_age
         self._ping_interval = ping_interval
         self._rows: dict[str, _Row] = {}
@@ -161,10 +165,12 @@ class KeyCache:
     def _listened(self) -> None:
         self.clear()  # changes made while nobody listened
         self._listening = True
+        self._on_listening(True)
 
     def _unheard(self) -> None:
         self._listening = False
         self.clear()
+        self._on_listening(False)
 
 
 async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | None = None) -> ApiKey | None:

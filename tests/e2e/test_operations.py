@@ -49,6 +49,15 @@ def test_metrics_content_type_is_exact_and_has_no_duplicate_parameter(api: str) 
         assert "ledger_append_duration_seconds_count" in answer.text
 
 
+def test_metrics_tell_that_every_worker_listens_for_key_changes(api: str) -> None:
+    # The lowest value over the live workers: 1 only once each of the two has its LISTEN in place.
+    def listening() -> bool:
+        text = httpx.get(f"{api}/metrics", timeout=10).text
+        return re.search(r"^ledger_key_listener_up 1\.0$", text, re.M) is not None
+
+    wait_until(listening, timeout=30, interval=0.2, what="ledger_key_listener_up 1")
+
+
 GRANIAN_LINE = re.compile(r"\[(INFO|WARNING|ERROR)\] ")
 CONSOLE_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z \[(debug|info|warning|error|critical) *\] ")
 

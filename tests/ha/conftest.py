@@ -65,12 +65,15 @@ def ha_keys(ha_cluster: HACluster) -> dict[str, str]:
 
 @dataclass
 class HAPipeline:
-    """The broker, DynamoDB Local, and a relay and a sink on the cluster's multi-host URL."""
+    """The broker, DynamoDB Local (its data on disk: it may be stopped and started again), and a relay
+    and a sink on the cluster's multi-host URL, each serving its metrics."""
 
     settings: Settings
     relay: LedgerProcess
     sink: LedgerProcess
     relay_metrics: int
+    sink_metrics: int
+    dynamodb: DynamoDBLocal
 
     def outbox(self) -> int:
         async def count() -> int:
@@ -91,7 +94,7 @@ def ha_pipeline(ha_cluster: HACluster, ha_root: Path) -> Iterator[HAPipeline]:
     logs = ha_root / "pipeline"
     logs.mkdir(exist_ok=True)
     broker = KafkaCluster(logs / "kafka", [(free_port(), free_port())], heap="384m")
-    dynamodb = DynamoDBLocal(free_port(), log_file=logs / "dynamodb.log")
+    dynamodb = DynamoDBLocal(free_port(), data_dir=logs / "dynamodb", log_file=logs / "dynamodb.log")
     processes: list[LedgerProcess] = []
     try:
         broker.start()
@@ -105,10 +108,12 @@ def ha_pipeline(ha_cluster: HACluster, ha_root: Path) -> Iterator[HAPipeline]:
         relay = LedgerProcess("relay", process_env(settings, LEDGER_RELAY_METRICS_PORT=str(relay_metrics)),
                               logs / "relay.log").start()
         processes.append(relay)
-        sink = LedgerProcess("sink", process_env(settings), logs / "sink.log").start()
+        sink_metrics = free_port()
+        sink = LedgerProcess("sink", process_env(settings, LEDGER_SINK_METRICS_PORT=str(sink_metrics)),
+                             logs / "sink.log").start()
         processes.append(sink)
         relay.wait_for_log("relay is the leader")
-        yield HAPipeline(settings, relay, sink, relay_metrics)
+        yield HAPipeline(settings, relay, sink, relay_metrics, sink_metrics, dynamodb)
     finally:
         for process in processes:
             process.stop()

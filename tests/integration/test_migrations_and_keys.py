@@ -110,6 +110,14 @@ async def test_a_revocation_by_sql_empties_every_cache(database_url: str, pool) 
             await cache.stop()
 
 
+async def test_the_cache_tells_when_it_starts_and_stops_listening(database_url: str) -> None:
+    told: list[bool] = []
+    cache = await _listening(keys.KeyCache(database_url, on_listening=told.append))
+    assert told == [True]
+    await cache.stop()
+    assert told == [True, False]
+
+
 async def test_a_lookup_older_than_a_change_is_not_kept(database_url: str, pool) -> None:
     record, secret = await keys.create_key(pool, "car", ("read",))
     cache = await _listening(keys.KeyCache(database_url))
