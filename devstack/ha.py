@@ -220,6 +220,19 @@ class PatroniNode(Child):
         for pid in self.pids():
             _signal(pid, sig)
 
+    def signal_postgres(self, sig: signal.Signals) -> None:
+        """`sig` to the postmaster and every process under it, not to Patroni: SIGSTOP freezes this
+        node's Postgres while Patroni goes on; SIGKILL to the postmaster alone is `kill_postmaster`."""
+        postmaster = self.postmaster_pid()
+        for pid in _with_descendants([postmaster] if postmaster else []):
+            _signal(pid, sig)
+
+    def kill_postmaster(self) -> None:
+        """kill -9 of the postmaster alone (its backends end on their own); Patroni sees it gone."""
+        postmaster = self.postmaster_pid()
+        if postmaster:
+            _signal(postmaster, signal.SIGKILL)
+
     def kill(self) -> None:
         """kill -9 of Patroni and its Postgres together: a lost node."""
         super().kill()

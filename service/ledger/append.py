@@ -23,12 +23,14 @@ import asyncpg
 from core.events import Event, event_from_row
 from core.money import Money
 from service.ledger.db import Tries, retrying
-from service.ledger.errors import REFUSALS, InvalidData
+from service.ledger.errors import REFUSALS, InvalidData, OutcomeUnknown, StoreUnavailable
 
 BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # Each append's outcome alone: the import counts the stored events where they are.
 OUTCOMES_SQL = f"SELECT append_no, min(outcome) AS outcome FROM ({BATCH_SQL}) answer GROUP BY append_no"
 STORED = ("created", "appended", "replayed")
+UNKNOWN_WORDS = ("the ledger could not confirm in time whether these events were stored, and they may "
+                 "have been: send the same request again, with the same event_ids, to learn the outcome")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class AppendResult:
 Answer = AppendResult | Exception  # an append's result, or the LedgerError that refuses it
 
 
-async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append]) -> list[Answer]:
+async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append], deadline: float | None = None) -> list[Answer]:
     """Each append's answer, in order, from one call (one transaction); appends to one booking apply
     in order. Raises, for all of them, what keeps the call from answering (a LedgerError: the store
     unavailable, or input Postgres refuses, which fails the whole call: redo the appends alone).
@@ -76,9 +78,18 @@ async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append]) -> list[An
     same event ids. When a try failed with its outcome unknown (the connection broke, maybe after
     the commit) and a later try finds an append's events recorded, they were stored by this call:
     its result is not `replayed` (the API answers 201, as if the first try had answered).
+
+    `deadline` (time.monotonic()) bounds the call, tries and waits together; past it the call
+    raises StoreUnavailable, or OutcomeUnknown when a try may have committed.
     """
-    tries = Tries()
-    rows = await retrying(pool, lambda conn: conn.fetch(BATCH_SQL, *batch_arguments(appends)), tries)
+    tries = Tries(deadline=deadline)
+    arguments = batch_arguments(appends)
+    try:
+        rows = await retrying(pool, lambda conn: conn.fetch(BATCH_SQL, *arguments, timeout=tries.timeout()), tries)
+    except StoreUnavailable as error:
+        if tries.unknown_outcome and not isinstance(error, OutcomeUnknown):
+            raise OutcomeUnknown(f"{UNKNOWN_WORDS} ({error.detail})") from error
+        raise
     by_append: list[list[asyncpg.Record]] = [[] for _ in appends]
     for row in rows:  # grouped by append, the groups not in append order
         by_append[row["append_no"] - 1].append(row)
