@@ -2,10 +2,11 @@
 
 A commit whose wait for the synchronous standby is cancelled stays, visible, on the primary alone.
 If the relay sent it to Kafka and the standby (which never had it) is then promoted, Kafka and
-DynamoDB hold an event the ledger does not: a phantom. Real processes: etcd, three Patroni/Postgres
-nodes, the broker, the relay; both replicas frozen (SIGSTOP) while the commit is made. The kernel
-still takes the WAL into a frozen standby's socket, so their WAL receivers are killed while frozen,
-which throws that away: the standbys resume without the commit, as if the network had lost it.
+DynamoDB hold an event the ledger does not: a phantom; so would a feed that served it. Real
+processes: etcd, three Patroni/Postgres nodes, the broker, the relay; both replicas frozen
+(SIGSTOP) while the commit is made. The kernel still takes the WAL into a frozen standby's socket,
+so their WAL receivers are killed while frozen, which throws that away: the standbys resume
+without the commit, as if the network had lost it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from core.pg import connect, is_transient
+from core.settings import DatabaseSettings
 from devstack.ha import HACluster, PatroniNode
 from devstack.harness import APPEND_SQL
 from devstack.processes import wait_until
+from service.ledger.db import create_pool
+from service.ledger.errors import StoreUnavailable
+from service.ledger.reads import read_feed
 from tests.ha.conftest import HAPipeline
 
 WAITING = "waiting for the synchronous standby"  # the relay's log line while it holds a batch back
@@ -73,11 +78,12 @@ def _ends(consumer: Consumer, topic: str) -> dict[int, int] | None:
         return None
 
 
-async def _commit_on_the_primary_alone(url: str, code: str) -> None:
+async def _commit_on_the_primary_alone(url: str, code: str) -> int:
     """Append `code` on the primary and cancel its commit's wait for the (frozen) standby: the
-    commit stays, visible, on the primary's disk only."""
+    commit stays, visible, on the primary's disk only. The feed's cursor before it."""
     client, admin = await connect(url, timeout=10), await connect(url, timeout=10)
     try:
+        cursor = int(await admin.fetchval("SELECT coalesce(max(position), 0) FROM events"))
         pid = await client.fetchval("SELECT pg_backend_pid()")
         append = asyncio.create_task(client.fetch(APPEND_SQL, *_append_args(code)))
         for _ in range(300):
@@ -89,9 +95,23 @@ async def _commit_on_the_primary_alone(url: str, code: str) -> None:
         await admin.execute("SELECT pg_cancel_backend($1)", pid)
         assert (await asyncio.wait_for(append, 30))[0]["version"] == 1
         assert await admin.fetchval("SELECT count(*) FROM outbox WHERE booking_code = $1", code) == 1
+        return cursor
     finally:
         client.terminate()
         admin.terminate()
+
+
+async def _feed_after(url: str, cursor: int) -> list[str] | None:
+    """The booking codes the feed serves after `cursor` (None: it answers 503 instead), as the API
+    reads it, with a budget of two seconds."""
+    pool = await create_pool(DatabaseSettings(url=url, pool_size=1, command_timeout=2, retry_seconds=0))
+    try:
+        events, _ = await read_feed(pool, cursor, 100)
+        return [event.booking_code for event in events]
+    except StoreUnavailable:
+        return None
+    finally:
+        pool.terminate()
 
 
 async def _cancel_relay_wait(url: str) -> int:
@@ -139,7 +159,9 @@ def test_the_relay_never_sends_a_commit_the_standby_lacks(ha_cluster: HACluster,
     for node in replicas:
         node.freeze()  # Patroni and Postgres: the standby every commit waits for is not there
     try:
-        asyncio.run(_commit_on_the_primary_alone(ha_cluster.node_url(old), phantom))
+        cursor = asyncio.run(_commit_on_the_primary_alone(ha_cluster.node_url(old), phantom))
+        # The feed (and the event stream, which reads through it) does not serve it either.
+        assert asyncio.run(_feed_after(ha_cluster.node_url(old), cursor)) is None
         # The relay either sends it (the fault) or says it waits for the standby before sending.
         wait_until(lambda: WAITING in ha_pipeline.relay.log() or phantom in _kafka_keys(ha_pipeline), timeout=30,
                    interval=0.5, what="the relay to send the commit or to wait for the standby")
