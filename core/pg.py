@@ -15,7 +15,9 @@ says whether it takes writes, and nothing else needs to be up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -138,6 +140,15 @@ async def standby_holds(conn: asyncpg.Connection, timeout: float | None = None) 
     pg_cancel_backend: Postgres then commits and only warns), and asyncpg's errors (TimeoutError
     after `timeout`, a lost connection) as they come. Call it outside a transaction.
     """
+    async with warned_of_early_commit(conn):
+        await conn.execute(STANDBY_BARRIER_SQL, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def warned_of_early_commit(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Raise StandbyUnconfirmed after the block if Postgres warned meanwhile on `conn`: the only
+    warning a commit gives is that its wait for the synchronous standby was cancelled, and then the
+    transaction is committed on the primary alone, which the block's caller must not vouch for."""
     warnings: list[str] = []
 
     def heard(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
@@ -146,7 +157,7 @@ async def standby_holds(conn: asyncpg.Connection, timeout: float | None = None) 
 
     conn.add_log_listener(heard)
     try:
-        await conn.execute(STANDBY_BARRIER_SQL, timeout=timeout)
+        yield
         await asyncio.sleep(0)  # asyncpg hands log messages to listeners through the event loop
     finally:
         conn.remove_log_listener(heard)

@@ -22,6 +22,7 @@ import asyncpg
 
 from core.events import Event, event_from_row
 from core.money import Money
+from core.pg import warned_of_early_commit
 from service.ledger.db import Tries, retrying
 from service.ledger.errors import REFUSALS, InvalidData, OutcomeUnknown, StoreUnavailable
 
@@ -85,7 +86,7 @@ async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append], deadline: 
     tries = Tries(deadline=deadline)
     arguments = batch_arguments(appends)
     try:
-        rows = await retrying(pool, lambda conn: conn.fetch(BATCH_SQL, *arguments, timeout=tries.timeout()), tries)
+        rows = await retrying(pool, lambda conn: _call(conn, arguments, tries), tries)
     except StoreUnavailable as error:
         if tries.unknown_outcome and not isinstance(error, OutcomeUnknown):
             raise OutcomeUnknown(f"{UNKNOWN_WORDS} ({error.detail})") from error
@@ -102,6 +103,14 @@ async def append(pool: asyncpg.Pool, *, code: str, department: str, may_write_an
     service.ledger.errors."""
     [answer] = await append_batch(pool, [Append(code, department, may_write_any, expected_version, events)])
     return settled(answer)
+
+
+async def _call(conn: asyncpg.Connection, arguments: tuple[list[Any], ...], tries: Tries) -> list[asyncpg.Record]:
+    # A commit whose wait for the synchronous standby was cancelled (an operator's pg_cancel_backend)
+    # answers as if all went well, with a warning: that try is then one whose outcome is unknown,
+    # and the next finds the events and answers only once the standby holds them (0010).
+    async with warned_of_early_commit(conn):
+        return await conn.fetch(BATCH_SQL, *arguments, timeout=tries.timeout())
 
 
 def settled(answer: Answer) -> AppendResult:
