@@ -8,8 +8,8 @@ and a refused append never fails its neighbours. If the batch call itself fails 
 unexpected reason (bad data that Postgres refuses, a bug), its members are redone one by one,
 so a poisoned request hurts only itself.
 
-Every append is answered by its deadline, its arrival plus the pool's write budget (the retry
-budget, at least one statement's timeout), whatever Postgres does meanwhile: a batch's call ends
+Every append is answered within its budget from its arrival (the retry budget, at least one
+statement's timeout; its deadline lies a little before the end), whatever Postgres does meanwhile: a batch's call ends
 at its members' last deadline, and an append still waiting when its own deadline passes is
 answered then: 503 `unavailable` if it was still queued (it is taken out: nothing of it is ever
 written), 503 `unknown_outcome` if its batch was under way (it may commit; the same request sent
@@ -34,9 +34,10 @@ from service.ledger.errors import OutcomeUnknown, StoreUnavailable
 log = logging.getLogger("booking_ledger.groupcommit")
 
 
-# After its deadline, an append's batch gets this much longer to answer it itself (its call ends
-# at the deadline of its last member) before the append is answered without it.
-GRACE_SECONDS = 0.5
+# An append's deadline lies this much before the end of its budget (at most a tenth of it): half of
+# it lets its batch answer it itself (the call ends at its last member's deadline), the other half
+# is for the answer's way out, so that the client hears within the budget.
+ANSWER_RESERVE_SECONDS = 1.0
 # A batch whose members have less time than this left is not sent: a call cut that short would most
 # likely end with its outcome unknown, where not sending it leaves none.
 MIN_TRY_SECONDS = 0.5
@@ -69,7 +70,8 @@ class GroupCommit:
     async def append(self, item: Append) -> AppendResult:
         """The answer `service.ledger.append.append` would give for `item` (raises its LedgerErrors)."""
         policy = getattr(self.pool, "retry", None)
-        deadline = time.monotonic() + policy.budget if policy is not None else None
+        reserve = min(ANSWER_RESERVE_SECONDS, policy.budget / 10) if policy is not None else 0.0
+        deadline = time.monotonic() + policy.budget - reserve if policy is not None else None
         if self.max_events <= 0:
             [answer] = await append_batch(self.pool, [item], deadline)
             return settled(answer)
@@ -84,7 +86,7 @@ class GroupCommit:
         if deadline is None:
             return await future
         try:
-            return await asyncio.wait_for(future, deadline - time.monotonic() + GRACE_SECONDS)
+            return await asyncio.wait_for(future, deadline - time.monotonic() + reserve / 2)
         except TimeoutError:  # wait_for cancelled `future`: its batch, if any, no longer answers it
             if waiting in self._queue:
                 self._queue.remove(waiting)  # never written

@@ -27,7 +27,7 @@ from devstack.processes import wait_until
 from tests.e2e.conftest import Server, start_server
 
 BUDGET = 6  # LEDGER_WRITE_RETRY_SECONDS; also the statement timeout here, so the budget is 6 s
-SLACK = 2.0  # the answer's own way back, on a busy machine
+SLACK = 1.0  # the request's and the answer's way, threads scheduled on a busy machine
 CLIENTS = 20
 
 
@@ -96,11 +96,15 @@ def test_every_append_is_answered_within_the_budget_and_the_node_rejoins(
     answers: dict[str, tuple[int, str, float]] = {}
     headers = {"Authorization": f"Bearer {ha_keys['hotel']}"}
 
+    # One client for all, made before the clock starts: a client each would spend the first second
+    # of a busy machine building its TLS context, and count it against the server.
+    http = httpx.Client(base_url=api.url, headers=headers, timeout=BUDGET * 4,
+                        limits=httpx.Limits(max_connections=CLIENTS))
+
     def create(code: str) -> None:
         started = time.monotonic()
         try:
-            answer = httpx.post(f"{api.url}/v1/bookings/{code}/events", json=bodies[code], headers=headers,
-                                timeout=BUDGET * 4)
+            answer = http.post(f"/v1/bookings/{code}/events", json=bodies[code])
             problem = answer.json().get("code", "") if answer.status_code >= 400 else ""
             answers[code] = (answer.status_code, problem, time.monotonic() - started)
         except httpx.HTTPError as error:
@@ -126,8 +130,8 @@ def test_every_append_is_answered_within_the_budget_and_the_node_rejoins(
     ha_cluster.wait_replicas(2, timeout=90)
     healed_in = time.monotonic() - healed
     # Every create is settled by sending it again, as the 503 says: stored once, or now.
-    with httpx.Client(base_url=api.url, headers=headers, timeout=60) as http:
-        again = {code: http.post(f"/v1/bookings/{code}/events", json=body).status_code for code, body in bodies.items()}
+    again = {code: http.post(f"/v1/bookings/{code}/events", json=body).status_code for code, body in bodies.items()}
+    http.close()
     print(f"\n{len(answers)} creates answered, slowest in {slowest:.1f}s (budget {BUDGET}s): {kinds}; "
           f"cluster healed {healed_in:.1f}s after the standbys resumed, leader {ha_cluster.primary().name}; "
           f"sent again: {sorted(set(again.values()))}")
