@@ -59,6 +59,11 @@ class RelayMetrics:
             "ledger_relay_commit_to_ack_seconds", "From the append's transaction to Kafka's acknowledgement.",
             buckets=LAG_BUCKETS, registry=registry,
         )
+        self.standby_wait = Histogram(
+            "ledger_relay_standby_wait_seconds",
+            "Per batch, the wait for the synchronous standby to hold it before it is sent.",
+            buckets=LAG_BUCKETS, registry=registry,
+        )
         self.outbox_backlog = Gauge("ledger_outbox_backlog", "Events in the outbox, not yet acknowledged by Kafka.",
                                     registry=registry)
         self.outbox_oldest_age = Gauge("ledger_outbox_oldest_age_seconds",

@@ -8,6 +8,10 @@ Why this never skips or reorders an event:
   v(n+1) is visible v(n) is visible too (or already sent) and has the smaller position.
 - One relay sends at a time: the leader holds a session advisory lock on its connection; a
   standby polls for the lock and takes over within a second of the leader's connection dying.
+- Nothing is sent that the synchronous standby does not hold: a commit can be visible on the
+  primary alone (its wait for the standby cancelled, or the primary restarted while its standbys
+  lagged), and a failover would discard it after Kafka had it. So each batch is sent only once a
+  commit made after reading it has reached the standby (core.pg.standby_holds).
 - Rows are deleted only for the unbroken prefix of clean delivery reports. After a failed
   report nothing past it is marked; the next pass resends from the oldest unsent row, and the
   duplicates this may cause downstream are absorbed by the sink's idempotent writes.
@@ -33,7 +37,7 @@ from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
 from core.events import encode_event, event_columns, event_from_row
 from core.lease import LEADER_LOCK, relay_application_name, relay_identity
 from core.outbox import OUTBOX_BACKLOG_SQL, OUTBOX_CHANNEL
-from core.pg import connect, is_transient
+from core.pg import connect, is_transient, standby_holds
 from core.settings import Settings
 
 log = logging.getLogger("booking_ledger.relay")
@@ -46,6 +50,7 @@ SELECT {event_columns('e')}
 """
 DELETE_SENT_SQL = "DELETE FROM outbox WHERE position = ANY($1::bigint[])"
 TOPIC_CHECK_SECONDS = 10.0
+STANDBY_SLOW_SECONDS = 1.0  # a wait for the synchronous standby this long is logged
 BACKLOG_SECONDS = 5.0
 RESEND_SQL = """
 INSERT INTO outbox (position, booking_code, version)
@@ -173,9 +178,25 @@ class Relay:
             wake.clear()
             rows = await conn.fetch(BATCH_SQL, self.batch_size)
             if rows:
+                await self._held_by_standby(conn, len(rows))
                 await self._relay_batch(conn, stop, rows)
             else:
                 await self._idle(conn, stop, wake)
+
+    async def _held_by_standby(self, conn: asyncpg.Connection, count: int) -> None:
+        """Return once the synchronous standby holds the batch just read; say so when that is slow.
+        A standby that never comes: the command timeout ends the wait with an error, and the relay
+        connects again and reads the outbox afresh."""
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(standby_holds(conn))
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=STANDBY_SLOW_SECONDS)
+            if not done:
+                log.warning("waiting for the synchronous standby to hold %d events before sending them", count)
+            await waiting
+        finally:
+            waiting.cancel()
+        self.metrics.standby_wait.observe(time.monotonic() - started)
 
     async def _wait_for_topic(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
         """Wait until the topic exists (creating it if missing); False when stopped first."""

@@ -15,7 +15,9 @@ says whether it takes writes, and nothing else needs to be up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -40,7 +42,11 @@ _TRY_NEXT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.Inte
 # (read-only, or no read-write host at connect), shutting down, starting up, out of resources,
 # or the transaction lost a serialization conflict or a deadlock. Retrying the same work later,
 # or on another host, can succeed. Everything else is a property of the request or the schema.
-_TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+class StandbyUnconfirmed(Exception):
+    """The synchronous standby was not shown to hold what this session read (see `standby_holds`)."""
+
+
+_TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError, StandbyUnconfirmed)
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator, system
 _TRANSIENT_SQLSTATES = ("25006", "40001", "40P01")  # read-only transaction, serialization, deadlock
 
@@ -113,6 +119,50 @@ async def connect(url: str, **options: Any) -> asyncpg.Connection:
     conn = await connect_primary(url, **options)
     await init_connection(conn)
     return conn
+
+
+# What leaves the ledger must be held by the synchronous standby: a commit can be visible on the
+# primary before the standby has it (its wait for the standby cancelled; a primary restarted while
+# its standbys lagged: recovery makes the waiting commits visible), and a failover then discards it.
+# A transaction's commit waits for the synchronous standby to flush it, and so everything before it
+# in the WAL, every commit this session could already see included. Postgres waits only for a
+# transaction that has an id *and* wrote WAL: a transactional logical message gives it both,
+# touching no table and needing no privilege. No synchronous standby configured (a single node):
+# the commit waits for the local WAL flush only. One round trip (a simple query).
+STANDBY_BARRIER_SQL = ("BEGIN; SET LOCAL synchronous_commit = on; "
+                       "SELECT pg_logical_emit_message(true, 'booking-ledger', 'standby barrier'); COMMIT")
+
+
+async def standby_holds(conn: asyncpg.Connection, timeout: float | None = None) -> None:
+    """Return once the synchronous standby holds every commit `conn` could see before the call.
+
+    Raises StandbyUnconfirmed (transient) when the wait for the standby was cancelled (an operator's
+    pg_cancel_backend: Postgres then commits and only warns), and asyncpg's errors (TimeoutError
+    after `timeout`, a lost connection) as they come. Call it outside a transaction.
+    """
+    async with warned_of_early_commit(conn):
+        await conn.execute(STANDBY_BARRIER_SQL, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def warned_of_early_commit(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Raise StandbyUnconfirmed after the block if Postgres warned meanwhile on `conn`: the only
+    warning a commit gives is that its wait for the synchronous standby was cancelled, and then the
+    transaction is committed on the primary alone, which the block's caller must not vouch for."""
+    warnings: list[str] = []
+
+    def heard(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        if (getattr(message, "severity_en", None) or getattr(message, "severity", None)) == "WARNING":
+            warnings.append(str(message))
+
+    conn.add_log_listener(heard)
+    try:
+        yield
+        await asyncio.sleep(0)  # asyncpg hands log messages to listeners through the event loop
+    finally:
+        conn.remove_log_listener(heard)
+    if warnings:
+        raise StandbyUnconfirmed(f"the wait for the synchronous standby ended early: {warnings[0]}")
 
 
 def _json_text(value: object) -> str:

@@ -79,7 +79,8 @@ class DatabaseSettings:
     retry_seconds: int = _env_int(
         "LEDGER_WRITE_RETRY_SECONDS", 20,
         "Seconds the API keeps retrying a request while the Postgres primary is unavailable (a failover), "
-        "with the same event ids, before it answers 503; 0 = no retry.",
+        "with the same event ids, before it answers 503; 0 = no retry. An append is answered within "
+        "max(this, LEDGER_DB_TIMEOUT) whatever the fault (503 unknown_outcome when it may have been stored).",
     )
     retry_max_waiting: int = _env_int(
         "LEDGER_RETRY_MAX_WAITING", 256,

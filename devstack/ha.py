@@ -13,6 +13,11 @@ as found on this stack (deploy/RUNBOOK.md has the same table for production):
   has it on disk, only that standby may be promoted, and with no standby left nothing is
   acknowledged at all (rather than on one disk only).
 - `use_pg_rewind` (+ `wal_log_hints`): a killed leader rejoins as a replica by itself.
+- `remove_data_directory_on_rewind_failure` and `..._on_diverged_timelines`: an old leader that
+  pg_rewind cannot bring back (its timeline diverged in a way rewind refuses, or an unclean data
+  directory) is cloned afresh from the leader instead of staying down ("start failed"). What it
+  throws away was never acknowledged: strict synchronous mode put every acknowledged commit on the
+  standby that was promoted, and nothing else left the ledger (the relay and the feed wait for it).
 - `log_directory` outside PGDATA: pg_rewind overwrites PGDATA/log.
 - `wal_retrieve_retry_interval: 500ms` (default 5 s): a promotion and a replica's switch to the
   new leader each waited out one such interval after the old leader vanished.
@@ -154,6 +159,8 @@ class PatroniNode(Child):
                     "rewind": {"username": "rewinder"},
                 },
                 "pg_hba": trust,
+                "remove_data_directory_on_rewind_failure": True,
+                "remove_data_directory_on_diverged_timelines": True,
                 # A new replica's base backup starts with a checkpoint: spread, it would take minutes.
                 "basebackup": [{"checkpoint": "fast"}],
                 "parameters": {
@@ -219,6 +226,19 @@ class PatroniNode(Child):
         """`sig` to every one of `pids`: SIGSTOP freezes the host (not dead), SIGKILL loses it."""
         for pid in self.pids():
             _signal(pid, sig)
+
+    def signal_postgres(self, sig: signal.Signals) -> None:
+        """`sig` to the postmaster and every process under it, not to Patroni: SIGSTOP freezes this
+        node's Postgres while Patroni goes on; SIGKILL to the postmaster alone is `kill_postmaster`."""
+        postmaster = self.postmaster_pid()
+        for pid in _with_descendants([postmaster] if postmaster else []):
+            _signal(pid, sig)
+
+    def kill_postmaster(self) -> None:
+        """kill -9 of the postmaster alone (its backends end on their own); Patroni sees it gone."""
+        postmaster = self.postmaster_pid()
+        if postmaster:
+            _signal(postmaster, signal.SIGKILL)
 
     def kill(self) -> None:
         """kill -9 of Patroni and its Postgres together: a lost node."""

@@ -92,7 +92,8 @@ class RateLimited(LedgerError):
 
 
 class Unavailable(LedgerError):
-    """503 `unavailable`, a connection error or a timeout, still so when `retry_seconds` ran out.
+    """503 `unavailable` or `unknown_outcome`, a connection error or a timeout, still so when
+    `retry_seconds` ran out.
 
     After a connection error or timeout the request may or may not have been stored: send it
     again with the same event ids (the ledger answers a replay with the original events)."""
@@ -120,4 +121,5 @@ ERRORS_BY_CODE: dict[str, type[LedgerError]] = {
     "validation_error": ValidationFailed,
     "rate_limited": RateLimited,
     "unavailable": Unavailable,
+    "unknown_outcome": Unavailable,  # the server's word that the request may have been stored
 }

@@ -26,6 +26,7 @@ _LEDGER_STATUS: dict[type[errors.LedgerError], int] = {
     errors.BookingNotFound: 404,
     errors.InvalidData: 422,
     errors.StoreUnavailable: 503,
+    errors.OutcomeUnknown: 503,
 }
 
 # Codes for errors the framework raises (routing, body size, ...).

@@ -22,13 +22,16 @@ import asyncpg
 
 from core.events import Event, event_from_row
 from core.money import Money
+from core.pg import warned_of_early_commit
 from service.ledger.db import Tries, retrying
-from service.ledger.errors import REFUSALS, InvalidData
+from service.ledger.errors import REFUSALS, InvalidData, OutcomeUnknown, StoreUnavailable
 
 BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # Each append's outcome alone: the import counts the stored events where they are.
 OUTCOMES_SQL = f"SELECT append_no, min(outcome) AS outcome FROM ({BATCH_SQL}) answer GROUP BY append_no"
 STORED = ("created", "appended", "replayed")
+UNKNOWN_WORDS = ("the ledger could not confirm in time whether these events were stored, and they may "
+                 "have been: send the same request again, with the same event_ids, to learn the outcome")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ class AppendResult:
 Answer = AppendResult | Exception  # an append's result, or the LedgerError that refuses it
 
 
-async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append]) -> list[Answer]:
+async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append], deadline: float | None = None) -> list[Answer]:
     """Each append's answer, in order, from one call (one transaction); appends to one booking apply
     in order. Raises, for all of them, what keeps the call from answering (a LedgerError: the store
     unavailable, or input Postgres refuses, which fails the whole call: redo the appends alone).
@@ -76,9 +79,18 @@ async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append]) -> list[An
     same event ids. When a try failed with its outcome unknown (the connection broke, maybe after
     the commit) and a later try finds an append's events recorded, they were stored by this call:
     its result is not `replayed` (the API answers 201, as if the first try had answered).
+
+    `deadline` (time.monotonic()) bounds the call, tries and waits together; past it the call
+    raises StoreUnavailable, or OutcomeUnknown when a try may have committed.
     """
-    tries = Tries()
-    rows = await retrying(pool, lambda conn: conn.fetch(BATCH_SQL, *batch_arguments(appends)), tries)
+    tries = Tries(deadline=deadline)
+    arguments = batch_arguments(appends)
+    try:
+        rows = await retrying(pool, lambda conn: _call(conn, arguments, tries), tries)
+    except StoreUnavailable as error:
+        if tries.unknown_outcome and not isinstance(error, OutcomeUnknown):
+            raise OutcomeUnknown(f"{UNKNOWN_WORDS} ({error.detail})") from error
+        raise
     by_append: list[list[asyncpg.Record]] = [[] for _ in appends]
     for row in rows:  # grouped by append, the groups not in append order
         by_append[row["append_no"] - 1].append(row)
@@ -91,6 +103,14 @@ async def append(pool: asyncpg.Pool, *, code: str, department: str, may_write_an
     service.ledger.errors."""
     [answer] = await append_batch(pool, [Append(code, department, may_write_any, expected_version, events)])
     return settled(answer)
+
+
+async def _call(conn: asyncpg.Connection, arguments: tuple[list[Any], ...], tries: Tries) -> list[asyncpg.Record]:
+    # A commit whose wait for the synchronous standby was cancelled (an operator's pg_cancel_backend)
+    # answers as if all went well, with a warning: that try is then one whose outcome is unknown,
+    # and the next finds the events and answers only once the standby holds them (0010).
+    async with warned_of_early_commit(conn):
+        return await conn.fetch(BATCH_SQL, *arguments, timeout=tries.timeout())
 
 
 def settled(answer: Answer) -> AppendResult:

@@ -50,7 +50,14 @@ class RetryPolicy:
 
     seconds: float
     max_waiting: int
+    command_timeout: float | None = None  # the pool's own bound on a statement
     waiting: int = 0  # operations of this process now waiting to try again
+
+    @property
+    def budget(self) -> float:
+        """How long a write may take in all, its tries and waits together: the retry budget, and at
+        least one statement's timeout (so that LEDGER_WRITE_RETRY_SECONDS=0 still allows one try)."""
+        return max(self.seconds, self.command_timeout or 0.0)
 
 
 class LedgerPool(asyncpg.Pool):
@@ -69,7 +76,7 @@ async def create_pool(settings: DatabaseSettings) -> LedgerPool:
     """
     pool = LedgerPool(
         settings.url,
-        retry=RetryPolicy(float(settings.retry_seconds), settings.retry_max_waiting),
+        retry=RetryPolicy(float(settings.retry_seconds), settings.retry_max_waiting, float(settings.command_timeout)),
         connect=connect_primary,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
@@ -98,6 +105,16 @@ class Tries:
 
     count: int = 0
     unknown_outcome: bool = False  # a try failed after its statement may have reached Postgres
+    deadline: float | None = None  # time.monotonic() by which the call gives up (None: the policy's budget)
+    command_timeout: float | None = None
+
+    def timeout(self) -> float | None:
+        """The bound for a statement of the current try: what is left before the deadline, at most
+        the pool's command timeout (None: no deadline, the pool's own timeout applies)."""
+        if self.deadline is None:
+            return None
+        left = max(self.deadline - time.monotonic(), 0.05)
+        return left if self.command_timeout is None else min(left, self.command_timeout)
 
 
 async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]],
@@ -111,10 +128,16 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
     made once, before the first try, so a try whose commit was lost in flight is answered by the
     ledger's idempotency on the next. Beyond the policy's `max_waiting` operations waiting at
     once, the error is raised at once (503), so a long outage does not pile up requests.
+
+    With `tries.deadline` set, no try starts after it and each waits for a connection at most
+    until it; `work` bounds its statements by `tries.timeout()`, so the call ends near the
+    deadline whatever Postgres does (an append whose commit waits for a standby that is gone).
     """
     policy: RetryPolicy | None = getattr(pool, "retry", None)
     tries = tries or Tries()
-    deadline = time.monotonic() + (policy.seconds if policy else 0.0)
+    if tries.deadline is not None and policy is not None:
+        tries.command_timeout = policy.command_timeout
+    deadline = tries.deadline if tries.deadline is not None else time.monotonic() + (policy.seconds if policy else 0.0)
     delay = 0.05
     waiting = False
     try:
@@ -140,8 +163,11 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
 
 
 async def _try(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], tries: Tries) -> T:
+    wait = ACQUIRE_TIMEOUT
+    if tries.deadline is not None:
+        wait = min(wait, max(tries.deadline - time.monotonic(), 0.05))
     with translate_errors():
-        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        async with pool.acquire(timeout=wait) as conn:
             try:
                 return await work(conn)
             except Exception as error:

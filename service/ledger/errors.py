@@ -66,3 +66,11 @@ class StoreUnavailable(LedgerError):
     def __init__(self, detail: str, *, transient: bool = True, **context: Any) -> None:
         super().__init__(detail, **context)
         self.transient = transient
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The answer did not come in time, and a try may have stored the events (its commit was sent,
+    then the connection broke or the wait ran out). Sending the same request again, with the same
+    event ids, tells: the ledger answers a replay with the stored events, else stores them once."""
+
+    code = "unknown_outcome"

@@ -7,28 +7,49 @@ own, exactly as `service.ledger.append.append` answers it (a single append is a 
 and a refused append never fails its neighbours. If the batch call itself fails for an
 unexpected reason (bad data that Postgres refuses, a bug), its members are redone one by one,
 so a poisoned request hurts only itself.
+
+Every append is answered within its budget from its arrival (the retry budget, at least one
+statement's timeout; its deadline lies a little before the end), whatever Postgres does meanwhile: a batch's call ends
+at its members' last deadline, and an append still waiting when its own deadline passes is
+answered then: 503 `unavailable` if it was still queued (it is taken out: nothing of it is ever
+written), 503 `unknown_outcome` if its batch was under way (it may commit; the same request sent
+again says). A batch with too little time left is not sent at all (503 `unavailable`). Without
+this, appends queued behind a call that hangs (a commit waiting for a standby that is gone)
+waited for it, then for their own call, one after the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
 import asyncpg
 
-from service.ledger.append import Answer, Append, AppendResult, append_batch, settled
-from service.ledger.errors import StoreUnavailable
+from service.ledger.append import UNKNOWN_WORDS, Answer, Append, AppendResult, append_batch, settled
+from service.ledger.errors import OutcomeUnknown, StoreUnavailable
 
 log = logging.getLogger("booking_ledger.groupcommit")
 
 
-class _Waiting:
-    __slots__ = ("append", "future")
+# An append's deadline lies this much before the end of its budget (at most a tenth of it): half of
+# it lets its batch answer it itself (the call ends at its last member's deadline), the other half
+# is for the answer's way out, so that the client hears within the budget.
+ANSWER_RESERVE_SECONDS = 1.0
+# A batch whose members have less time than this left is not sent: a call cut that short would most
+# likely end with its outcome unknown, where not sending it leaves none.
+MIN_TRY_SECONDS = 0.5
+NOT_TAKEN = "the ledger store did not take this request within the write budget; nothing of it was stored"
 
-    def __init__(self, append: Append, future: asyncio.Future[AppendResult]) -> None:
+
+class _Waiting:
+    __slots__ = ("append", "deadline", "future")
+
+    def __init__(self, append: Append, deadline: float, future: asyncio.Future[AppendResult]) -> None:
         self.append = append
+        self.deadline = deadline
         self.future = future
 
 
@@ -48,17 +69,29 @@ class GroupCommit:
 
     async def append(self, item: Append) -> AppendResult:
         """The answer `service.ledger.append.append` would give for `item` (raises its LedgerErrors)."""
+        policy = getattr(self.pool, "retry", None)
+        reserve = min(ANSWER_RESERVE_SECONDS, policy.budget / 10) if policy is not None else 0.0
+        deadline = time.monotonic() + policy.budget - reserve if policy is not None else None
         if self.max_events <= 0:
-            [answer] = await append_batch(self.pool, [item])
+            [answer] = await append_batch(self.pool, [item], deadline)
             return settled(answer)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
-        self._queue.append(_Waiting(item, future))
+        waiting = _Waiting(item, deadline if deadline is not None else float("inf"), future)
+        self._queue.append(waiting)
         if self._writer is None:
             self._writer = loop.create_task(self._write())
         # A caller that goes away (its client disconnected) cancels only its wait: the batch it
         # joined is written, and its outcome is what a retry with the same event ids will find.
-        return await future
+        if deadline is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, deadline - time.monotonic() + reserve / 2)
+        except TimeoutError:  # wait_for cancelled `future`: its batch, if any, no longer answers it
+            if waiting in self._queue:
+                self._queue.remove(waiting)  # never written
+                raise StoreUnavailable(NOT_TAKEN) from None
+            raise OutcomeUnknown(UNKNOWN_WORDS) from None
 
     async def close(self) -> None:
         """Wait until every queued append has been answered."""
@@ -90,11 +123,16 @@ class GroupCommit:
         self.appends += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
+        deadline = _deadline(batch)
+        if deadline is not None and deadline - time.monotonic() < MIN_TRY_SECONDS:
+            for waiting in batch:
+                _answer(waiting, StoreUnavailable(NOT_TAKEN))
+            return
         try:
-            answers: list[Answer] = await append_batch(self.pool, [waiting.append for waiting in batch])
+            answers: list[Answer] = await append_batch(self.pool, [waiting.append for waiting in batch], deadline)
         except StoreUnavailable as error:
-            # Postgres is not there (the retry budget is spent): every member gets this answer.
-            answers = [StoreUnavailable(error.detail, transient=error.transient, **error.context) for _ in batch]
+            # Postgres is not there (the budget is spent): every member gets this answer.
+            answers = [type(error)(error.detail, transient=error.transient, **error.context) for _ in batch]
         except Exception as error:
             if len(batch) > 1:
                 log.warning("a batch of %d appends failed; redoing them one by one", len(batch), exc_info=True)
@@ -107,10 +145,16 @@ class GroupCommit:
 
     async def _alone(self, waiting: _Waiting) -> None:
         try:
-            [answer] = await append_batch(self.pool, [waiting.append])
+            [answer] = await append_batch(self.pool, [waiting.append], _deadline([waiting]))
         except Exception as error:
             answer = error
         _answer(waiting, answer)
+
+
+def _deadline(batch: list[_Waiting]) -> float | None:
+    """A batch's call ends at its last member's deadline (None: no deadline)."""
+    last = max(waiting.deadline for waiting in batch)
+    return None if last == float("inf") else last
 
 
 def _answer(waiting: _Waiting, answer: Answer) -> None:

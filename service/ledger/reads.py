@@ -8,6 +8,7 @@ import asyncpg
 import msgspec
 
 from core.events import EVENT_COLUMNS, Event, Price, event_from_row, price_of
+from core.pg import standby_holds
 from service.ledger.db import retrying
 from service.ledger.errors import BookingNotFound
 
@@ -113,7 +114,18 @@ async def read_feed(
     pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES
 ) -> tuple[list[Event], int]:
     """Events after position `after`, in position order (at most `limit`, about `max_bytes`), and
-    the cursor for the next page."""
-    rows = await retrying(pool, lambda conn: conn.fetch(FEED_SQL, after, limit, max_bytes))
+    the cursor for the next page. Only events the synchronous standby holds: a page is answered
+    once a commit made after reading it has reached the standby (core.pg.standby_holds), so no
+    reader of the feed (the paged feed, the event stream) is ever handed an event
+    that a failover then discards. While no standby takes commits, a page with events waits, as
+    appends do, and the request ends 503 after the retry budget."""
+    rows = await retrying(pool, lambda conn: _feed_page(conn, after, limit, max_bytes))
     events = [event_from_row(row) for row in rows]
     return events, events[-1].position if events else after
+
+
+async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> list[asyncpg.Record]:
+    rows = await conn.fetch(FEED_SQL, after, limit, max_bytes)
+    if rows:
+        await standby_holds(conn)
+    return rows

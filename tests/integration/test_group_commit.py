@@ -421,3 +421,45 @@ async def append_sql(pool: asyncpg.Pool, function: str, code: str) -> None:
     await retrying(pool, lambda conn: conn.fetch(
         f"SELECT * FROM {function}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         code, "hotel", False, None, [uuid.uuid4()], ["Late"], [None], [None], [None], [None]))
+
+
+async def test_every_append_is_answered_by_its_deadline_while_a_batch_hangs(database_url) -> None:
+    """A call that hangs (here on a booking's lock, held by another transaction; in production a
+    commit waiting for a standby that is gone) neither holds its own members past the budget nor the
+    appends queued behind it: the batch's members hear `unknown_outcome`, the queued ones
+    `unavailable` and are never written."""
+    budget = 1.5
+    pool = await create_pool(DatabaseSettings(url=database_url, pool_size=4, command_timeout=1, retry_seconds=1))
+    held = await asyncpg.connect(database_url)
+    code, queued = random_code("HANG"), [random_code("QUEUED") for _ in range(5)]
+    try:
+        transaction = held.transaction()
+        await transaction.start()
+        await held.fetch(APPEND_SQL, code, "hotel", False, 0, [uuid.uuid4()], ["Held"], [None], [None], [None], [None])
+        writer = GroupCommit(pool)
+        started = asyncio.get_running_loop().time()
+
+        async def timed(item: Append) -> tuple[str, float]:
+            try:
+                await writer.append(item)
+                outcome = "stored"
+            except LedgerError as error:
+                outcome = error.code
+            return outcome, asyncio.get_running_loop().time() - started
+
+        hung = asyncio.create_task(timed(Append(code, "hotel", False, None, [event()])))
+        await asyncio.sleep(0.2)  # the first call is under way; the next ones queue behind it
+        answers = await asyncio.gather(hung, *(timed(Append(c, "hotel", False, 0, [event()])) for c in queued))
+        await transaction.rollback()
+        await writer.close()
+    finally:
+        await held.close()
+        await pool.close()
+    assert answers[0][0] == "unknown_outcome", answers
+    assert {outcome for outcome, _ in answers[1:]} == {"unavailable"}, answers
+    assert max(took for _, took in answers) < budget + 1.0, answers
+    stored = await asyncpg.connect(database_url)
+    try:  # what was answered `unavailable` was taken out of the queue, never written
+        assert await stored.fetchval("SELECT count(*) FROM bookings WHERE code = ANY($1)", queued) == 0
+    finally:
+        await stored.close()
