@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from core.dynamodb import Item, item_of
+from core.dynamodb import Item, item_of, read_raw
 from core.dynamodb import client as dynamodb_client
 from core.events import EVENT_COLUMNS, event_from_row
 from core.pg import connect
@@ -43,7 +43,11 @@ ABSENT_SQL = """SELECT k.code, k.version FROM unnest($1::text[], $2::int[]) AS k
     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.booking_code = k.code AND e.version = k.version)"""
 PENDING_SQL = "SELECT booking_code, version FROM outbox WHERE booking_code = ANY($1::text[])"
 BOOKINGS_SQL = "SELECT count(DISTINCT booking_code) FROM events WHERE position > $1 AND position < $2"
+COUNT_BELOW_SQL = "SELECT count(*) FROM events WHERE position < $1"
+PENDING_BELOW_SQL = "SELECT booking_code, version, position FROM outbox WHERE position < $1 LIMIT $2"
+PENDING_LIMIT = 100_000  # a longer outbox (an outage) makes a full run find missing events the ledger's way
 SUSPECT_LIMIT = 10_000  # drifted keys kept for the second look; beyond it drift is reported as first seen
+SCAN_PAGE = 1000  # items per Scan page: memory is segments x 2 pages (one compared, one on its way)
 BATCH_GET_LIMIT = 100  # BatchGetItem's maximum keys per call
 
 
@@ -82,68 +86,147 @@ async def verify(settings: Settings, grace: float = 5.0, since: int | None = Non
     """Compare ledger and DynamoDB; with `since`, only the events above that position (no Scan)."""
     conn = await connect(settings.database.url, timeout=10)
     dynamodb = dynamodb_client(settings.dynamo)
-    table = settings.dynamo.table
-    report = Report(since=since)
-    suspects: set[Key] = set()
-    lowest_unsettled: int | None = None  # the lowest position found pending or drifted
-
-    def suspect(keys: Sequence[Key], drift: list[Drift]) -> None:
-        for d in drift:
-            key = (d.booking_code, d.version)
-            if key in suspects or len(suspects) < SUSPECT_LIMIT:
-                suspects.add(key)
-            else:
-                report.drift.append(d)
-
+    read_raw(dynamodb)
+    check = _Check(settings.database.url, conn, dynamodb, settings.dynamo.table, Report(since=since))
     try:
         fence = await conn.fetchval(FENCE_SQL)
-        after = -1 if since is None else since
-        start = after
         with ThreadPoolExecutor(threads) as executor:
-            loop = asyncio.get_running_loop()
-            reader = await connect(settings.database.url, timeout=10)
-            try:
-                page = await reader.fetch(EVENTS_SQL, after, fence, page_size)
-                while page:
-                    after = page[-1]["position"]
-                    # The next page is read while this one is compared.
-                    following = asyncio.ensure_future(reader.fetch(EVENTS_SQL, after, fence, page_size))
-                    expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r)))
-                                for r in page}
-                    stored = await _batch_get(loop, executor, dynamodb, table, list(expected))
-                    absent = [key for key in expected if key not in stored]
-                    pending = await _pending(conn, absent) if absent else set()
-                    drift: list[Drift] = []
-                    for key, (position, item) in expected.items():
-                        found = _judge(key, item, stored.get(key), key in pending)
-                        if found is None and key in pending:
-                            report.pending += 1
-                        if found is not None or key in pending:
-                            lowest_unsettled = position if lowest_unsettled is None else min(lowest_unsettled,
-                                                                                              position)
-                        if found is not None:
-                            drift.append(found)
-                    suspect(list(expected), drift)
-                    report.events += len(page)
-                    page = await following
-            finally:
-                await reader.close()
-            report.bookings = await conn.fetchval(BOOKINGS_SQL, start, fence)
+            check.executor = executor
             if since is None:
-                report.stored_highest = await _scan_for_extra(loop, executor, conn, dynamodb, table, segments,
-                                                              lambda keys: suspect(keys, [Drift(*k, "extra")
-                                                                                          for k in keys]))
-            if suspects:
+                missing = await check.scan(fence, segments)
+                if missing:  # some are missing: find which, the ledger's way
+                    await check.ledger_pass(-1, fence, page_size, count=False)
+            else:
+                await check.ledger_pass(since, fence, page_size)
+            check.report.bookings = await conn.fetchval(BOOKINGS_SQL, -1 if since is None else since, fence)
+            if check.suspects:
                 await asyncio.sleep(grace)
-                for batch in _pages(sorted(suspects), page_size):
-                    report.drift.extend(await _second_look(loop, executor, conn, dynamodb, table, batch))
-        report.checked_through = fence - 1 if lowest_unsettled is None else lowest_unsettled - 1
+                for batch in _pages(sorted(check.suspects), page_size):
+                    check.report.drift.extend(await check.second_look(batch))
+        lowest = check.lowest_unsettled
+        check.report.checked_through = fence - 1 if lowest is None else lowest - 1
         if since is not None:
-            report.checked_through = max(report.checked_through, since)
+            check.report.checked_through = max(check.report.checked_through, since)
     finally:
         await conn.close()
-    report.drift.sort()
-    return report
+    check.report.drift.sort()
+    return check.report
+
+
+class _Check:
+    """One run's state: the report, the keys to look at again, the lowest position not settled."""
+
+    def __init__(self, url: str, conn: asyncpg.Connection, dynamodb, table: str, report: Report) -> None:
+        self.url, self.conn, self.dynamodb, self.table, self.report = url, conn, dynamodb, table, report
+        self.executor: ThreadPoolExecutor | None = None
+        self.suspects: set[Key] = set()
+        self.lowest_unsettled: int | None = None
+
+    def unsettled(self, position: int) -> None:
+        self.lowest_unsettled = position if self.lowest_unsettled is None else min(self.lowest_unsettled, position)
+
+    def suspect(self, drift: Sequence[Drift]) -> None:
+        for d in drift:
+            key = (d.booking_code, d.version)
+            if key in self.suspects or len(self.suspects) < SUSPECT_LIMIT:
+                self.suspects.add(key)
+            else:
+                self.report.drift.append(d)
+
+    async def ledger_pass(self, after: int, fence: int, page_size: int, count: bool = True) -> None:
+        """Ledger -> DynamoDB for the events in (after, fence): BatchGetItem per page."""
+        loop = asyncio.get_running_loop()
+        reader = await connect(self.url, timeout=10)
+        try:
+            page = await reader.fetch(EVENTS_SQL, after, fence, page_size)
+            while page:
+                # The next page is read while this one is compared.
+                following = asyncio.ensure_future(reader.fetch(EVENTS_SQL, page[-1]["position"], fence, page_size))
+                expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r)))
+                            for r in page}
+                stored = await _batch_get(loop, self._executor(), self.dynamodb, self.table, list(expected))
+                absent = [key for key in expected if key not in stored]
+                pending = await _pending(self.conn, absent) if absent else set()
+                drift: list[Drift] = []
+                for key, (position, item) in expected.items():
+                    found = _judge(key, item, stored.get(key), key in pending)
+                    if found is None and key in pending and count:
+                        self.report.pending += 1
+                    if found is not None or key in pending:
+                        self.unsettled(position)
+                    if found is not None:
+                        drift.append(found)
+                self.suspect(drift)
+                if count:
+                    self.report.events += len(page)
+                page = await following
+        finally:
+            await reader.close()
+
+    async def scan(self, fence: int, segments: int) -> int:
+        """DynamoDB -> ledger: a parallel Scan of whole items, each round's pages looked up in the
+        ledger with one query (extra, different). What is missing shows in the counts: the ledger's
+        events below the fence, less those found, less those still pending. Returns that number."""
+        loop = asyncio.get_running_loop()
+        pending = {(r["booking_code"], r["version"]): r["position"]
+                   for r in await self.conn.fetch(PENDING_BELOW_SQL, fence, PENDING_LIMIT)}
+        if len(pending) >= PENDING_LIMIT:
+            return -1  # too much on its way to count: the ledger pass sorts it out
+        expected_count = await self.conn.fetchval(COUNT_BELOW_SQL, fence)
+        found = 0
+        pending_seen: set[Key] = set()  # pending events DynamoDB has already (sent again, say)
+        starts: list[dict | None] = [None] * segments
+        active = list(range(segments))
+
+        def next_round() -> asyncio.Future:
+            return asyncio.gather(*(loop.run_in_executor(self._executor(), _scan_items, self.dynamodb, self.table,
+                                                         s, segments, starts[s]) for s in active))
+
+        upcoming: asyncio.Future | None = next_round()
+        while upcoming is not None:
+            pages = await upcoming
+            items: list[Item] = []
+            for segment, page in zip(active, pages, strict=True):
+                items.extend(page["Items"])
+                starts[segment] = page.get("LastEvaluatedKey")
+            active = [s for s in active if starts[s]]
+            upcoming = next_round() if active else None  # fetched while these are compared
+            keys = [(item["booking_code"]["S"], int(item["version"]["N"])) for item in items]
+            for item in items:
+                if "position" in item:
+                    self.report.stored_highest = max(self.report.stored_highest, int(item["position"]["N"]))
+            rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys]) if keys else []
+            expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r))) for r in rows}
+            drift: list[Drift] = []
+            for key, item in zip(keys, items, strict=True):
+                position, wanted = expected.get(key, (None, None))
+                judged = _judge(key, wanted, item, False)
+                if judged is not None:
+                    drift.append(judged)
+                    if position is not None:
+                        self.unsettled(position)
+                if position is not None and position < fence:
+                    found += 1
+                    if key in pending:
+                        pending_seen.add(key)
+            self.suspect(drift)
+        self.report.events = expected_count
+        self.report.pending = len(pending) - len(pending_seen)
+        for key, position in pending.items():
+            if key not in pending_seen:
+                self.unsettled(position)
+        return expected_count - found - self.report.pending
+
+    async def second_look(self, keys: Sequence[Key]) -> list[Drift]:
+        rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys])
+        expected = {(r["booking_code"], r["version"]): item_of(event_from_row(r)) for r in rows}
+        stored = await _batch_get(asyncio.get_running_loop(), self._executor(), self.dynamodb, self.table, keys)
+        pending = await _pending(self.conn, keys)
+        return [d for key in keys if (d := _judge(key, expected.get(key), stored.get(key), key in pending))]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        assert self.executor is not None
+        return self.executor
 
 
 async def stored_extras(settings: Settings, on_extra: Callable[[list[Key]], None], segments: int = 4,
@@ -223,6 +306,14 @@ async def _scan_for_extra(loop: asyncio.AbstractEventLoop, executor: ThreadPoolE
     return highest
 
 
+def _scan_items(dynamodb, table: str, segment: int, segments: int, start: dict | None) -> dict:
+    options = {"TableName": table, "Segment": segment, "TotalSegments": segments, "ConsistentRead": True,
+               "Limit": SCAN_PAGE}
+    if start:
+        options["ExclusiveStartKey"] = start
+    return dynamodb.scan(**options)
+
+
 def _scan_keys(dynamodb, table: str, segment: int, segments: int, start: dict | None) -> dict:
     options = {"TableName": table, "ProjectionExpression": "booking_code, version, #p",
                "ExpressionAttributeNames": {"#p": "position"}, "Segment": segment, "TotalSegments": segments,
@@ -230,15 +321,6 @@ def _scan_keys(dynamodb, table: str, segment: int, segments: int, start: dict | 
     if start:
         options["ExclusiveStartKey"] = start
     return dynamodb.scan(**options)
-
-
-async def _second_look(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, conn: asyncpg.Connection,
-                       dynamodb, table: str, keys: Sequence[Key]) -> list[Drift]:
-    rows = await conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys])
-    expected = {(r["booking_code"], r["version"]): item_of(event_from_row(r)) for r in rows}
-    stored = await _batch_get(loop, executor, dynamodb, table, keys)
-    pending = await _pending(conn, keys)
-    return [d for key in keys if (d := _judge(key, expected.get(key), stored.get(key), key in pending))]
 
 
 def _difference(ledger: Item, stored: Item) -> str:
