@@ -94,8 +94,8 @@ async def verify(settings: Settings, grace: float = 5.0, since: int | None = Non
             check.executor = executor
             if since is None:
                 missing = await check.scan(fence, segments)
-                if missing:  # some are missing: find which, the ledger's way
-                    await check.ledger_pass(-1, fence, page_size, count=False)
+                if missing is None or missing > 0:  # uncounted, or some are missing: the ledger's way names them
+                    await check.ledger_pass(-1, fence, page_size, count=missing is None)
             else:
                 await check.ledger_pass(since, fence, page_size)
             check.report.bookings = await conn.fetchval(BOOKINGS_SQL, -1 if since is None else since, fence)
@@ -163,16 +163,16 @@ class _Check:
         finally:
             await reader.close()
 
-    async def scan(self, fence: int, segments: int) -> int:
+    async def scan(self, fence: int, segments: int) -> int | None:
         """DynamoDB -> ledger: a parallel Scan of whole items, each round's pages looked up in the
         ledger with one query (extra, different). What is missing shows in the counts: the ledger's
-        events below the fence, less those found, less those still pending. Returns that number."""
+        events below the fence, less those found, less those still pending. Returns that number, or
+        None when the outbox is too long to hold its keys (an outage): then nothing is counted."""
         loop = asyncio.get_running_loop()
         pending = {(r["booking_code"], r["version"]): r["position"]
                    for r in await self.conn.fetch(PENDING_BELOW_SQL, fence, PENDING_LIMIT)}
-        if len(pending) >= PENDING_LIMIT:
-            return -1  # too much on its way to count: the ledger pass sorts it out
-        expected_count = await self.conn.fetchval(COUNT_BELOW_SQL, fence)
+        counting = len(pending) < PENDING_LIMIT
+        expected_count = await self.conn.fetchval(COUNT_BELOW_SQL, fence) if counting else 0
         found = 0
         pending_seen: set[Key] = set()  # pending events DynamoDB has already (sent again, say)
         starts: list[dict | None] = [None] * segments
@@ -210,6 +210,8 @@ class _Check:
                     if key in pending:
                         pending_seen.add(key)
             self.suspect(drift)
+        if not counting:
+            return None
         self.report.events = expected_count
         self.report.pending = len(pending) - len(pending_seen)
         for key, position in pending.items():

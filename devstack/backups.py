@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.ha import HACluster
 from devstack.postgres import LocalPostgres
 
 STANZA = "ledger"
@@ -72,16 +73,15 @@ class PgBackRest:
         self.config.write_text("\n".join(lines) + "\n")
         self.config.chmod(0o644)
 
-    def archive_command(self) -> str:
-        """What Postgres runs for each finished WAL segment (`archive_command`)."""
-        return f"pgbackrest --config={self.config} --stanza={STANZA} archive-push %p"
+    def archive_command(self, node: int = 0) -> str:
+        """What node `node`'s Postgres runs for each finished WAL segment (`archive_command`).
+        pgBackRest checks that the pushing server's data folder is pg1-path: each node names its own."""
+        return (f"pgbackrest --config={self.config} --stanza={STANZA} --pg1-path={self.nodes[node].data_dir} "
+                "archive-push %p")
 
-    def restore_command(self) -> str:
-        return f"pgbackrest --config={self.config} --stanza={STANZA} archive-get %f \"%p\""
-
-    def postgres_settings(self) -> dict[str, str]:
+    def postgres_settings(self, node: int = 0) -> dict[str, str]:
         """The settings that make a node archive into this repository (only a primary archives)."""
-        return {"archive_mode": "on", "archive_command": self.archive_command(),
+        return {"archive_mode": "on", "archive_command": self.archive_command(node),
                 "archive_timeout": str(ARCHIVE_TIMEOUT), "wal_level": "replica"}
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -151,3 +151,14 @@ def start_restored(server: LocalPostgres, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the restored cluster is still recovering after {timeout} s; see {server.log_file}")
         time.sleep(0.1)
+
+
+def archive_cluster(cluster: HACluster, repo: Path) -> PgBackRest:
+    """Make every node of a Patroni cluster archive into a repository at `repo` (only the primary
+    archives; after a failover the new one goes on). Call before the nodes start; `stanza_create`
+    once a primary runs."""
+    backrest = PgBackRest(repo, [Node(n.data_dir, n.pg_port, n.socket_dir) for n in cluster.nodes])
+    backrest.write_config()
+    for index, node in enumerate(cluster.nodes):
+        node.parameters.update(backrest.postgres_settings(index))
+    return backrest
