@@ -60,6 +60,7 @@ def measure(env: dict[str, str], database_url: str, dynamodb_pid: int, events: i
         seconds, peak, out, cpu = run_cli(env, command, *args)
         server = cpu_seconds(dynamodb_pid) - before
         figures = {"events": count, "seconds": round(seconds, 2), "events_per_s": round(count / seconds, 1),
+                   "load_average": round(os.getloadavg()[0], 1),  # the machine is shared: how busy it was
                    "peak_rss_mb": round(peak, 1), "client_cpu_us_per_event": round(cpu / count * 1e6, 1),
                    "dynamodb_cpu_us_per_event": round(server / count * 1e6, 1)}
         log(f"  {label}: {count:,} events, {seconds:.1f} s, {count / seconds:,.0f} events/s, peak RSS {peak:.0f} MB, "
@@ -99,13 +100,14 @@ def markdown(result: dict, when: str) -> list[str]:
         "Local (in memory) filled by `replay`, then a tenth more events imported and replayed. Each rate is "
         "events over the command's wall time, start-up included; CPU per event is the command's own and "
         "DynamoDB Local's (Postgres not counted).", "",
-        "| command | events | seconds | events/s | peak RSS (MB) | CPU µs/event: command | DynamoDB Local | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| command | events | seconds | events/s | peak RSS (MB) | CPU µs/event: command | DynamoDB Local | "
+        "load average | target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, figures, target in rows:
         lines.append(f"| {name} | {figures['events']:,} | {figures['seconds']:.1f} | {figures['events_per_s']:,.0f} | "
                      f"{figures['peak_rss_mb']:.0f} | {figures['client_cpu_us_per_event']} | "
-                     f"{figures['dynamodb_cpu_us_per_event']} | {target} |")
+                     f"{figures['dynamodb_cpu_us_per_event']} | {figures.get('load_average', '')} | {target} |")
     return lines
 
 
