@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -47,6 +48,7 @@ def archiving() -> Iterator[tuple[LocalPostgres, PgBackRest]]:
         yield server, backrest
     finally:
         server.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)  # a cluster and its repository: ~100 MB
 
 
 def append(url: str, code: str, version: int, amount: str) -> int:
