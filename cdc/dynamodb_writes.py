@@ -103,3 +103,20 @@ def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
             return
         time.sleep(min(remaining, 0.2))
     raise Stopped()
+
+
+def delete_keys(dynamodb, table: str, keys: Sequence[tuple[str, int]], backoff: Backoff | None = None) -> None:
+    """Delete the items of these (booking_code, version) keys, 25 a call, retrying unprocessed ones
+    (throttling) with capped backoff; an absent item is no error."""
+    backoff = backoff or Backoff(log)
+    requests = [{"DeleteRequest": {"Key": {"booking_code": {"S": code}, "version": {"N": str(version)}}}}
+                for code, version in dict.fromkeys(keys)]
+    while requests:
+        chunk, requests = requests[:BATCH_LIMIT], requests[BATCH_LIMIT:]
+        answer = dynamodb.batch_write_item(RequestItems={table: chunk})
+        unprocessed = answer.get("UnprocessedItems", {}).get(table, [])
+        if unprocessed:
+            requests = unprocessed + requests
+            time.sleep(backoff.failed("DynamoDB left %d deletes unprocessed (throttled); retrying", len(unprocessed)))
+        else:
+            backoff.succeeded("DynamoDB accepts deletes again")

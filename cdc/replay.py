@@ -3,6 +3,11 @@
 Events are read in position order, in pages, and written whole: running it twice, or while the
 sink runs, writes the same content again and changes nothing. An event that commits after the
 replay has passed its position still reaches DynamoDB through the outbox and the sink.
+
+`prune` is the other direction, for after a restore to an earlier moment: items of events the
+ledger no longer has (it lost them with the restore; Kafka and DynamoDB had them already) are
+deleted, and the highest position DynamoDB held is reported, so that new positions can be moved
+past it (`booking-ledger migrate --advance-positions --past POSITION`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from cdc import dynamodb_writes
+from cdc.verify import Key, stored_extras
 from core.dynamodb import client as dynamodb_client
 from core.dynamodb import ensure_table, item_of
 from core.events import EVENT_COLUMNS, event_from_row
@@ -48,3 +54,20 @@ async def replay(settings: Settings, after: int = 0, page_size: int = 1000, prog
         await conn.close()
     return written
 
+
+
+async def prune(settings: Settings) -> tuple[int, int]:
+    """Delete DynamoDB items whose event the ledger does not hold; returns (deleted, the highest
+    position DynamoDB held, deleted items included). Run it while the sink has nothing left to write
+    (lag 0): an event of the lost range still on the topic would come back afterwards."""
+    dynamodb = dynamodb_client(settings.dynamo)
+    table = settings.dynamo.table
+    deleted = 0
+
+    def delete(keys: list[Key]) -> None:
+        nonlocal deleted
+        dynamodb_writes.delete_keys(dynamodb, table, keys)
+        deleted += len(keys)
+
+    highest = await stored_extras(settings, delete)
+    return deleted, highest

@@ -1,34 +1,54 @@
-"""`booking-ledger verify`: compare the ledger with DynamoDB, booking by booking.
+"""`booking-ledger verify`: compare the ledger with DynamoDB, in batches, in parallel.
 
-Memory stays bounded by the page size, whatever the size of the ledger:
-1. Ledger -> DynamoDB: bookings in code order, a page at a time; each booking's events are
-   compared with a Query of its DynamoDB items (missing, different, extra versions).
-2. DynamoDB -> ledger: a paged Scan of the keys finds items of bookings the ledger lacks.
-Events still in the outbox are on their way, not drift: they are counted as pending. Bookings
-that drift on the first look are looked at again after a grace period, so events in flight
-between relay and sink are not reported; what remains is drift.
+1. Ledger -> DynamoDB: events in position order, a page at a time, below a fence taken at the
+   start (every transaction still open then writes above it, so the range checked is final);
+   each page is looked up with BatchGetItem (100 keys a call, calls in parallel) and compared
+   item by item: missing or different.
+2. DynamoDB -> ledger (a full run only): a parallel Scan of the keys (segments on threads), each
+   page looked up in the ledger with one query: items the ledger lacks are extra.
+Events still in the outbox are on their way, not drift: they are counted as pending. Keys that
+drift on the first look are looked at again after a grace period, so events in flight between
+relay and sink are not reported; what remains is drift.
+
+Incremental runs (`since`) check only events with a position above it, and report the position
+up to which everything was found in order (`Report.checked_through`): the next run starts there.
+Memory stays bounded by the page size and the number of pages in flight, whatever the ledger's size.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from core.dynamodb import Item, item_of
+from core.dynamodb import Item, item_of, read_raw
 from core.dynamodb import client as dynamodb_client
 from core.events import EVENT_COLUMNS, event_from_row
 from core.pg import connect
 from core.settings import Settings
 
-CODES_SQL = "SELECT code FROM bookings WHERE code > $1 ORDER BY code LIMIT $2"
-EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE booking_code = ANY($1::text[]) ORDER BY booking_code, version"
+Key = tuple[str, int]  # (booking_code, version)
+
+# Every transaction still running or yet to start writes positions at or above this (the same
+# arithmetic as ledger_feed_fence, which the reader role may not call).
+FENCE_SQL = """SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                       + (SELECT xid_offset FROM ledger_position_offset)) * 65536"""
+EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position < $2 ORDER BY position LIMIT $3"
+KEYS_EVENTS_SQL = f"""SELECT {EVENT_COLUMNS} FROM events
+    WHERE (booking_code, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))"""
+ABSENT_SQL = """SELECT k.code, k.version FROM unnest($1::text[], $2::int[]) AS k(code, version)
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.booking_code = k.code AND e.version = k.version)"""
 PENDING_SQL = "SELECT booking_code, version FROM outbox WHERE booking_code = ANY($1::text[])"
-KNOWN_SQL = "SELECT code FROM bookings WHERE code = ANY($1::text[])"
-SUSPECT_LIMIT = 10_000  # drifted bookings kept for the second look; beyond it drift is reported as first seen
+BOOKINGS_SQL = "SELECT count(DISTINCT booking_code) FROM events WHERE position > $1 AND position < $2"
+COUNT_BELOW_SQL = "SELECT count(*) FROM events WHERE position < $1"
+PENDING_BELOW_SQL = "SELECT booking_code, version, position FROM outbox WHERE position < $1 LIMIT $2"
+PENDING_LIMIT = 100_000  # a longer outbox (an outage) makes a full run find missing events the ledger's way
+SUSPECT_LIMIT = 10_000  # drifted keys kept for the second look; beyond it drift is reported as first seen
+SCAN_PAGE = 1000  # items per Scan page: memory is segments x 2 pages (one compared, one on its way)
+BATCH_GET_LIMIT = 100  # BatchGetItem's maximum keys per call
 
 
 @dataclass(frozen=True, order=True)
@@ -49,100 +69,257 @@ class Report:
     events: int = 0
     pending: int = 0
     drift: list[Drift] = field(default_factory=list)
+    since: int | None = None  # None: a full run
+    checked_through: int = 0  # every event at or below this was checked and found (the next `since`)
+    stored_highest: int = 0  # the highest position DynamoDB holds (a full run's scan; 0 otherwise)
 
     def summary(self) -> str:
         kinds = {k: sum(d.kind == k for d in self.drift) for k in ("missing", "extra", "different")}
-        return (f"checked {self.bookings} bookings, {self.events} events: {len(self.drift)} drift "
+        scope = "" if self.since is None else f" after position {self.since}"
+        return (f"checked {self.bookings} bookings, {self.events} events{scope}: {len(self.drift)} drift "
                 f"({kinds['missing']} missing, {kinds['extra']} extra, {kinds['different']} different), "
-                f"{self.pending} pending in the outbox")
+                f"{self.pending} pending in the outbox; checked through position {self.checked_through}")
 
 
-async def verify(settings: Settings, grace: float = 5.0, page_size: int = 200) -> Report:
+async def verify(settings: Settings, grace: float = 5.0, since: int | None = None, page_size: int = 2000,
+                 threads: int = 16, segments: int = 4) -> Report:
+    """Compare ledger and DynamoDB; with `since`, only the events above that position (no Scan)."""
     conn = await connect(settings.database.url, timeout=10)
     dynamodb = dynamodb_client(settings.dynamo)
-    table = settings.dynamo.table
-    report = Report()
-    suspects: set[str] = set()
+    read_raw(dynamodb)
+    check = _Check(settings.database.url, conn, dynamodb, settings.dynamo.table, Report(since=since))
     try:
-        with ThreadPoolExecutor(8) as executor:
-
-            def suspect(drift: list[Drift]) -> None:
-                for d in drift:
-                    if d.booking_code in suspects or len(suspects) < SUSPECT_LIMIT:
-                        suspects.add(d.booking_code)
-                    else:
-                        report.drift.append(d)
-
-            after = ""
-            while codes := [r["code"] for r in await conn.fetch(CODES_SQL, after, page_size)]:
-                after = codes[-1]
-                suspect(await _compare(conn, dynamodb, table, codes, executor, report))
-            start: dict | None = None
-            while True:
-                page = await asyncio.to_thread(_scan_keys, dynamodb, table, start)
-                codes = sorted({item["booking_code"]["S"] for item in page["Items"]})
-                known = {r["code"] for r in await conn.fetch(KNOWN_SQL, codes)}
-                unknown = [code for code in codes if code not in known]
-                if unknown:
-                    suspect(await _compare(conn, dynamodb, table, unknown, executor, None))
-                start = page.get("LastEvaluatedKey")
-                if not start:
-                    break
-            if suspects:
+        fence = await conn.fetchval(FENCE_SQL)
+        with ThreadPoolExecutor(threads) as executor:
+            check.executor = executor
+            if since is None:
+                missing = await check.scan(fence, segments)
+                if missing is None or missing > 0:  # uncounted, or some are missing: the ledger's way names them
+                    await check.ledger_pass(-1, fence, page_size, count=missing is None)
+            else:
+                await check.ledger_pass(since, fence, page_size)
+            check.report.bookings = await conn.fetchval(BOOKINGS_SQL, -1 if since is None else since, fence)
+            if check.suspects:
                 await asyncio.sleep(grace)
-                for batch in _pages(sorted(suspects), page_size):
-                    report.drift.extend(await _compare(conn, dynamodb, table, batch, executor, None))
+                for batch in _pages(sorted(check.suspects), page_size):
+                    check.report.drift.extend(await check.second_look(batch))
+        lowest = check.lowest_unsettled
+        check.report.checked_through = fence - 1 if lowest is None else lowest - 1
+        if since is not None:
+            check.report.checked_through = max(check.report.checked_through, since)
     finally:
         await conn.close()
-    report.drift.sort()
-    return report
+    check.report.drift.sort()
+    return check.report
 
 
-async def _compare(
-    conn: asyncpg.Connection, dynamodb, table: str, codes: Sequence[str], executor: ThreadPoolExecutor,
-    report: Report | None,
-) -> list[Drift]:
-    """Drift of these bookings; counts bookings, events and pending events into `report` when given."""
-    expected: dict[str, dict[int, Item]] = {code: {} for code in codes}
-    rows = await conn.fetch(EVENTS_SQL, list(codes))
-    for row in rows:
-        expected[row["booking_code"]][row["version"]] = item_of(event_from_row(row))
-    pending = {(r["booking_code"], r["version"]) for r in await conn.fetch(PENDING_SQL, list(codes))}
-    loop = asyncio.get_running_loop()
-    actual = await asyncio.gather(*(loop.run_in_executor(executor, _query_items, dynamodb, table, c) for c in codes))
-    drift: list[Drift] = []
-    for code, stored in zip(codes, actual, strict=True):
-        for version, item in expected[code].items():
-            if version not in stored:
-                if (code, version) in pending:
-                    if report is not None:
-                        report.pending += 1
-                else:
-                    drift.append(Drift(code, version, "missing"))
-            elif stored[version] != item:
-                drift.append(Drift(code, version, "different", _difference(item, stored[version])))
-        drift.extend(Drift(code, version, "extra") for version in sorted(stored.keys() - expected[code].keys()))
-    if report is not None:
-        report.bookings += sum(1 for code in codes if expected[code])
-        report.events += len(rows)
-    return drift
+class _Check:
+    """One run's state: the report, the keys to look at again, the lowest position not settled."""
+
+    def __init__(self, url: str, conn: asyncpg.Connection, dynamodb, table: str, report: Report) -> None:
+        self.url, self.conn, self.dynamodb, self.table, self.report = url, conn, dynamodb, table, report
+        self.executor: ThreadPoolExecutor | None = None
+        self.suspects: set[Key] = set()
+        self.lowest_unsettled: int | None = None
+
+    def unsettled(self, position: int) -> None:
+        self.lowest_unsettled = position if self.lowest_unsettled is None else min(self.lowest_unsettled, position)
+
+    def suspect(self, drift: Sequence[Drift]) -> None:
+        for d in drift:
+            key = (d.booking_code, d.version)
+            if key in self.suspects or len(self.suspects) < SUSPECT_LIMIT:
+                self.suspects.add(key)
+            else:
+                self.report.drift.append(d)
+
+    async def ledger_pass(self, after: int, fence: int, page_size: int, count: bool = True) -> None:
+        """Ledger -> DynamoDB for the events in (after, fence): BatchGetItem per page."""
+        loop = asyncio.get_running_loop()
+        reader = await connect(self.url, timeout=10)
+        try:
+            page = await reader.fetch(EVENTS_SQL, after, fence, page_size)
+            while page:
+                # The next page is read while this one is compared.
+                following = asyncio.ensure_future(reader.fetch(EVENTS_SQL, page[-1]["position"], fence, page_size))
+                expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r)))
+                            for r in page}
+                stored = await _batch_get(loop, self._executor(), self.dynamodb, self.table, list(expected))
+                absent = [key for key in expected if key not in stored]
+                pending = await _pending(self.conn, absent) if absent else set()
+                drift: list[Drift] = []
+                for key, (position, item) in expected.items():
+                    found = _judge(key, item, stored.get(key), key in pending)
+                    if found is None and key in pending and count:
+                        self.report.pending += 1
+                    if found is not None or key in pending:
+                        self.unsettled(position)
+                    if found is not None:
+                        drift.append(found)
+                self.suspect(drift)
+                if count:
+                    self.report.events += len(page)
+                page = await following
+        finally:
+            await reader.close()
+
+    async def scan(self, fence: int, segments: int) -> int | None:
+        """DynamoDB -> ledger: a parallel Scan of whole items, each round's pages looked up in the
+        ledger with one query (extra, different). What is missing shows in the counts: the ledger's
+        events below the fence, less those found, less those still pending. Returns that number, or
+        None when the outbox is too long to hold its keys (an outage): then nothing is counted."""
+        loop = asyncio.get_running_loop()
+        pending = {(r["booking_code"], r["version"]): r["position"]
+                   for r in await self.conn.fetch(PENDING_BELOW_SQL, fence, PENDING_LIMIT)}
+        counting = len(pending) < PENDING_LIMIT
+        expected_count = await self.conn.fetchval(COUNT_BELOW_SQL, fence) if counting else 0
+        found = 0
+        pending_seen: set[Key] = set()  # pending events DynamoDB has already (sent again, say)
+        starts: list[dict | None] = [None] * segments
+        active = list(range(segments))
+
+        def next_round() -> asyncio.Future:
+            return asyncio.gather(*(loop.run_in_executor(self._executor(), _scan_items, self.dynamodb, self.table,
+                                                         s, segments, starts[s]) for s in active))
+
+        upcoming: asyncio.Future | None = next_round()
+        while upcoming is not None:
+            pages = await upcoming
+            items: list[Item] = []
+            for segment, page in zip(active, pages, strict=True):
+                items.extend(page["Items"])
+                starts[segment] = page.get("LastEvaluatedKey")
+            active = [s for s in active if starts[s]]
+            upcoming = next_round() if active else None  # fetched while these are compared
+            keys = [(item["booking_code"]["S"], int(item["version"]["N"])) for item in items]
+            for item in items:
+                if "position" in item:
+                    self.report.stored_highest = max(self.report.stored_highest, int(item["position"]["N"]))
+            rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys]) if keys else []
+            expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r))) for r in rows}
+            drift: list[Drift] = []
+            for key, item in zip(keys, items, strict=True):
+                position, wanted = expected.get(key, (None, None))
+                judged = _judge(key, wanted, item, False)
+                if judged is not None:
+                    drift.append(judged)
+                    if position is not None:
+                        self.unsettled(position)
+                if position is not None and position < fence:
+                    found += 1
+                    if key in pending:
+                        pending_seen.add(key)
+            self.suspect(drift)
+        if not counting:
+            return None
+        self.report.events = expected_count
+        self.report.pending = len(pending) - len(pending_seen)
+        for key, position in pending.items():
+            if key not in pending_seen:
+                self.unsettled(position)
+        return expected_count - found - self.report.pending
+
+    async def second_look(self, keys: Sequence[Key]) -> list[Drift]:
+        rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys])
+        expected = {(r["booking_code"], r["version"]): item_of(event_from_row(r)) for r in rows}
+        stored = await _batch_get(asyncio.get_running_loop(), self._executor(), self.dynamodb, self.table, keys)
+        pending = await _pending(self.conn, keys)
+        return [d for key in keys if (d := _judge(key, expected.get(key), stored.get(key), key in pending))]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        assert self.executor is not None
+        return self.executor
 
 
-def _query_items(dynamodb, table: str, code: str) -> dict[int, Item]:
-    items: dict[int, Item] = {}
-    options = {"TableName": table, "KeyConditionExpression": "booking_code = :c",
-               "ExpressionAttributeValues": {":c": {"S": code}}, "ConsistentRead": True}
-    while True:
-        page = dynamodb.query(**options)
-        for item in page["Items"]:
-            items[int(item["version"]["N"])] = item
-        if "LastEvaluatedKey" not in page:
-            return items
-        options["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+async def stored_extras(settings: Settings, on_extra: Callable[[list[Key]], None], segments: int = 4,
+                        threads: int = 8) -> int:
+    """Scan DynamoDB for items the ledger lacks, handing each page's extra keys to `on_extra`;
+    returns the highest position DynamoDB holds (replay --prune deletes what it is given)."""
+    conn = await connect(settings.database.url, timeout=10)
+    try:
+        with ThreadPoolExecutor(threads) as executor:
+            return await _scan_for_extra(asyncio.get_running_loop(), executor, conn, dynamodb_client(settings.dynamo),
+                                         settings.dynamo.table, segments, on_extra)
+    finally:
+        await conn.close()
 
 
-def _scan_keys(dynamodb, table: str, start: dict | None) -> dict:
-    options = {"TableName": table, "ProjectionExpression": "booking_code", "Limit": 1000}
+def _judge(key: Key, expected: Item | None, stored: Item | None, pending: bool) -> Drift | None:
+    if expected is None:
+        return None if stored is None else Drift(*key, "extra")
+    if stored is None:
+        return None if pending else Drift(*key, "missing")
+    if stored != expected:
+        return Drift(*key, "different", _difference(expected, stored))
+    return None
+
+
+async def _pending(conn: asyncpg.Connection, keys: Sequence[Key]) -> set[Key]:
+    codes = sorted({code for code, _ in keys})
+    wanted = set(keys)
+    return {key for r in await conn.fetch(PENDING_SQL, codes) if (key := (r["booking_code"], r["version"])) in wanted}
+
+
+async def _batch_get(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, dynamodb, table: str,
+                     keys: Sequence[Key]) -> dict[Key, Item]:
+    chunks = [keys[i : i + BATCH_GET_LIMIT] for i in range(0, len(keys), BATCH_GET_LIMIT)]
+    found: dict[Key, Item] = {}
+    for part in await asyncio.gather(*(loop.run_in_executor(executor, _get_items, dynamodb, table, chunk)
+                                       for chunk in chunks)):
+        found.update(part)
+    return found
+
+
+def _get_items(dynamodb, table: str, keys: Sequence[Key]) -> dict[Key, Item]:
+    """The items of these keys (at most 100), strongly consistent; unprocessed keys are asked again."""
+    wanted = [{"booking_code": {"S": code}, "version": {"N": str(version)}} for code, version in keys]
+    request = {table: {"Keys": wanted, "ConsistentRead": True}}
+    found: dict[Key, Item] = {}
+    while request:
+        answer = dynamodb.batch_get_item(RequestItems=request)
+        for item in answer["Responses"].get(table, []):
+            found[(item["booking_code"]["S"], int(item["version"]["N"]))] = item
+        request = answer.get("UnprocessedKeys") or {}
+    return found
+
+
+async def _scan_for_extra(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, conn: asyncpg.Connection,
+                          dynamodb, table: str, segments: int, on_extra: Callable[[list[Key]], None]) -> int:
+    """Scan the keys in `segments` parallel segments; extra keys go to `on_extra`; returns the
+    highest position seen."""
+    highest = 0
+    starts: list[dict | None] = [None] * segments
+    active = list(range(segments))
+    while active:
+        pages = await asyncio.gather(*(loop.run_in_executor(executor, _scan_keys, dynamodb, table, s, segments,
+                                                            starts[s]) for s in active))
+        keys: list[Key] = []
+        for segment, page in zip(active, pages, strict=True):
+            for item in page["Items"]:
+                keys.append((item["booking_code"]["S"], int(item["version"]["N"])))
+                if "position" in item:
+                    highest = max(highest, int(item["position"]["N"]))
+            starts[segment] = page.get("LastEvaluatedKey")
+        if keys:
+            absent = await conn.fetch(ABSENT_SQL, [k[0] for k in keys], [k[1] for k in keys])
+            if absent:
+                on_extra([(r["code"], r["version"]) for r in absent])
+        active = [s for s in active if starts[s]]
+    return highest
+
+
+def _scan_items(dynamodb, table: str, segment: int, segments: int, start: dict | None) -> dict:
+    options = {"TableName": table, "Segment": segment, "TotalSegments": segments, "ConsistentRead": True,
+               "Limit": SCAN_PAGE}
+    if start:
+        options["ExclusiveStartKey"] = start
+    return dynamodb.scan(**options)
+
+
+def _scan_keys(dynamodb, table: str, segment: int, segments: int, start: dict | None) -> dict:
+    options = {"TableName": table, "ProjectionExpression": "booking_code, version, #p",
+               "ExpressionAttributeNames": {"#p": "position"}, "Segment": segment, "TotalSegments": segments,
+               "Limit": 2000}
     if start:
         options["ExclusiveStartKey"] = start
     return dynamodb.scan(**options)
@@ -160,6 +337,6 @@ def _value(attribute: dict[str, str] | None) -> str:
     return "absent" if attribute is None else repr(next(iter(attribute.values())))
 
 
-def _pages(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def _pages(items: Sequence[Key], size: int) -> Iterator[Sequence[Key]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

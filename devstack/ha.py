@@ -101,6 +101,7 @@ class PatroniNode(Child):
         self.log_dir = root / self.name / "log"  # Postgres's own logs: outside PGDATA (pg_rewind)
         self.socket_dir = root / self.name / "run"
         self.config_file = root / self.name / "patroni.yml"
+        self.parameters: dict[str, str] = {}  # more Postgres settings (WAL archiving: devstack/backups.py)
 
     @property
     def rest(self) -> str:
@@ -170,6 +171,7 @@ class PatroniNode(Child):
                     "log_directory": str(self.log_dir),
                     "log_filename": "postgresql-%a.log",
                     "log_truncate_on_rotation": "on",
+                    **self.parameters,
                 },
             },
             "watchdog": {"mode": "off"},

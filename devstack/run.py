@@ -30,6 +30,7 @@ from core.settings import (
     KafkaSettings,
     MetricsSettings,
 )
+from devstack.backups import STANZA, PgBackRest, archive_cluster
 from devstack.ha import HACluster, PatroniNode
 from devstack.kafka import KafkaCluster
 from devstack.postgres import DATABASE, ROLE, LocalPostgres
@@ -243,6 +244,7 @@ def main_ha() -> int:
     synchronous standby and the schema is migrated."""
     LOCAL.mkdir(exist_ok=True)
     cluster = ha_cluster()
+    backrest = archive_cluster(cluster, LOCAL / "backups" / "repo")  # WAL from the leader (deploy/RUNBOOK.md)
     cluster.prepare()
     os.environ["LEDGER_MIGRATE_DATABASE_URL"] = cluster.url  # the cluster's superuser: migrate SETs ROLE ledger_owner
     config = LOCAL / "supervisord-ha.conf"
@@ -251,6 +253,7 @@ def main_ha() -> int:
 
     def start_services() -> None:
         leader = cluster.wait_ready(timeout=180)
+        _backups_ready(backrest)
         subprocess.run([str(BIN / "booking-ledger"), "migrate"], check=True)
         subprocess.run([str(BIN / "supervisorctl"), "-c", str(config), "start", "api", "relay", "sink"],
                        check=True, stdout=subprocess.DEVNULL)
@@ -262,6 +265,18 @@ def main_ha() -> int:
         for node in cluster.nodes:  # a postmaster whose Patroni was killed with it gone
             node.stop()
         _say("stopped")
+
+
+def _backups_ready(backrest: PgBackRest) -> None:
+    """The stanza (idempotent), once a primary runs: until then archive-push fails and Postgres
+    keeps the WAL to push it later."""
+    try:
+        backrest.stanza_create()
+        print(f"WAL is archived into {backrest.repo}; back up with:\n"
+              f"  runuser -u postgres -- pgbackrest --config={backrest.config} --stanza={STANZA} backup --type=full",
+              flush=True)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        print(f"WAL archiving is not ready (see deploy/RUNBOOK.md, Backup and restore): {error}", flush=True)
 
 
 def _ha_banner(cluster: HACluster, leader: PatroniNode) -> str:

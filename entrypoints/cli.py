@@ -59,7 +59,8 @@ def _migrate(args: argparse.Namespace) -> int:
     elif args.revision.startswith("-") or args.revision == "base":
         downgrade(url, revision=args.revision)
     else:
-        upgrade(url, revision=args.revision, advance_positions=args.advance_positions)
+        upgrade(url, revision=args.revision, advance_positions=args.advance_positions or args.past is not None,
+                advance_past=args.past)
     return 0
 
 
@@ -104,22 +105,41 @@ def _sink(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from cdc.replay import replay
+    from cdc.replay import prune, replay
 
+    if args.prune:
+        deleted, highest = asyncio.run(prune(get_settings()))
+        print(f"pruned {deleted} items the ledger does not hold from DynamoDB table {get_settings().dynamo.table}; "
+              f"the highest position it held was {highest}")
     written = asyncio.run(replay(get_settings(), after=args.after, progress=not args.quiet))
     print(f"replayed {written} events into DynamoDB table {get_settings().dynamo.table}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     from cdc.verify import verify
 
-    report = asyncio.run(verify(get_settings(), grace=args.grace))
+    since = args.since
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if since is None and checkpoint is not None and checkpoint.exists():
+        try:
+            since = int(json.loads(checkpoint.read_text())["checked_through"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"cannot read the checkpoint {checkpoint}: {error!r}") from None
+    report = asyncio.run(verify(get_settings(), grace=args.grace, since=since))
     for drift in report.drift[: args.max_lines]:
         print(drift)
     if len(report.drift) > args.max_lines:
         print(f"... and {len(report.drift) - args.max_lines} more (--max-lines)")
     print(report.summary())
+    if checkpoint is not None:
+        written = checkpoint.with_name(checkpoint.name + ".new")
+        written.write_text(json.dumps({"checked_through": report.checked_through,
+                                       "table": get_settings().dynamo.table}) + "\n")
+        written.replace(checkpoint)  # whole or not at all
     return 1 if report.drift else 0
 
 
@@ -199,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
     migrate.add_argument("revision", nargs="?", default="head", help="target revision (default head; 'base' drops all)")
     migrate.add_argument("--advance-positions", action="store_true",
                          help="after a restore from pg_dump: move new positions past the highest recorded one")
+    migrate.add_argument("--past", type=int, default=None, metavar="POSITION",
+                         help="after a restore to a moment: move new positions past this one too (the highest "
+                              "that Kafka/DynamoDB saw, as `replay --prune` prints it)")
     migrate.add_argument("--sql", action="store_true",
                          help="print the SQL script instead of running it (offline; REVISION may be FROM:TO)")
     migrate.set_defaults(run=_migrate)
@@ -211,11 +234,18 @@ def parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="rebuild the DynamoDB read store from the ledger")
     replay.add_argument("--after", type=int, default=0, help="only events with a position above this")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.add_argument("--prune", action="store_true",
+                        help="first delete DynamoDB items of events the ledger does not hold (after a restore)")
     replay.set_defaults(run=_replay)
     verify = commands.add_parser("verify", help="compare ledger and DynamoDB; exit 1 on drift")
     verify.add_argument("--grace", type=float, default=5.0,
                         help="seconds before drifted bookings are looked at again (events in flight)")
     verify.add_argument("--max-lines", type=int, default=1000, help="print at most this many drift lines")
+    verify.add_argument("--since", type=int, default=None, metavar="POSITION",
+                        help="check only events above this position (no scan for extra items)")
+    verify.add_argument("--checkpoint", metavar="FILE", default=None,
+                        help="start after the position this file records (a full run when it is absent) "
+                             "and record where the next run starts")
     verify.set_defaults(run=_verify)
 
     load = commands.add_parser("import", help="bring a department's history (JSON Lines) into the ledger; "

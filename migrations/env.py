@@ -42,10 +42,35 @@ async def _check_owner_role(connection) -> None:
                          f"{roles.OWNER} or as a member of it (LEDGER_MIGRATE_DATABASE_URL)")
 
 
+# After a restore to an earlier moment, transaction ids after that moment are handed out again, so
+# new positions would repeat ones that Kafka and DynamoDB already carry (`--past`). The margin also
+# covers what feed readers took ahead of the relay: 2**20 transactions, far more than the relay's lag.
+ADVANCE_PAST_SQL = """
+    UPDATE ledger_position_offset
+       SET xid_offset = xid_offset + greatest(0, CAST(:past AS bigint) / 65536 + 1 + CAST(:margin AS bigint)
+             - (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + xid_offset))"""
+ADVANCE_PAST_MARGIN = 2**20
+
+
+async def _advance_past(connection, past: int) -> None:
+    """Raise the position offset so the next append sorts above `past` (plus the margin). The lock
+    waits for every append that read the old offset to end and holds new ones until the commit, so
+    no transaction mixes the two offsets (appends stay stopped during a restore anyway)."""
+    await connection.execute(text(f"SET ROLE {roles.OWNER}"))
+    await connection.execute(text("LOCK TABLE ledger_position_offset IN ACCESS EXCLUSIVE MODE"))
+    await connection.execute(text(ADVANCE_PAST_SQL), {"past": past, "margin": ADVANCE_PAST_MARGIN})
+    await connection.execute(text("RESET ROLE"))
+    await connection.commit()
+    _, next_lowest = (await connection.execute(text("SELECT highest, next_lowest FROM ledger_position_check()"))).one()
+    print(f"migrate: positions advanced past {past}: the next append gets about {next_lowest}")
+
+
 async def _check_positions(connection) -> None:
     """Refuse (exit 1, after migrating) when the next append would sort below recorded events."""
     if (await connection.execute(text("SELECT to_regproc('ledger_position_check')"))).scalar() is None:
         return  # migrated below the revision that has the check
+    if context.config.attributes.get("advance_past") is not None:
+        await _advance_past(connection, context.config.attributes["advance_past"])
     highest, next_lowest = (await connection.execute(text(
         "SELECT highest, next_lowest FROM ledger_position_check()"))).one()
     if (highest is not None and next_lowest <= highest and context.config.attributes.get("advance_positions")

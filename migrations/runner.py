@@ -19,13 +19,15 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 
 def upgrade(database_url: str | None = None, revision: str = "head", sql: bool = False,
-            advance_positions: bool = False) -> None:
+            advance_positions: bool = False, advance_past: int | None = None) -> None:
     """Migrate the database at `database_url` (default: LEDGER_MIGRATE_DATABASE_URL) up to `revision`;
     with `sql`, print the SQL script to stdout instead (`revision` may be a range, FROM:TO). With
     `advance_positions`, after a restore, lift the position offset past the highest recorded
-    position (migration 0010) instead of refusing."""
+    position (migration 0010) instead of refusing; with `advance_past` too, past that position (the
+    highest one the read store saw before a restore to an earlier moment)."""
     config = alembic_config(database_url)
     config.attributes["advance_positions"] = advance_positions
+    config.attributes["advance_past"] = advance_past
     command.upgrade(config, revision, sql=sql)
 
 

@@ -18,6 +18,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the b
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)                 # make run-ha, the failover tests
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)                # Patroni's consensus store
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v pgbackrest >/dev/null 2>&1 || missing+=(pgbackrest)       # WAL archiving, backups, point-in-time recovery
 # Prometheus 2.42 and promtool (make run's metrics, the alert rules' tests) and two exporters.
 command -v prometheus >/dev/null 2>&1 || quiet_missing+=(prometheus)
 command -v prometheus-postgres-exporter >/dev/null 2>&1 || quiet_missing+=(prometheus-postgres-exporter)
