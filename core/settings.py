@@ -208,6 +208,18 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """Trace context and spans (core/tracing.py)."""
+
+    otlp_endpoint: str = _env_str(
+        "LEDGER_OTLP_ENDPOINT", "",
+        "OpenTelemetry collector (OTLP over HTTP, e.g. `http://127.0.0.1:4318`; a URL with a path is used as "
+        "the traces URL) that receives the spans of the API request, the append call, the relay's send and the "
+        "sink's write. Unset: no spans (the W3C trace id is still logged by every process and carried to Kafka).",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -215,6 +227,7 @@ class Settings:
     dynamo: DynamoSettings = field(default_factory=DynamoSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables that would make a process read them back."""
