@@ -87,7 +87,7 @@ class _Untraced:
     def __exit__(self, *_: object) -> None:
         return None
 
-    def end(self) -> None:
+    def end(self, **attributes: Any) -> None:
         return None
 
 
@@ -111,7 +111,10 @@ class _Traced:
             self.span.set_status(otel.Status(otel.StatusCode.ERROR, type(error).__name__))
         self.span.end()
 
-    def end(self) -> None:
+    def end(self, **attributes: Any) -> None:
+        """End the span, with `attributes` added (what became known meanwhile: a status, a size)."""
+        if attributes:
+            self.span.set_attributes(attributes)
         self.span.end()
 
 
