@@ -208,6 +208,34 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """What the console's cluster page reads (service/console/cluster.py); `make run-ha` sets both."""
+
+    patroni_urls: str = _env_str(
+        "LEDGER_PATRONI_URLS", "",
+        "Patroni REST API base URLs of the ledger's Postgres nodes, comma-separated (e.g. "
+        "`http://10.0.0.1:8008,http://10.0.0.2:8008`): the console's cluster page shows members, roles, "
+        "timeline, lag, the synchronous standby and the last failover from them. Unset: no cluster page data.",
+    )
+    etcd_urls: str = _env_str(
+        "LEDGER_ETCD_URLS", "",
+        "etcd client URLs of Patroni's DCS, comma-separated: the cluster page shows each one's /health.",
+    )
+
+    @property
+    def patroni(self) -> list[str]:
+        return _urls(self.patroni_urls)
+
+    @property
+    def etcd(self) -> list[str]:
+        return _urls(self.etcd_urls)
+
+
+def _urls(text: str) -> list[str]:
+    return [url.strip().rstrip("/") for url in text.split(",") if url.strip()]
+
+
+@dataclass(frozen=True)
 class TracingSettings:
     """Trace context and spans (core/tracing.py)."""
 
@@ -228,6 +256,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables that would make a process read them back."""

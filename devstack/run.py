@@ -103,7 +103,9 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     # Each process connects as its own role (core/roles.py): on the local Postgres the CLI picks
     # it by itself; on the cluster, its multi-host URL is given with that role.
     api_env, relay_env = (("", "") if cluster is None else
-                          (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"',
+                          (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"'
+                           f',LEDGER_PATRONI_URLS="{",".join(n.rest for n in cluster.nodes)}"'
+                           f',LEDGER_ETCD_URLS="http://127.0.0.1:{cluster.etcd.port}"',  # the console's cluster page
                            f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.RELAY)}"'))
     programs.update({
         "api": ([cli, "api"], "INT", READABLE_LOGS + api_env, Path.cwd()),

@@ -196,7 +196,7 @@ def test_data_written_by_a_client_is_escaped(client: httpx.Client, keys: Keys) -
 def test_pipeline_page_without_a_relay_or_dynamodb(client: httpx.Client, keys: Keys) -> None:
     create_booking(client, keys.hotel, "10.00")
     page = assert_page(client.get("/console/pipeline", headers=session(client, keys.reader)), 200,
-                       "No relay holds the lease", "DynamoDB unreachable")
+                       "No relay holds the lease", "DynamoDB unreachable", "Kafka unreachable")
     waiting = page.split("Events waiting</dt><dd>")[1].split("<")[0]
     assert int(waiting) >= 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import subprocess
 import threading
@@ -94,8 +95,10 @@ def scrape(port: int) -> str:
 
 
 def console_env(pipeline: Pipeline) -> dict[str, str]:
-    return {"LEDGER_DYNAMODB_ENDPOINT": pipeline.settings.dynamo.endpoint,
-            "LEDGER_DYNAMODB_TABLE": pipeline.settings.dynamo.table}
+    settings = pipeline.settings
+    return {"LEDGER_DYNAMODB_ENDPOINT": settings.dynamo.endpoint, "LEDGER_DYNAMODB_TABLE": settings.dynamo.table,
+            "LEDGER_KAFKA_BOOTSTRAP": settings.kafka.bootstrap, "LEDGER_KAFKA_TOPIC": settings.kafka.topic,
+            "LEDGER_SINK_GROUP": settings.kafka.sink_group}
 
 
 def logged(text: str, event: str) -> list[dict]:
@@ -148,14 +151,30 @@ def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline:
         wait_until(lambda: samples(scrape(sink_metrics), "ledger_sink_consumer_lag") == {
             f'{{partition="{p}"}}': 0.0 for p in range(3)}, 15, what="a lag of 0 on every partition")
 
-        # The console sees the same: replicated, and the relay process by name as the leader.
+        # The console sees the same: replicated, the relay process by name as the leader and since
+        # when, every partition written up to its end (once the sink committed its offsets).
         with httpx.Client(base_url=server.url, timeout=15) as client:
             cookie = signed_in(server.url, key)
             booking_page = client.get("/console/booking", params={"code": code}, headers=cookie).text
-            pipeline_page = client.get("/console/pipeline", headers=cookie).text
+
+            last = [""]
+
+            def caught_up() -> str | None:
+                last[0] = client.get("/console/pipeline", headers=cookie).text
+                return last[0] if "DynamoDB holds every committed event" in last[0] else None
+
+            try:
+                pipeline_page = wait_until(caught_up, 15, what="the pipeline page to show no event waiting")
+            except TimeoutError:
+                raise AssertionError(last[0][last[0].find("<main>"):]) from None
         assert "up to date" in booking_page and "0 events" in booking_page
         assert f"{socket.gethostname()}, pid {relay.process.pid}" in pipeline_page
         assert "DynamoDB unreachable" not in pipeline_page and "nothing waits" in pipeline_page
+        assert "Kafka unreachable" not in pipeline_page and "<dd>–</dd>" not in pipeline_page  # connected since
+        partitions = re.findall(r'<tr><td class="num">(\d+)</td><td class="num">(\d+)</td><td class="num">(\d+)</td>'
+                                r'<td class="num ok">0</td>', pipeline_page)
+        assert sorted(int(p) for p, *_ in partitions) == [0, 1, 2]
+        assert sum(int(end) for *_, end in partitions) >= 3 and all(written == end for _, written, end in partitions)
 
         # One trace id per append, in every process's log: the given one, and a new one.
         appends = [line for line in logged(server.log(), "request") if line["method"] == "POST"]
