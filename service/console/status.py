@@ -10,6 +10,7 @@ console never joins the group), the latest replicated version from the DynamoDB 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -179,9 +180,24 @@ class SinkProgress:
         return min(waiting) if waiting else None
 
 
+def _a_broker_listens(bootstrap: str, timeout: float) -> bool:
+    """True when some bootstrap server accepts a TCP connection: a refused broker is known at once,
+    where the client would wait out its whole metadata timeout (a page view's seconds)."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition("://")[2].rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def _sink_progress(settings: KafkaSettings, timeout: float) -> SinkProgress:
     """The sink group's progress per partition of the events topic, read with a consumer of the
     group's id that only asks (assign, no subscribe: it never joins the group, never commits)."""
+    if not _a_broker_listens(settings.bootstrap, timeout / 2):
+        raise KafkaUnavailable(f"no broker at {settings.bootstrap} accepts a connection")
     consumer = Consumer({
         "bootstrap.servers": settings.bootstrap, "group.id": settings.sink_group,
         "client.id": "booking-ledger-console", "enable.auto.commit": False, "enable.partition.eof": False,
