@@ -3,9 +3,15 @@ in-memory exporter."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -99,3 +105,43 @@ def test_the_collector_url() -> None:
     assert tracing._traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
     assert tracing._traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
     assert tracing._traces_url("https://collector/otlp/v1/traces") == "https://collector/otlp/v1/traces"
+
+
+def test_with_an_endpoint_spans_leave_over_otlp_http() -> None:
+    """What LEDGER_OTLP_ENDPOINT turns on: spans POSTed as OTLP protobuf to <endpoint>/v1/traces, sent
+    at the latest when the process ends (shutdown). The receiver here decodes them with the OTLP
+    protocol's own messages."""
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+            self.wfile.write(ExportTraceServiceResponse().SerializeToString())
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tracing.configure("relay", endpoint=f"http://127.0.0.1:{server.server_port}")
+        assert tracing.enabled()
+        with tracing.span("relay.send", TraceContext(TRACE, SPAN, "01"), "producer", version=3):
+            pass
+        tracing.shutdown()
+    finally:
+        server.shutdown()
+    [(path, content_type, body)] = received
+    assert path == "/v1/traces" and content_type == "application/x-protobuf"
+    request = ExportTraceServiceRequest.FromString(body)
+    [resource_spans] = request.resource_spans
+    assert {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"] == (
+        "booking-ledger-relay")
+    [span] = resource_spans.scope_spans[0].spans
+    assert span.name == "relay.send" and span.trace_id.hex() == TRACE and span.parent_span_id.hex() == SPAN
+    assert not tracing.enabled()
