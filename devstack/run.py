@@ -230,6 +230,7 @@ def _ha_banner(cluster: HACluster, leader: PatroniNode) -> str:
         f"  Postgres   {cluster.url}   (as its superuser; each service uses its own role)\n"
         f"  nodes      {nodes}; leader now: {leader.name}\n"
         f"  cluster    curl -s {cluster.nodes[0].rest}/cluster   (Patroni's view: leader, sync_standby, replica)\n"
+        f"             or the console's page: http://127.0.0.1:{HttpSettings().port}/console/cluster\n"
         f"  logs       {LOCAL / 'logs'}, {cluster.root}/node*/patroni.log\n"
         "  make a key (in another shell):\n"
         f"    LEDGER_DATABASE_URL='{roles.with_user(cluster.url, roles.KEYS)}' \\\n"
