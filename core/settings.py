@@ -286,8 +286,9 @@ READ_ELSEWHERE = {
     "LEDGER_LOG_FORMAT": (
         "json (console on a terminal)",
         "`json` or `console` (core/logs.py). `make run` shows readable lines; every API request is one line with "
-        "its request_id (also returned as X-Request-ID), method, path, status, duration, department and problem "
-        "code, never the key.",
+        "its request_id (also returned as X-Request-ID), trace_id (/v1: W3C traceparent's, or a new one), method, "
+        "path, status, duration, department and problem code, never the key; the relay and the sink log one line "
+        "per event sent / written, with its trace_id.",
     ),
 }
 
