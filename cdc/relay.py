@@ -16,6 +16,10 @@ Why this never skips or reorders an event:
   report nothing past it is marked; the next pass resends from the oldest unsent row, and the
   duplicates this may cause downstream are absorbed by the sink's idempotent writes.
 
+Each message carries its append's W3C trace context as the `traceparent` header (from the outbox
+row; core/tracing.py): the same trace, the relay's send as the parent span (a span of its own when
+spans are exported). Each event sent is one log line with its trace id.
+
 A topic that had to be created again (an operator deleted it, or the cluster was replaced) lost
 what the sink had not read yet. The relay alone creates the events topic; when it has to, it puts
 the events of the last LEDGER_RELAY_RESEND_SECONDS back into the outbox, so they are sent again.
@@ -34,8 +38,10 @@ from confluent_kafka import KafkaException, Producer
 from cdc import metrics
 from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
+from core import tracing
 from core.events import encode_event, event_columns, event_from_row
 from core.lease import LEADER_LOCK, relay_application_name, relay_identity
+from core.logs import direct_logger
 from core.outbox import OUTBOX_BACKLOG_SQL, OUTBOX_CHANNEL
 from core.pg import connect, is_transient, standby_holds
 from core.settings import Settings
@@ -43,7 +49,7 @@ from core.settings import Settings
 log = logging.getLogger("booking_ledger.relay")
 
 BATCH_SQL = f"""
-SELECT {event_columns('e')}
+SELECT {event_columns('e')}, o.traceparent
   FROM outbox o JOIN events e ON e.position = o.position
  ORDER BY o.position
  LIMIT $1
@@ -104,6 +110,7 @@ class Relay:
         self._send_backoff = Backoff(log)
         self._topic_checked = self._backlog_checked = 0.0
         self.metrics = metrics.RelayMetrics()
+        self._sent_log = direct_logger("booking_ledger.relay.sent")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
@@ -230,6 +237,7 @@ class Relay:
             metrics.observe_lag(self.metrics.commit_to_ack, (row["recorded_at"] for row in rows[:delivered]))
             await _delete_sent(conn, [row["position"] for row in rows[:delivered]])
             self.metrics.sent.inc(delivered)
+            self._log_sent(rows[:delivered])
         if delivered == len(rows):
             self._send_backoff.succeeded("Kafka acknowledges again; the outbox drains")
             return
@@ -242,6 +250,14 @@ class Relay:
                                           "unsent", len(rows) - delivered, len(rows))
         await _wait(stop, delay)
         await self._topic_ready(conn)  # the topic may have been deleted meanwhile
+
+    def _log_sent(self, rows: list[asyncpg.Record]) -> None:
+        """One line per event Kafka acknowledged, with its trace id: how an operator follows one
+        price change from the API's request line to the sink's write."""
+        for row in rows:
+            context = tracing.parse(row["traceparent"])
+            self._sent_log.info("sent", booking_code=row["booking_code"], version=row["version"],
+                                position=row["position"], trace_id=context.trace_id if context else None)
 
     async def _topic_ready(self, conn: asyncpg.Connection) -> bool:
         state = await asyncio.to_thread(ensure_topic, self.settings.kafka)
@@ -257,25 +273,38 @@ class Relay:
         topic = self.settings.kafka.topic
         reports: list[object] = [None] * len(rows)
 
-        def report(index: int):
+        def report(index: int, send: tracing.Spanned | None):
             def on_delivery(error, _message) -> None:
                 reports[index] = error or True
+                if send is not None and error:
+                    send.end(error=str(error))
+                elif send is not None:
+                    send.end()
 
             return on_delivery
 
         for index, row in enumerate(rows):
             event = event_from_row(row)
+            parent = tracing.parse(row["traceparent"])  # None for rows written without one (the import)
+            send: tracing.Spanned | None = None
+            headers: list[tuple[str, str | bytes | None]] | None = None
+            if parent is not None:
+                send = tracing.span("relay.send", parent, "producer", booking_code=event.booking_code,
+                                    version=event.version)
+                headers = [(tracing.HEADER, send.context.traceparent)]
             try:
                 while True:
                     try:
                         producer.produce(topic, key=event.booking_code.encode(), value=encode_event(event),
-                                         on_delivery=report(index))
+                                         headers=headers, on_delivery=report(index, send))
                         break
                     except BufferError:  # the client's queue is full: let it drain
                         producer.poll(0.1)
             except KafkaException as error:  # refused before sending (size, fatal state): stop here
                 log.error("cannot produce %s v%d: %s", event.booking_code, event.version, error)
                 reports[index] = error
+                if send is not None:
+                    send.end(error=str(error))
                 break
         deadline = time.monotonic() + 15
         while producer.flush(1.0) and time.monotonic() < deadline:

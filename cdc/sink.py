@@ -16,6 +16,9 @@ the consumer group LEDGER_SINK_GROUP (several sinks share the partitions).
 - A consumer that has had no partitions, or events waiting and none arriving, for STALL_SECONDS is
   replaced by a new one, which joins the group again.
 
+Each event written is one log line with the trace id of its message's `traceparent` header (the
+append's trace, core/tracing.py); with spans exported, each write is a span under the relay's send.
+
 Metrics: ledger_sink_consumer_lag per owned partition, ledger_sink_commit_to_write_seconds, the
 freshness of each event, from its commit in the ledger to its write here, and
 ledger_sink_dynamodb_failing, 1 from a failed DynamoDB write until one is accepted again.
@@ -45,9 +48,11 @@ from prometheus_client import Counter
 from cdc import dynamodb_writes, metrics, progress
 from cdc.backoff import Backoff, Stopped
 from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
+from core import tracing
 from core.dynamodb import client as dynamodb_client
 from core.dynamodb import ensure_table, item_of
 from core.events import Event, decode_event
+from core.logs import direct_logger
 from core.settings import KafkaSettings, Settings
 
 log = logging.getLogger("booking_ledger.sink")
@@ -86,6 +91,7 @@ class Sink:
         self.metrics = metrics.SinkMetrics()
         self.metrics.dynamodb_failing.set_function(lambda: float(self._write_backoff.failing))
         self._dead_letters = DeadLetters(settings.kafka, self.metrics.dead_letters)
+        self._written_log = direct_logger("booking_ledger.sink.written")
 
     def run(self, stop: threading.Event) -> None:
         """Consume the topic into DynamoDB until `stop` is set."""
@@ -151,8 +157,11 @@ class Sink:
         """Write the batch's events to DynamoDB (unparseable messages to the dead-letter topic), and
         only then store each partition's offset past its last message."""
         keep_alive = functools.partial(self._keep_alive, consumer)
-        events, last = self._decode(messages, keep_alive, stop)
+        events, contexts, last = self._decode(messages, keep_alive, stop)
         if events:
+            writes = [tracing.span("sink.write", context, "consumer", booking_code=event.booking_code,
+                                   version=event.version) if context is not None else None
+                      for event, context in zip(events, contexts, strict=True)]
             dynamodb_writes.write_items(
                 dynamodb, self.settings.dynamo.table, [item_of(e) for e in events], executor=executor,
                 should_stop=stop.is_set, on_wait=keep_alive,
@@ -161,16 +170,22 @@ class Sink:
             self.metrics.written.inc(len(events))
             self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
             metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in events))
+            for event, context, write in zip(events, contexts, writes, strict=True):
+                if write is not None:
+                    write.end()
+                self._written_log.info("written", booking_code=event.booking_code, version=event.version,
+                                       position=event.position, trace_id=context.trace_id if context else None)
         for message in last:
             self._store(consumer, message)
         self._resume(consumer)
         self._update_lag(consumer)
 
     def _decode(self, messages: list[Message], keep_alive: Callable[[], None],
-                stop: threading.Event) -> tuple[list[Event], list[Message]]:
-        """The batch's events, with what does not parse moved to the dead-letter topic; and each
-        partition's last message (error events of the consumer are logged and skipped)."""
-        events, last = [], {}
+                stop: threading.Event) -> tuple[list[Event], list[tracing.TraceContext | None], list[Message]]:
+        """The batch's events and the trace context each message carries (None without one), with
+        what does not parse moved to the dead-letter topic; and each partition's last message (error
+        events of the consumer are logged and skipped)."""
+        events, contexts, last = [], [], {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -178,10 +193,11 @@ class Sink:
                 continue
             try:
                 events.append(decode_event(message.value() or b""))
+                contexts.append(_trace_context(message))
             except (msgspec.DecodeError, TypeError) as failure:
                 self._dead_letters.move(message, failure, keep_alive, stop)
             last[(message.topic(), message.partition())] = message
-        return events, list(last.values())
+        return events, contexts, list(last.values())
 
     def _subscribe(self) -> Consumer:
         """A new consumer in the sink's group (see _on_assign for where it starts)."""
@@ -287,6 +303,14 @@ class Sink:
         # UNKNOWN_TOPIC_OR_PART for a deleted topic resolves itself once the relay created it again.
         log.warning("consumer error: %s", error)
 
+
+def _trace_context(message: Message) -> tracing.TraceContext | None:
+    """The context of the message's `traceparent` header; None when it has none or a malformed one."""
+    headers = message.headers() or []
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        if name == tracing.HEADER:
+            return tracing.parse(value)
+    return None
 
 
 class DeadLetters:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 LEADER_LOCK = int.from_bytes(b"bl-relay", "big")  # advisory lock key of the relay leader
 
@@ -23,7 +24,11 @@ def relay_identity() -> tuple[str, int]:
 
 
 def relay_application_name() -> str:
-    """The application_name of a relay's connection: `booking-ledger-relay HOST PID`, at most
-    63 bytes (Postgres truncates longer names)."""
+    """The application_name of a relay's connection: `booking-ledger-relay HOST PID SINCE`, SINCE
+    the connection's start in Unix seconds, at most 63 bytes (Postgres truncates longer names).
+
+    The console reads who leads, and since when, from it: pg_stat_activity shows another role's
+    sessions without their start time or address (those need pg_read_all_stats, which would let the
+    API read every session's query text), but with their application_name."""
     host, pid = relay_identity()
-    return f"{RELAY_APPLICATION_PREFIX} {host[:32]} {pid}"
+    return f"{RELAY_APPLICATION_PREFIX} {host[:22]} {pid} {int(time.time())}"

@@ -214,6 +214,46 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """What the console's cluster page reads (service/console/cluster.py); `make run-ha` sets both."""
+
+    patroni_urls: str = _env_str(
+        "LEDGER_PATRONI_URLS", "",
+        "Patroni REST API base URLs of the ledger's Postgres nodes, comma-separated (e.g. "
+        "`http://10.0.0.1:8008,http://10.0.0.2:8008`): the console's cluster page shows members, roles, "
+        "timeline, lag, the synchronous standby and the last failover from them. Unset: no cluster page data.",
+    )
+    etcd_urls: str = _env_str(
+        "LEDGER_ETCD_URLS", "",
+        "etcd client URLs of Patroni's DCS, comma-separated: the cluster page shows each one's /health.",
+    )
+
+    @property
+    def patroni(self) -> list[str]:
+        return _urls(self.patroni_urls)
+
+    @property
+    def etcd(self) -> list[str]:
+        return _urls(self.etcd_urls)
+
+
+def _urls(text: str) -> list[str]:
+    return [url.strip().rstrip("/") for url in text.split(",") if url.strip()]
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """Trace context and spans (core/tracing.py)."""
+
+    otlp_endpoint: str = _env_str(
+        "LEDGER_OTLP_ENDPOINT", "",
+        "OpenTelemetry collector (OTLP over HTTP, e.g. `http://127.0.0.1:4318`; a URL with a path is used as "
+        "the traces URL) that receives the spans of the API request, the append call, the relay's send and the "
+        "sink's write. Unset: no spans (the W3C trace id is still logged by every process and carried to Kafka).",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -221,6 +261,8 @@ class Settings:
     dynamo: DynamoSettings = field(default_factory=DynamoSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables that would make a process read them back."""
@@ -250,8 +292,9 @@ READ_ELSEWHERE = {
     "LEDGER_LOG_FORMAT": (
         "json (console on a terminal)",
         "`json` or `console` (core/logs.py). `make run` shows readable lines; every API request is one line with "
-        "its request_id (also returned as X-Request-ID), method, path, status, duration, department and problem "
-        "code, never the key.",
+        "its request_id (also returned as X-Request-ID), trace_id (/v1: W3C traceparent's, or a new one), method, "
+        "path, status, duration, department and problem code, never the key; the relay and the sink log one line "
+        "per event sent / written, with its trace_id.",
     ),
 }
 

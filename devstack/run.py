@@ -116,7 +116,9 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     # Each process connects as its own role (core/roles.py): on the local Postgres the CLI picks
     # it by itself; on the cluster, its multi-host URL is given with that role.
     api_env, relay_env = (("", "") if cluster is None else
-                          (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"',
+                          (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"'
+                           f',LEDGER_PATRONI_URLS="{",".join(n.rest for n in cluster.nodes)}"'
+                           f',LEDGER_ETCD_URLS="http://127.0.0.1:{cluster.etcd.port}"',  # the console's cluster page
                            f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.RELAY)}"'))
     programs.update(_monitoring(data, cluster))
     programs.update({
@@ -287,6 +289,7 @@ def _ha_banner(cluster: HACluster, leader: PatroniNode) -> str:
         f"  Postgres   {cluster.url}   (as its superuser; each service uses its own role)\n"
         f"  nodes      {nodes}; leader now: {leader.name}\n"
         f"  cluster    curl -s {cluster.nodes[0].rest}/cluster   (Patroni's view: leader, sync_standby, replica)\n"
+        f"             or the console's page: http://127.0.0.1:{HttpSettings().port}/console/cluster\n"
         f"  Prometheus http://127.0.0.1:{MetricsSettings().prometheus_port}/alerts   (rules: deploy/prometheus/)\n"
         f"  logs       {LOCAL / 'logs'}, {cluster.root}/node*/patroni.log\n"
         "  make a key (in another shell):\n"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import asyncpg
@@ -77,6 +78,18 @@ def _logging() -> None:
     logs.configure()
 
 
+@contextlib.contextmanager
+def _tracing(service: str) -> Iterator[None]:
+    """Spans exported while the block runs (when LEDGER_OTLP_ENDPOINT is set), the last ones sent at its end."""
+    from core import tracing
+
+    tracing.configure(service, get_settings().tracing.otlp_endpoint)
+    try:
+        yield
+    finally:
+        tracing.shutdown()
+
+
 def _relay(args: argparse.Namespace) -> int:
     from cdc.relay import Relay
 
@@ -89,7 +102,8 @@ def _relay(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await Relay(get_settings()).run(stop)
 
-    asyncio.run(run())
+    with _tracing("relay"):
+        asyncio.run(run())
     return 0
 
 
@@ -100,7 +114,8 @@ def _sink(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    Sink(get_settings()).run(stop)
+    with _tracing("sink"):
+        Sink(get_settings()).run(stop)
     return 0
 
 

@@ -6,6 +6,8 @@ Nothing here touches the developer's `make run` data or the machine's own servic
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -17,7 +19,8 @@ import asyncpg
 import pytest
 
 from core.settings import DatabaseSettings
-from devstack.harness import fetch_value, free_port
+from devstack.ha import HACluster
+from devstack.harness import CLI, as_role, fetch_value, free_port
 from devstack.postgres import LocalPostgres
 from migrations.runner import upgrade
 from service.ledger.db import create_pool
@@ -111,6 +114,34 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+HA_KEEP = bool(os.environ.get("LEDGER_HA_KEEP"))  # set it to keep the nodes' logs for a post-mortem
+
+
+@pytest.fixture(scope="session")
+def ha_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="ledger-ha-"))
+    root.chmod(0o755)  # the postgres user runs the nodes
+    yield root
+    if not HA_KEEP:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ha_cluster(ha_root: Path) -> Iterator[HACluster]:
+    """etcd and three Patroni/Postgres nodes (devstack.ha), migrated through the multi-host URL: the
+    failover tests' cluster (tests/ha), which the console's browser test shows too (one per session)."""
+    if shutil.which("patroni") is None or shutil.which("etcd") is None:
+        pytest.skip("Patroni and etcd are not installed (make install: scripts/system-deps.sh)")
+    cluster = HACluster.on_free_ports(ha_root / "cluster")
+    cluster.start()
+    try:
+        migrate = as_role({**os.environ, "LEDGER_DATABASE_URL": cluster.url}, "migrate")
+        subprocess.run([CLI, "migrate"], env=migrate, check=True, capture_output=True, timeout=120)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.di import Provide
 
-from core import logs
+from core import logs, tracing
 from core.settings import Settings, get_settings
 from service.api import metrics
 from service.api.health import HEALTH_ROUTES
@@ -35,6 +35,9 @@ from service.ledger.notify import OutboxNotifier
 @asynccontextmanager
 async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppState]:
     """The app's state for as long as the app runs: the pool and the tasks over it, closed after."""
+    exporting = bool(settings.tracing.otlp_endpoint)
+    if exporting:
+        tracing.configure("api", settings.tracing.otlp_endpoint)
     pool = await create_pool(settings.database)
     writer = GroupCommit(pool, settings.database.batch_max_events, settings.database.batch_max_bytes,
                          on_batch=metrics.APPEND_BATCH_SIZE.observe)
@@ -57,6 +60,8 @@ async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppSta
             await asyncio.wait_for(pool.close(), timeout=10)
         except TimeoutError:
             pool.terminate()
+        if exporting:
+            tracing.shutdown()
 
 
 def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:

@@ -1,7 +1,10 @@
 """One log line per request, with a request id that is also returned in X-Request-ID.
 
 The line carries the method, path (its first MAX_LOGGED_PATH characters), status, duration, the
-department of the key (never the key) and the problem code of an error answer.
+department of the key (never the key) and the problem code of an error answer. A /v1 request also
+carries its trace id: from its W3C `traceparent` header, or a new trace when the header is absent
+or malformed (never an error). Its context is in the request's state (`trace`) for the routes, and
+the request is a span when spans are exported (core/tracing.py).
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import time
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from core import tracing
 from core.logs import direct_logger
 
 HEADER = b"x-request-id"
+TRACEPARENT = tracing.HEADER.encode()
 # A path is logged up to this many characters (then "…"), so that a line stays well under the
 # 4096 bytes that one write(2) to a pipe keeps whole, even with every character escaped.
 MAX_LOGGED_PATH = 300
@@ -29,10 +34,16 @@ def request_log(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(HEADER, b"")
+        headers = dict(scope["headers"])
+        given = headers.get(HEADER, b"")
         request_id = given.decode() if _VALID_ID.fullmatch(given) else os.urandom(16).hex()
         state = scope.setdefault("state", {})  # what request.state reads and writes
         state["request_id"] = request_id
+        span = None
+        if scope["path"].startswith("/v1/"):
+            name = f"{scope['method']} {scope.get('path_template', '/v1')}"  # the route, not the booking code
+            span = tracing.span(name, tracing.parse(headers.get(TRACEPARENT)), "server")
+            state["trace"] = span.context
         status = 500
         started = time.perf_counter()
 
@@ -46,9 +57,12 @@ def request_log(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
+            if span is not None:
+                span.end(status=status, path=_logged_path(scope["path"]))
             log.info(
                 "request",
                 request_id=request_id,
+                trace_id=span.context.trace_id if span is not None else None,
                 method=scope["method"],
                 path=_logged_path(scope["path"]),
                 status=status,

@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
 from litestar.params import Parameter
 
+from core import tracing
 from service.api import metrics
 from service.api.auth import READ_SCOPES, WRITE_SCOPES, authenticated
 from service.api.http_rules import check_json_body, read_body
@@ -58,14 +59,17 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
         raw = await read_body(request, MAX_BODY_BYTES, app_state.settings.http.body_timeout)
         count.start()
         body = decode_append(raw)
-        result = await app_state.writer.append(Append(
-            code=code,
-            department=key.department,
-            may_write_any=key.allows("write:any"),
-            expected_version=body.expected_version,
-            events=body.new_events(),
-            size=len(raw),
-        ))
+        with tracing.span("ledger.append", request.scope["state"].get("trace"), booking_code=code,
+                          events=len(body.events)) as trace:
+            result = await app_state.writer.append(Append(
+                code=code,
+                department=key.department,
+                may_write_any=key.allows("write:any"),
+                expected_version=body.expected_version,
+                events=body.new_events(),
+                size=len(raw),
+                traceparent=trace.traceparent,
+            ))
         count.answered(result)
     if not result.replayed:
         app_state.notifier.poke()

@@ -33,7 +33,7 @@ from litestar.template import TemplateConfig
 
 from core.events import BOOKING_CODE_PATTERN
 from service.api.state import AppState, app_state_of
-from service.console import status
+from service.console import cluster, status
 from service.console.chart import price_points, step_chart
 from service.ledger import sessions
 from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
@@ -225,8 +225,31 @@ async def pipeline(request: Request, app_state: AppState) -> Template:
         item_count, dynamodb_error = await app_state.read_store.check(), None
     except status.ReadStoreUnavailable as error:
         item_count, dynamodb_error = None, str(error)
+    kafka = app_state.settings.kafka
+    try:
+        sink, kafka_error = await status.sink_progress(kafka), None
+    except status.KafkaUnavailable as error:
+        sink, kafka_error = None, str(error)
     return _page("pipeline.html", key, outbox=outbox, leader=leader, item_count=item_count,
-                 dynamodb_error=dynamodb_error, dynamodb=app_state.read_store.settings)
+                 dynamodb_error=dynamodb_error, dynamodb=app_state.read_store.settings, kafka=kafka, sink=sink,
+                 kafka_error=kafka_error, freshness=_freshness(outbox, sink))
+
+
+def _freshness(outbox: status.Outbox, sink: status.SinkProgress | None) -> float | None:
+    """Seconds since the oldest committed event that DynamoDB does not hold yet was committed (still in
+    the outbox, or in Kafka past what the sink wrote); 0 when none waits; None when Kafka did not say."""
+    if sink is None:
+        return None
+    ages = [outbox.oldest_age_seconds or 0.0]
+    if sink.oldest_waiting is not None:
+        ages.append((datetime.now(UTC) - sink.oldest_waiting).total_seconds())
+    return max(0.0, *ages)
+
+
+@get("/cluster")
+async def cluster_page(request: Request, app_state: AppState) -> Template:
+    key = await _signed_in(request)
+    return _page("cluster.html", key, view=await cluster.read(app_state.settings.cluster))
 
 
 def _sign_in_first(request: Request, exc: _SignInFirst) -> Response[Any]:
@@ -272,7 +295,7 @@ _HEADERS = [
 
 console = Router(
     PATH,
-    route_handlers=[home, sign_in, sign_out, booking, pipeline],
+    route_handlers=[home, sign_in, sign_out, booking, pipeline, cluster_page],
     include_in_schema=False,
     response_headers=_HEADERS,
     exception_handlers={
@@ -287,7 +310,7 @@ console = Router(
 def template_config() -> TemplateConfig:
     """Jinja with autoescape on: every value a page shows is escaped unless it is Markup (the chart)."""
     environment = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
-    environment.filters.update(when=_when, duration=_duration, compact_json=_compact_json)
+    environment.filters.update(when=_when, duration=_duration, compact_json=_compact_json, size=_size)
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 
@@ -303,6 +326,18 @@ def _duration(seconds: float) -> str:
         return f"{minutes} min {secs} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} days {hours % 24} h"
+
+
+def _size(count: int | None) -> str:
+    """A byte count for people: 0 B, 512 B, 16.0 KiB, 3.2 MiB."""
+    if count is None:
+        return "unknown"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def _compact_json(value: object, limit: int = 160) -> str:

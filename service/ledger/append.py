@@ -26,7 +26,7 @@ from core.pg import warned_of_early_commit
 from service.ledger.db import Tries, retrying
 from service.ledger.errors import REFUSALS, InvalidData, OutcomeUnknown, StoreUnavailable
 
-BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 # Each append's outcome alone: the import counts the stored events where they are.
 OUTCOMES_SQL = f"SELECT append_no, min(outcome) AS outcome FROM ({BATCH_SQL}) answer GROUP BY append_no"
 STORED = ("created", "appended", "replayed")
@@ -57,6 +57,7 @@ class Append:
     expected_version: int | None
     events: Sequence[NewEvent]
     size: int = 0
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +163,8 @@ def _caused(outcome: str, item: Append, unknown_outcome: bool) -> str:
 
 
 def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
-    """ledger_append_batch's eleven arguments (per-append arrays, then per-event arrays) for `appends`."""
+    """ledger_append_batch's twelve arguments (per-append arrays, per-event arrays, then each append's
+    traceparent) for `appends`."""
     codes: list[str] = []
     departments: list[str] = []
     may_write_any: list[bool] = []
@@ -174,12 +176,14 @@ def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
     currencies: list[str | None] = []
     data: list[dict[str, Any] | None] = []
     occurred_at: list[datetime | None] = []
+    traceparents: list[str | None] = []
     for item in appends:
         codes.append(item.code)
         departments.append(item.department)
         may_write_any.append(item.may_write_any)
         expected.append(item.expected_version)
         counts.append(len(item.events))
+        traceparents.append(item.traceparent)
         for e in item.events:
             event_ids.append(e.event_id)
             types.append(e.type)
@@ -188,5 +192,5 @@ def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
             data.append(e.data)
             occurred_at.append(e.occurred_at)
     return (codes, departments, may_write_any, expected, counts, event_ids, types, amounts, currencies, data,
-            occurred_at)
+            occurred_at, traceparents)
 

@@ -72,8 +72,10 @@ def auth(key: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def console_server(database_url: str) -> Iterator[Server]:
-    """An API whose DynamoDB endpoint is a port nobody listens on: the console must say so, not fail."""
-    server = start_server(database_url, workers=1, LEDGER_DYNAMODB_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    """An API whose DynamoDB endpoint and Kafka broker are ports nobody listens on: the console must say
+    so, not fail."""
+    server = start_server(database_url, workers=1, LEDGER_DYNAMODB_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+                          LEDGER_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
     try:
         yield server
     finally:

@@ -44,7 +44,7 @@ def assert_page(response: httpx.Response, status: int, *texts: str) -> str:
 
 
 def test_pages_without_a_cookie_send_you_to_sign_in(client: httpx.Client) -> None:
-    for path in ("/console/booking?code=ABC", "/console/pipeline"):
+    for path in ("/console/booking?code=ABC", "/console/pipeline", "/console/cluster"):
         answer = client.get(path)
         assert answer.status_code == 303 and answer.headers["location"] == "/console"
     assert_page(client.get("/console"), 200, 'action="/console/sign-in"', 'method="post"')
@@ -196,9 +196,16 @@ def test_data_written_by_a_client_is_escaped(client: httpx.Client, keys: Keys) -
 def test_pipeline_page_without_a_relay_or_dynamodb(client: httpx.Client, keys: Keys) -> None:
     create_booking(client, keys.hotel, "10.00")
     page = assert_page(client.get("/console/pipeline", headers=session(client, keys.reader)), 200,
-                       "No relay holds the lease", "DynamoDB unreachable")
+                       "No relay holds the lease", "DynamoDB unreachable", "Kafka unreachable")
     waiting = page.split("Events waiting</dt><dd>")[1].split("<")[0]
     assert int(waiting) >= 1
+
+
+def test_cluster_page_without_a_cluster(client: httpx.Client, keys: Keys) -> None:
+    """An API on one Postgres (LEDGER_PATRONI_URLS unset) says so; the page asks Patroni nothing."""
+    answer = client.get("/console/cluster", headers=session(client, keys.reader))
+    assert_page(answer, 200, "does not know of a replicated cluster", "<code>LEDGER_PATRONI_URLS</code> is not set")
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
 
 
 def test_a_revoked_key_is_signed_out(client: httpx.Client, database_url: str) -> None:

@@ -1,6 +1,6 @@
 """The console in a real browser: Playwright driving Debian's Chromium (/usr/bin/chromium).
 
-The screenshot of the booking page is kept as a test artifact in test-artifacts/ at the top of
+The screenshots of the booking and cluster pages are kept as a test artifact in test-artifacts/ at the top of
 the repository (git-ignored; LEDGER_TEST_ARTIFACTS points elsewhere), for CI to archive.
 """
 
@@ -14,8 +14,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.conftest import random_code
-from tests.e2e.conftest import Keys, Server, auth
+from devstack.ha import HACluster
+from tests.conftest import free_port, random_code
+from tests.e2e.conftest import Keys, Server, auth, start_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("LEDGER_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
@@ -103,3 +104,49 @@ def test_sign_in_look_up_a_booking_and_sign_out(browser: Browser, console_server
     finally:
         context.close()
     assert keys.reader not in console_server.log_path.read_text()
+
+
+def test_the_cluster_page_shows_patroni_and_etcd(browser: Browser, database_url: str, keys: Keys,
+                                                ha_cluster: HACluster) -> None:
+    """The replicated cluster as make run-ha's console shows it: its members with roles, timeline and
+    lag, the synchronous standby, etcd's health; and a node that is not there, by its URL."""
+    ha_cluster.wait_replicas(2, synchronous=False, timeout=90)
+    [synchronous] = ha_cluster.wait_replicas(1, synchronous=True, timeout=90)
+    leader = ha_cluster.primary()
+    assert leader is not None
+    gone = f"http://127.0.0.1:{free_port()}"
+    server = start_server(
+        database_url, workers=1, LEDGER_PATRONI_URLS=",".join([*(n.rest for n in ha_cluster.nodes), gone]),
+        LEDGER_ETCD_URLS=f"http://127.0.0.1:{ha_cluster.etcd.port}",
+        LEDGER_DYNAMODB_ENDPOINT=f"http://127.0.0.1:{free_port()}", LEDGER_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{server.url}/console/cluster")
+        assert page.locator("#key").is_visible()  # signed out: the sign-in form, not the cluster
+        page.fill("#key", keys.reader)
+        page.click("form[action='/console/sign-in'] button")
+        page.wait_for_url(f"{server.url}/console")
+        page.click("header nav >> text=Cluster")
+        page.wait_for_selector("#members")
+
+        rows = page.locator("#members tbody tr")
+        assert rows.count() == 3
+        members = {cells[0]: cells for cells in (rows.nth(i).locator("td").all_inner_texts() for i in range(3))}
+        assert members.keys() == {n.name for n in ha_cluster.nodes}
+        assert members[leader.name][1] == "leader" and members[synchronous][1] == "synchronous standby"
+        assert {cells[4] for cells in members.values()} == {"1"}  # one timeline, a fresh cluster's
+        assert all(cells[3] == f"127.0.0.1:{n.pg_port}" for n in ha_cluster.nodes for cells in [members[n.name]])
+        summary = page.inner_text("#summary").lower()  # the labels are shown in capitals
+        assert f"leader\n{leader.name}" in summary and f"synchronous standby\n{synchronous}" in summary
+        assert "healthy" in page.inner_text("#etcd") and "unhealthy" not in page.inner_text("#etcd")
+        assert f"Not answering: {gone}" in page.inner_text("#members")
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "console-cluster.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+    finally:
+        context.close()
+        server.stop()

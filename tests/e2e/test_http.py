@@ -303,7 +303,8 @@ def test_every_request_is_logged_once_with_its_id_department_and_outcome(databas
         key = make_key(database_url, "hotel", "read,write")
         with httpx.Client(timeout=10) as client:
             given = client.get(f"{server.url}/v1/bookings/NOPE-1", headers={**auth(key), "X-Request-ID": "trace-123"})
-            made = client.post(events_url(server.url, random_code()), headers=auth(key),
+            # A malformed traceparent is no error: the request starts a trace of its own.
+            made = client.post(events_url(server.url, random_code()), headers={**auth(key), "traceparent": "00-x-y-01"},
                                json={"expected_version": 0, "events": [{"type": "A"}]})
         assert given.headers["x-request-id"] == "trace-123"
         assert len(made.headers["x-request-id"]) == 32
@@ -317,6 +318,7 @@ def test_every_request_is_logged_once_with_its_id_department_and_outcome(databas
         assert requests["trace-123"]["department"] == "hotel"
         created = requests[made.headers["x-request-id"]]
         assert created["status"] == 201 and created["method"] == "POST" and created["code"] is None
+        assert len(created["trace_id"]) == 32 and created["trace_id"] != requests["trace-123"]["trace_id"]
         assert key not in server.log_path.read_text() and key.split("_", 2)[2] not in server.log_path.read_text()
     finally:
         server.stop()

@@ -5,9 +5,7 @@ pipeline behind it (broker, DynamoDB Local, a relay and a sink)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,32 +19,12 @@ from devstack.ha import HACluster
 from devstack.harness import LedgerProcess, free_port, process_env
 from devstack.kafka import KafkaCluster
 from devstack.processes import DynamoDBLocal
-from tests.e2e.conftest import Server, cli, make_key, start_server
+from tests.e2e.conftest import Server, make_key, start_server
 
 if shutil.which("patroni") is None or shutil.which("etcd") is None:
     pytest.skip("Patroni and etcd are not installed (make install: scripts/system-deps.sh)", allow_module_level=True)
 
-KEEP = bool(os.environ.get("LEDGER_HA_KEEP"))  # set it to keep the nodes' logs for a post-mortem
-
-
-@pytest.fixture(scope="session")
-def ha_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="ledger-ha-"))
-    root.chmod(0o755)  # the postgres user runs the nodes
-    yield root
-    if not KEEP:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ha_cluster(ha_root: Path) -> Iterator[HACluster]:
-    cluster = HACluster.on_free_ports(ha_root / "cluster")
-    cluster.start()
-    try:
-        cli(cluster.url, "migrate")
-        yield cluster
-    finally:
-        cluster.stop()
+# The cluster itself (ha_root, ha_cluster) is tests/conftest.py's: the console's browser test shows it too.
 
 
 @pytest.fixture(scope="session")

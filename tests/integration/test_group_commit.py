@@ -160,6 +160,26 @@ async def _price(pool: asyncpg.Pool, code: str) -> str:
     return str(await pool.fetchval("SELECT price_amount FROM bookings WHERE code = $1", code))
 
 
+async def test_each_append_of_a_batch_keeps_its_own_trace_context(pool) -> None:
+    """The outbox rows of each append carry that append's traceparent (the relay's Kafka header),
+    also when several appends to one booking share the call; an append without one leaves NULL."""
+    shared, alone, untraced = random_code("TRACE"), random_code("TRACE"), random_code("TRACE")
+    contexts = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01" for _ in range(3)]
+    writer = GroupCommit(pool)
+    answers = await one_batch(writer, [
+        replace(item(shared, 0, [event(), event()]), traceparent=contexts[0]),
+        replace(item(alone, 0), traceparent=contexts[1]),
+        replace(item(shared, 2), traceparent=contexts[2]),
+        item(untraced, 0),
+    ])
+    assert all(isinstance(answer, AppendResult) for answer in answers), answers
+    rows = await pool.fetch("SELECT booking_code, version, traceparent FROM outbox WHERE booking_code = ANY($1)",
+                            [shared, alone, untraced])
+    assert {(r["booking_code"], r["version"]): r["traceparent"] for r in rows} == {
+        (shared, 1): contexts[0], (shared, 2): contexts[0], (alone, 1): contexts[1], (shared, 3): contexts[2],
+        (untraced, 1): None}
+
+
 async def test_forty_concurrent_creators_of_one_code_give_exactly_one_creation(pool) -> None:
     code = random_code("RACE")
     writers = [GroupCommit(pool), GroupCommit(pool)]  # as two API processes: batches race each other too
@@ -302,7 +322,11 @@ async def _call_and_roll_back(conn: asyncpg.Connection, function: str, arguments
     transaction = conn.transaction()
     await transaction.start()
     try:
-        rows = await conn.fetch(BATCH_SQL.replace("ledger_append_batch", function), *arguments)
+        if function == "ledger_append_batch":
+            rows = await conn.fetch(BATCH_SQL, *arguments)
+        else:  # 0011's function takes no trace context (0014)
+            rows = await conn.fetch(BATCH_SQL.replace("ledger_append_batch", function).replace(", $12", ""),
+                                    *arguments[:11])
         base = await conn.fetchval("SELECT (pg_current_xact_id()::text::bigint"
                                    " + (SELECT xid_offset FROM ledger_position_offset)) * 65536")
         answer = sorted(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import subprocess
 import threading
@@ -27,7 +28,7 @@ from service.ledger.append import NewEvent, append
 from service.ledger.db import create_pool
 from tests.conftest import free_port, random_code, sql
 from tests.e2e.conftest import auth, make_key, signed_in, start_server
-from tests.integration.conftest import CLI, Pipeline, wait_until
+from tests.integration.conftest import CLI, Pipeline, Worker, wait_until
 
 
 def append_events(pipeline: Pipeline, codes: list[str], per_booking: int) -> list:
@@ -94,20 +95,32 @@ def scrape(port: int) -> str:
 
 
 def console_env(pipeline: Pipeline) -> dict[str, str]:
-    return {"LEDGER_DYNAMODB_ENDPOINT": pipeline.settings.dynamo.endpoint,
-            "LEDGER_DYNAMODB_TABLE": pipeline.settings.dynamo.table}
+    settings = pipeline.settings
+    return {"LEDGER_DYNAMODB_ENDPOINT": settings.dynamo.endpoint, "LEDGER_DYNAMODB_TABLE": settings.dynamo.table,
+            "LEDGER_KAFKA_BOOTSTRAP": settings.kafka.bootstrap, "LEDGER_KAFKA_TOPIC": settings.kafka.topic,
+            "LEDGER_SINK_GROUP": settings.kafka.sink_group}
+
+
+def logged(text: str, event: str) -> list[dict]:
+    """The JSON log lines of one kind (`event`) in a process's log."""
+    lines = (line for line in text.splitlines() if line.startswith("{"))
+    return [record for record in map(msgspec.json.decode, lines) if record.get("event") == event]
 
 
 def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline: Pipeline) -> None:
+    """... and one trace id finds each append in the API's, the relay's and the sink's logs: the one
+    its traceparent header gave, or a new one when it had none."""
     server = start_server(pipeline.database_url, **console_env(pipeline))
     relay_metrics, sink_metrics = free_port(), free_port()
     relay = pipeline.start("relay", LEDGER_RELAY_METRICS_PORT=str(relay_metrics))
-    pipeline.start("sink", LEDGER_SINK_METRICS_PORT=str(sink_metrics))
+    sink = pipeline.start("sink", LEDGER_SINK_METRICS_PORT=str(sink_metrics))
+    given_trace = uuid.uuid4().hex
     try:
         key = make_key(pipeline.database_url, "hotel", "read,write")
         code = random_code("E2E")
         with httpx.Client(timeout=30) as client:
-            first = client.post(f"{server.url}/v1/bookings/{code}/events", headers=auth(key), json={
+            traced = {**auth(key), "traceparent": f"00-{given_trace}-{uuid.uuid4().hex[:16]}-01"}
+            first = client.post(f"{server.url}/v1/bookings/{code}/events", headers=traced, json={
                 "expected_version": 0,
                 "events": [{"type": "BookingPriced", "price": {"amount": "120.00", "currency": "EUR"},
                             "data": {"reason": "quote", "nested": {"b": [1, 2.5, None]}},
@@ -138,14 +151,43 @@ def test_appends_through_the_api_reach_dynamodb_with_identical_content(pipeline:
         wait_until(lambda: samples(scrape(sink_metrics), "ledger_sink_consumer_lag") == {
             f'{{partition="{p}"}}': 0.0 for p in range(3)}, 15, what="a lag of 0 on every partition")
 
-        # The console sees the same: replicated, and the relay process by name as the leader.
+        # The console sees the same: replicated, the relay process by name as the leader and since
+        # when, every partition written up to its end (once the sink committed its offsets).
         with httpx.Client(base_url=server.url, timeout=15) as client:
             cookie = signed_in(server.url, key)
             booking_page = client.get("/console/booking", params={"code": code}, headers=cookie).text
-            pipeline_page = client.get("/console/pipeline", headers=cookie).text
+
+            last = [""]
+
+            def caught_up() -> str | None:
+                last[0] = client.get("/console/pipeline", headers=cookie).text
+                return last[0] if "DynamoDB holds every committed event" in last[0] else None
+
+            try:
+                pipeline_page = wait_until(caught_up, 15, what="the pipeline page to show no event waiting")
+            except TimeoutError:
+                raise AssertionError(last[0][last[0].find("<main>"):]) from None
         assert "up to date" in booking_page and "0 events" in booking_page
         assert f"{socket.gethostname()}, pid {relay.process.pid}" in pipeline_page
         assert "DynamoDB unreachable" not in pipeline_page and "nothing waits" in pipeline_page
+        assert "Kafka unreachable" not in pipeline_page and "<dd>–</dd>" not in pipeline_page  # connected since
+        partitions = re.findall(r'<tr><td class="num">(\d+)</td><td class="num">(\d+)</td><td class="num">(\d+)</td>'
+                                r'<td class="num ok">0</td>', pipeline_page)
+        assert sorted(int(p) for p, *_ in partitions) == [0, 1, 2]
+        assert sum(int(end) for *_, end in partitions) >= 3 and all(written == end for _, written, end in partitions)
+
+        # One trace id per append, in every process's log: the given one, and a new one.
+        appends = [line for line in logged(server.log(), "request") if line["method"] == "POST"]
+        assert appends[0]["trace_id"] == given_trace
+        made_trace = appends[1]["trace_id"]
+        assert len(made_trace) == 32 and made_trace != given_trace
+        expected = {(code, 1, given_trace), (code, 2, given_trace), (code, 3, made_trace)}
+
+        def traced(process: Worker, event: str) -> set[tuple[str, int, str]]:
+            return {(line["booking_code"], line["version"], line["trace_id"]) for line in logged(process.log(), event)}
+
+        wait_until(lambda: traced(relay, "sent") >= expected, 15, what="the relay's lines")
+        wait_until(lambda: traced(sink, "written") >= expected, 15, what="the sink's lines")
     finally:
         server.stop()
 

@@ -61,7 +61,7 @@ FORBIDDEN = {
         "SELECT ledger_acquire_locks(ARRAY['X'], ARRAY[]::uuid[])",
         "SELECT ledger_advance_booking('X', 'thief', true, NULL, ARRAY[1]::numeric[], ARRAY['EUR'], 1, 1)",
         "SELECT count(*) FROM ledger_write_events('{}', '{}', '{}', 0, now(), '{}', '{}', '{}', '{}', '{}', '{}',"
-        " '{}', '{}', '{}')",
+        " '{}', '{}', '{}', '{}')",
     ),
     roles.RELAY: (
         "SELECT key_hash FROM api_keys",
