@@ -31,6 +31,7 @@ __all__ = ["free_port", "random_code", "sql"]
 # module fixtures start once; these folders stay whole because their session servers are machine-wide
 # (the project's one Docker engine) or heavy (a Patroni cluster, the soak's and the bench's stacks).
 WHOLE_FOLDERS = {"docker", "ha", "soak", "bench"}
+ON_THE_HA_CLUSTER = {"e2e/test_console_browser.py"}  # outside tests/ha, its cluster's other user
 # The longest groups go first, so that neither worker is left with a long one at the end.
 LONGEST_FIRST = ["soak", "docker", "ha", "integration/test_kafka_faults.py", "bench"]
 
@@ -39,7 +40,10 @@ def group_of(nodeid: str) -> str:
     """`tests/ha/test_x.py::test_y[z]` -> `ha`; `tests/unit/test_x.py::test_y` -> `unit/test_x.py`."""
     module = Path(nodeid.split("::", 1)[0])
     parts = module.parts[1:] if module.parts[0] == "tests" else module.parts
-    return parts[0] if parts[0] in WHOLE_FOLDERS else Path(*parts).as_posix()
+    if parts[0] in WHOLE_FOLDERS:
+        return parts[0]
+    module_path = Path(*parts).as_posix()
+    return "ha" if module_path in ON_THE_HA_CLUSTER else module_path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
