@@ -59,6 +59,7 @@ APPEND: Problems = {
     409: ("booking_code_taken", "version_conflict", "event_id_conflict"),
     413: ("payload_too_large",),
     415: ("unsupported_media_type",),
+    503: ("unavailable", "unknown_outcome"),
 }
 READY: Problems = {**ANY_ROUTE, 503: ("unavailable",)}
 
@@ -68,7 +69,7 @@ PROBLEM_CODES = (
     "validation_error", "unauthorized", "forbidden", "not_owner", "not_found", "booking_not_found",
     "method_not_allowed", "request_timeout", "booking_code_taken", "version_conflict", "event_id_conflict",
     "payload_too_large", "unsupported_media_type", "rate_limited", "client_disconnected", "unavailable",
-    "internal_error", "bad_request",
+    "unknown_outcome", "internal_error", "bad_request",
 )
 
 _CODE_TEXT = {
@@ -86,6 +87,8 @@ _CODE_TEXT = {
     "validation_error": "a parameter, header or body that breaks the rules; `detail` says which",
     "rate_limited": "over the key's request rate (or its open streams): retry after Retry-After seconds",
     "unavailable": "Postgres is unavailable (or, for readiness, not ready): retry after Retry-After seconds",
+    "unknown_outcome": "no answer within the write budget, and the events may be stored: send the same request "
+                       "again (same event ids) to learn which",
     "internal_error": "the server failed; the failure is logged, never shown",
 }
 
