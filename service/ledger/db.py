@@ -137,7 +137,10 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
     tries = tries or Tries()
     if tries.deadline is not None and policy is not None:
         tries.command_timeout = policy.command_timeout
-    deadline = tries.deadline if tries.deadline is not None else time.monotonic() + (policy.seconds if policy else 0.0)
+    # Tries go on for the policy's retry budget, never past the deadline (which also bounds each try).
+    deadline = time.monotonic() + (policy.seconds if policy else 0.0)
+    if tries.deadline is not None:
+        deadline = min(deadline, tries.deadline)
     delay = 0.05
     waiting = False
     try:
