@@ -210,16 +210,13 @@ class Network:
             host.run("tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", f"{ms:.0f}ms",
                      f"{jitter_ms:.0f}ms")
             return
-        log = open(self.log_dir / f"nfdelay-{name}.log", "ab") if self.log_dir else subprocess.DEVNULL
-        try:
+        log_path = self.log_dir / f"nfdelay-{name}.log" if self.log_dir else Path(os.devnull)
+        with open(log_path, "ab") as log:
             host.delayer = subprocess.Popen(
                 host.wrap([sys.executable, "-m", "devstack.nfdelay", "--queue", str(DELAY_QUEUE),
                            "--delay-ms", str(ms), "--jitter-ms", str(jitter_ms)]),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=Path(__file__).resolve().parent.parent)
-        finally:
-            if log is not subprocess.DEVNULL:
-                log.close()
         time.sleep(0.3)  # bound before the rule sends packets to it (bypassed until then anyway)
         for peer in self._others(host):
             host.iptables("-A", CHAIN, "-d", peer, "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE),

@@ -6,7 +6,16 @@ from __future__ import annotations
 import math
 
 from tests.partitions.checker import (
-    INVARIANTS, Fault, FeedPage, Final, History, Read, Sent, Stored, Write, check,
+    INVARIANTS,
+    Fault,
+    FeedPage,
+    Final,
+    History,
+    Read,
+    Sent,
+    Stored,
+    Write,
+    check,
 )
 
 BUDGET, DEADLINE = 20.0, 35.0
