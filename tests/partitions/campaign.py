@@ -6,8 +6,9 @@ on a seeded schedule, a history of every request, and the checker's verdict.
 Every part runs on its own network namespace (devstack/hosts.py on devstack/netns.py: root only).
 Clients in the root namespace append, read and tail the feed through both API hosts and record
 each request and answer with wall times. A fault thread picks, from the seed, one fault at a time
-among the kinds below, holds it for a bounded time, heals it, and waits until the cluster is whole
-again (a leader, two streaming replicas, every process up) before the next:
+among the kinds below (each kind once per round of seven, in a seeded order), holds it for a time
+drawn from --hold (3-20 s by default), heals it, and waits until the cluster is whole again (a
+leader, two streaming replicas, every process up) before the next:
 
 - isolate:  one host cut off from every other host (the primary most often);
 - split:    two sides, {primary, some of: the leading relay, one API host, one etcd member} |
@@ -15,8 +16,12 @@ again (a leader, two streaming replicas, every process up) before the next:
 - one_way:  one direction of one link dropped (primary→standbys, primary→etcd, relay→primary, ...);
 - delay:    one host's packets to the others held 50-500 ms;
 - loss:     5-30 % of one host's packets to and from the others dropped;
-- pause:    one process frozen (SIGSTOP) 2-15 s;
-- kill:     one process killed (-9), started again 1-5 s later (ours by their supervisor).
+- pause:    one process frozen (SIGSTOP), thawed when the hold ends;
+- kill:     one process killed (-9), started again when the hold ends (a Patroni node with its
+            Postgres, an etcd member, a broker; our API, relays and sink by their supervisor).
+
+A host that is not whole 120 s after a heal is a violation (`rejoined`); the campaign then does
+what the runbook tells an operator (start again what is not running) and goes on.
 
 At the end every fault is healed, the pipeline drains, the feed is read to its end, and the ledger,
 the Kafka topic and the DynamoDB table are read whole for tests/partitions/checker.py. The report
@@ -514,7 +519,7 @@ def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int
             restarts = dict(stack.restarts)
         finally:
             stack.stop()
-    report = render(verdict, history, log, seed, duration, began, restarts, str(net.subnet))
+    report = render(verdict, history, log, seed, duration, began, restarts, str(net.subnet), hold)
     print(report)
     if results is not None:
         results.mkdir(parents=True, exist_ok=True)
@@ -531,13 +536,14 @@ def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int
 
 
 def render(verdict: Verdict, history: History, log: list[str], seed: int, duration: float, began: datetime,
-           restarts: dict[str, int], subnet: str) -> str:
+           restarts: dict[str, int], subnet: str, hold: tuple[float, float]) -> str:
     kinds: dict[str, int] = {}
     for fault in history.faults:
         kinds[fault.kind] = kinds.get(fault.kind, 0) + 1
     lines = [f"# Partition campaign, seed {seed}", "",
              f"Started {began:%Y-%m-%d %H:%M} UTC, {duration / 60:.0f} min of faults on {subnet} "
-             f"(`make partitions DURATION={duration:.0f}s SEED={seed}`).", "",
+             f"(`make partitions DURATION={duration:.0f}s SEED={seed}`; faults held {hold[0]:.0f}-{hold[1]:.0f} s).",
+             "",
              f"**{'Every invariant held' if verdict.ok else 'Invariants failed'}.** "
              f"{len(history.faults)} faults: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ".", "",
              "## Invariants", "", "| invariant | violations | first |", "| --- | --- | --- |"]
@@ -566,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="3m", help="time of faults, e.g. 90s, 3m, 1h")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--hold", default="3,15", help="seconds each fault is held: min,max")
+    parser.add_argument("--hold", default="3,20", help="seconds each fault is held: min,max")
     parser.add_argument("--writers", type=int, default=4, help="concurrent writing clients")
     parser.add_argument("--pace", type=float, default=0.15, help="mean seconds between one client's requests")
     parser.add_argument("--results", default=str(RESULTS), help="folder of the report ('' for none)")
