@@ -114,8 +114,10 @@ class Clients:
         try:
             response = await http.request(method, self.urls[host] + path, json=body,
                                           headers={"Authorization": f"Bearer {self.keys[department]}"})
+        except httpx.TimeoutException:
+            return start, time.time(), None, None  # no answer within the deadline
         except httpx.HTTPError:
-            return start, time.time(), None, None
+            return start, time.time(), 0, None  # the connection refused or broken: the API process died
         try:
             answer = response.json()
         except ValueError:
@@ -463,6 +465,12 @@ def read_dynamodb(stack: HostedStack) -> list[Stored]:
             return items
 
 
+def save_history(path: Path, history: History, final: Final) -> None:
+    """The whole history and final state, for a post-mortem (kept with the logs, not in the repo)."""
+    path.write_text(json.dumps({"history": asdict(history), "final": asdict(final)}))
+    print(f"history: {path}", flush=True)
+
+
 def wait_downstream(stack: HostedStack, ledger_events: int, timeout: float = 180) -> None:
     """Until DynamoDB holds as many items as the ledger has events (or the time is up)."""
     deadline = time.monotonic() + timeout
@@ -517,6 +525,7 @@ def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int
             if faults.not_recovered:
                 verdict.violations["rejoined"] = faults.not_recovered
             restarts = dict(stack.restarts)
+            save_history(root / "history.json", history, final)
         finally:
             stack.stop()
     report = render(verdict, history, log, seed, duration, began, restarts, str(net.subnet), hold)

@@ -19,7 +19,7 @@ for each invariant which facts break it:
   API host) sees at least that version;
 - `monotonic_reads`: one client's reads of one booking never see its version go back;
 - `answered`: every request answered within the client's deadline, and no 5xx before the API's
-  retry budget was spent.
+  retry budget was spent (a connection that an API process's death broke, status 0, is counted only).
 `unavailability` gives, per fault kind, the time from each fault to the first 2xx append sent
 after it (p50, p99, max) and the 5xx answers during faults.
 """
@@ -44,7 +44,8 @@ class Sent:
 
 @dataclass(frozen=True)
 class Write:
-    """One POST of events: `status` None when no answer came (a lost connection or the deadline)."""
+    """One POST of events: `status` None when no answer came within the client's deadline, 0 when
+    the connection was refused or broken (the API process died)."""
 
     client: str
     host: str
@@ -346,7 +347,7 @@ def answered(history: History, retry_budget: float, deadline: float) -> list[str
         what = f"{type(op).__name__.lower()} by {op.client} through {op.host} at {op.start:.3f}"
         if op.status is None:
             found.append(f"{what}: no answer within {deadline:.0f} s (gave up after {took:.1f} s)")
-        elif op.status >= 500 and took < retry_budget:
+        elif op.status >= 500 and took < retry_budget:  # status 0 (a broken connection) is not an answer
             found.append(f"{what}: {op.status} after {took:.1f} s, inside the {retry_budget:.0f} s retry budget")
     return found
 
