@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -274,8 +275,11 @@ class Faults:
 
     def one(self, kind: str) -> None:
         hold = self.rng.uniform(*self.hold)
+        primary = self.primary()
         start = time.time()
         target = getattr(self, f"apply_{kind}")(hold)
+        if primary is not None and primary.name in re.findall(r"\w+", target):
+            target += " [primary]"  # the checker's unavailability has a row of its own for these
         self.say(f"{kind} {target} for {hold:.1f}s")
         self.stopped.wait(hold)
         self.heal(kind)

@@ -21,7 +21,8 @@ for each invariant which facts break it:
 - `answered`: every request answered within the client's deadline, and no 5xx before the API's
   retry budget was spent (a connection that an API process's death broke, status 0, is counted only).
 `unavailability` gives, per fault kind, the time from each fault to the first 2xx append sent
-after it (p50, p99, max) and the 5xx answers during faults.
+after it (p50, p99, max) and the 5xx answers during faults; faults whose target is marked
+`[primary]` (faults on the primary's host or on one of its links) also count in a row of their own.
 """
 
 from __future__ import annotations
@@ -363,6 +364,8 @@ def unavailability(history: History, after_heal: float = 30.0) -> dict[str, dict
     kinds: dict[str, list[Fault]] = defaultdict(list)
     for fault in history.faults:
         kinds[fault.kind].append(fault)
+        if "[primary]" in fault.target:  # on the primary's host or one of its links
+            kinds[f"{fault.kind} (primary)"].append(fault)
     errors = [op for op in (*history.writes, *history.reads, *history.feed)
               if op.status is not None and op.status >= 500]
     table: dict[str, dict[str, float]] = {}

@@ -42,7 +42,7 @@ def clean() -> tuple[History, Final]:
         reads=[Read("c1", "api2", "A", 1.5, 1.6, 200, 1), Read("c1", "api1", "A", 2.5, 2.6, 200, 2)],
         feed=[FeedPage("feed", "api1", 1.0, 1.1, 200, 0, tuple(ledger[:2])),
               FeedPage("feed", "api2", 3.0, 3.1, 200, 2000, tuple(ledger[2:]))],
-        faults=[Fault("isolate", "pg1", 1.9, 5.0)],
+        faults=[Fault("isolate", "pg1 [primary]", 1.9, 5.0)],
     )
     final = Final(ledger, {"A": ("hotel", 2), "B": ("hotel", 1)}, list(ledger), list(ledger))
     return history, final
@@ -59,6 +59,7 @@ def test_a_clean_history_keeps_every_invariant_and_measures_unavailability() -> 
     assert set(verdict.violations) == set(INVARIANTS)
     assert math.isclose(verdict.unavailability["isolate"]["p50"], 0.2)
     assert verdict.unavailability["isolate"]["faults"] == 1
+    assert verdict.unavailability["isolate (primary)"]["max"] == verdict.unavailability["isolate"]["max"]
 
 
 def test_an_acknowledged_append_missing_from_the_ledger_breaks_acknowledged() -> None:
