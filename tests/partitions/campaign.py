@@ -383,18 +383,32 @@ class Faults:
             self.say(f"whole again after {took:.0f}s")
 
     def operator_restart(self) -> None:
-        """What the runbook tells an operator: start again each node that is not running."""
+        """What the runbook tells an operator: start again what is not running; a node whose Postgres
+        does not start (a pg_rewind cut short leaves no valid checkpoint) is built anew from the
+        leader (`patronictl reinit`, here Patroni's POST /reinitialize)."""
+        states = {m.get("name"): m.get("state") for m in self.stack.cluster.members()}
         for name, child in self.stack.children().items():
             if isinstance(child, PatroniNode):
-                state = {m.get("name"): m.get("state") for m in self.stack.cluster.members()}.get(name)
-                if not child.alive or state in ("start failed", "stopped", None):
-                    child.restart()
+                if not child.alive:
+                    child.start()
+                elif states.get(name) in ("start failed", "starting", "stopped", None):
+                    status, body = _post(child.rest + "/reinitialize", {"force": True})
+                    self.say(f"reinit {name}: {status} {body}")
             elif not child.alive and name not in self.stack.ledger:
                 child.launch()
         try:
-            wait_until(self.whole, 120, interval=1, what="the cluster to be whole after restarts")
+            wait_until(self.whole, 180, interval=1, what="the cluster to be whole after the operator's steps")
+            self.say("whole again after the operator's steps")
         except TimeoutError:
-            self.say("still not whole after the operator's restarts")
+            self.say("still not whole after the operator's steps")
+
+
+def _post(url: str, body: dict) -> tuple[int, str]:
+    try:
+        answer = httpx.post(url, json=body, timeout=30)
+        return answer.status_code, answer.text[:200]
+    except httpx.HTTPError as error:
+        return 0, repr(error)
 
 
 def outbox_size(url: str) -> int:
