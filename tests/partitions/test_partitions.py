@@ -18,6 +18,7 @@ if os.geteuid() != 0:
     pytest.skip("network namespaces need root", allow_module_level=True)
 
 
+@pytest.mark.timeout(600)
 def test_a_short_seeded_partition_campaign_keeps_every_invariant() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tests.partitions.campaign", "--duration", "75s", "--seed", "20261203",
