@@ -386,15 +386,21 @@ class Faults:
     def operator_restart(self) -> None:
         """What the runbook tells an operator: start again what is not running; a node whose Postgres
         does not start (a pg_rewind cut short leaves no valid checkpoint) is built anew from the
-        leader (`patronictl reinit`, here Patroni's POST /reinitialize)."""
-        states = {m.get("name"): m.get("state") for m in self.stack.cluster.members()}
+        leader (`patronictl reinit`, here Patroni's POST /reinitialize); a replica that runs but does
+        not stream (its replication connection left half-open by a lost packet) is restarted
+        (`patronictl restart`, POST /restart)."""
+        members = {m.get("name"): m for m in self.stack.cluster.members()}
         for name, child in self.stack.children().items():
             if isinstance(child, PatroniNode):
+                member = members.get(name, {})
                 if not child.alive:
                     child.start()
-                elif states.get(name) in ("start failed", "starting", "stopped", None):
+                elif member.get("state") in ("start failed", "starting", "stopped", None):
                     status, body = _post(child.rest + "/reinitialize", {"force": True})
                     self.say(f"reinit {name}: {status} {body}")
+                elif member.get("role") != "leader" and member.get("lag", 0) not in (0, "0"):
+                    status, body = _post(child.rest + "/restart", {})
+                    self.say(f"restart {name} (lag {member.get('lag')}): {status} {body}")
             elif not child.alive and name not in self.stack.ledger:
                 child.launch()
         try:
