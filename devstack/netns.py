@@ -80,6 +80,12 @@ class Host:
     def iptables(self, *rule: str) -> None:
         self.run("iptables", "-w", *rule)
 
+    def append_rules(self, rules: list[list[str]]) -> None:
+        """Rules appended to CHAIN all at once (one iptables-restore): a fault starts at one moment."""
+        text = "*filter\n" + "".join(f"-A {CHAIN} {' '.join(rule)}\n" for rule in rules) + "COMMIT\n"
+        subprocess.run(self.wrap(["iptables-restore", "-w", "--noflush"]), input=text, check=True,
+                       capture_output=True, text=True)
+
 
 class Network:
     """A bridge and the hosts on it; faults between them; everything removed on `close()`."""
@@ -180,11 +186,13 @@ class Network:
 
     def _cut(self, host: Host, peers: list[str], inbound: bool = True, outbound: bool = True,
              extra: tuple[str, ...] = ()) -> None:
+        rules = []
         for peer in peers:
             if inbound:
-                host.iptables("-A", CHAIN, "-s", peer, *extra, "-j", "DROP")
+                rules.append(["-s", peer, *extra, "-j", "DROP"])
             if outbound:
-                host.iptables("-A", CHAIN, "-d", peer, *extra, "-j", "DROP")
+                rules.append(["-d", peer, *extra, "-j", "DROP"])
+        host.append_rules(rules)
 
     def isolate(self, name: str) -> None:
         host = self.hosts[name]
@@ -218,9 +226,8 @@ class Network:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=Path(__file__).resolve().parent.parent)
         time.sleep(0.3)  # bound before the rule sends packets to it (bypassed until then anyway)
-        for peer in self._others(host):
-            host.iptables("-A", CHAIN, "-d", peer, "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE),
-                          "--queue-bypass")
+        host.append_rules([["-d", peer, "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE), "--queue-bypass"]
+                           for peer in self._others(host)])
 
     def heal(self, name: str | None = None) -> None:
         """Every fault of host `name` (of every host when None) removed."""

@@ -277,8 +277,8 @@ class Faults:
     def one(self, kind: str) -> None:
         hold = self.rng.uniform(*self.hold)
         primary = self.primary()
-        start = time.time()
         target = getattr(self, f"apply_{kind}")(hold)
+        start = time.time()  # once it is in force: applying a split's rules takes a moment on a busy machine
         if primary is not None and primary.name in re.findall(r"\w+", target):
             target += " [primary]"  # the checker's unavailability has a row of its own for these
         self.say(f"{kind} {target} for {hold:.1f}s")
