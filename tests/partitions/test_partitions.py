@@ -1,4 +1,4 @@
-"""The short seeded partition campaign, as `make partitions DURATION=75s SEED=20261203` runs it.
+"""The short seeded partition campaign: 75 s of faults, seed 20261203, each held 3-12 s.
 
 Marked `partitions` (pyproject.toml): it needs root for its network namespaces and takes about two
 and a half minutes (a minute of set-up and tear-down, 75 s of faults); `-m "not partitions"` leaves it out.
