@@ -29,8 +29,9 @@ __all__ = ["free_port", "random_code", "sql"]
 
 # `make test` runs the suite on two workers (pytest-xdist). Each test module stays on one worker, so its
 # module fixtures start once; these folders stay whole because their session servers are machine-wide
-# (the project's one Docker engine) or heavy (a Patroni cluster, the soak's and the bench's stacks).
-WHOLE_FOLDERS = {"docker", "ha", "soak", "bench"}
+# (the project's one Docker engine, the namespaces of tests/partitions) or heavy (a Patroni cluster, the
+# soak's and the bench's stacks).
+WHOLE_FOLDERS = {"docker", "ha", "soak", "bench", "partitions"}
 ON_THE_HA_CLUSTER = {"e2e/test_console_browser.py"}  # outside tests/ha, its cluster's other user
 # The longest groups go first, so that neither worker is left with a long one at the end.
 LONGEST_FIRST = ["soak", "docker", "ha", "integration/test_kafka_faults.py", "bench"]
