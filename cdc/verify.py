@@ -191,25 +191,7 @@ class _Check:
                 starts[segment] = page.get("LastEvaluatedKey")
             active = [s for s in active if starts[s]]
             upcoming = next_round() if active else None  # fetched while these are compared
-            keys = [(item["booking_code"]["S"], int(item["version"]["N"])) for item in items]
-            for item in items:
-                if "position" in item:
-                    self.report.stored_highest = max(self.report.stored_highest, int(item["position"]["N"]))
-            rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys]) if keys else []
-            expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r))) for r in rows}
-            drift: list[Drift] = []
-            for key, item in zip(keys, items, strict=True):
-                position, wanted = expected.get(key, (None, None))
-                judged = _judge(key, wanted, item, False)
-                if judged is not None:
-                    drift.append(judged)
-                    if position is not None:
-                        self.unsettled(position)
-                if position is not None and position < fence:
-                    found += 1
-                    if key in pending:
-                        pending_seen.add(key)
-            self.suspect(drift)
+            found += await self._compare(items, fence, pending, pending_seen)
         if not counting:
             return None
         self.report.events = expected_count
@@ -218,6 +200,31 @@ class _Check:
             if key not in pending_seen:
                 self.unsettled(position)
         return expected_count - found - self.report.pending
+
+    async def _compare(self, items: list[Item], fence: int, pending: dict[Key, int], pending_seen: set[Key]) -> int:
+        """One round of scanned items against the ledger (one query): drift is reported, pending
+        events DynamoDB already holds are noted; returns how many items are ledger events below the fence."""
+        keys = [(item["booking_code"]["S"], int(item["version"]["N"])) for item in items]
+        for item in items:
+            if "position" in item:
+                self.report.stored_highest = max(self.report.stored_highest, int(item["position"]["N"]))
+        rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys]) if keys else []
+        expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r))) for r in rows}
+        drift: list[Drift] = []
+        found = 0
+        for key, item in zip(keys, items, strict=True):
+            position, wanted = expected.get(key, (None, None))
+            judged = _judge(key, wanted, item, False)
+            if judged is not None:
+                drift.append(judged)
+                if position is not None:
+                    self.unsettled(position)
+            if position is not None and position < fence:
+                found += 1
+                if key in pending:
+                    pending_seen.add(key)
+        self.suspect(drift)
+        return found
 
     async def second_look(self, keys: Sequence[Key]) -> list[Drift]:
         rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys])
