@@ -226,6 +226,9 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 1
 
 
+Commands = argparse._SubParsersAction  # what add_subparsers returns
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="booking-ledger", description="The booking price ledger.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -246,6 +249,20 @@ def parser() -> argparse.ArgumentParser:
         run=_relay
     )
     commands.add_parser("sink", help="write the Kafka topic into DynamoDB").set_defaults(run=_sink)
+    _add_read_store_commands(commands)
+    load = commands.add_parser("import", help="bring a department's history (JSON Lines) into the ledger; "
+                                               "exit 1 when any line was rejected")
+    load.add_argument("file", help="one event a line: booking_code, department, event_id, type, "
+                                   "price?, data?, occurred_at?")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(run=_import)
+
+    _add_key_commands(commands)
+    return root
+
+
+def _add_read_store_commands(commands: Commands) -> None:
+    """replay and verify: the DynamoDB read store against the ledger."""
     replay = commands.add_parser("replay", help="rebuild the DynamoDB read store from the ledger")
     replay.add_argument("--after", type=int, default=0, help="only events with a position above this")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -263,13 +280,8 @@ def parser() -> argparse.ArgumentParser:
                              "and record where the next run starts")
     verify.set_defaults(run=_verify)
 
-    load = commands.add_parser("import", help="bring a department's history (JSON Lines) into the ledger; "
-                                               "exit 1 when any line was rejected")
-    load.add_argument("file", help="one event a line: booking_code, department, event_id, type, "
-                                   "price?, data?, occurred_at?")
-    load.add_argument("--quiet", action="store_true", help="no progress bar")
-    load.set_defaults(run=_import)
 
+def _add_key_commands(commands: Commands) -> None:
     key_commands = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
     create = key_commands.add_parser("create", help="create a key; prints it once, alone on the last line")
     create.add_argument("--department", required=True, help="the department the key writes as")
@@ -279,7 +291,6 @@ def parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key at once, in every API process")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
-    return root
 
 
 def main(argv: list[str] | None = None) -> int:
