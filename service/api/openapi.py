@@ -93,19 +93,39 @@ _CODE_TEXT = {
 }
 
 
-def named_schemas() -> dict[str, Any]:
-    """The named schemas this module owns (added to, or replacing, the framework's)."""
+def _money_schemas() -> dict[str, Any]:
+    """Currency and PriceIn. Money's rule spans two fields: the currency decides how many fraction
+    digits the amount may have. Generators read one object; validators also read the if/then/else chain."""
     # The largest group last: it is the chain's final `else`.
     groups = sorted(currencies_by_minor_unit().items(), key=lambda group: len(group[1]))
     assert len(groups) > 1
-    # Money's rule spans two fields: the currency decides how many fraction digits the amount may
-    # have. Generators read one object; validators also read the if/then/else chain.
     rule: dict[str, Any] = {"properties": {"amount": {"pattern": whole(amount_pattern(groups[-1][0]))}}}
     for digits, codes in reversed(groups[:-1]):
         rule = {"if": {"properties": {"currency": {"enum": codes}}},
                 "then": {"properties": {"amount": {"pattern": whole(amount_pattern(digits))}}},
                 "else": rule}
     all_codes = sorted(code for _, codes in groups for code in codes)
+    return {
+        "Currency": {"title": "Currency", "description": "An active ISO 4217 alphabetic code.", "type": "string",
+                     "enum": all_codes},
+        "PriceIn": {
+            "title": "PriceIn",
+            "description": "Money: a non-negative decimal string with at most the currency's minor-unit digits "
+                           "(JPY 0, EUR 2, KWD 3).",
+            "type": "object",
+            "properties": {
+                "amount": {"type": "string", "pattern": whole(amount_pattern()), "examples": ["129.90"]},
+                "currency": {"$ref": "#/components/schemas/Currency"},
+            },
+            "required": ["amount", "currency"],
+            "additionalProperties": False,
+            **rule,
+        },
+    }
+
+
+def named_schemas() -> dict[str, Any]:
+    """The named schemas this module owns (added to, or replacing, the framework's)."""
     return {
         "Problem": {
             "title": "Problem",
@@ -128,21 +148,7 @@ def named_schemas() -> dict[str, Any]:
             "additionalProperties": False,
         },
         "ProblemCode": {"title": "ProblemCode", "type": "string", "enum": list(PROBLEM_CODES)},
-        "Currency": {"title": "Currency", "description": "An active ISO 4217 alphabetic code.", "type": "string",
-                     "enum": all_codes},
-        "PriceIn": {
-            "title": "PriceIn",
-            "description": "Money: a non-negative decimal string with at most the currency's minor-unit digits "
-                           "(JPY 0, EUR 2, KWD 3).",
-            "type": "object",
-            "properties": {
-                "amount": {"type": "string", "pattern": whole(amount_pattern()), "examples": ["129.90"]},
-                "currency": {"$ref": "#/components/schemas/Currency"},
-            },
-            "required": ["amount", "currency"],
-            "additionalProperties": False,
-            **rule,
-        },
+        **_money_schemas(),
         "Clock": {
             "title": "Clock",
             "description": "recorded: what the ledger knew then (recorded_at); occurred: business time "
