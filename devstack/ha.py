@@ -83,6 +83,37 @@ class Etcd(ChildServer):
         ]
 
 
+# The cluster-wide settings Patroni writes to etcd when it bootstraps the cluster.
+BOOTSTRAP_DCS: dict[str, Any] = {
+    "ttl": 10,
+    "loop_wait": 2,
+    "retry_timeout": 4,
+    "maximum_lag_on_failover": 1048576,
+    "synchronous_mode": True,
+    "synchronous_mode_strict": True,
+    "synchronous_node_count": 1,
+    "postgresql": {
+        "use_pg_rewind": True,
+        "use_slots": True,
+        "parameters": {
+            "wal_level": "replica",
+            "hot_standby": "on",
+            "wal_log_hints": "on",
+            "max_wal_senders": 10,
+            "max_replication_slots": 10,
+            "max_connections": 200,
+            "wal_keep_size": "256MB",
+            # After a failed attempt to stream, a standby waits this long before it
+            # tries again, and a promote request waits out the same sleep: at the
+            # default (5 s) a failover took 5 s longer than the TTL to accept writes,
+            # and 5 s more before the other replica streamed from the new leader
+            # (and strict synchronous commits could complete).
+            "wal_retrieve_retry_interval": "500ms",
+        },
+    },
+}
+
+
 class PatroniNode(Child):
     """One Patroni daemon and the Postgres it runs.
 
@@ -126,34 +157,7 @@ class PatroniNode(Child):
             # The v2 API; never `etcd3:` (see above). One member as `host`, a cluster's as `hosts`.
             "etcd": {"host": self.etcd_hosts[0]} if len(self.etcd_hosts) == 1 else {"hosts": self.etcd_hosts},
             "bootstrap": {
-                "dcs": {
-                    "ttl": 10,
-                    "loop_wait": 2,
-                    "retry_timeout": 4,
-                    "maximum_lag_on_failover": 1048576,
-                    "synchronous_mode": True,
-                    "synchronous_mode_strict": True,
-                    "synchronous_node_count": 1,
-                    "postgresql": {
-                        "use_pg_rewind": True,
-                        "use_slots": True,
-                        "parameters": {
-                            "wal_level": "replica",
-                            "hot_standby": "on",
-                            "wal_log_hints": "on",
-                            "max_wal_senders": 10,
-                            "max_replication_slots": 10,
-                            "max_connections": 200,
-                            "wal_keep_size": "256MB",
-                            # After a failed attempt to stream, a standby waits this long before it
-                            # tries again, and a promote request waits out the same sleep: at the
-                            # default (5 s) a failover took 5 s longer than the TTL to accept writes,
-                            # and 5 s more before the other replica streamed from the new leader
-                            # (and strict synchronous commits could complete).
-                            "wal_retrieve_retry_interval": "500ms",
-                        },
-                    },
-                },
+                "dcs": BOOTSTRAP_DCS,
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}],
                 "pg_hba": trust,
             },
