@@ -93,6 +93,30 @@ _CODE_TEXT = {
 }
 
 
+def _problem_schema() -> dict[str, Any]:
+    """An error answer (application/problem+json)."""
+    return {
+        "title": "Problem",
+        "description": "RFC 9457 problem details; `code` is the stable, machine-readable part.",
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "examples": ["urn:booking-ledger:problem:version_conflict"]},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string"},
+            "code": {"$ref": "#/components/schemas/ProblemCode"},
+            "department": {"type": "string",
+                           "description": "booking_code_taken, not_owner: the department that owns the booking"},
+            "current_version": {"type": "integer", "minimum": 1,
+                                "description": "version_conflict: the booking's version now"},
+            "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"},
+                          "description": "event_id_conflict: the event ids in conflict"},
+        },
+        "required": ["type", "title", "status", "detail", "code"],
+        "additionalProperties": False,
+    }
+
+
 def _money_schemas() -> dict[str, Any]:
     """Currency and PriceIn. Money's rule spans two fields: the currency decides how many fraction
     digits the amount may have. Generators read one object; validators also read the if/then/else chain."""
@@ -127,26 +151,7 @@ def _money_schemas() -> dict[str, Any]:
 def named_schemas() -> dict[str, Any]:
     """The named schemas this module owns (added to, or replacing, the framework's)."""
     return {
-        "Problem": {
-            "title": "Problem",
-            "description": "RFC 9457 problem details; `code` is the stable, machine-readable part.",
-            "type": "object",
-            "properties": {
-                "type": {"type": "string", "examples": ["urn:booking-ledger:problem:version_conflict"]},
-                "title": {"type": "string"},
-                "status": {"type": "integer", "minimum": 400, "maximum": 599},
-                "detail": {"type": "string"},
-                "code": {"$ref": "#/components/schemas/ProblemCode"},
-                "department": {"type": "string",
-                               "description": "booking_code_taken, not_owner: the department that owns the booking"},
-                "current_version": {"type": "integer", "minimum": 1,
-                                    "description": "version_conflict: the booking's version now"},
-                "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"},
-                              "description": "event_id_conflict: the event ids in conflict"},
-            },
-            "required": ["type", "title", "status", "detail", "code"],
-            "additionalProperties": False,
-        },
+        "Problem": _problem_schema(),
         "ProblemCode": {"title": "ProblemCode", "type": "string", "enum": list(PROBLEM_CODES)},
         **_money_schemas(),
         "Clock": {
