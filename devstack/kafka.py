@@ -93,8 +93,10 @@ class KafkaNode(ChildServer):
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         if (self.folder / "data" / "meta.properties").exists():
             return
+        # `--cluster-id=ID`, not `--cluster-id ID`: a random id may begin with "-" (1 in 64), which the
+        # tool would read as an option.
         subprocess.run(self._java("kafka.tools.StorageTool", "format", "--ignore-formatted",
-                                  "--cluster-id", self.cluster_id, "--config", str(self.properties_file)),
+                                  f"--cluster-id={self.cluster_id}", "--config", str(self.properties_file)),
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def command(self) -> list[str]:
