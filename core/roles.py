@@ -13,16 +13,16 @@ from urllib.parse import quote
 
 OWNER = "ledger_owner"
 API = "ledger_api"  # the HTTP API: appends through ledger_append_batch, reads, console sessions, key lookup
-RELAY = "ledger_relay"  # the relay: reads events, reads and deletes (and re-fills) the outbox
-READER = "ledger_reader"  # replay and verify: read only
+RELAY = "ledger_relay"  # the relay: reads events, reads and deletes (and re-fills) the outbox, checkpoints
+READER = "ledger_reader"  # replay, verify and audit: read only
 KEYS = "ledger_keys"  # `booking-ledger keys`: creates, lists and revokes API keys
 
 RUNTIME = (API, RELAY, READER, KEYS)
 
 # The role each command connects as by default (the sink uses no Postgres; migrate runs as OWNER).
 # `import` writes through ledger_append_batch like the API (and reads what the API reads).
-BY_COMMAND = {"api": API, "relay": RELAY, "replay": READER, "verify": READER, "keys": KEYS, "migrate": OWNER,
-              "import": API}
+BY_COMMAND = {"api": API, "relay": RELAY, "replay": READER, "verify": READER, "audit": READER, "keys": KEYS,
+              "migrate": OWNER, "import": API, "checkpoint": RELAY}
 
 LOCAL_DATABASE = "127.0.0.1:55432/ledger"
 

@@ -1,4 +1,5 @@
-"""Reads, all from Postgres, the system of record: a read after a 2xx append always sees it."""
+"""Reads, all from Postgres, the system of record: a read after a 2xx append always sees it. Events come
+with their personal data opened for the reader, or "erased" (service/ledger/personal.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from core.events import EVENT_COLUMNS, Event, Price, event_from_row, price_of
 from core.pg import standby_holds
 from service.ledger.db import retrying
 from service.ledger.errors import BookingNotFound
+from service.ledger.personal import revealed
 
 BOOKING_SQL = """
 SELECT code, department, version, price_amount, price_currency, created_at, updated_at
@@ -101,10 +103,13 @@ async def read_booking_events(
 ) -> tuple[list[Event], int | None]:
     """Events of one booking from `from_version` on (at most `limit`, about `max_bytes`), and the
     version to read next (None: none left)."""
-    rows = await retrying(pool, lambda conn: conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit, max_bytes))
+    async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[Event]]:
+        rows = await conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit, max_bytes)
+        return rows, await revealed(conn, [event_from_row(row) for row in rows if row["event_id"] is not None])
+
+    rows, events = await retrying(pool, read)
     if not rows:
         raise BookingNotFound("no booking with this code")
-    events = [event_from_row(row) for row in rows if row["event_id"] is not None]
     last = events[-1].version if events else from_version - 1
     next_from = last + 1 if last < rows[0]["booking_version"] else None
     return events, next_from
@@ -119,13 +124,12 @@ async def read_feed(
     reader of the feed (the paged feed, the event stream) is ever handed an event
     that a failover then discards. While no standby takes commits, a page with events waits, as
     appends do, and the request ends 503 after the retry budget."""
-    rows = await retrying(pool, lambda conn: _feed_page(conn, after, limit, max_bytes))
-    events = [event_from_row(row) for row in rows]
+    events = await retrying(pool, lambda conn: _feed_page(conn, after, limit, max_bytes))
     return events, events[-1].position if events else after
 
 
-async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> list[asyncpg.Record]:
+async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> list[Event]:
     rows = await conn.fetch(FEED_SQL, after, limit, max_bytes)
     if rows:
         await standby_holds(conn)
-    return rows
+    return await revealed(conn, [event_from_row(row) for row in rows])

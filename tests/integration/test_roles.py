@@ -48,6 +48,13 @@ FORBIDDEN_TO_ALL = (
     "UPDATE api_keys SET scopes = ARRAY['write:any']",
     "ALTER FUNCTION ledger_append SECURITY INVOKER",
     "DELETE FROM alembic_version",
+    # The chain and the checkpoints (0016, 0017): nobody rewrites a hash, a head or a signed root.
+    "UPDATE events SET hash = hash",
+    "UPDATE bookings SET head = NULL",
+    "UPDATE checkpoints SET root = root",
+    "DELETE FROM checkpoints",
+    "SELECT ledger_microseconds(now())",
+    "DELETE FROM personal_keys",  # an erasure sets a key to NULL; no key row is ever removed
 )
 
 # What a role may not do although another role may.
@@ -62,22 +69,29 @@ FORBIDDEN = {
         "SELECT ledger_advance_booking('X', 'thief', true, NULL, ARRAY[1]::numeric[], ARRAY['EUR'], 1, 1)",
         "SELECT count(*) FROM ledger_write_events('{}', '{}', '{}', 0, now(), '{}', '{}', '{}', '{}', '{}', '{}',"
         " '{}', '{}', '{}', '{}')",
+        # Checkpoints are the signer's (the relay) to write.
+        "INSERT INTO checkpoints (seq) VALUES (1)",
+        "UPDATE checkpoints SET published = true",
     ),
     roles.RELAY: (
         "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",  # only the API reads the bookings' data keys (0018)
         "SELECT * FROM console_sessions",
         "SELECT * FROM bookings",
         "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
     ),
     roles.READER: (
         "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",
         "SELECT * FROM console_sessions",
         "DELETE FROM outbox",
         "INSERT INTO outbox (position, booking_code, version) VALUES (1, 'X', 1)",
         "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        "INSERT INTO checkpoints (seq) VALUES (1)",
     ),
     roles.KEYS: (
         "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",
         "SELECT * FROM api_keys",
         "SELECT * FROM events",
         "SELECT * FROM console_sessions",
