@@ -269,8 +269,9 @@ def finish_document(document: dict[str, Any], problems: Mapping[str, Problems]) 
                 if parameter["name"] == "clock":
                     parameter["schema"] = {"$ref": "#/components/schemas/Clock"}
                     parameter["description"] = "the clock `at` is read on; recorded when absent"
-                elif parameter["name"] == "after":
+                elif parameter["name"] in ("after", "prove"):  # positions (and checkpoint seqs)
                     parameter["schema"]["format"] = "int64"
+                    parameter["schema"].setdefault("minimum", 0)  # the framework drops a bound of 0
                 elif parameter["name"] == "at" and path.endswith("/price"):
                     parameter["schema"] = {"type": "string", "format": "date-time", "maxLength": 64}
             ok: dict[str, Any] = responses.get("200") or responses["201"]
