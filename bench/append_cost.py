@@ -120,7 +120,9 @@ def main() -> None:
     parser.add_argument("--backfill", type=int, default=0, metavar="EVENTS",
                         help="instead, time the migration from --before to head over a ledger of this many events")
     args = parser.parse_args()
-    postgres = LocalPostgres(Path(tempfile.mkdtemp(prefix="append-cost-")) / "pg", free_port())
+    folder = Path(tempfile.mkdtemp(prefix="append-cost-"))
+    folder.chmod(0o755)  # the cluster may belong to the postgres user (when run as root)
+    postgres = LocalPostgres(folder / "pg", free_port())
     postgres.start()
     try:
         base = postgres.url.rsplit("/", 1)[0]

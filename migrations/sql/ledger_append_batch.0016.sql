@@ -7,7 +7,7 @@
 -- append is answered by its own rows (ledger_answer): one per event stored (created / appended /
 -- replayed), or one refusal (booking_code_taken, version_conflict, not_owner, booking_not_found,
 -- event_id_conflict, invalid) with `detail` the answer's context. A stored event's row carries its chain
--- hash (ledger_write_events). The rows come grouped by append, the groups not in
+-- hash (0016: ledger_advance_booking computes it, ledger_write_events stores it). The rows come grouped by append, the groups not in
 -- append order. A refused append writes nothing and does not affect its neighbours: every check
 -- runs before the append's first write, so no subtransaction (EXCEPTION block) is needed. An error
 -- raised by Postgres itself (a CHECK, bad data) still aborts the whole call: the caller then
@@ -41,13 +41,15 @@ DECLARE
     first       integer := 1;   -- the append's first event in the per-event arrays
     n           integer;        -- and its number of events
     v_last      integer;        -- its booking's version once it is written
+    v_advanced  record;         -- ledger_advance_booking's answer: that version and the events' hashes
     v_recorded  timestamptz;    -- the events' recorded_at: the clock once the call's locks are held
     v_suspects  uuid[];         -- event ids that may make an append a retry or a conflict
     v_all_suspect boolean := array_position(p_event_ids, NULL) IS NOT NULL;  -- then every append is
     v_written   integer := 0;   -- events written so far (their index in the transaction's positions)
     v_src       integer[] := '{}';  -- the events waiting to be written: entry in the per-event arrays,
     v_app       integer[] := '{}';  -- append
-    v_ver       integer[] := '{}';  -- and version
+    v_ver       integer[] := '{}';  -- version
+    v_hash      bytea[] := '{}';    -- and chain hash
 BEGIN
     -- The ordering argument (ledger_acquire_locks) needs this call to be the first write of its
     -- transaction.
@@ -75,13 +77,14 @@ BEGIN
         END IF;
         IF v_all_suspect OR (v_suspects IS NOT NULL AND p_event_ids[first:first + n - 1] && v_suspects) THEN
             IF cardinality(v_src) > 0 THEN
-                RETURN QUERY SELECT * FROM ledger_write_events(v_src, v_app, v_ver, v_written, v_recorded,
+                RETURN QUERY SELECT * FROM ledger_write_events(v_src, v_app, v_ver, v_hash, v_written, v_recorded,
                     p_codes, p_departments, p_expected_versions, p_event_ids, p_types, p_amounts, p_currencies,
                     p_data, p_occurred_at, p_traceparents);
                 v_written := v_written + cardinality(v_src);
                 v_src := '{}';
                 v_app := '{}';
                 v_ver := '{}';
+                v_hash := '{}';
             END IF;
             RETURN QUERY SELECT * FROM ledger_replay_or_conflict(i, p_codes[i], p_departments[i], p_event_ids,
                 p_types, p_amounts, p_currencies, p_data, p_occurred_at, first, n);
@@ -91,8 +94,10 @@ BEGIN
             END IF;
         END IF;
 
-        v_last := ledger_advance_booking(p_codes[i], p_departments[i], p_may_write_any[i], p_expected_versions[i],
-                                         p_amounts, p_currencies, first, n);
+        v_advanced := ledger_advance_booking(p_codes[i], p_departments[i], p_may_write_any[i], p_expected_versions[i],
+                                             p_amounts, p_currencies, first, n, v_written + cardinality(v_src),
+                                             v_recorded, p_event_ids, p_types, p_data, p_occurred_at);
+        v_last := v_advanced.o_version;
         IF v_last IS NULL THEN
             RETURN QUERY SELECT * FROM ledger_booking_refusal(i, p_codes[i], p_departments[i], p_may_write_any[i],
                                                               p_expected_versions[i]);
@@ -101,12 +106,13 @@ BEGIN
                 v_src := array_append(v_src, first + j - 1);
                 v_app := array_append(v_app, i);
                 v_ver := array_append(v_ver, v_last - n + j);
+                v_hash := array_append(v_hash, v_advanced.o_hashes[j]);
             END LOOP;
         END IF;
         first := first + n;
     END LOOP;
     IF cardinality(v_src) > 0 THEN
-        RETURN QUERY SELECT * FROM ledger_write_events(v_src, v_app, v_ver, v_written, v_recorded,
+        RETURN QUERY SELECT * FROM ledger_write_events(v_src, v_app, v_ver, v_hash, v_written, v_recorded,
             p_codes, p_departments, p_expected_versions, p_event_ids, p_types, p_amounts, p_currencies,
             p_data, p_occurred_at, p_traceparents);
     END IF;

@@ -2,24 +2,28 @@
 
 hash = SHA-256(hash of the booking's previous event, or 32 zero bytes for version 1 || the event's
 canonical form), the canonical form being ledger_event_canonical()'s bytes (docs/api.md, "The hash
-chain", says it in words). bookings.head is the hash of the booking's latest event (NULL only inside
-the transaction that creates the booking, until its events are written). The chain is computed here
-for the events already recorded (one pass over the table, the events of each booking in version
-order: a window running the chain step as an aggregate), and from now on in the append
-transaction: ledger_write_events computes each event's hash before its INSERT (one query finds each
-event's predecessor for the whole call, then one loop hashes) and moves the booking's head on in the
-same statement as the INSERT (one more version of the booking row per call). The chain covers the
+chain", says it in words). bookings.head is the hash of the booking's latest event. The chain is
+computed here for the events already recorded (one pass over the table, the events of each booking
+in version order: a window running the chain step as an aggregate), and from now on in the append
+transaction by ledger_advance_booking, which reads the head under the booking's lock, hashes the
+append's events (their positions are known: the transaction id, taken there once every lock is
+held, and their index in the call) and writes the new head in the same write of the booking row that
+moves its version on; ledger_write_events stores the hashes with the events. The chain covers the
 position, so what a checkpoint or a downstream copy says about positions is checked too.
 
 The answer of ledger_append_batch carries each stored event's hash (ledger_answer gets the column;
 the parts that answer for it are replaced, and the writer, whose result columns change, is dropped
-and made again: SECURITY DEFINER, a fixed search_path and its grant said again). ledger_append
-(0007) reads the writer's rows by name and answers as before, without the hash.
+and made again: SECURITY DEFINER, a fixed search_path and its grant said again). The two parts whose
+arguments change are dropped and made again too (not executable by PUBLIC, said again).
+ledger_append (0007) reads the writer's rows by name and answers as before, without the hash.
+
+Measured with `python -m bench.append_cost` (a private Postgres 15, one session calling the
+function back to back, synchronous_commit off, the bench's mix; 0014 and this revision in two
+databases, alternated): see the figures in bench/README.md.
 
 Rewriting every event once re-checks its constraints: events_position_floor (0007), NOT VALID
 since older positions lie below it, is dropped for the pass and added again, unchanged. The pass
-holds the table's lock: appends wait for it (a ledger of n events: about n x 10 microseconds on
-the machine of MEASURED.md; plan it with the upgrade's other steps).
+holds the table's lock: appends wait for it (`python -m bench.append_cost --backfill N` times it).
 
 The chain's functions run as the owner only (0008: not executable by PUBLIC); `booking-ledger
 audit` computes the same bytes in Python (core/chain.py) and never calls them.
@@ -47,11 +51,20 @@ NEW = (
     ("ledger_microseconds", "timestamptz"),
     ("ledger_event_canonical", CANONICAL_ARGUMENTS),
 )
-# Replaced parts (same arguments, one more answer column), with the revision each goes back to.
+# Replaced parts with the same arguments (one more answer column), with the revision each goes back to.
 REPLACED = (
     ("ledger_refusal", "0013"),
     ("ledger_replay_or_conflict", "0013"),
-    ("ledger_write_events", "0014"),
+)
+_ADVANCE = "text, text, boolean, integer, numeric[], text[], integer, integer"
+_WRITE_REST = ("integer, timestamptz, text[], text[], integer[], uuid[], text[], numeric[], text[], jsonb[], "
+               "timestamptz[], text[]")
+# Parts whose arguments change: (name, the revision before, its arguments, the arguments from now on).
+CHANGED = (
+    ("ledger_advance_booking", "0013", _ADVANCE,
+     f"{_ADVANCE}, integer, timestamptz, uuid[], text[], jsonb[], timestamptz[]"),
+    ("ledger_write_events", "0014", f"integer[], integer[], integer[], {_WRITE_REST}",
+     f"integer[], integer[], integer[], bytea[], {_WRITE_REST}"),
 )
 
 # The chain step as an aggregate: run as a window over a booking's events in version order, its
@@ -118,17 +131,27 @@ def upgrade() -> None:
     op.execute(HEADS)
     op.execute("ALTER TABLE events ALTER COLUMN hash SET NOT NULL")
     op.execute(f"DROP FUNCTION {WRITER}({_WRITER_ARGUMENTS})")
+    for name, _, before, _ in CHANGED:
+        op.execute(f"DROP FUNCTION {name}({before})")
     op.execute("ALTER TYPE ledger_answer ADD ATTRIBUTE hash bytea")
     for name, _ in REPLACED:
         op.execute(function_sql(name, "0016"))
+    for name, _, _, after in CHANGED:
+        op.execute(function_sql(name, "0016"))
+        op.execute(f"REVOKE EXECUTE ON FUNCTION {name}({after}) FROM PUBLIC")
     _install_writer("0016")
 
 
 def downgrade() -> None:
     op.execute(f"DROP FUNCTION {WRITER}({_WRITER_ARGUMENTS})")
+    for name, _, _, after in CHANGED:
+        op.execute(f"DROP FUNCTION {name}({after})")
     op.execute("ALTER TYPE ledger_answer DROP ATTRIBUTE hash")
     for name, previous in REPLACED:
         op.execute(function_sql(name, previous))
+    for name, previous, before, _ in CHANGED:
+        op.execute(function_sql(name, previous))
+        op.execute(f"REVOKE EXECUTE ON FUNCTION {name}({before}) FROM PUBLIC")
     _install_writer("0014")
     for name, arguments in reversed(NEW):
         op.execute(f"DROP FUNCTION {name}({arguments})")

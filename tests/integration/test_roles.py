@@ -66,9 +66,10 @@ FORBIDDEN = {
         "UPDATE api_keys SET revoked_at = now()",
         # The append function's parts run only inside it, as the owner (0013).
         "SELECT ledger_acquire_locks(ARRAY['X'], ARRAY[]::uuid[])",
-        "SELECT ledger_advance_booking('X', 'thief', true, NULL, ARRAY[1]::numeric[], ARRAY['EUR'], 1, 1)",
-        "SELECT count(*) FROM ledger_write_events('{}', '{}', '{}', 0, now(), '{}', '{}', '{}', '{}', '{}', '{}',"
-        " '{}', '{}', '{}', '{}')",
+        "SELECT ledger_advance_booking('X', 'thief', true, NULL, ARRAY[1]::numeric[], ARRAY['EUR'], 1, 1, 0, now(),"
+        " ARRAY[gen_random_uuid()], ARRAY['A'], ARRAY[NULL]::jsonb[], ARRAY[NULL]::timestamptz[])",
+        "SELECT count(*) FROM ledger_write_events('{}', '{}', '{}', '{}', 0, now(), '{}', '{}', '{}', '{}', '{}',"
+        " '{}', '{}', '{}', '{}', '{}')",
         # Checkpoints are the signer's (the relay) to write.
         "INSERT INTO checkpoints (seq) VALUES (1)",
         "UPDATE checkpoints SET published = true",
