@@ -4,6 +4,7 @@ versions, times and hashes stay; no plaintext personal data reaches a log, a met
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -11,6 +12,19 @@ import httpx
 from tests.conftest import random_code
 from tests.e2e.conftest import Server, auth, make_key
 from tests.e2e.test_http import assert_problem, events_url, priced
+
+
+def streamed(client: httpx.Client, api: str, key: str, code: str, after: int, count: int) -> list[dict]:
+    """The first `count` events of booking `code` after `after`, as the live stream sends them."""
+    events: list[dict] = []
+    with client.stream("GET", f"{api}/v1/events/stream", params={"after": after, "booking_code": code},
+                       headers=auth(key)) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: "):]))
+                if len(events) == count:
+                    break
+    return events
 
 
 def test_erasure_keeps_the_money_and_forgets_the_traveller(console_server: Server, database_url: str) -> None:
@@ -41,6 +55,8 @@ def test_erasure_keeps_the_money_and_forgets_the_traveller(console_server: Serve
         call("POST", events_url(api, code), hotel, json={"events": [priced("80.00")]})
         before = call("GET", events_url(api, code), car).json()["events"]
         assert before[1]["data"]["personal"] == {"seat": "12A", "name": marker}  # any reader, as any field
+        assert [e["data"]["personal"] for e in streamed(client, api, car, code, before[0]["position"] - 1, 2)] == \
+               [traveller, {"seat": "12A", "name": marker}]
         proof = call("GET", f"{api}/v1/bookings/{code}/proof", car).json()
         assert marker not in str(proof) and '"personal": "enc:v1:' in proof["links"][0]["canonical"]
 
@@ -69,6 +85,8 @@ def test_erasure_keeps_the_money_and_forgets_the_traveller(console_server: Serve
                    {k: v for k, v in (new["data"] or {}).items() if k != "personal"}
         feed = call("GET", f"{api}/v1/events?after={before[0]['position'] - 1}&limit=1000", car).json()["events"]
         assert [e["data"]["personal"] for e in feed if e["booking_code"] == code and e["version"] <= 2] == \
+               ["erased", "erased"]
+        assert [e["data"]["personal"] for e in streamed(client, api, car, code, before[0]["position"] - 1, 2)] == \
                ["erased", "erased"]
         price = call("GET", f"{api}/v1/bookings/{code}/price?version=2", car).json()
         assert price["price"] == {"amount": "120.00", "currency": "EUR"}
