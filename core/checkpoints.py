@@ -137,9 +137,10 @@ class Signer:
         return self.private_key.sign(statement)
 
 
-async def record(conn: asyncpg.Connection, signer: Signer) -> list[Checkpoint]:
-    """Checkpoints over every event recorded since the last one and below the fence (none when there
-    is no such event), in one transaction."""
+async def record(conn: asyncpg.Connection, signer: Signer, most: int = 16) -> list[Checkpoint]:
+    """Checkpoints over the events recorded since the last one and below the fence (none when there
+    is no such event), in one transaction: at most `most` of them (MAX_EVENTS events each), so that a
+    long stretch (the first run over a large ledger) is covered a part per call."""
     made: list[Checkpoint] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", CHECKPOINT_LOCK)
@@ -165,7 +166,7 @@ async def record(conn: asyncpg.Connection, signer: Signer) -> list[Checkpoint]:
                                checkpoint.created_at)
             made.append(checkpoint)
             previous = checkpoint
-            if len(rows) < MAX_EVENTS:
+            if len(rows) < MAX_EVENTS or len(made) >= most:
                 return made
 
 
