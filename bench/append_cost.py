@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -138,6 +139,7 @@ def main() -> None:
         asyncio.run(_measure(urls, args.batch, args.seconds, args.rounds))
     finally:
         postgres.stop(mode="immediate")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _admin(url: str, statement: str) -> None:
