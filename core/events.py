@@ -96,7 +96,7 @@ def data_size(data: dict[str, Any]) -> int:
     return size
 
 
-_COLUMNS = (
+EVENT_COLUMN_NAMES = (
     "event_id", "booking_code", "version", "type", "price_amount", "price_currency", "data",
     "department", "occurred_at", "recorded_at", "position",
 )
@@ -105,7 +105,7 @@ _COLUMNS = (
 def event_columns(table: str = "") -> str:
     """The columns an event query selects, in the names `event_from_row` reads."""
     prefix = f"{table}." if table else ""
-    return ", ".join(prefix + column for column in _COLUMNS)
+    return ", ".join(prefix + column for column in EVENT_COLUMN_NAMES)
 
 
 EVENT_COLUMNS = event_columns()
