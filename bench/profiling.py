@@ -30,7 +30,7 @@ SPY = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "py-spy"
 def record(pid: int, seconds: float, out: Path, rate: int, native: bool) -> subprocess.Popen:
     return subprocess.Popen([str(SPY), "record", "--pid", str(pid), "--duration", str(round(seconds)),
                              "--rate", str(rate), "--format", "raw", "--output", str(out),
-                             *(["--native"] if native else ["--nonblocking"])],
+                             *(["--native"] if native else ["--nonblocking", "--gil"])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

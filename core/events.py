@@ -73,13 +73,12 @@ def utc_instant(moment: datetime) -> datetime:
 
 
 def data_size(data: dict[str, Any]) -> int:
-    """Bytes of `data` as compact JSON the way the ledger answers it and the streams carry it.
-
-    That is the request's compact encoding, except that a number written with a positive
-    exponent comes back written out: Postgres keeps it as numeric and writes it without an
-    exponent, so 1e308 is 309 digits in the answer, on Kafka and in DynamoDB, and counts so.
-    (A negative exponent comes back as a float and is written compactly again.) Integers count
-    their digits as sent, so every number is bounded by the limit itself.
+    """Bytes of `data` as compact JSON with every number written out as Postgres writes it: that
+    is the request's compact encoding, except that a number written with an exponent comes back
+    without one. Postgres keeps it as numeric and writes every digit, so 1e308 is 309 digits and
+    1e-300 is 302 characters in the answers of the reads (which pass jsonb's text through), on
+    Kafka and in DynamoDB, and counts so. Integers count their digits as sent, so every number is
+    bounded by the limit itself.
     """
     size = len(msgspec.json.encode(data))
     pending: list[Any] = [data]
@@ -91,7 +90,7 @@ def data_size(data: dict[str, Any]) -> int:
             pending.extend(value)
         elif type(value) is float:
             sent = msgspec.json.encode(value).decode()
-            if "e" in sent and "e-" not in sent:
+            if "e" in sent:
                 size += len(format(Decimal(sent), "f")) - len(sent)
     return size
 
