@@ -41,7 +41,7 @@ async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppSta
     pool = await create_pool(settings.database)
     writer = GroupCommit(pool, settings.database.batch_max_events, settings.database.batch_max_bytes,
                          on_batch=metrics.APPEND_BATCH_SIZE.observe)
-    notifier = OutboxNotifier(pool)
+    notifier = OutboxNotifier(settings.database.url)
     notifier.start()
     key_cache = KeyCache(settings.database.url, on_listening=metrics.KEY_LISTENER_UP.set)
     key_cache.start()
