@@ -106,6 +106,8 @@ def markdown(results: dict) -> str:
         f"# booking-ledger bench — {meta.get('when', '?')} ({meta.get('mode', '?')}, {meta.get('seconds', '?')} s, "
         f"{meta.get('machine', {}).get('cpus', '?')} CPUs)",
         "",
+        *([f"Load average (1 min) during the run: median {meta['load_average']['median']}, "
+           f"max {meta['load_average']['max']}.", ""] if "load_average" in meta else []),
         "Everything ran on this one machine: Postgres, the API, the load generator and the peers. "
         "Ratios compare runs made next to each other in this invocation (A B A B).",
         "",

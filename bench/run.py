@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -416,6 +417,16 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.0f} s] {message}", flush=True)
 
+    load_seen: list[float] = []
+    sampling = threading.Event()
+
+    def sample_load() -> None:
+        while True:
+            load_seen.append(os.getloadavg()[0])
+            if sampling.wait(5):
+                return
+
+    threading.Thread(target=sample_load, daemon=True).start()
     stack = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-bench-")))
     bench = Bench(plan, stack, log)
     bench.results.update({"memory": {}, "errors": {}})
@@ -430,11 +441,15 @@ def main() -> None:
                 log(f"{section} failed:\n{traceback.format_exc()}")
     finally:
         stack.stop()
+        sampling.set()
     bench.results["meta"] = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full",
         "seconds": round(time.monotonic() - started),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        # How busy the machine was (1-minute load average, every 5 s): a shared machine's other work
+        # shows here, and a run beside much of it is one to repeat.
+        "load_average": {"median": round(median(load_seen), 1), "max": round(max(load_seen, default=0), 1)},
         "plan": plan.__dict__,
     }
     args.out.mkdir(parents=True, exist_ok=True)
