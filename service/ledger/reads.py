@@ -64,10 +64,16 @@ SELECT b.version AS booking_version, e.*
 # transaction commits late is not skipped, it is held back (with everything after it) until it
 # commits. The snapshot is the statement's own, so every row below the fence is visible to this
 # very query.
+#
+# `position + 0`: the fence is a filter, not a bound of the index scan. As a bound, the planner
+# cannot know it and guesses that few rows lie between the cursor and the fence, so its custom
+# plans (a session's first executions) read every event after the cursor and sort them: 30-56 ms
+# a page on a ledger of 200,000 events, growing with the ledger. As a filter, the scan walks the
+# primary key from the cursor and stops after the page: 3.2-3.5 ms (bench/README.md, issue 25).
 FEED_SQL = _bounded(f"""
 SELECT {EVENT_COLUMNS} FROM events
  WHERE position > $1
-   AND position < ledger_feed_fence()
+   AND position + 0 < ledger_feed_fence()
  ORDER BY position
  LIMIT $2""", "position").format(max_bytes="$3")
 
