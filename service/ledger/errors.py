@@ -36,6 +36,18 @@ class EventIdConflict(LedgerError):
     code = "event_id_conflict"
 
 
+class SubscriptionNotFound(LedgerError):
+    code = "subscription_not_found"
+
+
+class SubscriptionNotPaused(LedgerError):
+    code = "subscription_not_paused"
+
+
+class SubscriptionLimit(LedgerError):
+    code = "subscription_limit"
+
+
 class InvalidData(LedgerError):
     """Input the API's validation let through but Postgres cannot store (e.g. \\u0000 in JSON)."""
 
