@@ -235,7 +235,10 @@ class Deliverer:
         finally:
             await self._stop_tasks()
             await self._client.aclose()
-            await self._pool.close()
+            try:
+                await asyncio.wait_for(self._pool.close(), 5)
+            except TimeoutError:
+                self._pool.terminate()
             self._pool = self._client = None
 
     def _poke(self) -> None:
@@ -314,18 +317,18 @@ class Deliverer:
         address = addresses[0]
         literal = f"[{address}]" if ipaddress.ip_address(address.split("%", 1)[0]).version == 6 else address
         default_port = 443 if receiver.scheme == "https" else 80
-        host_header = receiver.host if receiver.port == default_port else f"{receiver.host}:{receiver.port}"
-        if ":" in receiver.host and receiver.port == default_port:
-            host_header = f"[{receiver.host}]"
-        elif ":" in receiver.host:
-            host_header = f"[{receiver.host}]:{receiver.port}"
+        named = f"[{receiver.host}]" if ":" in receiver.host else receiver.host  # an IPv6 literal
+        host_header = named if receiver.port == default_port else f"{named}:{receiver.port}"
         timestamp = int(time.time())
-        request = self._client.build_request(
-            "POST", f"{receiver.scheme}://{literal}:{receiver.port}{receiver.target}", content=body,
-            headers={"Host": host_header, "Content-Type": "application/json", "User-Agent": USER_AGENT,
-                     "Ledger-Subscription": str(target.id), "Ledger-Delivery": str(delivery),
-                     "Ledger-Signature": sign(target.secret, timestamp, body)},
-            extensions={"sni_hostname": receiver.host} if receiver.scheme == "https" else {})
+        try:
+            request = self._client.build_request(
+                "POST", f"{receiver.scheme}://{literal}:{receiver.port}{receiver.target}", content=body,
+                headers={"Host": host_header, "Content-Type": "application/json", "User-Agent": USER_AGENT,
+                         "Ledger-Subscription": str(target.id), "Ledger-Delivery": str(delivery),
+                         "Ledger-Signature": sign(target.secret, timestamp, body)},
+                extensions={"sni_hostname": receiver.host} if receiver.scheme == "https" else {})
+        except (httpx.InvalidURL, ValueError) as error:
+            return Outcome(False, None, f"refused: {error}")
         try:
             async with asyncio.timeout(2 * self.webhook.timeout_seconds):
                 response = await self._client.send(request, stream=True)
@@ -424,7 +427,7 @@ class Subscription:
             left = worker.webhook.retry_seconds - (time.monotonic() - started)
             if left <= 0:
                 return await self._pause(events[0], failures, outcome)
-            if not await self._update(FAILED_SQL, failures, outcome.status, outcome.error):
+            if not await self._update(FAILED_SQL, failures, outcome.status, _bounded(outcome.error)):
                 return False
             await asyncio.sleep(min(retry_delay(failures), left))
 
@@ -448,11 +451,16 @@ class Subscription:
 
     async def _pause(self, event: Event, failures: int, outcome: Outcome) -> bool:
         await self._update(PAUSE_SQL, event.position, event.event_id, failures, outcome.status,
-                           (outcome.error or "")[:1000])
+                           _bounded(outcome.error))
         log.warning("subscription %s paused on event %s (position %d) after %d failed attempts: %s",
                     self.target.id, event.event_id, event.position, failures, outcome.error)
         self.lag.set(max(0.0, time.time() - event.recorded_at.timestamp()))
         return False
+
+
+def _bounded(error: str | None) -> str | None:
+    """An error's text as stored: at most 1000 bytes of UTF-8."""
+    return None if error is None else error.encode()[:1000].decode(errors="ignore")
 
 
 async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:

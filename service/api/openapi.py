@@ -284,7 +284,7 @@ def finish_document(document: dict[str, Any], problems: Mapping[str, Problems]) 
                     parameter["schema"]["format"] = "int64"
                 elif parameter["name"] == "at" and path.endswith("/price"):
                     parameter["schema"] = {"type": "string", "format": "date-time", "maxLength": 64}
-            ok: dict[str, Any] = responses.get("200") or responses["201"]
+            ok: dict[str, Any] = responses.get("200") or responses.get("201") or {}  # a DELETE answers 204
             if operation_id == "get_price":
                 ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/PriceInForce"}
             elif operation_id == "ready":

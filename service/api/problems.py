@@ -27,6 +27,7 @@ _LEDGER_STATUS: dict[type[errors.LedgerError], int] = {
     errors.SubscriptionNotFound: 404,
     errors.SubscriptionNotPaused: 409,
     errors.SubscriptionLimit: 409,
+    errors.WebhookUrlRefused: 422,
     errors.InvalidData: 422,
     errors.StoreUnavailable: 503,
     errors.OutcomeUnknown: 503,

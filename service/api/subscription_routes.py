@@ -24,10 +24,9 @@ from service.api.openapi import (
     SUBSCRIPTION_CREATE,
     V1_READ,
 )
-from service.api.problems import ApiError
 from service.api.state import AppState
 from service.ledger import subscriptions
-from service.ledger.errors import SubscriptionNotFound
+from service.ledger.errors import SubscriptionNotFound, WebhookUrlRefused
 from service.ledger.keys import DEPARTMENT, ApiKey
 from service.ledger.subscriptions import Filters, Subscription
 
@@ -108,7 +107,7 @@ async def create_subscription(request: Request, app_state: AppState) -> Response
     try:
         await webhooks.check(body.url, app_state.settings.webhook.allowed)
     except webhooks.UnsafeUrl as error:
-        raise ApiError(422, "webhook_url_refused", str(error)) from None
+        raise WebhookUrlRefused(str(error)) from None
     wanted = body.filters or FiltersIn()
     created, secret = await subscriptions.create_subscription(
         app_state.pool, department=key.department, key_id=key.id, url=body.url,

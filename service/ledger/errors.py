@@ -48,6 +48,12 @@ class SubscriptionLimit(LedgerError):
     code = "subscription_limit"
 
 
+class WebhookUrlRefused(LedgerError):
+    """A receiver URL that breaks the safety rules (core/webhooks.py)."""
+
+    code = "webhook_url_refused"
+
+
 class InvalidData(LedgerError):
     """Input the API's validation let through but Postgres cannot store (e.g. \\u0000 in JSON)."""
 
