@@ -95,6 +95,18 @@ SELECT id, paused_position, paused_event_id, $3 FROM skipped
 RETURNING subscription_id
 """
 NOTIFY_SQL = "SELECT pg_notify($1, $2::text)"
+# Age in seconds of the oldest committed event a subscription still has to deliver (NULL: none).
+WAITING_SQL = """
+SELECT extract(epoch FROM now() - e.recorded_at)::float8
+  FROM subscriptions s, LATERAL (
+        SELECT recorded_at FROM events
+         WHERE position > s.position AND position < ledger_feed_fence()
+           AND (s.filter_department IS NULL OR department = s.filter_department)
+           AND (s.filter_type IS NULL OR type = s.filter_type)
+           AND (s.filter_booking_code IS NULL OR booking_code = s.filter_booking_code)
+         ORDER BY position LIMIT 1) e
+ WHERE s.id = $1 AND s.department = $2
+"""
 
 
 def _subscription(row: asyncpg.Record) -> Subscription:
@@ -184,3 +196,10 @@ async def skip_paused_event(pool: asyncpg.Pool, department: str, key_id: str,
 async def _not_paused(pool: asyncpg.Pool, department: str, subscription_id: uuid.UUID) -> None:
     found = await get_subscription(pool, department, subscription_id)  # SubscriptionNotFound when absent
     raise SubscriptionNotPaused(f"the subscription is {found.status}, not paused")
+
+
+async def lag_seconds(pool: asyncpg.Pool, department: str, subscription_id: uuid.UUID) -> float:
+    """How old the oldest event is that the subscription still has to deliver (0: none waits).
+    It scans the events after the cursor up to the first match: for an operator's page, not a hot path."""
+    waiting = await retrying(pool, lambda conn: conn.fetchval(WAITING_SQL, subscription_id, department))
+    return max(0.0, waiting or 0.0)

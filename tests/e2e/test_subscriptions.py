@@ -26,7 +26,7 @@ from core.settings import DatabaseSettings, Settings
 from devstack.harness import LedgerProcess, free_port, process_env
 from devstack.processes import wait_until
 from tests.conftest import random_code
-from tests.e2e.conftest import Server, auth, cli, make_key, start_server
+from tests.e2e.conftest import Server, auth, cli, make_key, signed_in, start_server
 from tests.e2e.test_http import assert_problem, events_url
 
 RETRY_SECONDS = 2
@@ -282,6 +282,14 @@ def test_a_failing_receiver_pauses_its_subscription_on_the_event_until_resumed(
     assert retries and all([e["event_id"] for e in r.events] == [events[0]["event_id"]] for r in retries)
     assert len({r.headers["Ledger-Delivery"] for r in retries}) == 1
     receiver.modes["pause"] = "ok"
+    # The console shows it to the department, and refuses a resume that does not come from its own page.
+    cookie = signed_in(api, key)
+    page = httpx.get(f"{api}/console/subscriptions", headers=cookie, timeout=10)
+    assert page.status_code == 200 and created["id"] in page.text and events[0]["event_id"] in page.text
+    assert "HTTP 500" in page.text and f"/console/subscriptions/{created['id']}/resume" in page.text
+    forged = httpx.post(f"{api}/console/subscriptions/{created['id']}/resume",
+                        headers={**cookie, "Origin": "https://elsewhere.example"}, timeout=10)
+    assert forged.status_code == 403 and subscription(api, key, created["id"])["status"] == "paused"
     assert len(receiver.attempts("pause")) == len(attempts)  # paused: nothing more is tried
     resumed = httpx.post(f"{api}/v1/subscriptions/{created['id']}/resume", headers=auth(key), timeout=10)
     assert resumed.status_code == 200 and resumed.json()["status"] == "active"
