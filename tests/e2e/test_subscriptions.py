@@ -24,7 +24,9 @@ from booking_ledger_client import InvalidSignature, verify_signature
 
 from core.settings import DatabaseSettings, Settings
 from devstack.harness import LedgerProcess, free_port, process_env
+from devstack.postgres import LocalPostgres
 from devstack.processes import wait_until
+from migrations.runner import upgrade
 from tests.conftest import random_code
 from tests.e2e.conftest import Server, auth, cli, make_key, signed_in, start_server
 from tests.e2e.test_http import assert_problem, events_url
@@ -419,3 +421,39 @@ def test_scope_ownership_and_the_limit(subs_api: Server, receiver: Receiver, dat
     assert httpx.delete(f"{api}/v1/subscriptions/{made[0]['id']}", headers=auth(key), timeout=10).status_code == 204
     subscribe(api, key, receiver.at("limit"), booking_code=random_code("LIM"))
     assert httpx.get(f"{api}/v1/subscriptions", headers=auth(other), timeout=10).json() == {"subscriptions": []}
+
+
+def test_delivery_goes_on_after_the_ledgers_postgres_restarts(receiver: Receiver) -> None:
+    base = Path(tempfile.mkdtemp(prefix="booking-ledger-subs-restart-"))
+    base.chmod(0o755)  # the cluster may belong to the postgres user (when the suite runs as root)
+    server = LocalPostgres(base / "pg", free_port())
+    server.start()
+    upgrade(server.url)
+    api = start_server(server.url, workers=1, LEDGER_RATE_LIMIT="0", **WEBHOOK_ENV)
+    port = free_port()
+    own = Worker(process_env(Settings(database=DatabaseSettings(url=server.url)),
+                             LEDGER_DELIVER_METRICS_PORT=str(port), **WEBHOOK_ENV), f"http://127.0.0.1:{port}/metrics")
+    try:
+        own.start()
+        key = make_key(server.url, department(), "read,write,subscribe")
+        code = random_code("PGR")
+        subscribe(api.url, key, receiver.at("restart"), booking_code=code)
+        before = append(api.url, key, code, ["A"] * 5)
+        wait_for_ids(receiver, "restart", [e["event_id"] for e in before], timeout=30)
+        server.stop("fast")
+        server.start()
+        body = {"events": [{"event_id": str(uuid.uuid4()), "type": "B"} for _ in range(5)]}
+
+        def appended() -> list[dict] | None:  # 503 until the API's pool reaches Postgres again; same event ids
+            answer = httpx.post(events_url(api.url, code), json=body, headers=auth(key), timeout=15)
+            return answer.json()["events"] if answer.status_code in (200, 201) else None
+
+        after = wait_until(appended, 60, interval=0.5, what="an append after the restart")
+        everything = [e["event_id"] for e in before + after]
+        wait_for_ids(receiver, "restart", everything, timeout=60)
+        assert receiver.received_ids("restart") == everything
+    finally:
+        if own.process is not None:
+            own.process.stop()
+        api.stop()
+        server.stop(mode="immediate")
