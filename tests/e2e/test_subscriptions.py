@@ -32,7 +32,7 @@ from tests.e2e.conftest import Server, auth, cli, make_key, signed_in, start_ser
 from tests.e2e.test_http import assert_problem, events_url
 
 RETRY_SECONDS = 2
-LIMIT = 3  # subscriptions per department, for the limit test
+LIMIT = 4  # subscriptions per department (the most one test makes), for the limit test
 WEBHOOK_ENV = {"LEDGER_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "LEDGER_WEBHOOK_RETRY_SECONDS": str(RETRY_SECONDS),
                "LEDGER_WEBHOOK_TIMEOUT_SECONDS": "1", "LEDGER_WEBHOOK_MAX_PER_DEPARTMENT": str(LIMIT),
                "LEDGER_WEBHOOK_BATCH_MAX": "50"}
