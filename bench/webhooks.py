@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import http.server
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -90,6 +91,7 @@ def measure(rate: float, seconds: float, subscriptions: int, folder: Path, log=p
                                 headers={"Authorization": f"Bearer {key}"}, timeout=10)
             answer.raise_for_status()
         time.sleep(1.0)  # the worker starts a task per subscription (it polls the table twice a second)
+        load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
         acked = asyncio.run(_paced(api_url, key, rate, seconds))
         expected = len(acked) * subscriptions
         deadline = time.monotonic() + DRAIN_SECONDS
@@ -103,7 +105,7 @@ def measure(rate: float, seconds: float, subscriptions: int, folder: Path, log=p
             "rate": rate, "seconds": seconds, "subscriptions": subscriptions, "appends": len(acked),
             "deliveries": len(lags), "missing": expected - len(lags), "redelivered": again,
             "p50_ms": _round(quantile(lags, 0.5)), "p99_ms": _round(quantile(lags, 0.99)),
-            "max_ms": _round(max(lags, default=None)),
+            "max_ms": _round(max(lags, default=None)), "load_1min_at_start": round(load, 2),
         }
         log(f"  {subscriptions} subscriptions at {rate:.0f} appends/s for {seconds:.0f} s: commit->receiver "
             f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms ({result['deliveries']:,} events delivered, "
@@ -131,6 +133,9 @@ def markdown(result: dict) -> str:
         f"| {result['subscriptions']} | {result['rate']:.0f} | {result['seconds']:.0f} | {result['deliveries']} "
         f"| {result['missing']} | {result['redelivered']} | {result['p50_ms']} | {result['p99_ms']} "
         f"| {result['max_ms']} |",
+        "",
+        f"Load average (1 min) when the appends started: {result.get('load_1min_at_start')} on "
+        f"{os.cpu_count()} cores (a shared machine: other work ran beside it).",
         "",
     ])
 
