@@ -243,8 +243,9 @@ class Subscription:
         paused_event = obj.get("paused_event_id")
         return cls(
             id=uuid.UUID(str(obj["id"])), url=str(obj["url"]), filters=dict(obj.get("filters") or {}),
-            status=str(obj["status"]), position=int(obj["position"]), created_at=_moment(obj["created_at"]) or
-            datetime.now(UTC), delivered_at=_moment(obj.get("delivered_at")),
+            status=str(obj["status"]), position=int(obj["position"]),
+            created_at=datetime.fromisoformat(str(obj["created_at"]).replace("Z", "+00:00")),
+            delivered_at=_moment(obj.get("delivered_at")),
             delivered_events=int(obj.get("delivered_events") or 0), attempts=int(obj.get("attempts") or 0),
             last_status=obj.get("last_status"), reason=obj.get("reason"), paused_at=_moment(obj.get("paused_at")),
             paused_position=obj.get("paused_position"),

@@ -20,7 +20,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from booking_ledger_client import InvalidSignature, verify_signature
+from booking_ledger_client import (
+    AsyncLedgerClient,
+    InvalidSignature,
+    LedgerClient,
+    NewEvent,
+    SubscriptionNotFound,
+    SubscriptionNotPaused,
+    WebhookUrlRefused,
+    delivered_events,
+    verify_signature,
+)
 
 from core.settings import DatabaseSettings, Settings
 from devstack.harness import LedgerProcess, free_port, process_env
@@ -457,3 +467,28 @@ def test_delivery_goes_on_after_the_ledgers_postgres_restarts(receiver: Receiver
             own.process.stop()
         api.stop()
         server.stop(mode="immediate")
+
+
+async def test_the_client_library_manages_subscriptions(subs_api: Server, worker: Worker, receiver: Receiver,
+                                                        database_url: str) -> None:
+    key = make_key(database_url, department(), "read,write,subscribe")
+    code = random_code("CLIENT")
+    with LedgerClient(subs_api.url, key, retry_seconds=5) as client:
+        made = client.create_subscription(receiver.at("client"), filters={"booking_code": code})
+        assert made.subscription.status == "active" and made.secret.startswith("whsec_")
+        assert [s.id for s in client.subscriptions()] == [made.subscription.id]
+        with pytest.raises(SubscriptionNotPaused):
+            client.resume_subscription(made.subscription.id)
+        with pytest.raises(WebhookUrlRefused):
+            client.create_subscription("https://169.254.169.254/latest/meta-data/")
+        event = client.create(code, [NewEvent("BookingPriced")]).events[0]
+        wait_for_ids(receiver, "client", [str(event.event_id)], timeout=30)
+        delivery = receiver.got("client")[0]
+        verify_signature(made.secret, delivery.headers["Ledger-Signature"], delivery.body)
+        assert [e.event_id for e in delivered_events(delivery.body)] == [event.event_id]
+        shown = client.subscription(made.subscription.id)
+        assert shown.delivered_events == 1 and shown.position == event.position
+    async with AsyncLedgerClient(subs_api.url, key, retry_seconds=5) as async_client:
+        await async_client.delete_subscription(made.subscription.id)
+        with pytest.raises(SubscriptionNotFound):
+            await async_client.subscription(made.subscription.id)
