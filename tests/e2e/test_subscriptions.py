@@ -370,6 +370,23 @@ def test_a_worker_killed_mid_delivery_is_followed_by_one_that_redelivers_and_los
     assert len(again) == 2 and again[0].body == again[1].body  # the same batch, the same id, once more
 
 
+def test_a_standby_worker_takes_over_when_the_leader_dies(
+        subs_api: Server, worker: Worker, receiver: Receiver, database_url: str) -> None:
+    api, key = subs_api.url, make_key(database_url, department(), "read,write,subscribe")
+    code = random_code("STANDBY")
+    subscribe(api, key, receiver.at("standby"), booking_code=code)
+    port = free_port()
+    standby = LedgerProcess("deliver", {**worker.env, "LEDGER_DELIVER_METRICS_PORT": str(port)},
+                            Path(tempfile.mkdtemp(prefix="booking-ledger-deliver-")) / "standby.log").start()
+    standby.wait_for_log("deliver is standby", timeout=30)
+    assert worker.process is not None
+    worker.process.kill()
+    worker.process, worker.metrics_url = standby, f"http://127.0.0.1:{port}/metrics"  # the module's worker now
+    standby.wait_for_log("deliver is the leader", timeout=30)
+    events = append(api, key, code, ["A", "B"])
+    wait_for_ids(receiver, "standby", [e["event_id"] for e in events], timeout=30)
+
+
 def test_a_revoked_keys_subscriptions_stop(
         subs_api: Server, worker: Worker, receiver: Receiver, database_url: str) -> None:
     api = subs_api.url
