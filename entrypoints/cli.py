@@ -107,6 +107,22 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deliver(args: argparse.Namespace) -> int:
+    from cdc.deliver import Deliverer
+
+    _logging()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Deliverer(get_settings()).run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
 def _sink(args: argparse.Namespace) -> int:
     from cdc.sink import Sink
 
@@ -249,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
         run=_relay
     )
     commands.add_parser("sink", help="write the Kafka topic into DynamoDB").set_defaults(run=_sink)
+    commands.add_parser("deliver", help="deliver the subscriptions' webhooks (one leader, others stand by)"
+                        ).set_defaults(run=_deliver)
     _add_read_store_commands(commands)
     load = commands.add_parser("import", help="bring a department's history (JSON Lines) into the ledger; "
                                                "exit 1 when any line was rejected")
@@ -285,7 +303,8 @@ def _add_key_commands(commands: Commands) -> None:
     key_commands = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
     create = key_commands.add_parser("create", help="create a key; prints it once, alone on the last line")
     create.add_argument("--department", required=True, help="the department the key writes as")
-    create.add_argument("--scopes", default=",".join(keys.DEFAULT_SCOPES), help="comma-separated: read,write,write:any")
+    create.add_argument("--scopes", default=",".join(keys.DEFAULT_SCOPES),
+                        help="comma-separated: read,write,write:any,subscribe")
     create.set_defaults(run=_keys_create)
     key_commands.add_parser("list", help="id, department, scopes, created, revoked").set_defaults(run=_keys_list)
     revoke = key_commands.add_parser("revoke", help="revoke a key at once, in every API process")

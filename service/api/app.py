@@ -23,6 +23,7 @@ from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import append_request_schema
 from service.api.state import APP_STATE, AppState, app_state_of
 from service.api.stream import STREAM_ROUTES, sse_message
+from service.api.subscription_routes import SUBSCRIPTION_ROUTES, subscription_request_schema
 from service.console.routes import console, template_config
 from service.console.status import ReadStore
 from service.ledger.db import create_pool
@@ -75,7 +76,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
             app.state[APP_STATE] = state
             yield
 
-    handlers = [*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *HEALTH_ROUTES]
+    handlers = [*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *SUBSCRIPTION_ROUTES, *HEALTH_ROUTES]
     # What each operation documents as its problem answers (service/api/openapi.py finishes the document).
     problems = {str(handler.operation_id): handler.opt["problems"] for handler in handlers}
     app = Litestar(
@@ -96,4 +97,5 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
     # its type; add its JSON Schema, made by msgspec, to the generated (and cached) document.
     _, append_components = append_request_schema()
     app.openapi_schema.components.schemas.update(append_components)
+    app.openapi_schema.components.schemas.update(subscription_request_schema())
     return app

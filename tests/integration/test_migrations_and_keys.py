@@ -28,13 +28,13 @@ async def test_migrations_up_from_empty_down_and_up_again(postgres: LocalPostgre
         try:
             tables = [r[0] for r in await conn.fetch(TABLES_SQL)]
             assert tables == ["alembic_version", "api_keys", "bookings", "console_sessions", "events",
-                          "ledger_position_offset", "outbox"]
+                              "ledger_position_offset", "outbox", "subscription_skips", "subscriptions"]
             assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_append'") == 1
             await asyncio.to_thread(downgrade, url)
             assert [r[0] for r in await conn.fetch(TABLES_SQL)] == ["alembic_version"]
             assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_append'") == 0
             await asyncio.to_thread(upgrade, url)
-            assert len(await conn.fetch(TABLES_SQL)) == 7
+            assert len(await conn.fetch(TABLES_SQL)) == 9
             assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
         finally:
             await conn.close()
