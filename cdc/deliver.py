@@ -76,7 +76,7 @@ PAGE_SQL = f"""
 SELECT f.fence, e.* FROM (SELECT ledger_feed_fence() AS fence) f
 LEFT JOIN LATERAL (
     SELECT {event_columns()} FROM events
-     WHERE position > $1 AND position < f.fence
+     WHERE position > $1 AND position + 0 < f.fence  -- a filter: see service/ledger/reads.py FEED_SQL
        AND ($2::text IS NULL OR department = $2)
        AND ($3::text IS NULL OR type = $3)
        AND ($4::text IS NULL OR booking_code = $4)
