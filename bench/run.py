@@ -73,7 +73,7 @@ class Plan:
 
     @classmethod
     def smoke(cls) -> Plan:
-        return cls(concurrency=(1, 32, 128), seconds=1, rounds=1, grown_events=2_000, history_events=1_000,
+        return cls(concurrency=(1, 8, 32, 128), seconds=1, rounds=1, grown_events=2_000, history_events=1_000,
                    relay_events=300,
                    # the sink's rate leaves out its first batch (500): several batches are needed
                    sink_events=1_500,

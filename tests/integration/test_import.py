@@ -253,7 +253,9 @@ def test_a_missing_file_or_a_directory_is_a_usage_error(database_url: str, tmp_p
 
 def test_ctrl_c_stops_the_import_with_130_and_no_traceback(database_url: str, tmp_path: Path) -> None:
     codes = [random_code("INT") for _ in range(40_000)]
-    path = write(tmp_path / "big.jsonl", [line(code, "car", "1.00") for code in codes * 3])
+    # Six times the bookings' lines: the import is still far from done when its first lines are
+    # seen written, however busy the machine (three times was once imported whole before the signal).
+    path = write(tmp_path / "big.jsonl", [line(code, "car", "1.00") for code in codes * 6])
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}, "LEDGER_DATABASE_URL": database_url}
     started = subprocess.Popen([CLI, "import", "--quiet", str(path)], env=as_role(env, "import"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
