@@ -268,8 +268,11 @@ def test_ctrl_c_stops_the_import_with_130_and_no_traceback(database_url: str, tm
     # seen written, however busy the machine (three times was once imported whole before the signal).
     path = write(tmp_path / "big.jsonl", [line(code, "car", "1.00") for code in codes * 6])
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}, "LEDGER_DATABASE_URL": database_url}
+    # SIGINT as a terminal's Ctrl-C finds it: a test runner's worker may ignore SIGINT, and a child
+    # inherits that.
     started = subprocess.Popen([CLI, "import", "--quiet", str(path)], env=as_role(env, "import"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Its first writes are in: the import is under way. (Any of its bookings: it writes the
         # lines it reads ahead grouped by booking, so one given booking may come late.)
