@@ -1,6 +1,6 @@
 """What the append function costs Postgres, one schema against another: a server-side loop.
 
-    python -m bench.append_cost --before 0014 --seconds 5 --rounds 5 --batch 1 32
+    python -m bench.append_cost --before 0015 --seconds 5 --rounds 5 --batch 1 32
 
 Starts a private Postgres, makes two databases (one migrated to `--before`, one to head), and in
 each, alternately, one session calls ledger_append_batch back to back for `--seconds`
@@ -114,7 +114,7 @@ def backfill(base: str, before: str, events: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="0014", help="the revision to compare head with")
+    parser.add_argument("--before", default="0015", help="the revision to compare head with")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])

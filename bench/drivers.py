@@ -8,6 +8,11 @@ object: operations done, errors, p50/p99 latency.
 
 - raw: the ledger's own transaction (`SELECT * FROM ledger_append(...)`) from a plain asyncpg
   loop, one connection per operation in flight.
+- minimal: what a department could write itself on the same tables: one transaction of three
+  statements (the booking row inserted or moved on a version, the event, its outbox row), without
+  the ledger's checks (idempotency, ownership, expected versions), one round trip per statement.
+- json_read: a read answered by Postgres as one JSON document (json_agg) that the client passes
+  through as bytes (`--query`, `--arg`): what a read through the API is compared with.
 - message_db: message-db's `write_message` from asyncpg (a new booking is a write that expects
   the stream not to exist, -1; a price change expects any version, as the API's does).
 - eventsourcing: the eventsourcing library's PostgresApplicationRecorder (psycopg 3, one thread
@@ -104,6 +109,56 @@ def raw(args: argparse.Namespace) -> Tally:
     return asyncio.run(_closed_loop(connect, operation, args.concurrency, args.seconds))
 
 
+# The position is the ledger's own formula (ledger_write_events), so that the rows are alike.
+MINIMAL_CREATE = """
+INSERT INTO bookings (code, department, version, price_amount, price_currency)
+VALUES ($1, 'bench', 1, $2, 'EUR') RETURNING version"""
+MINIMAL_CHANGE = """
+UPDATE bookings SET version = version + 1, price_amount = $2, price_currency = 'EUR', updated_at = now()
+ WHERE code = $1 RETURNING version"""
+MINIMAL_EVENT = """
+INSERT INTO events (position, event_id, booking_code, version, type, price_amount, price_currency, data,
+                    department, recorded_at)
+VALUES ((pg_current_xact_id()::text::bigint + (SELECT xid_offset FROM ledger_position_offset)) * 65536,
+        $1, $2, $3, 'PriceChanged', $4, 'EUR', $5, 'bench', now())
+RETURNING position"""
+MINIMAL_OUTBOX = "INSERT INTO outbox (position, booking_code, version) VALUES ($1, $2, $3)"
+
+
+def minimal(args: argparse.Namespace) -> Tally:
+    price = Decimal("123.45")
+
+    async def operation(conn: asyncpg.Connection, worker: int, count: int) -> object:
+        async with conn.transaction():
+            if args.create_every and count % args.create_every == 0:
+                code = f"MIN-{args.run}-{worker}-{count}"
+                version = await conn.fetchval(MINIMAL_CREATE, code, price)
+            else:
+                code = f"BENCH-{random.randrange(args.bookings)}"
+                version = await conn.fetchval(MINIMAL_CHANGE, code, price)
+            position = await conn.fetchval(MINIMAL_EVENT, uuid.uuid4(), code, version, price, APPEND_DATA)
+            return await conn.execute(MINIMAL_OUTBOX, position, code, version)
+
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(args.url)
+        await init_connection(conn)
+        return conn
+
+    return asyncio.run(_closed_loop(connect, operation, args.concurrency, args.seconds))
+
+
+def json_read(args: argparse.Namespace) -> Tally:
+    arguments = [int(a) if a.lstrip("-").isdigit() else a for a in args.arg]
+
+    async def operation(conn: asyncpg.Connection, worker: int, count: int) -> object:
+        return (await conn.fetchval(args.query, *arguments)).encode()  # the answer's body, as is
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(args.url)
+
+    return asyncio.run(_closed_loop(connect, operation, args.concurrency, args.seconds))
+
+
 def message_db(args: argparse.Namespace) -> Tally:
     data = EVENT_JSON.decode()
 
@@ -168,7 +223,8 @@ def eventsourcing(args: argparse.Namespace) -> Tally:
     return tally
 
 
-DRIVERS = {"raw": raw, "message_db": message_db, "eventsourcing": eventsourcing}
+DRIVERS = {"raw": raw, "minimal": minimal, "json_read": json_read, "message_db": message_db,
+           "eventsourcing": eventsourcing}
 
 
 def main() -> None:
@@ -180,6 +236,8 @@ def main() -> None:
     parser.add_argument("--bookings", type=int, default=1000)
     parser.add_argument("--create-every", type=int, default=4)
     parser.add_argument("--run", default=uuid.uuid4().hex[:8])
+    parser.add_argument("--query", help="json_read: a query answering one JSON text")
+    parser.add_argument("--arg", action="append", default=[], help="json_read: the query's arguments, in order")
     args = parser.parse_args()
     tally = DRIVERS[args.driver](args)
     print(msgspec.json.encode(tally.report(args.seconds)).decode())

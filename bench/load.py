@@ -67,10 +67,21 @@ def api_reads(url: str, key: str, path: str, concurrency: int, seconds: float) -
 def driver(name: str, url: str, concurrency: int, seconds: float, bookings: int) -> Sample:
     command = [sys.executable, "-m", "bench.drivers", name, "--url", url, "--concurrency", str(concurrency),
                "--seconds", str(seconds), "--bookings", str(bookings), "--create-every", str(CREATE_EVERY)]
+    return _run_driver(command, seconds)
+
+
+def _run_driver(command: list[str], seconds: float) -> Sample:
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, cwd=HERE.parent)
     if done.returncode != 0:
-        raise RuntimeError(f"bench.drivers {name} failed: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"bench.drivers {command[3]} failed: {done.stderr.strip()[-2000:]}")
     return Sample.parse(done.stdout)
+
+
+def json_reads(url: str, query: str, arguments: list[object], concurrency: int, seconds: float) -> Sample:
+    """bench.drivers json_read: `query`'s JSON text passed through, closed loop."""
+    command = [sys.executable, "-m", "bench.drivers", "json_read", "--url", url, "--concurrency", str(concurrency),
+               "--seconds", str(seconds), "--query", query, *[f"--arg={a}" for a in arguments]]
+    return _run_driver(command, seconds)
 
 
 def paced(url: str, key: str, rate: float, seconds: float) -> subprocess.Popen:

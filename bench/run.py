@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -33,13 +34,29 @@ BOOKINGS = 1000  # existing bookings the appends go to (BENCH-0 .. BENCH-999)
 SINK_THREADS = 8  # cdc.sink.Sink's default
 SECTIONS = ["throughput", "growth", "pipeline", "importing", "streaming"]  # Bench's methods, in order
 
+# The reads' baseline: the same rows as the API's answer, built into one JSON document by Postgres
+# and passed through by a plain client (bench.drivers json_read).
+_EVENT_JSON = """json_build_object('event_id', event_id, 'booking_code', booking_code, 'version', version,
+    'type', type, 'price', CASE WHEN price_amount IS NOT NULL
+        THEN json_build_object('amount', price_amount::text, 'currency', price_currency) END,
+    'data', data, 'department', department, 'occurred_at', occurred_at, 'recorded_at', recorded_at,
+    'position', position)"""
+BOOKING_EVENTS_JSON = f"""
+SELECT json_build_object('booking_code', $1::text, 'events', coalesce(json_agg({_EVENT_JSON} ORDER BY version), '[]'),
+                         'next_from_version', NULL)::text
+  FROM (SELECT * FROM events WHERE booking_code = $1 ORDER BY version LIMIT $2) e"""
+FEED_JSON = f"""
+SELECT json_build_object('events', coalesce(json_agg({_EVENT_JSON} ORDER BY position), '[]'),
+                         'next_after', max(position))::text
+  FROM (SELECT * FROM events WHERE position > $1 ORDER BY position LIMIT $2) e"""
+
 
 @dataclass(frozen=True)
 class Plan:
     concurrency: tuple[int, ...] = (1, 8, 32, 128, 256)
     seconds: float = 5
     rounds: int = 2
-    peers: tuple[str, ...] = ("raw", "message_db", "eventsourcing")
+    peers: tuple[str, ...] = ("raw", "minimal", "message_db", "eventsourcing")
     grown_events: int = 1_000_000
     history_events: int = 100_000  # one booking's, for the price as of a moment
     relay_events: int = 20_000
@@ -56,7 +73,7 @@ class Plan:
 
     @classmethod
     def smoke(cls) -> Plan:
-        return cls(concurrency=(1, 32, 128), seconds=1, rounds=1, grown_events=2_000, history_events=1_000,
+        return cls(concurrency=(1, 8, 32, 128), seconds=1, rounds=1, grown_events=2_000, history_events=1_000,
                    relay_events=300,
                    # the sink's rate leaves out its first batch (500): several batches are needed
                    sink_events=1_500,
@@ -93,6 +110,8 @@ class Bench:
         fill(url, "BENCH-", BOOKINGS)
         key = self.stack.api_key(url)
         peer_urls = {"raw": url}
+        if "minimal" in plan.peers:
+            peer_urls["minimal"] = url  # the same tables, written without the ledger's function
         if "message_db" in plan.peers:
             peer_urls["message_db"] = self.stack.install_message_db("message_store")
         if "eventsourcing" in plan.peers:
@@ -160,16 +179,7 @@ class Bench:
         for _ in range(plan.rounds):
             for name, (_, api_url, key, _) in apis.items():
                 appends[name].append(load.api_appends(api_url, key, 32, plan.seconds, BOOKINGS))
-        reads: dict[str, dict] = {}
-        for name, (_, api_url, key, url) in apis.items():
-            middle = fetch_value(url, "SELECT position FROM events ORDER BY position OFFSET "
-                                      "(SELECT count(*) / 2 FROM events) LIMIT 1")
-            reads[name] = {
-                "booking_1000_events": summarize([load.api_reads(
-                    api_url, key, "/v1/bookings/BIG0/events?limit=1000", 8, plan.seconds)]),
-                "feed_page_500": summarize([load.api_reads(
-                    api_url, key, f"/v1/events?after={middle}&limit=500", 8, plan.seconds)]),
-            }
+        reads = {name: self._reads(api_url, key, url) for name, (_, api_url, key, url) in apis.items()}
         _, grown_api, grown_key, _ = apis["grown"]
         middle_time = fetch_value(grown_url, "SELECT to_char(recorded_at AT TIME ZONE 'UTC', "
                                              "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM events "
@@ -187,6 +197,8 @@ class Bench:
             # The same at 1 in flight: the answer's own time, without the queueing of 8 on 2 shared CPUs.
             "at_recorded_1_in_flight": summarize([load.api_reads(
                 grown_api, grown_key, f"/v1/bookings/HIST0/price?at={middle_time}", 1, plan.seconds)]),
+            "booking_1_in_flight": summarize([load.api_reads(
+                grown_api, grown_key, "/v1/bookings/BENCH-1", 1, plan.seconds)]),
         }
         for api, *_ in apis.values():
             api.stop()
@@ -198,6 +210,24 @@ class Bench:
             "reads": reads,
             "price_as_of": price_as_of,
         }
+
+    def _reads(self, api_url: str, key: str, url: str) -> dict:
+        """A 1,000-event booking and a 500-event feed page at 8 in flight, through the API and as
+        Postgres-built JSON passed through (alternating), and the ratio per round."""
+        middle = fetch_value(url, "SELECT position FROM events ORDER BY position OFFSET "
+                                  "(SELECT count(*) / 2 FROM events) LIMIT 1")
+        cases = {"booking_1000_events": ("/v1/bookings/BIG0/events?limit=1000", BOOKING_EVENTS_JSON, ["BIG0", 1000]),
+                 "feed_page_500": (f"/v1/events?after={middle}&limit=500", FEED_JSON, [middle, 500])}
+        found: dict[str, dict] = {}
+        for case, (path, query, arguments) in cases.items():
+            api_runs, json_runs = [], []
+            for _ in range(self.plan.rounds):
+                api_runs.append(load.api_reads(api_url, key, path, 8, self.plan.seconds))
+                json_runs.append(load.json_reads(url, query, arguments, 8, self.plan.seconds))
+            found[case] = {**summarize(api_runs), "postgres_json": summarize(json_runs),
+                           "api_vs_postgres_json": round(median(
+                               [a.rate / j.rate for a, j in zip(api_runs, json_runs, strict=True) if j.rate]), 3)}
+        return found
 
     # -- import and the live stream (issue 15): bench/importing.py, bench/streaming.py ----------
     def importing(self) -> None:
@@ -387,6 +417,16 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.0f} s] {message}", flush=True)
 
+    load_seen: list[float] = []
+    sampling = threading.Event()
+
+    def sample_load() -> None:
+        while True:
+            load_seen.append(os.getloadavg()[0])
+            if sampling.wait(5):
+                return
+
+    threading.Thread(target=sample_load, daemon=True).start()
     stack = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-bench-")))
     bench = Bench(plan, stack, log)
     bench.results.update({"memory": {}, "errors": {}})
@@ -401,11 +441,15 @@ def main() -> None:
                 log(f"{section} failed:\n{traceback.format_exc()}")
     finally:
         stack.stop()
+        sampling.set()
     bench.results["meta"] = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full",
         "seconds": round(time.monotonic() - started),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        # How busy the machine was (1-minute load average, every 5 s): a shared machine's other work
+        # shows here, and a run beside much of it is one to repeat.
+        "load_average": {"median": round(median(load_seen), 1), "max": round(max(load_seen, default=0), 1)},
         "plan": plan.__dict__,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,33 @@ class SinkMetrics:
         )
 
 
+class DeliverMetrics:
+    """The webhook worker's series (`booking-ledger deliver`), on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = registry = _registry()
+        self.leader = Gauge("ledger_webhook_leader", "1 while this worker holds the lease and delivers, else 0.",
+                            registry=registry)
+        self.deliveries = Counter(
+            "ledger_webhook_deliveries_total",
+            "Delivery attempts by result: delivered (a 2xx), failed (any other answer, a timeout, a refused "
+            "address).", ["result"], registry=registry)
+        self.events = Counter("ledger_webhook_events_delivered_total", "Events acknowledged by receivers.",
+                              registry=registry)
+        self.commit_to_ack = Histogram(
+            "ledger_webhook_commit_to_ack_seconds", "From the append's transaction to the receiver's 2xx.",
+            buckets=LAG_BUCKETS, registry=registry)
+        self.lag = Gauge(
+            "ledger_webhook_lag_seconds",
+            "Per active subscription: age of the oldest event it still has to deliver (0 when caught up).",
+            ["subscription"], registry=registry)
+        self.paused = Gauge("ledger_webhook_paused_subscriptions", "Subscriptions paused on a failing event.",
+                            registry=registry)
+        self.active = Gauge("ledger_webhook_active_subscriptions",
+                            "Subscriptions this worker delivers to (active, their key not revoked).",
+                            registry=registry)
+
+
 def serve(registry: CollectorRegistry, host: str, port: int, what: str) -> None:
     """Serve `registry` on host:port (0: not served)."""
     if port:

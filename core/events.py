@@ -75,13 +75,12 @@ def utc_instant(moment: datetime) -> datetime:
 
 
 def data_size(data: dict[str, Any]) -> int:
-    """Bytes of `data` as compact JSON the way the ledger answers it and the streams carry it.
-
-    That is the request's compact encoding, except that a number written with a positive
-    exponent comes back written out: Postgres keeps it as numeric and writes it without an
-    exponent, so 1e308 is 309 digits in the answer, on Kafka and in DynamoDB, and counts so.
-    (A negative exponent comes back as a float and is written compactly again.) Integers count
-    their digits as sent, so every number is bounded by the limit itself.
+    """Bytes of `data` as compact JSON with every number written out as Postgres writes it: that
+    is the request's compact encoding, except that a number written with an exponent comes back
+    without one. Postgres keeps it as numeric and writes every digit, so 1e308 is 309 digits and
+    1e-300 is 302 characters in the answers of the reads (which pass jsonb's text through), on
+    Kafka and in DynamoDB, and counts so. Integers count their digits as sent, so every number is
+    bounded by the limit itself.
     """
     size = len(msgspec.json.encode(data))
     pending: list[Any] = [data]
@@ -93,12 +92,12 @@ def data_size(data: dict[str, Any]) -> int:
             pending.extend(value)
         elif type(value) is float:
             sent = msgspec.json.encode(value).decode()
-            if "e" in sent and "e-" not in sent:
+            if "e" in sent:
                 size += len(format(Decimal(sent), "f")) - len(sent)
     return size
 
 
-_COLUMNS = (
+EVENT_COLUMN_NAMES = (
     "event_id", "booking_code", "version", "type", "price_amount", "price_currency", "data",
     "department", "occurred_at", "recorded_at", "position", "hash",
 )
@@ -107,7 +106,7 @@ _COLUMNS = (
 def event_columns(table: str = "") -> str:
     """The columns an event query selects, in the names `event_from_row` reads."""
     prefix = f"{table}." if table else ""
-    return ", ".join(prefix + column for column in _COLUMNS)
+    return ", ".join(prefix + column for column in EVENT_COLUMN_NAMES)
 
 
 EVENT_COLUMNS = event_columns()

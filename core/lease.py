@@ -11,6 +11,7 @@ import socket
 import time
 
 LEADER_LOCK = int.from_bytes(b"bl-relay", "big")  # advisory lock key of the relay leader
+DELIVER_LOCK = int.from_bytes(b"bl-deliv", "big")  # advisory lock key of the webhook worker's leader
 
 # pg_locks shows a bigint advisory key as two 32-bit halves, with objsubid 1.
 LEADER_LOCK_CLASSID, LEADER_LOCK_OBJID = LEADER_LOCK >> 32, LEADER_LOCK & 0xFFFFFFFF

@@ -60,7 +60,8 @@ class DatabaseSettings:
         "Postgres holding the ledger (the system of record), as this process's own role: neither a superuser "
         "nor the tables' owner (give each process its own). Unset: the local stack as the command's role "
         "(core/roles.py BY_COMMAND: ledger_api for `api` and `import`, ledger_relay for `relay`, ledger_reader "
-        "for `replay`/`verify`, ledger_keys for `keys`). Set, `make run` starts no Postgres.",
+        "for `replay`/`verify`, ledger_keys for `keys`, ledger_deliver for `deliver`). Set, `make run` starts no "
+        "Postgres.",
     )
     migrate_url: str = _env_str(
         "LEDGER_MIGRATE_DATABASE_URL", "",
@@ -206,6 +207,8 @@ class MetricsSettings:
     host: str = _env_str("LEDGER_METRICS_HOST", "127.0.0.1", "Address the relay's and sink's /metrics listen on.")
     relay_port: int = _env_int("LEDGER_RELAY_METRICS_PORT", 0, "Port of the relay's /metrics; 0 = not served.")
     sink_port: int = _env_int("LEDGER_SINK_METRICS_PORT", 0, "Port of the sink's /metrics; 0 = not served.")
+    deliver_port: int = _env_int("LEDGER_DELIVER_METRICS_PORT", 0,
+                                 "Port of the webhook worker's (`deliver`) /metrics; 0 = not served.")
     prometheus_port: int = _env_int(
         "LEDGER_PROMETHEUS_PORT", 9090,
         "Port (on 127.0.0.1) of the Prometheus that `make run` and `make run-ha` start, with the alert rules of "
@@ -239,6 +242,40 @@ class ClusterSettings:
 
 def _urls(text: str) -> list[str]:
     return [url.strip().rstrip("/") for url in text.split(",") if url.strip()]
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Subscriptions (webhooks): the API's checks of a subscription and the `deliver` worker."""
+
+    allowed_hosts: str = _env_str(
+        "LEDGER_WEBHOOK_ALLOWED_HOSTS", "",
+        "Hosts (names or addresses, comma-separated) that a subscription may reach over plain `http` and at "
+        "loopback, private or link-local addresses (tests, internal receivers). Any other receiver must be "
+        "`https` at a public address. `make run` sets 127.0.0.1.",
+    )
+    retry_seconds: int = _env_int(
+        "LEDGER_WEBHOOK_RETRY_SECONDS", 120,
+        "Seconds a failing delivery is retried (capped exponential backoff with jitter) before its subscription "
+        "pauses on that event.", minimum=1,
+    )
+    timeout_seconds: int = _env_int(
+        "LEDGER_WEBHOOK_TIMEOUT_SECONDS", 10,
+        "Seconds a receiver has to accept the connection, and again to answer a delivery; then it counts as "
+        "failed.", minimum=1,
+    )
+    batch_max: int = _env_int(
+        "LEDGER_WEBHOOK_BATCH_MAX", 100, "Events in one delivery at most (also at most about 1 MiB of JSON).",
+        minimum=1,
+    )
+    max_per_department: int = _env_int(
+        "LEDGER_WEBHOOK_MAX_PER_DEPARTMENT", 20, "Subscriptions one department may hold; then 409.", minimum=1,
+    )
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """The allowed hosts, lower case."""
+        return frozenset(host.strip().lower().strip("[]") for host in self.allowed_hosts.split(",") if host.strip())
 
 
 @dataclass(frozen=True)
@@ -281,6 +318,7 @@ class Settings:
     tracing: TracingSettings = field(default_factory=TracingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment variables that would make a process read them back."""

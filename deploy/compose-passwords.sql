@@ -5,3 +5,4 @@ ALTER ROLE ledger_api PASSWORD 'ledger_api';
 ALTER ROLE ledger_relay PASSWORD 'ledger_relay';
 ALTER ROLE ledger_reader PASSWORD 'ledger_reader';
 ALTER ROLE ledger_keys PASSWORD 'ledger_keys';
+ALTER ROLE ledger_deliver PASSWORD 'ledger_deliver';

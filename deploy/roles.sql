@@ -8,13 +8,13 @@
 -- ledger_owner   owns the schema's tables and functions; migrations run as it (they SET ROLE to
 --                it, so DBAs may also run them as themselves once granted it: GRANT ledger_owner TO dba).
 -- ledger_api     the API; ledger_relay the relay; ledger_reader replay and verify; ledger_keys
---                `booking-ledger keys`. They own nothing; migrations grant each only what it needs
+--                `booking-ledger keys`; ledger_deliver `booking-ledger deliver` (webhooks). They own nothing; migrations grant each only what it needs
 --                (migrations/versions/0008_roles.py has the table). The sink uses no Postgres.
 DO $roles$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['ledger_owner', 'ledger_api', 'ledger_relay', 'ledger_reader', 'ledger_keys'] LOOP
+    FOREACH r IN ARRAY ARRAY['ledger_owner', 'ledger_api', 'ledger_relay', 'ledger_reader', 'ledger_keys', 'ledger_deliver'] LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
             EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS', r);
         END IF;

@@ -54,6 +54,9 @@ DYNAMODB_PORT = _port(LOCAL_DYNAMODB_ENDPOINT)
 READABLE_LOGS = 'LEDGER_LOG_FORMAT="console"'  # production logs JSON lines; a terminal wants these
 RELAY_METRICS_PORT = 9101
 SINK_METRICS_PORT = 9102
+DELIVER_METRICS_PORT = 9103
+# The walk-through's receiver runs in another shell on this machine: subscriptions may reach it.
+WEBHOOK_HOSTS = 'LEDGER_WEBHOOK_ALLOWED_HOSTS="127.0.0.1"'
 NODE_EXPORTER_PORT = 9100
 BROKER_METRICS_PORT = 9404  # the JMX exporter agent in the broker
 POSTGRES_EXPORTER_PORT = 9187  # make run-ha: one per node, 9187, 9188, 9189
@@ -115,19 +118,24 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     cli = str(bin_dir / "booking-ledger")
     # Each process connects as its own role (core/roles.py): on the local Postgres the CLI picks
     # it by itself; on the cluster, its multi-host URL is given with that role.
-    api_env, relay_env = (("", "") if cluster is None else
-                          (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"'
-                           f',LEDGER_PATRONI_URLS="{",".join(n.rest for n in cluster.nodes)}"'
-                           f',LEDGER_ETCD_URLS="http://127.0.0.1:{cluster.etcd.port}"',  # the console's cluster page
-                           f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.RELAY)}"'))
+    api_env, relay_env, deliver_env = (("", "", "") if cluster is None else
+                                       (f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.API)}"'
+                                        f',LEDGER_PATRONI_URLS="{",".join(n.rest for n in cluster.nodes)}"'
+                                        # the console's cluster page
+                                        f',LEDGER_ETCD_URLS="http://127.0.0.1:{cluster.etcd.port}"',
+                                        f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.RELAY)}"',
+                                        f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.DELIVER)}"'))
     relay_env += _checkpoint_key(data)
     programs.update(_monitoring(data, cluster))
     programs.update({
-        "api": ([cli, "api"], "INT", READABLE_LOGS + api_env, Path.cwd()),
+        "api": ([cli, "api"], "INT", f"{READABLE_LOGS},{WEBHOOK_HOSTS}{api_env}", Path.cwd()),
         "relay": ([cli, "relay"], "TERM",
                   f'{READABLE_LOGS},LEDGER_RELAY_METRICS_PORT="{RELAY_METRICS_PORT}"{relay_env}', Path.cwd()),
         "sink": ([cli, "sink"], "TERM", f'{READABLE_LOGS},LEDGER_SINK_METRICS_PORT="{SINK_METRICS_PORT}"',
                  Path.cwd()),
+        "deliver": ([cli, "deliver"], "TERM",
+                    f'{READABLE_LOGS},{WEBHOOK_HOSTS},LEDGER_DELIVER_METRICS_PORT="{DELIVER_METRICS_PORT}"{deliver_env}',
+                    Path.cwd()),
     })
     return programs
 
@@ -149,7 +157,8 @@ def _monitoring(data: Path, cluster: HACluster | None) -> Programs:
     the node exporter (free disk space)."""
     programs: Programs = {}
     targets = [Target("api", f"127.0.0.1:{HttpSettings().port}"), Target("relay", f"127.0.0.1:{RELAY_METRICS_PORT}"),
-               Target("sink", f"127.0.0.1:{SINK_METRICS_PORT}"), Target("node", f"127.0.0.1:{NODE_EXPORTER_PORT}")]
+               Target("sink", f"127.0.0.1:{SINK_METRICS_PORT}"), Target("deliver", f"127.0.0.1:{DELIVER_METRICS_PORT}"),
+               Target("node", f"127.0.0.1:{NODE_EXPORTER_PORT}")]
     programs["node-exporter"] = (NodeExporter(NODE_EXPORTER_PORT).command(), "TERM", "", data)
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
         targets.append(Target("kafka", f"127.0.0.1:{BROKER_METRICS_PORT}"))
@@ -244,7 +253,7 @@ def _banner(database_url: str, config: Path) -> str:
         f"  Kafka      {KafkaSettings().bootstrap}\n"
         f"  DynamoDB   {DynamoSettings().endpoint}\n"
         f"  metrics    API /metrics, relay http://127.0.0.1:{RELAY_METRICS_PORT}/metrics, "
-        f"sink http://127.0.0.1:{SINK_METRICS_PORT}/metrics\n"
+        f"sink http://127.0.0.1:{SINK_METRICS_PORT}/metrics, deliver http://127.0.0.1:{DELIVER_METRICS_PORT}/metrics\n"
         f"  Prometheus http://127.0.0.1:{MetricsSettings().prometheus_port}/alerts   (rules: deploy/prometheus/)\n"
         f"  logs       {LOCAL / 'logs'}   status: .venv/bin/supervisorctl -c {config} status\n"
         "  make a key (in another shell):\n"
@@ -270,7 +279,8 @@ def main_ha() -> int:
         leader = cluster.wait_ready(timeout=180)
         _backups_ready(backrest)
         subprocess.run([str(BIN / "booking-ledger"), "migrate"], check=True)
-        subprocess.run([str(BIN / "supervisorctl"), "-c", str(config), "start", "api", "relay", "sink"],
+        subprocess.run([str(BIN / "supervisorctl"), "-c", str(config), "start", "api", "relay", "sink",
+                        "deliver"],
                        check=True, stdout=subprocess.DEVNULL)
         print(_ha_banner(cluster, leader), flush=True)
 

@@ -107,6 +107,22 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deliver(args: argparse.Namespace) -> int:
+    from cdc.deliver import Deliverer
+
+    _logging()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Deliverer(get_settings()).run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
 def _sink(args: argparse.Namespace) -> int:
     from cdc.sink import Sink
 
@@ -296,6 +312,8 @@ def parser() -> argparse.ArgumentParser:
         run=_relay
     )
     commands.add_parser("sink", help="write the Kafka topic into DynamoDB").set_defaults(run=_sink)
+    commands.add_parser("deliver", help="deliver the subscriptions' webhooks (one leader, others stand by)"
+                        ).set_defaults(run=_deliver)
     _add_read_store_commands(commands)
     load = commands.add_parser("import", help="bring a department's history (JSON Lines) into the ledger; "
                                                "exit 1 when any line was rejected")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -20,9 +21,11 @@ from booking_ledger_client.models import (
     AppendResult,
     Booking,
     BookingEvents,
+    CreatedSubscription,
     EventInput,
     FeedPage,
     ReadResult,
+    Subscription,
     prepare_events,
 )
 from booking_ledger_client.protocol import (
@@ -149,6 +152,34 @@ class LedgerClient(_Base):
         self._store_required()
         return self._run(protocol.wait_for_read_store(code, version, timeout, self.policy))
 
+    def create_subscription(self, url: str, filters: Mapping[str, str] | None = None,
+                            after: int | None = None) -> CreatedSubscription:
+        """Subscribe `url` (https; a public address) to the events that match `filters`
+        (`department`, `type`, `booking_code`), after position `after` (default: from now on).
+        The result carries the signing secret, which the ledger shows only this once (check
+        deliveries with `verify_signature`). Tried once. Needs a key with the `subscribe` scope."""
+        return self._run(protocol.create_subscription(url, filters, after, self.policy))
+
+    def subscriptions(self) -> list[Subscription]:
+        """The subscriptions of this key's department."""
+        return self._run(protocol.subscriptions(self.policy))
+
+    def subscription(self, subscription_id: str | uuid.UUID) -> Subscription:
+        """One subscription: status, cursor, last error, the event it is paused on."""
+        return self._run(protocol.subscription(str(subscription_id), self.policy))
+
+    def delete_subscription(self, subscription_id: str | uuid.UUID) -> None:
+        """Delete a subscription; nothing more is delivered to it."""
+        self._run(protocol.delete_subscription(str(subscription_id), self.policy))
+
+    def resume_subscription(self, subscription_id: str | uuid.UUID) -> Subscription:
+        """Resume a paused subscription: the event it paused on is delivered again first."""
+        return self._run(protocol.change_subscription(str(subscription_id), "resume", self.policy))
+
+    def skip_subscription_event(self, subscription_id: str | uuid.UUID) -> Subscription:
+        """Skip exactly the event a paused subscription is paused on (the ledger records it)."""
+        return self._run(protocol.change_subscription(str(subscription_id), "skip", self.policy))
+
     def close(self) -> None:
         """Close the HTTP connections."""
         self._http.close()
@@ -235,6 +266,31 @@ class AsyncLedgerClient(_Base):
         """See LedgerClient.wait_for_read_store."""
         self._store_required()
         return await self._run(protocol.wait_for_read_store(code, version, timeout, self.policy))
+
+    async def create_subscription(self, url: str, filters: Mapping[str, str] | None = None,
+                                  after: int | None = None) -> CreatedSubscription:
+        """See LedgerClient.create_subscription."""
+        return await self._run(protocol.create_subscription(url, filters, after, self.policy))
+
+    async def subscriptions(self) -> list[Subscription]:
+        """See LedgerClient.subscriptions."""
+        return await self._run(protocol.subscriptions(self.policy))
+
+    async def subscription(self, subscription_id: str | uuid.UUID) -> Subscription:
+        """See LedgerClient.subscription."""
+        return await self._run(protocol.subscription(str(subscription_id), self.policy))
+
+    async def delete_subscription(self, subscription_id: str | uuid.UUID) -> None:
+        """See LedgerClient.delete_subscription."""
+        await self._run(protocol.delete_subscription(str(subscription_id), self.policy))
+
+    async def resume_subscription(self, subscription_id: str | uuid.UUID) -> Subscription:
+        """See LedgerClient.resume_subscription."""
+        return await self._run(protocol.change_subscription(str(subscription_id), "resume", self.policy))
+
+    async def skip_subscription_event(self, subscription_id: str | uuid.UUID) -> Subscription:
+        """See LedgerClient.skip_subscription_event."""
+        return await self._run(protocol.change_subscription(str(subscription_id), "skip", self.policy))
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""

@@ -110,6 +110,22 @@ class ReadStoreBehind(LedgerError):
         return int(self.problem.get("latest_version") or 0)
 
 
+class SubscriptionNotFound(LedgerError):
+    """404 `subscription_not_found`: no subscription with this id for the key's department."""
+
+
+class SubscriptionNotPaused(LedgerError):
+    """409 `subscription_not_paused`: resume and skip act on a paused subscription only."""
+
+
+class SubscriptionLimit(LedgerError):
+    """409 `subscription_limit`: the department holds as many subscriptions as it may."""
+
+
+class WebhookUrlRefused(LedgerError):
+    """422 `webhook_url_refused`: the receiver URL breaks the safety rules (`detail` says which)."""
+
+
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {
     "booking_code_taken": BookingCodeTaken,
     "version_conflict": VersionConflict,
@@ -122,4 +138,8 @@ ERRORS_BY_CODE: dict[str, type[LedgerError]] = {
     "rate_limited": RateLimited,
     "unavailable": Unavailable,
     "unknown_outcome": Unavailable,  # the server's word that the request may have been stored
+    "subscription_not_found": SubscriptionNotFound,
+    "subscription_not_paused": SubscriptionNotPaused,
+    "subscription_limit": SubscriptionLimit,
+    "webhook_url_refused": WebhookUrlRefused,
 }

@@ -211,3 +211,55 @@ def prepare_events(events: Iterable[EventInput]) -> list[dict[str, Any]]:
     if not prepared:
         raise ValueError("an append needs at least one event")
     return prepared
+
+
+def _moment(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A webhook subscription as the ledger shows it to its department (never its secret).
+
+    `status` is "active", "paused" (on the event at `paused_position`, after `attempts` failed
+    tries; `reason` and `last_status` say why) or "stopped" (the key that made it was revoked).
+    `position`: every matching event at or below it was delivered or skipped."""
+
+    id: uuid.UUID
+    url: str
+    filters: dict[str, str]
+    status: str
+    position: int
+    created_at: datetime
+    delivered_at: datetime | None
+    delivered_events: int
+    attempts: int
+    last_status: int | None
+    reason: str | None
+    paused_at: datetime | None
+    paused_position: int | None
+    paused_event_id: uuid.UUID | None
+    skipped_events: int
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Subscription:
+        paused_event = obj.get("paused_event_id")
+        return cls(
+            id=uuid.UUID(str(obj["id"])), url=str(obj["url"]), filters=dict(obj.get("filters") or {}),
+            status=str(obj["status"]), position=int(obj["position"]),
+            created_at=datetime.fromisoformat(str(obj["created_at"]).replace("Z", "+00:00")),
+            delivered_at=_moment(obj.get("delivered_at")),
+            delivered_events=int(obj.get("delivered_events") or 0), attempts=int(obj.get("attempts") or 0),
+            last_status=obj.get("last_status"), reason=obj.get("reason"), paused_at=_moment(obj.get("paused_at")),
+            paused_position=obj.get("paused_position"),
+            paused_event_id=uuid.UUID(str(paused_event)) if paused_event else None,
+            skipped_events=int(obj.get("skipped_events") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSubscription:
+    """A new subscription and its signing secret: the ledger shows the secret this once."""
+
+    subscription: Subscription
+    secret: str

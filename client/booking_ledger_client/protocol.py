@@ -32,9 +32,11 @@ from booking_ledger_client.models import (
     AppendResult,
     Booking,
     BookingEvents,
+    CreatedSubscription,
     Event,
     FeedPage,
     ReadResult,
+    Subscription,
 )
 
 T = TypeVar("T")
@@ -356,3 +358,54 @@ def wait_for_read_store(code: str, version: int, timeout: float, policy: RetryPo
             raise behind from last_error
         yield Sleep(pause)
         pause = min(pause * 2, 0.5)
+
+
+# --- subscriptions (webhooks) ------------------------------------------------------------------------
+
+def subscription_path(subscription_id: str, suffix: str = "") -> str:
+    return f"/v1/subscriptions/{quote(str(subscription_id), safe='')}{suffix}"
+
+
+def create_subscription(url: str, filters: Mapping[str, str] | None, after: int | None,
+                        policy: RetryPolicy) -> Plan[CreatedSubscription]:
+    """POST /v1/subscriptions, tried once: a retry after a lost answer could make a second one
+    (list them to find out)."""
+    body: dict[str, Any] = {"url": url}
+    if filters:
+        body["filters"] = dict(filters)
+    if after is not None:
+        body["after"] = after
+    once = RetryPolicy(0.0, clock=policy.clock, random=policy.random)
+    obj = ok_json((yield from send(HttpRequest("POST", "/v1/subscriptions", body=encode(body)), once)))
+    return CreatedSubscription(Subscription.from_json(obj), str(obj["secret"]))
+
+
+def subscriptions(policy: RetryPolicy) -> Plan[list[Subscription]]:
+    """GET /v1/subscriptions: the key's department's."""
+    obj = ok_json((yield from send(HttpRequest("GET", "/v1/subscriptions"), policy)))
+    return [Subscription.from_json(item) for item in obj["subscriptions"]]
+
+
+def subscription(subscription_id: str, policy: RetryPolicy) -> Plan[Subscription]:
+    """GET /v1/subscriptions/{id}."""
+    return Subscription.from_json(ok_json((yield from send(HttpRequest("GET", subscription_path(subscription_id)),
+                                                           policy))))
+
+
+def delete_subscription(subscription_id: str, policy: RetryPolicy) -> Plan[None]:
+    """DELETE /v1/subscriptions/{id}; a retry that finds it gone (404) after an unseen success is a success."""
+    sent = yield from send(HttpRequest("DELETE", subscription_path(subscription_id)), policy)
+    if sent.answer.status == 404 and sent.uncertain:
+        return None
+    if not 200 <= sent.answer.status < 300:
+        raise error_of(sent.answer)
+    return None
+
+
+def change_subscription(subscription_id: str, action: str, policy: RetryPolicy) -> Plan[Subscription]:
+    """POST /v1/subscriptions/{id}/resume or /skip. A skip is tried once: a retry after a lost answer
+    could skip the next event it paused on."""
+    request = HttpRequest("POST", subscription_path(subscription_id, f"/{action}"))
+    if action == "skip":
+        policy = RetryPolicy(0.0, clock=policy.clock, random=policy.random)
+    return Subscription.from_json(ok_json((yield from send(request, policy))))

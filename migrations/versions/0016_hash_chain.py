@@ -29,7 +29,7 @@ The chain's functions run as the owner only (0008: not executable by PUBLIC); `b
 audit` computes the same bytes in Python (core/chain.py) and never calls them.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-03
 """
 
@@ -38,7 +38,7 @@ from alembic import op
 from migrations import function_sql
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 

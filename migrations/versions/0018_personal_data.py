@@ -30,8 +30,17 @@ CREATE TABLE personal_keys (
     CHECK ((data_key IS NULL) = (erased_at IS NOT NULL))
 )
 """
-SCOPES_BEFORE = "ARRAY['read', 'write', 'write:any']"
-SCOPES_AFTER = "ARRAY['read', 'write', 'write:any', 'erase']"
+SCOPES_BEFORE = "ARRAY['read', 'write', 'write:any', 'subscribe']"  # 0015's
+SCOPES_AFTER = "ARRAY['read', 'write', 'write:any', 'subscribe', 'erase']"
+ERASE_KEYS_CHECK = """
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM api_keys WHERE 'erase' = ANY (scopes)) THEN
+        RAISE EXCEPTION 'keys with the scope erase exist: revoke them and remove the scope first';
+    END IF;
+END
+$$
+"""
 
 
 def _scopes(allowed: str) -> None:
@@ -47,6 +56,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM api_keys WHERE 'erase' = ANY (scopes)")
+    op.execute(ERASE_KEYS_CHECK)
     _scopes(SCOPES_BEFORE)
     op.execute("DROP TABLE personal_keys")

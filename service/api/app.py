@@ -24,6 +24,7 @@ from service.api.routes import MAX_BODY_BYTES, ROUTES
 from service.api.schemas import append_request_schema
 from service.api.state import APP_STATE, AppState, app_state_of
 from service.api.stream import STREAM_ROUTES, sse_message
+from service.api.subscription_routes import SUBSCRIPTION_ROUTES, subscription_request_schema
 from service.console.routes import console, template_config
 from service.console.status import ReadStore
 from service.ledger.db import create_pool
@@ -42,7 +43,7 @@ async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppSta
     pool = await create_pool(settings.database)
     writer = GroupCommit(pool, settings.database.batch_max_events, settings.database.batch_max_bytes,
                          on_batch=metrics.APPEND_BATCH_SIZE.observe)
-    notifier = OutboxNotifier(pool)
+    notifier = OutboxNotifier(settings.database.url)
     notifier.start()
     key_cache = KeyCache(settings.database.url, on_listening=metrics.KEY_LISTENER_UP.set)
     key_cache.start()
@@ -76,7 +77,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
             app.state[APP_STATE] = state
             yield
 
-    handlers = [*ROUTES, *PRICE_ROUTES, *AUDIT_ROUTES, *STREAM_ROUTES, *HEALTH_ROUTES]
+    handlers = [*ROUTES, *PRICE_ROUTES, *AUDIT_ROUTES, *STREAM_ROUTES, *SUBSCRIPTION_ROUTES, *HEALTH_ROUTES]
     # What each operation documents as its problem answers (service/api/openapi.py finishes the document).
     problems = {str(handler.operation_id): handler.opt["problems"] for handler in handlers}
     app = Litestar(
@@ -97,4 +98,5 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
     # its type; add its JSON Schema, made by msgspec, to the generated (and cached) document.
     _, append_components = append_request_schema()
     app.openapi_schema.components.schemas.update(append_components)
+    app.openapi_schema.components.schemas.update(subscription_request_schema())
     return app

@@ -67,6 +67,17 @@ ERASE: Problems = {
     503: ("unavailable", "unknown_outcome"),
 }
 READY: Problems = {**ANY_ROUTE, 503: ("unavailable",)}
+SUBSCRIPTION: Problems = {**V1_READ, 404: ("subscription_not_found",)}
+SUBSCRIPTION_CHANGE: Problems = {**SUBSCRIPTION, 409: ("subscription_not_paused",)}
+SUBSCRIPTION_CREATE: Problems = {
+    **V1_READ,
+    400: ("client_disconnected",),
+    408: ("request_timeout",),
+    409: ("subscription_limit",),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    422: ("validation_error", "webhook_url_refused"),
+}
 
 # Every code a problem answer can carry: the routes' own, and those of requests that reach no
 # route (an unknown path: 404 not_found; a method a path does not take: 405 method_not_allowed).
@@ -74,7 +85,8 @@ PROBLEM_CODES = (
     "validation_error", "unauthorized", "forbidden", "not_owner", "not_found", "booking_not_found",
     "method_not_allowed", "request_timeout", "booking_code_taken", "version_conflict", "event_id_conflict",
     "payload_too_large", "unsupported_media_type", "rate_limited", "client_disconnected", "unavailable",
-    "unknown_outcome", "internal_error", "bad_request", "personal_data_erased",
+    "unknown_outcome", "internal_error", "bad_request", "personal_data_erased", "subscription_not_found",
+    "subscription_not_paused", "subscription_limit", "webhook_url_refused",
 )
 
 _CODE_TEXT = {
@@ -96,6 +108,11 @@ _CODE_TEXT = {
     "unknown_outcome": "no answer within the write budget, and the events may be stored: send the same request "
                        "again (same event ids) to learn which",
     "internal_error": "the server failed; the failure is logged, never shown",
+    "subscription_not_found": "no subscription with this id for the key's department",
+    "subscription_not_paused": "resume and skip act on a paused subscription only",
+    "subscription_limit": "the department holds LEDGER_WEBHOOK_MAX_PER_DEPARTMENT subscriptions already",
+    "webhook_url_refused": "the receiver URL breaks the safety rules (https only, no credentials, a public "
+                           "address unless the host is allowed); `detail` says which",
 }
 
 
@@ -274,7 +291,7 @@ def finish_document(document: dict[str, Any], problems: Mapping[str, Problems]) 
                     parameter["schema"].setdefault("minimum", 0)  # the framework drops a bound of 0
                 elif parameter["name"] == "at" and path.endswith("/price"):
                     parameter["schema"] = {"type": "string", "format": "date-time", "maxLength": 64}
-            ok: dict[str, Any] = responses.get("200") or responses["201"]
+            ok: dict[str, Any] = responses.get("200") or responses.get("201") or {}  # a DELETE answers 204
             if operation_id == "get_price":
                 ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/PriceInForce"}
             elif operation_id == "ready":

@@ -7,7 +7,8 @@ line. Every page checks the session and its key again (a revoked key's sessions 
 session also ends after SESSION_SECONDS and at sign-out) and needs the `read` scope; the API's
 per-key rate limit is not applied (a person clicks, a page is a few queries). CSRF: the cookie is
 SameSite=Strict, so no other site's request carries it, and the only state-changing routes
-(sign-in, sign-out) are POSTs that also need the console's own origin in Origin (or Referer).
+(sign-in, sign-out, a subscription's resume and skip) are POSTs that also need the console's own
+origin in Origin (or Referer).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,8 +37,14 @@ from core.events import BOOKING_CODE_PATTERN
 from service.api.state import AppState, app_state_of
 from service.console import cluster, status
 from service.console.chart import price_points, step_chart
-from service.ledger import sessions
-from service.ledger.errors import BookingNotFound, LedgerError, StoreUnavailable
+from service.ledger import sessions, subscriptions
+from service.ledger.errors import (
+    BookingNotFound,
+    LedgerError,
+    StoreUnavailable,
+    SubscriptionNotFound,
+    SubscriptionNotPaused,
+)
 from service.ledger.keys import ApiKey, authenticate
 from service.ledger.prices import Clock, PriceInForce, price_at
 from service.ledger.reads import get_booking, read_booking_events
@@ -246,6 +254,46 @@ def _freshness(outbox: status.Outbox, sink: status.SinkProgress | None) -> float
     return max(0.0, *ages)
 
 
+@get("/subscriptions")
+async def subscriptions_page(request: Request, app_state: AppState, notice: str = "") -> Template:
+    """The signed-in department's webhooks: status, lag, the last error, and resume/skip for a paused one."""
+    key = await _signed_in(request)
+    found = await subscriptions.list_subscriptions(app_state.pool, key.department)
+    lags = {s.id: await subscriptions.lag_seconds(app_state.pool, key.department, s.id) for s in found}
+    return _page("subscriptions.html", key, subscriptions=found, lags=lags, may_change=key.allows("subscribe"),
+                 notice=_SUBSCRIPTION_NOTICES.get(notice))
+
+
+_SUBSCRIPTION_NOTICES = {
+    "resumed": "Resumed: the event it was paused on is delivered again first.",
+    "skipped": "Skipped the event it was paused on; the next ones are delivered.",
+    "not_paused": "That subscription is not paused (any more): nothing was changed.",
+}
+
+
+@post("/subscriptions/{subscription_id:uuid}/{action:str}", status_code=303)
+async def change_subscription(request: Request, subscription_id: uuid.UUID, action: str,
+                              app_state: AppState) -> Response[Any]:
+    """Resume, or skip the event it is paused on. CSRF: the session cookie is SameSite=Strict, and
+    the POST must come from the console's own origin (as sign-in and sign-out)."""
+    key = await _signed_in(request)
+    if not _same_origin(request):
+        return _page("error.html", key, 403, title="Not from the console",
+                     message="This change did not come from the console's own page; nothing was changed.")
+    if not key.allows("subscribe") or action not in ("resume", "skip"):
+        return _page("error.html", key, 403, title="Not allowed",
+                     message="Resuming or skipping needs a key with the subscribe scope.")
+    try:
+        if action == "resume":
+            await subscriptions.resume_subscription(app_state.pool, key.department, subscription_id)
+        else:
+            await subscriptions.skip_paused_event(app_state.pool, key.department, key.id, subscription_id)
+    except SubscriptionNotPaused:
+        return Redirect(f"{PATH}/subscriptions?notice=not_paused", status_code=303)
+    return Redirect(f"{PATH}/subscriptions?notice={'resumed' if action == 'resume' else 'skipped'}",
+                    status_code=303)
+
+
 @get("/cluster")
 async def cluster_page(request: Request, app_state: AppState) -> Template:
     key = await _signed_in(request)
@@ -263,6 +311,9 @@ def _ledger_error(request: Request, exc: LedgerError) -> Response[Any]:
     if isinstance(exc, BookingNotFound):
         code = request.query_params.get("code", "")
         return _page("not_found.html", _key_of(request), 404, code=code)
+    if isinstance(exc, SubscriptionNotFound):
+        return _page("error.html", _key_of(request), 404, title="No such subscription",
+                     message="Your department has no subscription with this id.")
     if isinstance(exc, StoreUnavailable):
         return _page("error.html", _key_of(request), 503, title="The ledger is not reachable",
                      message="Postgres does not answer right now. Try again in a moment.")
@@ -295,7 +346,7 @@ _HEADERS = [
 
 console = Router(
     PATH,
-    route_handlers=[home, sign_in, sign_out, booking, pipeline, cluster_page],
+    route_handlers=[home, sign_in, sign_out, booking, pipeline, subscriptions_page, change_subscription, cluster_page],
     include_in_schema=False,
     response_headers=_HEADERS,
     exception_handlers={

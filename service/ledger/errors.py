@@ -42,6 +42,24 @@ class PersonalDataErased(LedgerError):
     code = "personal_data_erased"
 
 
+class SubscriptionNotFound(LedgerError):
+    code = "subscription_not_found"
+
+
+class SubscriptionNotPaused(LedgerError):
+    code = "subscription_not_paused"
+
+
+class SubscriptionLimit(LedgerError):
+    code = "subscription_limit"
+
+
+class WebhookUrlRefused(LedgerError):
+    """A receiver URL that breaks the safety rules (core/webhooks.py)."""
+
+    code = "webhook_url_refused"
+
+
 class InvalidData(LedgerError):
     """Input the API's validation let through but Postgres cannot store (e.g. \\u0000 in JSON)."""
 

@@ -13,7 +13,10 @@ visibility fence serves both: nothing skipped, nothing twice, in position order.
   that fell behind) reads the feed from Postgres page by page until it is. The ring starts at the
   cursor where a reader, having read real events (or from 0), found nothing more: a cursor the
   feed itself handed out, so the ring is a suffix of the feed.
-- The hub tails the feed only while it has readers (`join`, `leave`). Each event is kept encoded
+- The hub tails the feed, and LISTENs, only while it has readers (`join`, `leave`; it stops
+  listening LISTEN_LINGER seconds after the last one left): a listening session costs Postgres and
+  this process a wake-up per NOTIFY, one per few appends, for nothing when nobody reads (measured:
+  bench/README.md, "Where the time goes"). Each event is kept encoded
   once, by the `encode` its owner gives (the API's event stream keeps SSE messages), and the
   ring's bound counts those bytes.
 - When the feed brings a booking's PersonalDataErased event, the ring's events of that booking are
@@ -44,6 +47,7 @@ log = logging.getLogger("booking_ledger.stream")
 
 POLL_SECONDS = 1.0  # the hub reads the feed at least this often while it has readers
 PAGE = 1000  # events per read of the feed by the hub
+LISTEN_LINGER = 30.0  # seconds the hub goes on listening after its last reader left
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +72,22 @@ class FeedHub:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._readers = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._idle_since = 0.0  # loop time the last reader left
+        self._tail_task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
 
     # -- life ------------------------------------------------------------------------------
     def start_tasks(self) -> None:
-        self._tasks = [asyncio.create_task(self._listen(), name="feed-hub-listen"),
-                       asyncio.create_task(self._tail(), name="feed-hub-tail")]
+        self._tail_task = asyncio.create_task(self._tail(), name="feed-hub-tail")
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [task for task in (self._tail_task, self._listener) if task is not None]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._listener = None
 
     async def _listen(self) -> None:
         await listen(self._url, OUTBOX_CHANNEL, name="booking-ledger-stream", on_notify=self._wake.set,
@@ -94,6 +101,9 @@ class FeedHub:
             self._wake.clear()
             if not self._readers:
                 self._reset()  # nobody reads: do not keep tailing
+                if self._listener is not None and asyncio.get_running_loop().time() - self._idle_since > LISTEN_LINGER:
+                    self._listener.cancel()
+                    self._listener = None
                 continue
             try:
                 await self._read_on()
@@ -142,10 +152,14 @@ class FeedHub:
     def join(self) -> None:
         """Count a new reader; the hub tails the feed while it has any."""
         self._readers += 1
+        if self._listener is None and self._tail_task is not None:
+            self._listener = asyncio.create_task(self._listen(), name="feed-hub-listen")
         self._wake.set()
 
     def leave(self) -> None:
         self._readers -= 1
+        if not self._readers:
+            self._idle_since = asyncio.get_running_loop().time()
 
     def changed(self) -> asyncio.Event:
         """Set at the hub's next pass over the feed (after a commit, or POLL_SECONDS)."""

@@ -26,13 +26,16 @@ def test_the_bench_measures_everything_it_reports(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
     assert results["errors"] == {}
-    for system in ("api", "raw", "message_db", "eventsourcing"):
+    for system in ("api", "raw", "minimal", "message_db", "eventsourcing"):
         for level in ("1", "32"):
             run = results["throughput"][system][level]
             assert run["ops_per_s"] > 0 and run["errors"] == 0, (system, level, run)
-    assert set(results["ratios"]) == {"api_vs_raw", "api_vs_message_db", "api_vs_eventsourcing"}
+    assert set(results["ratios"]) == {"api_vs_raw", "api_vs_minimal", "api_vs_message_db", "api_vs_eventsourcing"}
     assert all(v > 0 for by_c in results["ratios"].values() for v in by_c.values())
     assert results["growth"]["growth_ratio"] > 0
+    for read in results["growth"]["reads"]["grown"].values():  # the API's reads and the JSON Postgres builds
+        # Measured (a 1-second smoke run of 1,000-event reads on a busy machine may complete none).
+        assert read["ops_per_s"] >= 0 and read["postgres_json"]["ops_per_s"] >= 0 and "api_vs_postgres_json" in read
     assert results["growth"]["events_in_grown_ledger"] >= 2_000
     assert results["relay"]["relay_events_per_s"] > 0 and results["relay"]["raw_produce_per_s"] > 0
     assert results["sink"]["sink_items_per_s"] > 0 and results["sink"]["raw_boto3_items_per_s"] > 0

@@ -1,6 +1,7 @@
 """docker-compose.yml, really run: the production topology on the local images (docker-compose.local.yml).
 
-Migrate runs once, then the API, two relays (one leads) and the sink. An event appended through the
+Migrate runs once, then the API, two relays (one leads), the sink and the webhooks' worker (it
+leads). An event appended through the
 published API port reaches DynamoDB; the leading relay's container is killed and the standby takes
 over; the broker's container is replaced and its volume still holds the topic and the sink's
 offsets; `down -v` leaves nothing of the project behind.
@@ -91,6 +92,9 @@ def test_the_compose_topology_appends_replicates_and_fails_over(docker_engine: E
                 docker_engine.docker("logs", container, capture=True).stdout
 
         leader = wait_until(lambda: next((r for r in relays if LEADS in logs(r)), None), 60, what="a leading relay")
+        [deliver] = compose.containers("deliver")  # the webhooks' worker connects as its own role and leads
+        wait_until(lambda: "deliver is the leader" in logs(deliver), 60, interval=0.5,
+                   what="the deliver worker to lead")
         standby = next(r for r in relays if r != leader)
         assert LEADS not in logs(standby)
         docker_engine.docker("kill", leader, capture=True)

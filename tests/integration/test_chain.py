@@ -131,7 +131,7 @@ async def test_the_migration_chains_the_events_recorded_before_it(postgres) -> N
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = postgres.url.rsplit("/", 1)[0] + "/" + name
     try:
-        await asyncio.to_thread(upgrade, url, "0014")
+        await asyncio.to_thread(upgrade, url, "0015")
         conn = await connect(url)
         try:
             code = random_code("M")

@@ -28,7 +28,8 @@ async def test_migrations_up_from_empty_down_and_up_again(postgres: LocalPostgre
         try:
             tables = [r[0] for r in await conn.fetch(TABLES_SQL)]
             assert tables == ["alembic_version", "api_keys", "bookings", "checkpoints", "console_sessions",
-                              "events", "ledger_position_offset", "outbox", "personal_keys"]
+                              "events", "ledger_position_offset", "outbox", "personal_keys", "subscription_skips",
+                              "subscriptions"]
             assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_append'") == 1
             await asyncio.to_thread(downgrade, url)
             assert [r[0] for r in await conn.fetch(TABLES_SQL)] == ["alembic_version"]

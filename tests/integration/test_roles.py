@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import pytest
 
+from cdc.deliver import DELIVERED_SQL, PAUSE_SQL, SUBSCRIPTIONS_SQL
+from cdc.deliver import PAGE_SQL as DELIVER_PAGE_SQL
 from cdc.relay import BATCH_SQL, DELETE_SENT_SQL, RESEND_SQL
 from cdc.replay import PAGE_SQL
 from cdc.verify import PENDING_SQL
@@ -29,6 +31,7 @@ from service.ledger import keys
 from service.ledger.append import NewEvent, append
 from service.ledger.db import create_pool
 from service.ledger.reads import get_booking, read_feed
+from service.ledger.subscriptions import Filters, create_subscription
 from tests.conftest import random_code, sql
 
 DENIED = asyncpg.InsufficientPrivilegeError
@@ -73,10 +76,17 @@ FORBIDDEN = {
         # Checkpoints are the signer's (the relay) to write.
         "INSERT INTO checkpoints (seq) VALUES (1)",
         "UPDATE checkpoints SET published = true",
+        # Subscriptions: the API writes a secret once and never reads it back, nor changes where one points.
+        "SELECT secret FROM subscriptions",
+        "SELECT * FROM subscriptions",
+        "UPDATE subscriptions SET secret = 'whsec_' || repeat('x', 40)",
+        "UPDATE subscriptions SET url = 'https://elsewhere.example/'",
+        "DELETE FROM subscription_skips",
     ),
     roles.RELAY: (
         "SELECT key_hash FROM api_keys",
         "SELECT data_key FROM personal_keys",  # only the API reads the bookings' data keys (0018)
+        "SELECT secret FROM subscriptions",
         "SELECT * FROM console_sessions",
         "SELECT * FROM bookings",
         "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
@@ -84,6 +94,7 @@ FORBIDDEN = {
     roles.READER: (
         "SELECT key_hash FROM api_keys",
         "SELECT data_key FROM personal_keys",
+        "SELECT secret FROM subscriptions",
         "SELECT * FROM console_sessions",
         "DELETE FROM outbox",
         "INSERT INTO outbox (position, booking_code, version) VALUES (1, 'X', 1)",
@@ -93,10 +104,29 @@ FORBIDDEN = {
     roles.KEYS: (
         "SELECT key_hash FROM api_keys",
         "SELECT data_key FROM personal_keys",
+        "SELECT secret FROM subscriptions",
         "SELECT * FROM api_keys",
         "SELECT * FROM events",
         "SELECT * FROM console_sessions",
         "UPDATE api_keys SET department = 'other'",
+        "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    ),
+    roles.DELIVER: (
+        "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",  # deliveries carry personal data sealed, as Kafka does
+        "SELECT booking_code FROM personal_keys",
+        "INSERT INTO checkpoints (seq) VALUES (1)",
+        "SELECT department FROM api_keys",
+        "SELECT * FROM bookings",
+        "SELECT * FROM console_sessions",
+        "SELECT * FROM outbox",
+        "DELETE FROM subscriptions",
+        "INSERT INTO subscriptions (id, department, key_id, url, secret, position) "
+        "VALUES (gen_random_uuid(), 'x', 'x', 'https://x.example/', repeat('x', 40), 0)",
+        "UPDATE subscriptions SET url = 'https://elsewhere.example/'",
+        "UPDATE subscriptions SET secret = 'whsec_' || repeat('x', 40)",
+        "INSERT INTO subscription_skips (subscription_id, position, event_id, key_id) "
+        "VALUES (gen_random_uuid(), 1, gen_random_uuid(), 'x')",
         "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
     ),
 }
@@ -207,6 +237,34 @@ async def test_the_relay_and_reader_roles_do_their_work(database_url: str, api_p
         await reader.fetch(PENDING_SQL, [code])
     finally:
         await reader.close()
+
+
+async def test_the_deliver_role_reads_subscriptions_and_the_feed_and_moves_cursors(
+        database_url: str, api_pool: asyncpg.Pool) -> None:
+    code = random_code("ROLE")
+    result = await append(api_pool, code=code, department="hotel", may_write_any=False, expected_version=0,
+                          events=[NewEvent(uuid.uuid4(), "BookingPriced")])
+    keys_conn = await asyncpg.connect(as_role(database_url, roles.KEYS))
+    try:
+        record, _ = await keys.create_key(keys_conn, "hotel", ("subscribe",))
+    finally:
+        await keys_conn.close()
+    created, _ = await create_subscription(api_pool, department="hotel", key_id=record.id,
+                                           url="https://receiver.example/", filters=Filters(booking_code=code),
+                                           after=0, max_per_department=100)
+    deliver = await asyncpg.connect(as_role(database_url, roles.DELIVER))
+    try:
+        assert await deliver.fetchval("SELECT pg_try_advisory_lock(43)")  # the lease needs no grant
+        found = {row["id"]: row for row in await deliver.fetch(SUBSCRIPTIONS_SQL)}
+        assert found[created.id]["secret"].startswith("whsec_") and not found[created.id]["revoked"]
+        page = await deliver.fetch(DELIVER_PAGE_SQL, 0, None, None, code, 10)
+        assert [row["position"] for row in page] == [result.events[0].position]
+        position = result.events[0].position
+        assert await deliver.fetchval(DELIVERED_SQL, created.id, 0, position, 1, 200) == created.id
+        assert await deliver.fetchval(PAUSE_SQL, created.id, position, position + 1, uuid.uuid4(), 3, 500,
+                                      "HTTP 500") == created.id
+    finally:
+        await deliver.close()
 
 
 async def test_the_keys_role_creates_lists_and_revokes_keys(database_url: str) -> None:

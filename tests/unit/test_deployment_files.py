@@ -20,7 +20,7 @@ def ledger_services() -> dict[str, dict]:
 def test_every_variable_a_ledger_service_sets_is_a_real_setting() -> None:
     known = setting_names() | AWS_CHAIN
     services = ledger_services()
-    assert set(services) == {"migrate", "api", "relay", "sink"}
+    assert set(services) == {"migrate", "api", "relay", "sink", "deliver"}
     for name, service in services.items():
         unknown = set(service["environment"]) - known
         assert not unknown, f"{name} sets {unknown}, which no setting reads"

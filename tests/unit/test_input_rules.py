@@ -106,10 +106,14 @@ def test_the_data_limit_is_measured_on_compact_json() -> None:
 def test_numbers_count_as_the_ledger_writes_them_out() -> None:
     assert data_size({"n": 1e20}) == len(b'{"n":100000000000000000000}')
     assert data_size({"n": 1e308}) == len(b'{"n":}') + 309
-    plain = {"n": 1.5, "m": 1e-300, "b": True, "i": 10**70}
+    assert data_size({"n": 1e-7}) == len(b'{"n":0.0000001}')
+    assert data_size({"n": 1.5e-300}) == len(b'{"n":}') + 303
+    plain = {"n": 1.5, "m": 0.001, "b": True, "i": 10**70}
     assert data_size(plain) == len(msgspec.json.encode(plain))
     # 5 bytes as sent, 309 digits as Postgres keeps it and the streams carry it: 309,000 bytes.
     with pytest.raises(msgspec.ValidationError, match="over the 262144 byte limit"):
         decode_append(event_body(data={"x": [1e308] * 1000}))
     with pytest.raises(msgspec.ValidationError, match="over the 262144 byte limit"):
         decode_append(event_body(data={"x": [1e63] * 5000}))  # 25 KB as sent, 320 KB written out
+    with pytest.raises(msgspec.ValidationError, match="over the 262144 byte limit"):
+        decode_append(event_body(data={"x": [1e-300] * 1000}))  # 7 KB as sent, 302 KB written out

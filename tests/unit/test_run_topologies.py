@@ -55,7 +55,7 @@ def scraped(config_file: Path) -> dict[str, list[str]]:
 def test_prometheus_scrapes_every_part_of_each_topology(local: Path) -> None:
     single = run.supervisor_config(local / "bin")
     jobs = scraped(local / "prometheus" / "prometheus.yml")
-    assert set(jobs) == {"api", "relay", "sink", "postgres", "kafka", "node"}
+    assert set(jobs) == {"api", "relay", "sink", "deliver", "postgres", "kafka", "node"}
     assert jobs["postgres"] == [f"127.0.0.1:{run.POSTGRES_EXPORTER_PORT}"]
     assert f"--web.listen-address=127.0.0.1:{run.POSTGRES_EXPORTER_PORT}" in single
     assert "-javaagent:" in program_folders(single)["broker"] and f":{run.BROKER_METRICS_PORT}:" in single
@@ -63,7 +63,7 @@ def test_prometheus_scrapes_every_part_of_each_topology(local: Path) -> None:
     cluster = run.ha_cluster()
     replicated = run.supervisor_config(local / "bin", cluster)
     jobs = scraped(local / "ha" / "prometheus" / "prometheus.yml")
-    assert set(jobs) == {"api", "relay", "sink", "postgres", "patroni", "etcd", "kafka", "node"}
+    assert set(jobs) == {"api", "relay", "sink", "deliver", "postgres", "patroni", "etcd", "kafka", "node"}
     assert jobs["etcd"] == [f"127.0.0.1:{cluster.etcd.port}"]
     assert jobs["patroni"] == [f"127.0.0.1:{node.rest_port}" for node in cluster.nodes]
     assert len(set(jobs["postgres"])) == len(cluster.nodes)
