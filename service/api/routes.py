@@ -67,7 +67,8 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
         raw = await read_body(request, MAX_BODY_BYTES, app_state.settings.http.body_timeout)
         count.start()
         body = decode_append(raw)
-        events = await personal.sealed(app_state.pool, code, body.new_events())
+        sent = body.new_events()
+        events = await personal.sealed(app_state.pool, code, sent)
         with tracing.span("ledger.append", request.scope["state"].get("trace"), booking_code=code,
                           events=len(body.events)) as trace:
             result = await app_state.writer.append(Append(
@@ -84,7 +85,7 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
         app_state.notifier.poke()
     return Response(
         AppendOut(booking_code=result.booking_code, version=result.version,
-                  events=await personal.reveal(app_state.pool, result.events)),
+                  events=personal.as_sent(result.events, sent)),
         status_code=200 if result.replayed else 201,
     )
 

@@ -17,10 +17,19 @@ from service.ledger.db import retrying
 from service.ledger.errors import PersonalDataErased
 
 KEYS_SQL = "SELECT booking_code, data_key FROM personal_keys WHERE booking_code = ANY($1::text[])"
-CREATE_SQL = """
-INSERT INTO personal_keys (booking_code, data_key) VALUES ($1, $2) ON CONFLICT (booking_code) DO NOTHING
+# The booking's key, made ($2) on first use, in one round trip: the row this statement inserted, or
+# the one there before (data_key NULL: erased). No row when a concurrent first use committed its key
+# after this statement's snapshot was taken; the statement run again finds it.
+KEY_SQL = """
+WITH made AS (
+    INSERT INTO personal_keys (booking_code, data_key) VALUES ($1, $2)
+    ON CONFLICT (booking_code) DO NOTHING RETURNING data_key
+)
+SELECT data_key FROM made
+UNION ALL
+SELECT data_key FROM personal_keys WHERE booking_code = $1
+LIMIT 1
 """
-KEY_SQL = "SELECT data_key FROM personal_keys WHERE booking_code = $1"
 # The key destroyed; a booking that never had one is recorded as erased too (later personal data is refused).
 ERASE_SQL = """
 INSERT INTO personal_keys AS k (booking_code, data_key, erased_at) VALUES ($1, NULL, now())
@@ -39,9 +48,12 @@ async def sealed(pool: asyncpg.Pool, code: str, events: Sequence[NewEvent]) -> l
         return list(events)
 
     async def key(conn: asyncpg.Connection) -> bytes | None:
-        await conn.execute(CREATE_SQL, code, personal.new_key())
-        found: bytes | None = await conn.fetchval(KEY_SQL, code)
-        return found
+        for _ in range(3):
+            row = await conn.fetchrow(KEY_SQL, code, personal.new_key())
+            if row is not None:
+                found: bytes | None = row["data_key"]
+                return found
+        raise RuntimeError(f"no data key for booking {code} after three tries")
 
     data_key = await retrying(pool, key)
     if data_key is None:
@@ -49,6 +61,17 @@ async def sealed(pool: asyncpg.Pool, code: str, events: Sequence[NewEvent]) -> l
     return [replace(e, data={**e.data, personal.FIELD: personal.seal(data_key, code, e.event_id,
                                                                       e.data[personal.FIELD])})
             if e.data is not None and personal.FIELD in e.data else e for e in events]
+
+
+def as_sent(events: list[Event], sent: Sequence[NewEvent]) -> list[Event]:
+    """An append's answer with its sealed personal data shown as the request sent it, which is what
+    the key opens (an idempotent retry's stored events were sealed from the same data): no key to read."""
+    plain = {e.event_id: e.data[personal.FIELD] for e in sent if e.data is not None and personal.FIELD in e.data}
+    if not plain:
+        return events
+    return [msgspec.structs.replace(e, data={**e.data, personal.FIELD: plain[e.event_id]})
+            if e.data is not None and e.event_id in plain and personal.sealed_in(e.data) is not None else e
+            for e in events]
 
 
 async def revealed(conn: asyncpg.Connection, events: list[Event]) -> list[Event]:
@@ -61,12 +84,6 @@ async def revealed(conn: asyncpg.Connection, events: list[Event]) -> list[Event]
     return [msgspec.structs.replace(e, data=personal.revealed(e.data, e.booking_code, e.event_id,
                                                               keys.get(e.booking_code)))
             if e.booking_code in codes else e for e in events]
-
-
-async def reveal(pool: asyncpg.Pool, events: list[Event]) -> list[Event]:
-    if not any(personal.sealed_in(e.data) is not None for e in events):
-        return events
-    return await retrying(pool, lambda conn: revealed(conn, events))
 
 
 async def erase(pool: asyncpg.Pool, code: str) -> None:
