@@ -43,8 +43,6 @@ KEYS_EVENTS_SQL = f"""SELECT {EVENT_COLUMNS} FROM events
 ABSENT_SQL = """SELECT k.code, k.version FROM unnest($1::text[], $2::int[]) AS k(code, version)
     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.booking_code = k.code AND e.version = k.version)"""
 PENDING_SQL = "SELECT booking_code, version FROM outbox WHERE booking_code = ANY($1::text[])"
-ERASED_SQL = f"""SELECT DISTINCT booking_code FROM events
-    WHERE booking_code = ANY($1::text[]) AND type = '{personal.ERASED_TYPE}'"""
 BOOKINGS_SQL = "SELECT count(DISTINCT booking_code) FROM events WHERE position > $1 AND position < $2"
 COUNT_BELOW_SQL = "SELECT count(*) FROM events WHERE position < $1"
 PENDING_BELOW_SQL = "SELECT booking_code, version, position FROM outbox WHERE position < $1 LIMIT $2"
@@ -60,7 +58,7 @@ async def ledger_items(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record])
     carries personal data)."""
     events: list[Event] = [event_from_row(row) for row in rows]
     sealed = list({e.booking_code for e in events if personal.sealed_in(e.data) is not None})
-    erased = {r["booking_code"] for r in await conn.fetch(ERASED_SQL, sealed)} if sealed else set()
+    erased = {r["booking_code"] for r in await conn.fetch(personal.ERASED_BOOKINGS_SQL, sealed)} if sealed else set()
     return [item_of(e, e.booking_code in erased) for e in events]
 
 

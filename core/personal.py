@@ -29,6 +29,10 @@ ERASED = "erased"
 PREFIX = "enc:v1:"
 ERASED_TYPE = "PersonalDataErased"  # the event an erasure appends; no client may append it
 KEY_BYTES = 32
+# Of these bookings, those whose personal data was erased (an erasure appends ERASED_TYPE after
+# destroying the key): what a process that reads no key shows as erased (DynamoDB items, deliveries).
+ERASED_BOOKINGS_SQL = f"""SELECT DISTINCT booking_code FROM events
+    WHERE booking_code = ANY($1::text[]) AND type = '{ERASED_TYPE}'"""
 _NONCE_BYTES = 12
 
 

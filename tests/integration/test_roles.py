@@ -22,7 +22,7 @@ from cdc.deliver import PAGE_SQL as DELIVER_PAGE_SQL
 from cdc.relay import BATCH_SQL, DELETE_SENT_SQL, RESEND_SQL
 from cdc.replay import PAGE_SQL
 from cdc.verify import PENDING_SQL
-from core import roles
+from core import personal, roles
 from core.outbox import OUTBOX_BACKLOG_SQL
 from core.settings import DatabaseSettings, Settings
 from devstack.harness import CLI, process_env, start_api
@@ -259,6 +259,7 @@ async def test_the_deliver_role_reads_subscriptions_and_the_feed_and_moves_curso
         assert found[created.id]["secret"].startswith("whsec_") and not found[created.id]["revoked"]
         page = await deliver.fetch(DELIVER_PAGE_SQL, 0, None, None, code, 10)
         assert [row["position"] for row in page] == [result.events[0].position]
+        assert await deliver.fetch(personal.ERASED_BOOKINGS_SQL, [code]) == []  # erasures: from events alone
         position = result.events[0].position
         assert await deliver.fetchval(DELIVERED_SQL, created.id, 0, position, 1, 200) == created.id
         assert await deliver.fetchval(PAUSE_SQL, created.id, position, position + 1, uuid.uuid4(), 3, 500,
