@@ -10,7 +10,7 @@ import uuid
 import httpx
 
 from tests.conftest import random_code
-from tests.e2e.conftest import Server, auth, make_key
+from tests.e2e.conftest import Server, auth, make_key, signed_in
 from tests.e2e.test_http import assert_problem, events_url, priced
 
 
@@ -55,6 +55,17 @@ def test_erasure_keeps_the_money_and_forgets_the_traveller(console_server: Serve
         call("POST", events_url(api, code), hotel, json={"events": [priced("80.00")]})
         before = call("GET", events_url(api, code), car).json()["events"]
         assert before[1]["data"]["personal"] == {"seat": "12A", "name": marker}  # any reader, as any field
+        feed = call("GET", f"{api}/v1/events?after={before[0]['position'] - 1}&limit=1000", car).json()["events"]
+        assert [e for e in feed if e["booking_code"] == code] == before
+        cookie = signed_in(api, car)
+
+        def console() -> str:
+            page = client.get(f"{api}/console/booking", params={"code": code}, headers=cookie)
+            assert page.status_code == 200, page.text[:300]
+            seen.append(page.text)
+            return page.text
+
+        assert marker in console() and "enc:v1:" not in seen[-1]
         assert [e["data"]["personal"] for e in streamed(client, api, car, code, before[0]["position"] - 1, 2)] == \
                [traveller, {"seat": "12A", "name": marker}]
         proof = call("GET", f"{api}/v1/bookings/{code}/proof", car).json()
@@ -88,6 +99,7 @@ def test_erasure_keeps_the_money_and_forgets_the_traveller(console_server: Serve
                ["erased", "erased"]
         assert [e["data"]["personal"] for e in streamed(client, api, car, code, before[0]["position"] - 1, 2)] == \
                ["erased", "erased"]
+        assert "erased" in console() and "enc:v1:" not in seen[-1]
         price = call("GET", f"{api}/v1/bookings/{code}/price?version=2", car).json()
         assert price["price"] == {"amount": "120.00", "currency": "EUR"}
         assert call("GET", f"{api}/v1/bookings/{code}/proof", car).json()["links"][:3] == proof["links"]
