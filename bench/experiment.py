@@ -11,6 +11,11 @@ schema; the raw baseline runs on this checkout's schema. The runs alternate (var
 variant 2, raw, ...) round by round, each round starting with the next variant. Prints, per
 variant and level, appends/s, its ratio to the raw run right after it, CPU per append (Postgres
 and the API's processes, from /proc) and the mean group-commit batch (from /metrics).
+
+`--personal` puts a made-up traveller under `data.personal` in every append (bench/load.lua). With a
+variant `before:tree=DIR,schema=DIR` on an export of the code before the audit migrations
+(`git archive`; bench/README.md, issue 29), it measures what the hash chain and the sealing of
+personal data cost the append path over HTTP.
 """
 
 from __future__ import annotations
@@ -82,7 +87,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--personal", action="store_true", help="data.personal in every append")
     args = parser.parse_args()
+    if args.personal:
+        os.environ["BENCH_PERSONAL"] = "1"  # wrk's environment (bench/load.py)
     stack = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-experiment-")))
     try:
         stack.start_postgres()
