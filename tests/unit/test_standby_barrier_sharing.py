@@ -35,6 +35,15 @@ class Barriers:
                 await asyncio.sleep(0)
 
 
+async def one_running() -> tuple[Barriers, StandbyBarrier, asyncio.Task[None]]:
+    """A shared barrier with one reader's barrier in flight (begun, not yet ended)."""
+    barriers = Barriers()
+    barrier = StandbyBarrier(barriers.wait)
+    first = asyncio.create_task(barrier.holds("conn-1"))  # type: ignore[arg-type]
+    await barriers.until_began(1)
+    return barriers, barrier, first
+
+
 async def reader(barrier: StandbyBarrier, barriers: Barriers, conn: object, called: list[int]) -> None:
     called.append(next(barriers.clock))
     await barrier.holds(conn)  # type: ignore[arg-type]
@@ -72,10 +81,7 @@ async def test_a_reader_alone_runs_its_own_barrier_at_once() -> None:
 
 
 async def test_a_failed_barrier_fails_its_leader_with_its_error_and_its_sharers_as_transient() -> None:
-    barriers = Barriers()
-    barrier = StandbyBarrier(barriers.wait)
-    first = asyncio.create_task(barrier.holds("conn-1"))  # type: ignore[arg-type]
-    await barriers.until_began(1)
+    barriers, barrier, first = await one_running()
     leader = asyncio.create_task(barrier.holds("conn-2"))  # type: ignore[arg-type]
     sharer = asyncio.create_task(barrier.holds("conn-3"))  # type: ignore[arg-type]
     barriers.release[0].set_result(None)
@@ -94,10 +100,7 @@ async def test_a_failed_barrier_fails_its_leader_with_its_error_and_its_sharers_
 
 
 async def test_a_leader_that_leaves_before_its_barrier_began_sends_its_sharers_back_and_none_hangs() -> None:
-    barriers = Barriers()
-    barrier = StandbyBarrier(barriers.wait)
-    first = asyncio.create_task(barrier.holds("conn-1"))  # type: ignore[arg-type]
-    await barriers.until_began(1)
+    barriers, barrier, first = await one_running()
     leader = asyncio.create_task(barrier.holds("conn-2"))  # type: ignore[arg-type]
     sharer = asyncio.create_task(barrier.holds("conn-3"))  # type: ignore[arg-type]
     await asyncio.sleep(0)
@@ -111,10 +114,7 @@ async def test_a_leader_that_leaves_before_its_barrier_began_sends_its_sharers_b
 
 
 async def test_a_sharer_that_leaves_does_not_cancel_the_barrier_of_the_others() -> None:
-    barriers = Barriers()
-    barrier = StandbyBarrier(barriers.wait)
-    first = asyncio.create_task(barrier.holds("conn-1"))  # type: ignore[arg-type]
-    await barriers.until_began(1)
+    barriers, barrier, first = await one_running()
     leader = asyncio.create_task(barrier.holds("conn-2"))  # type: ignore[arg-type]
     sharer = asyncio.create_task(barrier.holds("conn-3"))  # type: ignore[arg-type]
     other = asyncio.create_task(barrier.holds("conn-4"))  # type: ignore[arg-type]
