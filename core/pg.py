@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -142,66 +142,6 @@ async def standby_holds(conn: asyncpg.Connection, timeout: float | None = None) 
     """
     async with warned_of_early_commit(conn):
         await conn.execute(STANDBY_BARRIER_SQL, timeout=timeout)
-
-
-class StandbyBarrier:
-    """`standby_holds` shared by the concurrent readers of one process, as group commit shares a
-    commit: a reader waits for the first barrier that begins after its call (so it covers what the
-    reader saw), and one barrier serves every reader that called while the one before it was in
-    flight. A barrier runs on the connection of the reader that leads it, which that reader holds
-    anyway: it needs no connection of its own and cannot wait for the pool.
-
-    A reader whose shared barrier failed (its leader's connection broke, the wait was cancelled, the
-    leader left) gets StandbyUnconfirmed, which is transient: it reads again. `wait` is the barrier
-    itself (a parameter for the unit tests of the sharing).
-    """
-
-    def __init__(self, wait: Callable[[asyncpg.Connection], Awaitable[None]] = standby_holds) -> None:
-        self._wait = wait
-        self._running: asyncio.Future[None] | None = None  # the barrier in flight
-        self._next: asyncio.Future[None] | None = None  # the one that begins when it ends
-
-    async def holds(self, conn: asyncpg.Connection) -> None:
-        """Return once the synchronous standby holds every commit `conn` could see before the call."""
-        running = self._running
-        if running is None:
-            await self._run(conn, asyncio.get_running_loop().create_future())
-        elif self._next is not None:
-            await asyncio.shield(self._next)
-        else:
-            shared = self._next = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait([running])
-            except asyncio.CancelledError:
-                self._leave(shared, "the reader that was to lead the wait for the standby left")
-                raise
-            self._leave(shared)
-            await self._run(conn, shared)
-
-    def _leave(self, shared: asyncio.Future[None], failure: str | None = None) -> None:
-        """`shared` takes no more readers; with `failure`, those it has are told to read again."""
-        if self._next is shared:
-            self._next = None
-        if failure is not None:
-            _fail(shared, failure)
-
-    async def _run(self, conn: asyncpg.Connection, done: asyncio.Future[None]) -> None:
-        self._running = done
-        try:
-            await self._wait(conn)
-        except BaseException as error:
-            _fail(done, f"the shared wait for the synchronous standby failed: {error!r}")
-            raise
-        finally:
-            if self._running is done:
-                self._running = None
-        done.set_result(None)
-
-
-def _fail(shared: asyncio.Future[None], why: str) -> None:
-    if not shared.done():
-        shared.set_exception(StandbyUnconfirmed(why))
-        shared.exception()  # retrieved: a barrier nobody else shared is no error of its own
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,6 @@ from litestar import Litestar
 from litestar.di import Provide
 
 from core import logs, tracing
-from core.pg import StandbyBarrier
 from core.settings import Settings, get_settings
 from service.api import metrics
 from service.api.health import HEALTH_ROUTES
@@ -47,14 +46,11 @@ async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppSta
     notifier.start()
     key_cache = KeyCache(settings.database.url, on_listening=metrics.KEY_LISTENER_UP.set)
     key_cache.start()
-    feed_barrier = StandbyBarrier()
-    feed_hub = FeedHub(pool, settings.database.url, settings.stream.buffer_bytes, encode=sse_message,
-                       barrier=feed_barrier)
+    feed_hub = FeedHub(pool, settings.database.url, settings.stream.buffer_bytes, encode=sse_message)
     feed_hub.start_tasks()
     try:
         yield AppState(settings=settings, schema_head=schema_head, pool=pool, writer=writer, notifier=notifier,
-                       key_cache=key_cache, feed_hub=feed_hub, feed_barrier=feed_barrier,
-                       streams=StreamAdmission(settings.stream, feed_hub),
+                       key_cache=key_cache, feed_hub=feed_hub, streams=StreamAdmission(settings.stream, feed_hub),
                        rate_limiter=RateLimiter(settings.http.rate_limit), read_store=ReadStore(settings.dynamo))
     finally:
         await feed_hub.stop()

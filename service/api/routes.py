@@ -130,7 +130,7 @@ async def feed(
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
 ) -> Response[bytes]:
     with metrics.counting_read("feed"):
-        page = await read_feed_json(app_state.pool, after, limit, barrier=app_state.feed_barrier)
+        page = await read_feed_json(app_state.pool, after, limit)
     return json_answer(b'{"events":[%s],"next_after":%d}', page.events, page.next)
 
 

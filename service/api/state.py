@@ -9,7 +9,6 @@ from typing import Any
 import asyncpg
 from litestar.connection import ASGIConnection
 
-from core.pg import StandbyBarrier
 from core.settings import Settings
 from service.api.limits import RateLimiter, StreamAdmission
 from service.console.status import ReadStore
@@ -30,7 +29,6 @@ class AppState:
     notifier: OutboxNotifier  # wakes the relay after appends commit
     key_cache: KeyCache
     feed_hub: FeedHub  # the feed's in-memory tail, for the event streams
-    feed_barrier: StandbyBarrier  # the feed's readers share their waits for the synchronous standby
     streams: StreamAdmission  # the open event streams and their caps
     rate_limiter: RateLimiter
     read_store: ReadStore  # the DynamoDB copy, as the console shows it

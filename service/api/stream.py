@@ -92,7 +92,6 @@ class EventStream(ASGIResponse):
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"X-Accel-Buffering": "no"})
         self._pool = state.pool
-        self._barrier = state.feed_barrier
         self._keys = state.key_cache
         self._streams = state.streams
         self._settings = state.streams.settings
@@ -191,8 +190,7 @@ class EventStream(ASGIResponse):
                 messages = [(item.position, item.chunk if match(item.event) else None)
                             for item in hub.since(self._cursor, STREAM_PAGE_EVENTS, STREAM_PAGE_BYTES)]
             else:
-                events, after = await read_feed(self._pool, self._cursor, STREAM_PAGE_EVENTS, STREAM_PAGE_BYTES,
-                                                   barrier=self._barrier)
+                events, after = await read_feed(self._pool, self._cursor, STREAM_PAGE_EVENTS, STREAM_PAGE_BYTES)
                 messages = [(event.position, sse_message(event) if self._filters.match(event) else None)
                             for event in events]
                 del events  # only the messages are kept while the client reads them

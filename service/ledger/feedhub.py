@@ -36,7 +36,6 @@ import asyncpg
 
 from core.events import Event
 from core.outbox import OUTBOX_CHANNEL
-from core.pg import StandbyBarrier
 from service.ledger.notify import listen
 from service.ledger.reads import read_feed
 
@@ -57,10 +56,8 @@ class FeedItem:
 class FeedHub:
     """The feed's recent events and the wake-ups of one API process, shared by its readers."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str, buffer_bytes: int, encode: Callable[[Event], bytes],
-                 barrier: StandbyBarrier) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, buffer_bytes: int, encode: Callable[[Event], bytes]) -> None:
         self._pool = pool
-        self._barrier = barrier
         self._url = url
         self._buffer_bytes = buffer_bytes
         self._encode = encode
@@ -113,7 +110,7 @@ class FeedHub:
 
     async def _read_on(self) -> None:
         while self.start is not None:
-            events, after = await read_feed(self._pool, self.head, PAGE, barrier=self._barrier)
+            events, after = await read_feed(self._pool, self.head, PAGE)
             if not events:
                 return
             for event in events:

@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 
 from core.events import EVENT_COLUMN_NAMES, EVENT_COLUMNS, Event, Price, event_from_row, price_of
-from core.pg import StandbyBarrier
+from core.pg import standby_holds
 from service.ledger.db import retrying
 from service.ledger.errors import BookingNotFound
 
@@ -172,25 +172,23 @@ async def read_booking_events(
 
 
 async def read_feed(
-    pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES, *, barrier: StandbyBarrier
+    pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES
 ) -> tuple[list[Event], int]:
     """Events after position `after`, in position order (at most `limit`, about `max_bytes`), and
     the cursor for the next page. Only events the synchronous standby holds: a page is answered
     once a commit made after reading it has reached the standby (core.pg.standby_holds), so no
     reader of the feed (the paged feed, the event stream) is ever handed an event
     that a failover then discards. While no standby takes commits, a page with events waits, as
-    appends do, and the request ends 503 after the retry budget. The process's readers share their
-    waits (`barrier`)."""
-    rows = await retrying(pool, lambda conn: _feed_page(conn, after, limit, max_bytes, barrier))
+    appends do, and the request ends 503 after the retry budget."""
+    rows = await retrying(pool, lambda conn: _feed_page(conn, after, limit, max_bytes))
     events = [event_from_row(row) for row in rows]
     return events, events[-1].position if events else after
 
 
-async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int,
-                     barrier: StandbyBarrier) -> list[asyncpg.Record]:
+async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> list[asyncpg.Record]:
     rows = await conn.fetch(FEED_SQL, after, limit, max_bytes)
     if rows:
-        await barrier.holds(conn)
+        await standby_holds(conn)
     return rows
 
 
@@ -206,16 +204,14 @@ async def read_booking_events_json(
     return JsonPage(row["events"].encode(), last + 1 if last < row["booking_version"] else None)
 
 
-async def read_feed_json(pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES, *,
-                         barrier: StandbyBarrier) -> JsonPage:
+async def read_feed_json(pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> JsonPage:
     """`read_feed`, the events as Postgres wrote their JSON (behind the same fence and barrier)."""
-    row = await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes, barrier))
+    row = await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes))
     return JsonPage(row["events"].encode(), row["last_position"] if row["last_position"] is not None else after)
 
 
-async def _feed_json_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int,
-                          barrier: StandbyBarrier) -> asyncpg.Record:
+async def _feed_json_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> asyncpg.Record:
     row = await conn.fetchrow(FEED_JSON_SQL, after, limit, max_bytes)
     if row["last_position"] is not None:
-        await barrier.holds(conn)
+        await standby_holds(conn)
     return row

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from core.pg import StandbyBarrier, connect, is_transient
+from core.pg import connect, is_transient
 from core.settings import DatabaseSettings
 from devstack.ha import HACluster, PatroniNode
 from devstack.harness import APPEND_SQL
@@ -106,7 +106,7 @@ async def _feed_after(url: str, cursor: int) -> list[str] | None:
     reads it, with a budget of two seconds."""
     pool = await create_pool(DatabaseSettings(url=url, pool_size=1, command_timeout=2, retry_seconds=0))
     try:
-        events, _ = await read_feed(pool, cursor, 100, barrier=StandbyBarrier())
+        events, _ = await read_feed(pool, cursor, 100)
         return [event.booking_code for event in events]
     except StoreUnavailable:
         return None

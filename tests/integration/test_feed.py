@@ -7,19 +7,16 @@ import uuid
 
 import asyncpg
 
-from core.pg import StandbyBarrier
 from devstack.harness import APPEND_SQL
 from service.ledger.append import NewEvent, append
 from service.ledger.reads import read_feed
 from tests.conftest import random_code
 
-BARRIER = StandbyBarrier()  # the feed readers of this module share their waits for the standby
-
 
 async def _drain(pool, after: int, page: int = 7) -> tuple[list, int]:
     seen = []
     while True:
-        events, after = await read_feed(pool, after, page, barrier=BARRIER)
+        events, after = await read_feed(pool, after, page)
         if not events:
             return seen, after
         seen.extend(events)
@@ -99,7 +96,7 @@ async def test_paging_under_concurrent_writers_returns_every_event_once(pool) ->
         after = cursor
         while True:
             finished = done.is_set()
-            events, after = await read_feed(pool, after, 5, barrier=BARRIER)
+            events, after = await read_feed(pool, after, 5)
             pages.extend(events)
             if finished and not events:
                 return

@@ -13,7 +13,6 @@ import asyncpg
 import pytest
 
 from core.money import Money
-from core.pg import StandbyBarrier
 from core.settings import DatabaseSettings
 from devstack.harness import APPEND_SQL
 from devstack.postgres import LocalPostgres
@@ -34,8 +33,6 @@ from service.ledger.errors import (
 from service.ledger.groupcommit import GroupCommit
 from service.ledger.reads import read_feed
 from tests.conftest import random_code
-
-BARRIER = StandbyBarrier()  # the feed readers of this module share their waits for the standby
 
 
 def event(type_: str = "BookingPriced", amount: str | None = None, event_id: uuid.UUID | None = None,
@@ -360,7 +357,7 @@ def _in_call(position: int | None, base: int) -> Any:
 async def test_a_transaction_held_open_holds_back_a_later_batch_and_is_not_skipped(pool, database_url) -> None:
     cursor = 0
     while True:
-        events, cursor = await read_feed(pool, cursor, 1000, barrier=BARRIER)
+        events, cursor = await read_feed(pool, cursor, 1000)
         if not events:
             break
     held = await asyncpg.connect(database_url)
@@ -376,7 +373,7 @@ async def test_a_transaction_held_open_holds_back_a_later_batch_and_is_not_skipp
 
         seen, stalled_at = [], cursor
         while True:
-            events, stalled_at = await read_feed(pool, stalled_at, 3, barrier=BARRIER)
+            events, stalled_at = await read_feed(pool, stalled_at, 3)
             if not events:
                 break
             seen.extend(events)
@@ -388,7 +385,7 @@ async def test_a_transaction_held_open_holds_back_a_later_batch_and_is_not_skipp
     rest = []
     after = stalled_at
     while True:
-        events, after = await read_feed(pool, after, 3, barrier=BARRIER)
+        events, after = await read_feed(pool, after, 3)
         if not events:
             break
         rest.extend(events)
@@ -430,7 +427,7 @@ async def test_positions_after_the_migration_are_above_every_old_one(postgres: L
                                       expected_version=4, events=[event()])
                 assert single.events[0].position > max(new_positions)
                 # A reader that had read everything old goes on without a gap.
-                feed, _ = await read_feed(pool, old_max, 100, barrier=BARRIER)
+                feed, _ = await read_feed(pool, old_max, 100)
                 assert [e.position for e in feed] == sorted([*new_positions, single.events[0].position])
                 # An old-formula write after 0007 is refused (and the API retries it as transient).
                 with pytest.raises(StoreUnavailable):

@@ -17,7 +17,6 @@ import asyncpg
 import msgspec
 
 from core.money import Money
-from core.pg import StandbyBarrier
 from service.ledger.append import NewEvent, append
 from service.ledger.reads import (
     read_booking_events,
@@ -26,8 +25,6 @@ from service.ledger.reads import (
     read_feed_json,
 )
 from tests.conftest import random_code
-
-BARRIER = StandbyBarrier()  # the feed readers of this module share their waits for the standby
 
 EVENTS = [
     NewEvent(uuid.uuid4(), "BookingPriced", Money(Decimal("129.90"), "EUR"), {"room": "Zimmer \"Süd\"\n\t\\ ✓"},
@@ -75,8 +72,8 @@ async def test_a_booking_page_and_a_feed_page_are_the_events_msgspec_writes(pool
     _check(page.events, partial)
 
     after = first.events[0].position - 1
-    feed, cursor = await read_feed(pool, after, 1000, barrier=BARRIER)
-    feed_page = await read_feed_json(pool, after, 1000, barrier=BARRIER)
+    feed, cursor = await read_feed(pool, after, 1000)
+    feed_page = await read_feed_json(pool, after, 1000)
     assert feed_page.next == cursor and {e.event_id for e in events} <= {e.event_id for e in feed}
     _check(feed_page.events, feed)
 
@@ -101,5 +98,5 @@ async def test_the_infinities_of_old_rows_and_empty_pages(pool: asyncpg.Pool, da
 
     empty = await read_booking_events_json(pool, code, 3, 10)
     assert empty.events == b"" and empty.next is None
-    head = await read_feed_json(pool, 2**62, 10, barrier=BARRIER)
+    head = await read_feed_json(pool, 2**62, 10)
     assert head.events == b"" and head.next == 2**62

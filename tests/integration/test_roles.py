@@ -24,7 +24,6 @@ from cdc.replay import PAGE_SQL
 from cdc.verify import PENDING_SQL
 from core import roles
 from core.outbox import OUTBOX_BACKLOG_SQL
-from core.pg import StandbyBarrier
 from core.settings import DatabaseSettings, Settings
 from devstack.harness import CLI, process_env, start_api
 from devstack.processes import wait_until
@@ -34,8 +33,6 @@ from service.ledger.db import create_pool
 from service.ledger.reads import get_booking, read_feed
 from service.ledger.subscriptions import Filters, create_subscription
 from tests.conftest import random_code, sql
-
-BARRIER = StandbyBarrier()  # the feed readers of this module share their waits for the standby
 
 DENIED = asyncpg.InsufficientPrivilegeError
 
@@ -192,7 +189,7 @@ async def test_the_api_role_appends_and_reads(api_pool: asyncpg.Pool) -> None:
                           events=[NewEvent(uuid.uuid4(), "BookingPriced")])
     assert result.version == 1
     assert (await get_booking(api_pool, code)).department == "hotel"
-    events, _ = await read_feed(api_pool, after=result.events[0].position - 1, limit=10, barrier=BARRIER)
+    events, _ = await read_feed(api_pool, after=result.events[0].position - 1, limit=10)
     assert events[0].booking_code == code
     async with api_pool.acquire() as conn:
         await conn.fetchrow(OUTBOX_BACKLOG_SQL)  # the console's backlog
