@@ -3,6 +3,9 @@
     python -m bench.experiment --variant before:tree=/path/to/checkout --variant after \\
         --variant three-workers:LEDGER_HTTP_WORKERS=3 --concurrency 1 32 128 --rounds 3
 
+With --feed, the variants read 500-event feed pages and the baseline passes the same page through
+as JSON built by Postgres.
+
 A variant is a name and, optionally, `tree=DIR` (run the API from another checkout of the code,
 e.g. a git worktree of an earlier commit), `schema=DIR` (the variant's own database, migrated by
 that checkout's migrations and filled alike: e.g. an earlier append function) and environment
@@ -34,8 +37,10 @@ import httpx
 from bench import load
 from bench.cpu import postgres_seconds, process_seconds
 from bench.fill import fill
-from bench.run import BOOKINGS
+from bench.run import BOOKINGS, FEED_JSON
 from bench.stack import Stack
+
+FEED_PATH = "/v1/events?after=0&limit=500"
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -87,6 +92,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--feed", action="store_true",
+                        help="read 500-event feed pages instead of appending; the baseline is the same "
+                             "page as JSON built by Postgres and passed through (bench.run FEED_JSON)")
     parser.add_argument("--personal", action="store_true", help="data.personal in every append")
     args = parser.parse_args()
     if args.personal:
@@ -98,6 +106,8 @@ def main() -> None:
         url = stack.database("ledger_experiment")
         fill(url, "BENCH-", BOOKINGS)
         key = stack.api_key(url)
+        if args.feed:
+            load.driver("raw", url, 8, 5, BOOKINGS)  # events for the pages, from position 0 on
         apis = {}
         for n, (name, env) in enumerate(args.variant):
             env = dict(env)
@@ -122,10 +132,14 @@ def main() -> None:
                     mine, raw_runs = runs.setdefault((name, c), Runs()), runs.setdefault(("raw", c), Runs())
                     pg0, own0, (sum0, count0) = postgres_seconds(data_dir), process_seconds(api.pids()), \
                         batch_counts(api_url)
-                    sample = load.api_appends(api_url, api_key, c, args.seconds, BOOKINGS)
+                    if args.feed:
+                        sample = load.api_reads(api_url, api_key, FEED_PATH, c, args.seconds)
+                    else:
+                        sample = load.api_appends(api_url, api_key, c, args.seconds, BOOKINGS)
                     pg1, own1, (sum1, count1) = postgres_seconds(data_dir), process_seconds(api.pids()), \
                         batch_counts(api_url)
-                    raw = load.driver("raw", url, c, args.seconds, BOOKINGS)
+                    raw = (load.json_reads(url, FEED_JSON, [0, 500], c, args.seconds) if args.feed
+                           else load.driver("raw", url, c, args.seconds, BOOKINGS))
                     pg2 = postgres_seconds(data_dir)
                     mine.rates.append(sample.rate)
                     mine.ratios.append(sample.rate / raw.rate)

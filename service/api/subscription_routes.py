@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.types import AnyCallable
 from msgspec import Meta
 
 from core import webhooks
@@ -23,6 +26,7 @@ from service.api.openapi import (
     SUBSCRIPTION_CHANGE,
     SUBSCRIPTION_CREATE,
     V1_READ,
+    Problems,
 )
 from service.api.state import AppState
 from service.ledger import subscriptions
@@ -76,6 +80,19 @@ def subscription_request_schema() -> dict[str, Any]:
     return components
 
 
+def _route(method: type[HTTPRouteHandler], path: str, problems: Problems,
+           **options: Any) -> Callable[[AnyCallable], HTTPRouteHandler]:
+    """`method`'s route decorator with what every subscription route shares: the key, scope
+    `subscribe`, the documented problems, and the handler's name as its operation id."""
+
+    def decorate(handler: AnyCallable) -> HTTPRouteHandler:
+        return method(path, security=KEY_REQUIRED, before_request=authenticated,
+                      opt={"scopes": SUBSCRIBE_SCOPES, "problems": problems}, operation_id=handler.__name__,
+                      **options)(handler)
+
+    return decorate
+
+
 def _key(request: Request) -> ApiKey:
     key: ApiKey = request.scope["state"]["api_key"]  # set by `authenticated`
     return key
@@ -88,17 +105,11 @@ def _id(subscription_id: str) -> uuid.UUID:
         raise SubscriptionNotFound("no subscription with this id for this department") from None
 
 
-@post(
-    "/v1/subscriptions",
-    status_code=201,
-    operation_class=_CreateOperation,
-    security=KEY_REQUIRED,
-    before_request=authenticated,
-    opt={"scopes": SUBSCRIBE_SCOPES, "problems": SUBSCRIPTION_CREATE},
-    operation_id="create_subscription",
-    request_max_body_size=MAX_BODY_BYTES,
-    summary="Subscribe a receiver URL to the events that match the filters (the secret is shown once)",
-)
+@_route(post, "/v1/subscriptions", SUBSCRIPTION_CREATE,
+        summary="Subscribe a receiver URL to the events that match the filters (the secret is shown once)",
+        status_code=201,
+        operation_class=_CreateOperation,
+        request_max_body_size=MAX_BODY_BYTES)
 async def create_subscription(request: Request, app_state: AppState) -> Response[SubscriptionCreated]:
     key = _key(request)
     check_json_body(request)
@@ -117,64 +128,33 @@ async def create_subscription(request: Request, app_state: AppState) -> Response
     return Response(SubscriptionCreated(**fields, secret=secret), status_code=201)
 
 
-@get(
-    "/v1/subscriptions",
-    summary="The subscriptions of the key's department",
-    security=KEY_REQUIRED,
-    before_request=authenticated,
-    opt={"scopes": SUBSCRIBE_SCOPES, "problems": V1_READ},
-    operation_id="list_subscriptions",
-)
+@_route(get, "/v1/subscriptions", V1_READ, summary="The subscriptions of the key's department")
 async def list_subscriptions(request: Request, app_state: AppState) -> SubscriptionsOut:
     return SubscriptionsOut(await subscriptions.list_subscriptions(app_state.pool, _key(request).department))
 
 
-@get(
-    "/v1/subscriptions/{subscription_id:str}",
-    summary="One subscription: status, cursor, the last error, the event it is paused on",
-    security=KEY_REQUIRED,
-    before_request=authenticated,
-    opt={"scopes": SUBSCRIBE_SCOPES, "problems": SUBSCRIPTION},
-    operation_id="get_subscription",
-)
+@_route(get, "/v1/subscriptions/{subscription_id:str}", SUBSCRIPTION,
+        summary="One subscription: status, cursor, the last error, the event it is paused on")
 async def get_subscription(request: Request, subscription_id: str, app_state: AppState) -> Subscription:
     return await subscriptions.get_subscription(app_state.pool, _key(request).department, _id(subscription_id))
 
 
-@delete(
-    "/v1/subscriptions/{subscription_id:str}",
-    summary="Delete a subscription: nothing more is delivered to it",
-    security=KEY_REQUIRED,
-    before_request=authenticated,
-    opt={"scopes": SUBSCRIBE_SCOPES, "problems": SUBSCRIPTION},
-    operation_id="delete_subscription",
-)
+@_route(delete, "/v1/subscriptions/{subscription_id:str}", SUBSCRIPTION,
+        summary="Delete a subscription: nothing more is delivered to it")
 async def delete_subscription(request: Request, subscription_id: str, app_state: AppState) -> None:
     await subscriptions.delete_subscription(app_state.pool, _key(request).department, _id(subscription_id))
 
 
-@post(
-    "/v1/subscriptions/{subscription_id:str}/resume",
-    status_code=200,
-    summary="Resume a paused subscription: the event it is paused on is delivered again first",
-    security=KEY_REQUIRED,
-    before_request=authenticated,
-    opt={"scopes": SUBSCRIBE_SCOPES, "problems": SUBSCRIPTION_CHANGE},
-    operation_id="resume_subscription",
-)
+@_route(post, "/v1/subscriptions/{subscription_id:str}/resume", SUBSCRIPTION_CHANGE,
+        summary="Resume a paused subscription: the event it is paused on is delivered again first",
+        status_code=200)
 async def resume_subscription(request: Request, subscription_id: str, app_state: AppState) -> Subscription:
     return await subscriptions.resume_subscription(app_state.pool, _key(request).department, _id(subscription_id))
 
 
-@post(
-    "/v1/subscriptions/{subscription_id:str}/skip",
-    status_code=200,
-    summary="Skip exactly the event a paused subscription is paused on (recorded), and deliver on",
-    security=KEY_REQUIRED,
-    before_request=authenticated,
-    opt={"scopes": SUBSCRIBE_SCOPES, "problems": SUBSCRIPTION_CHANGE},
-    operation_id="skip_subscription_event",
-)
+@_route(post, "/v1/subscriptions/{subscription_id:str}/skip", SUBSCRIPTION_CHANGE,
+        summary="Skip exactly the event a paused subscription is paused on (recorded), and deliver on",
+        status_code=200)
 async def skip_subscription_event(request: Request, subscription_id: str, app_state: AppState) -> Subscription:
     key = _key(request)
     return await subscriptions.skip_paused_event(app_state.pool, key.department, key.id, _id(subscription_id))

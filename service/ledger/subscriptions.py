@@ -100,7 +100,7 @@ WAITING_SQL = """
 SELECT extract(epoch FROM now() - e.recorded_at)::float8
   FROM subscriptions s, LATERAL (
         SELECT recorded_at FROM events
-         WHERE position > s.position AND position + 0 < ledger_feed_fence()  -- see reads.FEED_SQL
+         WHERE position > s.position AND position + 0 < (SELECT ledger_feed_fence())  -- see reads.FEED_SQL
            AND (s.filter_department IS NULL OR department = s.filter_department)
            AND (s.filter_type IS NULL OR type = s.filter_type)
            AND (s.filter_booking_code IS NULL OR booking_code = s.filter_booking_code)
