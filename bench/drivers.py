@@ -109,7 +109,9 @@ def raw(args: argparse.Namespace) -> Tally:
     return asyncio.run(_closed_loop(connect, operation, args.concurrency, args.seconds))
 
 
-# The position is the ledger's own formula (ledger_write_events), so that the rows are alike.
+# The position is the ledger's own formula (ledger_write_events), so that the rows are alike. The
+# chain's column (NOT NULL since migration 0016) gets 32 zero bytes: a department writing its own
+# rows would have no chain (what the chain costs: bench/README.md, issue 29).
 MINIMAL_CREATE = """
 INSERT INTO bookings (code, department, version, price_amount, price_currency)
 VALUES ($1, 'bench', 1, $2, 'EUR') RETURNING version"""
@@ -118,10 +120,11 @@ UPDATE bookings SET version = version + 1, price_amount = $2, price_currency = '
  WHERE code = $1 RETURNING version"""
 MINIMAL_EVENT = """
 INSERT INTO events (position, event_id, booking_code, version, type, price_amount, price_currency, data,
-                    department, recorded_at)
+                    department, recorded_at, hash)
 VALUES ((pg_current_xact_id()::text::bigint + (SELECT xid_offset FROM ledger_position_offset)) * 65536,
-        $1, $2, $3, 'PriceChanged', $4, 'EUR', $5, 'bench', now())
+        $1, $2, $3, 'PriceChanged', $4, 'EUR', $5, 'bench', now(), $6)
 RETURNING position"""
+NO_HASH = bytes(32)
 MINIMAL_OUTBOX = "INSERT INTO outbox (position, booking_code, version) VALUES ($1, $2, $3)"
 
 
@@ -136,7 +139,7 @@ def minimal(args: argparse.Namespace) -> Tally:
             else:
                 code = f"BENCH-{random.randrange(args.bookings)}"
                 version = await conn.fetchval(MINIMAL_CHANGE, code, price)
-            position = await conn.fetchval(MINIMAL_EVENT, uuid.uuid4(), code, version, price, APPEND_DATA)
+            position = await conn.fetchval(MINIMAL_EVENT, uuid.uuid4(), code, version, price, APPEND_DATA, NO_HASH)
             return await conn.execute(MINIMAL_OUTBOX, position, code, version)
 
     async def connect() -> asyncpg.Connection:

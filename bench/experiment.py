@@ -14,6 +14,11 @@ schema; the raw baseline runs on this checkout's schema. The runs alternate (var
 variant 2, raw, ...) round by round, each round starting with the next variant. Prints, per
 variant and level, appends/s, its ratio to the raw run right after it, CPU per append (Postgres
 and the API's processes, from /proc) and the mean group-commit batch (from /metrics).
+
+`--personal` puts a made-up traveller under `data.personal` in every append (bench/load.lua). With a
+variant `before:tree=DIR,schema=DIR` on an export of the code before the audit migrations
+(`git archive`; bench/README.md, issue 29), it measures what the hash chain and the sealing of
+personal data cost the append path over HTTP.
 """
 
 from __future__ import annotations
@@ -90,7 +95,10 @@ def main() -> None:
     parser.add_argument("--feed", action="store_true",
                         help="read 500-event feed pages instead of appending; the baseline is the same "
                              "page as JSON built by Postgres and passed through (bench.run FEED_JSON)")
+    parser.add_argument("--personal", action="store_true", help="data.personal in every append")
     args = parser.parse_args()
+    if args.personal:
+        os.environ["BENCH_PERSONAL"] = "1"  # wrk's environment (bench/load.py)
     stack = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-experiment-")))
     try:
         stack.start_postgres()

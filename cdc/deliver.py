@@ -19,7 +19,10 @@ Why it never skips or repeats an event on its own:
 - One worker delivers at a time: the leader holds a session advisory lock (as the relay does); a
   standby takes over within a second or two of the leader's connection dying.
 
-A delivery is `POST url` with a JSON array of Event JSON, and the headers Ledger-Subscription,
+A delivery is `POST url` with a JSON array of Event JSON (as on the Kafka topic: with `hash`, and
+`data.personal` sealed; the worker's role reads no data key. Once a booking's PersonalDataErased
+event is recorded, its events are delivered with `"personal": "erased"`, as DynamoDB keeps them),
+and the headers Ledger-Subscription,
 Ledger-Delivery (the same id for the same events of one subscription, whichever try or worker sends
 them) and Ledger-Signature (`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`).
 The receiver's address is resolved and checked before every delivery and connected to as checked
@@ -43,10 +46,11 @@ from dataclasses import dataclass
 
 import asyncpg
 import httpx
+import msgspec
 
 from cdc import metrics
 from cdc.backoff import Backoff
-from core import webhooks
+from core import personal, webhooks
 from core.events import Event, encode_event, event_columns, event_from_row
 from core.lease import DELIVER_LOCK
 from core.logs import direct_logger
@@ -381,15 +385,17 @@ class Subscription:
         limit = 1 if self.scanned < self.careful_until else self.worker.webhook.batch_max
         target = self.target
 
-        async def read(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], set[str]]:
             rows = await conn.fetch(PAGE_SQL, self.scanned, target.department, target.type, target.booking_code,
                                     limit)
-            if rows[0]["event_id"] is not None:
-                await standby_holds(conn)
-            return rows
+            if rows[0]["event_id"] is None:
+                return rows, set()
+            await standby_holds(conn)
+            return rows, await _erased(conn, rows)
 
-        rows = await self.worker.with_connection(read)
-        assert isinstance(rows, list)
+        page = await self.worker.with_connection(read)
+        assert isinstance(page, tuple)
+        rows, erased = page
         if rows[0]["event_id"] is None:
             self.scanned = max(self.scanned, rows[0]["fence"] - 1)
             return []
@@ -397,6 +403,8 @@ class Subscription:
         size = 2
         for row in rows:
             event = event_from_row(row)
+            if event.booking_code in erased:
+                event = msgspec.structs.replace(event, data=personal.erased(event.data))
             size += len(encode_event(event)) + 1
             if events and size > MAX_BODY_BYTES:
                 break
@@ -456,6 +464,13 @@ class Subscription:
                     self.target.id, event.event_id, event.position, failures, outcome.error)
         self.lag.set(max(0.0, time.time() - event.recorded_at.timestamp()))
         return False
+
+
+async def _erased(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> set[str]:
+    """The bookings of `rows` with sealed personal data whose personal data was erased (one more
+    query, only for a page with personal data)."""
+    sealed = list({row["booking_code"] for row in rows if personal.sealed_in(row["data"]) is not None})
+    return {r["booking_code"] for r in await conn.fetch(personal.ERASED_BOOKINGS_SQL, sealed)} if sealed else set()
 
 
 def _bounded(error: str | None) -> str | None:

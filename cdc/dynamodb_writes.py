@@ -5,7 +5,7 @@ provisions it in AWS:
   partition key booking_code (S), sort key version (N), on-demand capacity. Attributes:
   event_id, type, department, position (N), recorded_at, occurred_at (when given),
   price_amount + price_currency (when priced, amount as a decimal string), data (JSON text,
-  when given). Items are written whole with PutItem semantics: rewriting the ledger's content
+  when given), hash. Items are written whole with PutItem semantics: rewriting the ledger's content
   for a (booking_code, version) changes nothing, which is what makes redelivery harmless.
 """
 
@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
+import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter
 
 from cdc.backoff import Backoff, Stopped
+from core import personal
 from core.dynamodb import Item, ensure_table
 
 log = logging.getLogger("booking_ledger.dynamodb")
@@ -120,3 +122,24 @@ def delete_keys(dynamodb, table: str, keys: Sequence[tuple[str, int]], backoff: 
             time.sleep(backoff.failed("DynamoDB left %d deletes unprocessed (throttled); retrying", len(unprocessed)))
         else:
             backoff.succeeded("DynamoDB accepts deletes again")
+
+
+def erase_personal(dynamodb, table: str, code: str, **writing) -> None:
+    """Rewrite every item of booking `code` whose data carries sealed personal data with
+    `"personal": "erased"` instead (after its key was destroyed); `writing` as for write_items."""
+    rewritten: list[Item] = []
+    query: dict = {"TableName": table, "KeyConditionExpression": "booking_code = :c",
+                   "ExpressionAttributeValues": {":c": {"S": code}}, "ConsistentRead": True}
+    while True:
+        page = dynamodb.query(**query)
+        for item in page.get("Items", []):
+            text = item.get("data", {}).get("S")
+            data = msgspec.json.decode(text) if text is not None else None
+            if personal.sealed_in(data) is not None:
+                # Written as item_of writes data (msgspec's compact JSON), so verify finds it equal.
+                rewritten.append({**item, "data": {"S": msgspec.json.encode(personal.erased(data)).decode()}})
+        if "LastEvaluatedKey" not in page:
+            break
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    if rewritten:
+        write_items(dynamodb, table, rewritten, **writing)

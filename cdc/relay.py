@@ -20,6 +20,12 @@ Each message carries its append's W3C trace context as the `traceparent` header 
 row; core/tracing.py): the same trace, the relay's send as the parent span (a span of its own when
 spans are exported). Each event sent is one log line with its trace id.
 
+Every LEDGER_CHECKPOINT_SECONDS the leader records a signed checkpoint over the events since the
+last one (core/checkpoints.py; when a key file is set), and sends every checkpoint whose events have
+all left the outbox (so Kafka has them) to each partition of the topic, after those events: key
+`~checkpoint` (never a booking code), header `ledger-message: checkpoint`, value the checkpoint's
+JSON. It is marked published once every partition acknowledged it; until then it is sent again.
+
 A topic that had to be created again (an operator deleted it, or the cluster was replaced) lost
 what the sink had not read yet. The relay alone creates the events topic; when it has to, it puts
 the events of the last LEDGER_RELAY_RESEND_SECONDS back into the outbox, so they are sent again.
@@ -31,14 +37,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 import asyncpg
+import msgspec
 from confluent_kafka import KafkaException, Producer
 
 from cdc import metrics
 from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
-from core import tracing
+from core import checkpoints, tracing
 from core.events import encode_event, event_columns, event_from_row
 from core.lease import LEADER_LOCK, relay_application_name, relay_identity
 from core.logs import direct_logger
@@ -64,6 +72,15 @@ SELECT position, booking_code, version FROM events
  WHERE recorded_at > now() - make_interval(secs => $1)
 ON CONFLICT (position) DO NOTHING
 """
+
+# Checkpoints not yet on the topic whose events all are (none of them is still in the outbox).
+UNPUBLISHED_SQL = f"""
+SELECT {checkpoints.CHECKPOINT_COLUMNS} FROM checkpoints
+ WHERE NOT published
+   AND through_position < coalesce((SELECT min(position) FROM outbox), 9223372036854775807)
+ ORDER BY seq
+"""
+PUBLISHED_SQL = "UPDATE checkpoints SET published = true WHERE seq = $1"
 
 # The lease is taken only on a primary. Advisory locks are not replicated, so after a failover the
 # lease is free on the new primary and the first relay to reach it takes it; the relays still
@@ -111,10 +128,17 @@ class Relay:
         self._topic_checked = self._backlog_checked = 0.0
         self.metrics = metrics.RelayMetrics()
         self._sent_log = direct_logger("booking_ledger.relay.sent")
+        self._signer: checkpoints.Signer | None = None
+        self._checkpoint_due = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign for leadership and relay while leader, until `stop` is set."""
         metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.relay_port, "relay")
+        if self.settings.audit.checkpoint_key_file:
+            # A key named but unreadable stops the relay: an operator who set it wants checkpoints.
+            self._signer = checkpoints.Signer.load(Path(self.settings.audit.checkpoint_key_file))
+            log.info("relay signs checkpoints with key %s every %d s", self._signer.key_id,
+                     self.settings.audit.checkpoint_seconds)
         backoff = Backoff(log)
         while not stop.is_set():
             try:
@@ -182,6 +206,7 @@ class Relay:
         self._topic_checked = self._backlog_checked = time.monotonic()
         while not stop.is_set():
             await self._observe_backlog(conn)
+            await self._checkpoint(conn)
             wake.clear()
             rows = await conn.fetch(BATCH_SQL, self.batch_size)
             if rows:
@@ -189,6 +214,41 @@ class Relay:
                 await self._relay_batch(conn, stop, rows)
             else:
                 await self._idle(conn, stop, wake)
+
+    async def _checkpoint(self, conn: asyncpg.Connection) -> None:
+        """When due: record a checkpoint over the new events, then send those whose events left the outbox."""
+        if self._signer is None or time.monotonic() < self._checkpoint_due:
+            return
+        self._checkpoint_due = time.monotonic() + self.settings.audit.checkpoint_seconds
+        for made in await checkpoints.record(conn, self._signer):
+            log.info("checkpoint %d recorded: %d events through position %d", made.seq, made.events,
+                     made.through_position)
+        assert self._producer is not None, "_lead makes the producer first"
+        for row in await conn.fetch(UNPUBLISHED_SQL):
+            checkpoint = checkpoints.from_row(row)
+            if not await asyncio.to_thread(self._send_checkpoint, self._producer, checkpoint):
+                log.warning("checkpoint %d not acknowledged by every partition; sent again later", checkpoint.seq)
+                return
+            await conn.execute(PUBLISHED_SQL, checkpoint.seq)
+
+    def _send_checkpoint(self, producer: Producer, checkpoint: checkpoints.Checkpoint) -> bool:
+        """Produce `checkpoint` to every partition of the topic; whether all acknowledged it."""
+        topic = self.settings.kafka.topic
+        reports: list[object] = []
+        value = msgspec.json.encode(checkpoint)
+        try:
+            partitions = producer.list_topics(topic, timeout=5).topics[topic].partitions
+            for partition in partitions:
+                producer.produce(topic, key=checkpoints.KAFKA_KEY, value=value, partition=partition,
+                                 headers=[checkpoints.KAFKA_HEADER],
+                                 on_delivery=lambda error, _message: reports.append(error or True))
+        except (KafkaException, BufferError, KeyError) as error:  # the broker or the topic is away: next time
+            log.warning("cannot send checkpoint %d: %r", checkpoint.seq, error)
+            return False
+        deadline = time.monotonic() + 15
+        while producer.flush(1.0) and time.monotonic() < deadline:
+            pass
+        return len(reports) == len(partitions) and all(report is True for report in reports)
 
     async def _held_by_standby(self, conn: asyncpg.Connection, count: int) -> None:
         """Return once the synchronous standby holds the batch just read; say so when that is slow.

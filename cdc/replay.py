@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from cdc import dynamodb_writes
-from cdc.verify import Key, stored_extras
+from cdc.verify import Key, ledger_items, stored_extras
 from core.dynamodb import client as dynamodb_client
-from core.dynamodb import ensure_table, item_of
-from core.events import EVENT_COLUMNS, event_from_row
+from core.dynamodb import ensure_table
+from core.events import EVENT_COLUMNS
 from core.pg import connect
 from core.settings import Settings
 
@@ -44,7 +44,7 @@ async def replay(settings: Settings, after: int = 0, page_size: int = 1000, prog
                 rows = await conn.fetch(PAGE_SQL, after, page_size)
                 if not rows:
                     break
-                items = [item_of(event_from_row(row)) for row in rows]
+                items = await ledger_items(conn, rows)
                 await asyncio.to_thread(dynamodb_writes.write_items, dynamodb, settings.dynamo.table, items,
                                         executor=executor)
                 after = rows[-1]["position"]

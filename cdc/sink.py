@@ -10,7 +10,11 @@ the consumer group LEDGER_SINK_GROUP (several sinks share the partitions).
 - While DynamoDB is down, writes are retried with capped backoff; the sink pauses its partitions and
   keeps polling, so that it keeps its place in the group.
 - A message that is not Event JSON is never dropped silently: it goes to the dead-letter topic
-  (LEDGER_KAFKA_DEAD_LETTER_TOPIC, see DeadLetters), and only then is its offset stored.
+  (LEDGER_KAFKA_DEAD_LETTER_TOPIC, see DeadLetters), and only then is its offset stored. The relay's
+  signed checkpoints (key `~checkpoint`, core/checkpoints.py) are for auditors: passed over.
+- A PersonalDataErased event makes the sink rewrite every item of its booking with
+  `"personal": "erased"` in place of the ciphertext (core/personal.py); a redelivery of older events
+  is followed by the erasure again, since it comes after them in the partition.
 - Each partition starts at the group's committed offset (at the beginning without one). Kafka drops
   a deleted topic's offsets with it, so a topic created again is read from its beginning.
 - A consumer that has had no partitions, or events waiting and none arriving, for STALL_SECONDS is
@@ -48,7 +52,7 @@ from prometheus_client import Counter
 from cdc import dynamodb_writes, metrics, progress
 from cdc.backoff import Backoff, Stopped
 from cdc.kafka import EXISTING, consumer_config, ensure_topic, producer_config
-from core import tracing
+from core import checkpoints, personal, tracing
 from core.dynamodb import client as dynamodb_client
 from core.dynamodb import ensure_table, item_of
 from core.events import Event, decode_event
@@ -162,11 +166,16 @@ class Sink:
             writes = [tracing.span("sink.write", context, "consumer", booking_code=event.booking_code,
                                    version=event.version) if context is not None else None
                       for event, context in zip(events, contexts, strict=True)]
+            erased = {e.booking_code for e in events if e.type == personal.ERASED_TYPE}
             dynamodb_writes.write_items(
-                dynamodb, self.settings.dynamo.table, [item_of(e) for e in events], executor=executor,
-                should_stop=stop.is_set, on_wait=keep_alive,
+                dynamodb, self.settings.dynamo.table, [item_of(e, e.booking_code in erased) for e in events],
+                executor=executor, should_stop=stop.is_set, on_wait=keep_alive,
                 backoff=self._write_backoff, retries=self.metrics.dynamodb_retries,
             )
+            for code in sorted(erased):
+                dynamodb_writes.erase_personal(dynamodb, self.settings.dynamo.table, code, executor=executor,
+                                               should_stop=stop.is_set, on_wait=keep_alive,
+                                               backoff=self._write_backoff, retries=self.metrics.dynamodb_retries)
             self.metrics.written.inc(len(events))
             self._progress = time.monotonic()  # a long DynamoDB outage is not a stall
             metrics.observe_lag(self.metrics.commit_to_write, (e.recorded_at for e in events))
@@ -190,6 +199,9 @@ class Sink:
             error = message.error()
             if error is not None:
                 self._on_error(error)
+                continue
+            if message.key() == checkpoints.KAFKA_KEY:  # not an event: for auditors, nothing to write
+                last[(message.topic(), message.partition())] = message
                 continue
             try:
                 events.append(decode_event(message.value() or b""))

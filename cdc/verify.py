@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from core import personal
 from core.dynamodb import Item, item_of, read_raw
 from core.dynamodb import client as dynamodb_client
-from core.events import EVENT_COLUMNS, event_from_row
+from core.events import EVENT_COLUMNS, Event, event_from_row
 from core.pg import connect
 from core.settings import Settings
 
@@ -49,6 +50,16 @@ PENDING_LIMIT = 100_000  # a longer outbox (an outage) makes a full run find mis
 SUSPECT_LIMIT = 10_000  # drifted keys kept for the second look; beyond it drift is reported as first seen
 SCAN_PAGE = 1000  # items per Scan page: memory is segments x 2 pages (one compared, one on its way)
 BATCH_GET_LIMIT = 100  # BatchGetItem's maximum keys per call
+
+
+async def ledger_items(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[Item]:
+    """The DynamoDB items of these event rows as the read store must hold them: with personal data
+    shown erased for bookings whose personal data was erased (one more query, only when some event
+    carries personal data)."""
+    events: list[Event] = [event_from_row(row) for row in rows]
+    sealed = list({e.booking_code for e in events if personal.sealed_in(e.data) is not None})
+    erased = {r["booking_code"] for r in await conn.fetch(personal.ERASED_BOOKINGS_SQL, sealed)} if sealed else set()
+    return [item_of(e, e.booking_code in erased) for e in events]
 
 
 @dataclass(frozen=True, order=True)
@@ -142,8 +153,8 @@ class _Check:
             while page:
                 # The next page is read while this one is compared.
                 following = asyncio.ensure_future(reader.fetch(EVENTS_SQL, page[-1]["position"], fence, page_size))
-                expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r)))
-                            for r in page}
+                expected = {(r["booking_code"], r["version"]): (r["position"], item)
+                            for r, item in zip(page, await ledger_items(self.conn, page), strict=True)}
                 stored = await _batch_get(loop, self._executor(), self.dynamodb, self.table, list(expected))
                 absent = [key for key in expected if key not in stored]
                 pending = await _pending(self.conn, absent) if absent else set()
@@ -209,7 +220,8 @@ class _Check:
             if "position" in item:
                 self.report.stored_highest = max(self.report.stored_highest, int(item["position"]["N"]))
         rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys]) if keys else []
-        expected = {(r["booking_code"], r["version"]): (r["position"], item_of(event_from_row(r))) for r in rows}
+        expected = {(r["booking_code"], r["version"]): (r["position"], item)
+                    for r, item in zip(rows, await ledger_items(self.conn, rows), strict=True)}
         drift: list[Drift] = []
         found = 0
         for key, item in zip(keys, items, strict=True):
@@ -228,7 +240,8 @@ class _Check:
 
     async def second_look(self, keys: Sequence[Key]) -> list[Drift]:
         rows = await self.conn.fetch(KEYS_EVENTS_SQL, [k[0] for k in keys], [k[1] for k in keys])
-        expected = {(r["booking_code"], r["version"]): item_of(event_from_row(r)) for r in rows}
+        expected = {(r["booking_code"], r["version"]): item
+                    for r, item in zip(rows, await ledger_items(self.conn, rows), strict=True)}
         stored = await _batch_get(asyncio.get_running_loop(), self._executor(), self.dynamodb, self.table, keys)
         pending = await _pending(self.conn, keys)
         return [d for key in keys if (d := _judge(key, expected.get(key), stored.get(key), key in pending))]

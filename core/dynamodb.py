@@ -12,6 +12,7 @@ import boto3
 import msgspec
 from botocore.config import Config
 
+from core import personal
 from core.events import Event
 from core.settings import DynamoSettings
 
@@ -77,8 +78,9 @@ def ensure_table(dynamodb, table: str, timeout: float = 60) -> None:
     dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": int(timeout)})
 
 
-def item_of(event: Event) -> Item:
-    """The DynamoDB item of an event, in the layout docs/api.md gives."""
+def item_of(event: Event, erased: bool = False) -> Item:
+    """The DynamoDB item of an event, in the layout docs/api.md gives; `erased`: its booking's personal
+    data was erased, and the item shows `"personal": "erased"` instead of the ciphertext."""
     item: Item = {
         PARTITION_KEY: {"S": event.booking_code},
         SORT_KEY: {"N": str(event.version)},
@@ -94,7 +96,10 @@ def item_of(event: Event) -> Item:
         item["price_amount"] = {"S": event.price.amount}
         item["price_currency"] = {"S": event.price.currency}
     if event.data is not None:
-        item["data"] = {"S": msgspec.json.encode(event.data).decode()}
+        data = personal.erased(event.data) if erased else event.data
+        item["data"] = {"S": msgspec.json.encode(data).decode()}
+    if event.hash is not None:
+        item["hash"] = {"S": event.hash}
     return item
 
 

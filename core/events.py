@@ -47,6 +47,8 @@ class Event(msgspec.Struct, frozen=True):
     occurred_at: datetime | None
     recorded_at: datetime
     position: Annotated[int, msgspec.Meta(ge=0)]
+    # SHA-256 chain hash, hex (migration 0016, core/chain.py); None only in messages sent before it.
+    hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")] | None = None
 
 
 # What an event may carry, checked where events come in (the API's schemas and the importer).
@@ -97,7 +99,7 @@ def data_size(data: dict[str, Any]) -> int:
 
 EVENT_COLUMN_NAMES = (
     "event_id", "booking_code", "version", "type", "price_amount", "price_currency", "data",
-    "department", "occurred_at", "recorded_at", "position",
+    "department", "occurred_at", "recorded_at", "position", "hash",
 )
 
 
@@ -143,4 +145,5 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
         occurred_at=occurred_at,
         recorded_at=row["recorded_at"],
         position=row["position"],
+        hash=row["hash"].hex(),
     )

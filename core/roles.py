@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 OWNER = "ledger_owner"
 API = "ledger_api"  # the HTTP API: appends through ledger_append_batch, reads, console sessions, key lookup
-RELAY = "ledger_relay"  # the relay: reads events, reads and deletes (and re-fills) the outbox
-READER = "ledger_reader"  # replay and verify: read only
+RELAY = "ledger_relay"  # the relay: reads events, reads and deletes (and re-fills) the outbox, checkpoints
+READER = "ledger_reader"  # replay, verify and audit: read only
 KEYS = "ledger_keys"  # `booking-ledger keys`: creates, lists and revokes API keys
 DELIVER = "ledger_deliver"  # `booking-ledger deliver`: reads the feed and subscriptions (secrets too), moves cursors
 
@@ -22,9 +22,8 @@ RUNTIME = (API, RELAY, READER, KEYS, DELIVER)
 
 # The role each command connects as by default (the sink uses no Postgres; migrate runs as OWNER).
 # `import` writes through ledger_append_batch like the API (and reads what the API reads).
-BY_COMMAND = {"api": API, "relay": RELAY, "replay": READER, "verify": READER, "keys": KEYS, "migrate": OWNER,
-              "deliver": DELIVER,
-              "import": API}
+BY_COMMAND = {"api": API, "relay": RELAY, "replay": READER, "verify": READER, "audit": READER, "keys": KEYS,
+              "migrate": OWNER, "import": API, "checkpoint": RELAY, "deliver": DELIVER}
 
 LOCAL_DATABASE = "127.0.0.1:55432/ledger"
 

@@ -291,6 +291,23 @@ class TracingSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """Signed checkpoints (core/checkpoints.py)."""
+
+    checkpoint_key_file: str = _env_str(
+        "LEDGER_CHECKPOINT_KEY_FILE", "",
+        "The Ed25519 private key (PEM, PKCS#8) that signs checkpoints: read by the relay and `booking-ledger "
+        "checkpoint` only; `booking-ledger checkpoint --new-key` makes one. Unset: no checkpoints are made. "
+        "`make run` keeps one in `.local/keys/`.",
+    )
+    checkpoint_seconds: int = _env_int(
+        "LEDGER_CHECKPOINT_SECONDS", 60,
+        "How often the relay's leader records a checkpoint over the events since the last one (when there are "
+        "any) and sends the checkpoints whose events Kafka has to the topic.", minimum=1,
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -300,6 +317,7 @@ class Settings:
     stream: StreamSettings = field(default_factory=StreamSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
     def to_env(self) -> dict[str, str]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from core import roles
+from core import checkpoints, roles
 from core.settings import (
     LOCAL_DYNAMODB_ENDPOINT,
     LOCAL_KAFKA_BOOTSTRAP,
@@ -125,6 +125,7 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
                                         f',LEDGER_ETCD_URLS="http://127.0.0.1:{cluster.etcd.port}"',
                                         f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.RELAY)}"',
                                         f',LEDGER_DATABASE_URL="{roles.with_user(cluster.url, roles.DELIVER)}"'))
+    relay_env += _checkpoint_key(data)
     programs.update(_monitoring(data, cluster))
     programs.update({
         "api": ([cli, "api"], "INT", f"{READABLE_LOGS},{WEBHOOK_HOSTS}{api_env}", Path.cwd()),
@@ -137,6 +138,18 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
                     Path.cwd()),
     })
     return programs
+
+
+def _checkpoint_key(data: Path) -> str:
+    """The relay's setting for the checkpoints' signing key: the given one, else a key of the local stack's
+    own under `data`/keys (made on the first run; it never leaves the machine)."""
+    if os.environ.get("LEDGER_CHECKPOINT_KEY_FILE"):
+        return ""
+    path = data / "keys" / "checkpoint-ed25519.pem"
+    if not path.exists():
+        signer = checkpoints.Signer.create(path)
+        print(f"made the local checkpoint key {signer.key_id} in {path}", flush=True)
+    return f',LEDGER_CHECKPOINT_KEY_FILE="{path.resolve()}"'
 
 
 def _monitoring(data: Path, cluster: HACluster | None) -> Programs:

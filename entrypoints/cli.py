@@ -174,6 +174,53 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if report.drift else 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from cdc.audit import audit, trusted_keys
+
+    try:
+        keys = trusted_keys(get_settings(), args.public_key)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read the checkpoints' public key: {error}") from None
+    report = asyncio.run(audit(get_settings(), kafka=not args.no_kafka, dynamodb=not args.no_dynamodb,
+                               grace=args.grace, public_keys=keys))
+    for mismatch in report.mismatches[: args.max_lines]:
+        print(mismatch)
+    if len(report.mismatches) > args.max_lines:
+        print(f"... and {len(report.mismatches) - args.max_lines} more (--max-lines)")
+    for line in report.summary():
+        print(line)
+    return 1 if report.mismatches else 0
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core import checkpoints
+
+    key_file = get_settings().audit.checkpoint_key_file
+    if not key_file:
+        raise UsageError("LEDGER_CHECKPOINT_KEY_FILE names no key file")
+    if args.new_key:
+        try:
+            signer = checkpoints.Signer.create(Path(key_file))
+        except FileExistsError:
+            raise UsageError(f"{key_file} exists: a key is never overwritten (move it away to rotate)") from None
+        print(f"created checkpoint key {signer.key_id} in {key_file} (keep it secret; back it up)")
+        print(f"public key (Ed25519, hex): {signer.public_key.hex()}")
+        return 0
+    try:
+        signer = checkpoints.Signer.load(Path(key_file))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read the checkpoint key {key_file}: {error}") from None
+    made = _with_connection(lambda conn: checkpoints.record(conn, signer))
+    for checkpoint in made:
+        print(f"checkpoint {checkpoint.seq}: {checkpoint.events} events, positions {checkpoint.after_position} "
+              f"(excluded) to {checkpoint.through_position}, root {checkpoint.root}, key {checkpoint.key_id}")
+    if not made:
+        print("no new events since the last checkpoint")
+    return 0
+
+
 def _import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -280,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _add_read_store_commands(commands: Commands) -> None:
-    """replay and verify: the DynamoDB read store against the ledger."""
+    """replay, verify and audit: the read store (and the topic) against the ledger."""
     replay = commands.add_parser("replay", help="rebuild the DynamoDB read store from the ledger")
     replay.add_argument("--after", type=int, default=0, help="only events with a position above this")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -297,6 +344,22 @@ def _add_read_store_commands(commands: Commands) -> None:
                         help="start after the position this file records (a full run when it is absent) "
                              "and record where the next run starts")
     verify.set_defaults(run=_verify)
+    audit = commands.add_parser("audit", help="check the hash chains in the ledger, on Kafka and in DynamoDB; "
+                                              "exit 1 on any mismatch")
+    audit.add_argument("--grace", type=float, default=5.0,
+                       help="seconds before DynamoDB items that differ are looked at again (events in flight)")
+    audit.add_argument("--max-lines", type=int, default=1000, help="print at most this many mismatch lines")
+    audit.add_argument("--no-kafka", action="store_true", help="leave the Kafka topic out")
+    audit.add_argument("--no-dynamodb", action="store_true", help="leave DynamoDB out")
+    audit.add_argument("--public-key", action="append", default=[], metavar="HEX",
+                       help="a checkpoint key to trust (Ed25519, hex; repeat for rotated keys); default: the public "
+                            "half of LEDGER_CHECKPOINT_KEY_FILE when it is readable, else the keys the ledger names")
+    audit.set_defaults(run=_audit)
+    checkpoint = commands.add_parser("checkpoint", help="record a signed checkpoint over the events since the last "
+                                                        "one now (the relay sends it to Kafka)")
+    checkpoint.add_argument("--new-key", action="store_true",
+                            help="instead, create the key file LEDGER_CHECKPOINT_KEY_FILE names (never overwrites)")
+    checkpoint.set_defaults(run=_checkpoint)
 
 
 def _add_key_commands(commands: Commands) -> None:
@@ -304,7 +367,7 @@ def _add_key_commands(commands: Commands) -> None:
     create = key_commands.add_parser("create", help="create a key; prints it once, alone on the last line")
     create.add_argument("--department", required=True, help="the department the key writes as")
     create.add_argument("--scopes", default=",".join(keys.DEFAULT_SCOPES),
-                        help="comma-separated: read,write,write:any,subscribe")
+                        help="comma-separated: " + ",".join(keys.SCOPES))
     create.set_defaults(run=_keys_create)
     key_commands.add_parser("list", help="id, department, scopes, created, revoked").set_defaults(run=_keys_list)
     revoke = key_commands.add_parser("revoke", help="revoke a key at once, in every API process")

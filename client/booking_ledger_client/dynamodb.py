@@ -3,7 +3,7 @@
 Layout (docs/api.md, "Streams out of the ledger"): table `booking_events`, partition key
 `booking_code` (S), sort key `version` (N); attributes `event_id`, `type`, `department`,
 `position` (N), `recorded_at`, `occurred_at` (when given), `price_amount` + `price_currency` (when
-priced, the amount a decimal string) and `data` (JSON text, when given). This module knows the
+priced, the amount a decimal string), `data` (JSON text, when given) and `hash` (the chain hash). This module knows the
 layout on its own: the client does not import the service.
 """
 
@@ -47,6 +47,7 @@ def event_of_item(item: Item) -> Event:
         occurred_at=parse_time(occurred_at) if occurred_at is not None else None,
         recorded_at=parse_time(required("recorded_at")),
         position=int(required("position")),
+        hash=text("hash"),
     )
 
 

@@ -66,6 +66,7 @@ class Event:
     occurred_at: datetime | None
     recorded_at: datetime
     position: int
+    hash: str | None = None  # the event's chain hash (hex); None where the source predates it
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Event:
@@ -84,6 +85,7 @@ class Event:
             occurred_at=parse_time(occurred_at) if occurred_at is not None else None,
             recorded_at=parse_time(obj["recorded_at"]),
             position=int(obj["position"]),
+            hash=obj.get("hash"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class Event:
             "occurred_at": format_time(self.occurred_at) if self.occurred_at else None,
             "recorded_at": format_time(self.recorded_at),
             "position": self.position,
+            "hash": self.hash,
         }
 
 

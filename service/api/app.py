@@ -12,6 +12,7 @@ from litestar.di import Provide
 from core import logs, tracing
 from core.settings import Settings, get_settings
 from service.api import metrics
+from service.api.audit_routes import AUDIT_ROUTES
 from service.api.health import HEALTH_ROUTES
 from service.api.http_rules import http_rules
 from service.api.limits import RateLimiter, StreamAdmission
@@ -76,7 +77,7 @@ def create_app(schema_head: str, settings: Settings | None = None) -> Litestar:
             app.state[APP_STATE] = state
             yield
 
-    handlers = [*ROUTES, *PRICE_ROUTES, *STREAM_ROUTES, *SUBSCRIPTION_ROUTES, *HEALTH_ROUTES]
+    handlers = [*ROUTES, *PRICE_ROUTES, *AUDIT_ROUTES, *STREAM_ROUTES, *SUBSCRIPTION_ROUTES, *HEALTH_ROUTES]
     # What each operation documents as its problem answers (service/api/openapi.py finishes the document).
     problems = {str(handler.operation_id): handler.opt["problems"] for handler in handlers}
     app = Litestar(

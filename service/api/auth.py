@@ -26,6 +26,7 @@ def header(request: ASGIConnection[Any, Any, Any, Any], name: bytes) -> str:
 
 READ_SCOPES = ("read",)
 WRITE_SCOPES = ("write", "write:any")
+ERASE_SCOPES = ("erase",)
 
 
 async def authenticated(request: Request[Any, Any, Any]) -> None:

@@ -56,9 +56,14 @@ APPEND: Problems = {
     400: ("client_disconnected",),  # the client left mid-body: nobody reads this answer
     403: ("forbidden", "not_owner"),
     408: ("request_timeout",),
-    409: ("booking_code_taken", "version_conflict", "event_id_conflict"),
+    409: ("booking_code_taken", "version_conflict", "event_id_conflict", "personal_data_erased"),
     413: ("payload_too_large",),
     415: ("unsupported_media_type",),
+    503: ("unavailable", "unknown_outcome"),
+}
+ERASE: Problems = {
+    **BOOKING_READ,
+    403: ("forbidden", "not_owner"),
     503: ("unavailable", "unknown_outcome"),
 }
 READY: Problems = {**ANY_ROUTE, 503: ("unavailable",)}
@@ -80,8 +85,8 @@ PROBLEM_CODES = (
     "validation_error", "unauthorized", "forbidden", "not_owner", "not_found", "booking_not_found",
     "method_not_allowed", "request_timeout", "booking_code_taken", "version_conflict", "event_id_conflict",
     "payload_too_large", "unsupported_media_type", "rate_limited", "client_disconnected", "unavailable",
-    "unknown_outcome", "internal_error", "bad_request", "subscription_not_found", "subscription_not_paused",
-    "subscription_limit", "webhook_url_refused",
+    "unknown_outcome", "internal_error", "bad_request", "personal_data_erased", "subscription_not_found",
+    "subscription_not_paused", "subscription_limit", "webhook_url_refused",
 )
 
 _CODE_TEXT = {
@@ -94,6 +99,7 @@ _CODE_TEXT = {
     "booking_code_taken": "the code exists (`department` names its owner)",
     "version_conflict": "the booking is not at expected_version (`current_version` says where it is)",
     "event_id_conflict": "an event_id is recorded with other content or for another booking (`event_ids`)",
+    "personal_data_erased": "the booking's personal data was erased: no data.personal is taken for it any more",
     "payload_too_large": "the body is over 1 MiB",
     "unsupported_media_type": "the body is not UTF-8 JSON, or carries a Content-Encoding",
     "validation_error": "a parameter, header or body that breaks the rules; `detail` says which",
@@ -208,7 +214,7 @@ _EXAMPLE_EVENT = {
     "event_id": "3f0c8a52-6f0e-4d3b-9a57-0f7c1b2d4e61", "booking_code": "ABC123", "version": 1,
     "type": "BookingPriced", "price": {"amount": "120.00", "currency": "EUR"}, "data": {"reason": "initial quote"},
     "department": "hotel", "occurred_at": "2026-11-26T10:00:00Z", "recorded_at": "2026-11-26T10:00:01.250000Z",
-    "position": 4711,
+    "position": 4711, "hash": "5a3e0f0c8d3b9a1e27c4f6d8b0a2c4e6f8091a2b3c4d5e6f708192a3b4c5d6e7f",
 }
 # (operation id, status or "request") -> an example body.
 _EXAMPLES: dict[tuple[str, str], Any] = {
@@ -280,8 +286,9 @@ def finish_document(document: dict[str, Any], problems: Mapping[str, Problems]) 
                 if parameter["name"] == "clock":
                     parameter["schema"] = {"$ref": "#/components/schemas/Clock"}
                     parameter["description"] = "the clock `at` is read on; recorded when absent"
-                elif parameter["name"] == "after":
+                elif parameter["name"] in ("after", "prove"):  # positions (and checkpoint seqs)
                     parameter["schema"]["format"] = "int64"
+                    parameter["schema"].setdefault("minimum", 0)  # the framework drops a bound of 0
                 elif parameter["name"] == "at" and path.endswith("/price"):
                     parameter["schema"] = {"type": "string", "format": "date-time", "maxLength": 64}
             ok: dict[str, Any] = responses.get("200") or responses.get("201") or {}  # a DELETE answers 204

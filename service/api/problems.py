@@ -23,6 +23,7 @@ _LEDGER_STATUS: dict[type[errors.LedgerError], int] = {
     errors.VersionConflict: 409,
     errors.EventIdConflict: 409,
     errors.NotOwner: 403,
+    errors.PersonalDataErased: 409,
     errors.BookingNotFound: 404,
     errors.SubscriptionNotFound: 404,
     errors.SubscriptionNotPaused: 409,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated
+from uuid import uuid4
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
@@ -11,23 +13,28 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
 from litestar.params import Parameter
 
+from core import personal as core_personal
 from core import tracing
 from service.api import metrics
-from service.api.auth import READ_SCOPES, WRITE_SCOPES, authenticated
+from service.api.auth import ERASE_SCOPES, READ_SCOPES, WRITE_SCOPES, authenticated
 from service.api.http_rules import check_json_body, read_body
-from service.api.openapi import APPEND, BOOKING_READ, KEY_REQUIRED, MAX_POSITION, V1_READ, BookingCode
+from service.api.openapi import APPEND, BOOKING_READ, ERASE, KEY_REQUIRED, MAX_POSITION, V1_READ, BookingCode
 from service.api.schemas import (
     AppendOut,
     BookingEventsOut,
+    ErasedOut,
     FeedOut,
     decode_append,
 )
 from service.api.state import AppState
-from service.ledger.append import Append
+from service.ledger import personal
+from service.ledger.append import Append, NewEvent
+from service.ledger.errors import NotOwner
 from service.ledger.keys import ApiKey
 from service.ledger.reads import Booking, get_booking, read_booking_events_json, read_feed_json
 
 MAX_BODY_BYTES = 1024 * 1024
+log = logging.getLogger("booking_ledger.api")
 
 
 @dataclass
@@ -60,6 +67,8 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
         raw = await read_body(request, MAX_BODY_BYTES, app_state.settings.http.body_timeout)
         count.start()
         body = decode_append(raw)
+        sent = body.new_events()
+        events = await personal.sealed(app_state.pool, code, sent)
         with tracing.span("ledger.append", request.scope["state"].get("trace"), booking_code=code,
                           events=len(body.events)) as trace:
             result = await app_state.writer.append(Append(
@@ -67,7 +76,7 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
                 department=key.department,
                 may_write_any=key.allows("write:any"),
                 expected_version=body.expected_version,
-                events=body.new_events(),
+                events=events,
                 size=len(raw),
                 traceparent=trace.traceparent,
             ))
@@ -75,9 +84,36 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
     if not result.replayed:
         app_state.notifier.poke()
     return Response(
-        AppendOut(booking_code=result.booking_code, version=result.version, events=result.events),
+        AppendOut(booking_code=result.booking_code, version=result.version,
+                  events=personal.as_sent(result.events, sent)),
         status_code=200 if result.replayed else 201,
     )
+
+
+@post(
+    "/v1/bookings/{code:str}/erase",
+    status_code=201,
+    security=KEY_REQUIRED,
+    before_request=authenticated,
+    opt={"scopes": ERASE_SCOPES, "problems": ERASE},
+    operation_id="erase_personal_data",
+    summary="Erase a booking's personal data: its key is destroyed, a PersonalDataErased event appended",
+)
+async def erase_personal_data(request: Request, code: BookingCode, app_state: AppState) -> Response[ErasedOut]:
+    key: ApiKey = request.scope["state"]["api_key"]  # set by `authenticated`
+    booking = await get_booking(app_state.pool, code)
+    if booking.department != key.department and not key.allows("write:any"):
+        raise NotOwner("booking belongs to another department", department=booking.department)
+    # The key goes first: from that moment no read opens the booking's personal data, whatever follows.
+    await personal.erase(app_state.pool, code)
+    with tracing.span("ledger.erase", request.scope["state"].get("trace"), booking_code=code) as trace:
+        result = await app_state.writer.append(Append(
+            code=code, department=key.department, may_write_any=key.allows("write:any"), expected_version=None,
+            events=[NewEvent(uuid4(), core_personal.ERASED_TYPE)], traceparent=trace.traceparent,
+        ))
+    app_state.notifier.poke()
+    log.info("personal data of booking %s erased (version %d)", code, result.version)
+    return Response(ErasedOut(booking_code=code, version=result.version, event=result.events[0]), status_code=201)
 
 
 @get(
@@ -140,4 +176,4 @@ def json_answer(template: bytes, *parts: bytes | int | None) -> Response[bytes]:
     return Response(template % parts, media_type=MediaType.JSON)
 
 
-ROUTES = [append_events, booking, booking_events, feed]
+ROUTES = [append_events, erase_personal_data, booking, booking_events, feed]

@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 import msgspec
 from msgspec import Meta
 
+from core import personal
 from core.events import EVENT_TYPE_PATTERN, MAX_DATA_BYTES, Event, data_size, utc_instant
 from core.money import PriceIn
 from core.strictjson import decode_strict
@@ -30,6 +31,10 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.occurred_at is not None:
             self.occurred_at = utc_instant(self.occurred_at)
+        if self.type == personal.ERASED_TYPE:
+            raise ValueError(f"{personal.ERASED_TYPE} is appended by POST /v1/bookings/{{code}}/erase only")
+        if self.data is not None and personal.FIELD in self.data and not isinstance(self.data[personal.FIELD], dict):
+            raise ValueError("data.personal must be an object (personal data is kept there, sealed, and nowhere else)")
 
     def new_event(self) -> NewEvent:
         """The event for the ledger, with a new event_id when the request gives none."""
@@ -78,6 +83,12 @@ class BookingEventsOut(msgspec.Struct):
 class FeedOut(msgspec.Struct):
     events: list[Event]
     next_after: int
+
+
+class ErasedOut(msgspec.Struct):
+    booking_code: str
+    version: int
+    event: Event  # the PersonalDataErased event appended
 
 
 class Problem(msgspec.Struct, omit_defaults=True):

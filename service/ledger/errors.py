@@ -36,6 +36,12 @@ class EventIdConflict(LedgerError):
     code = "event_id_conflict"
 
 
+class PersonalDataErased(LedgerError):
+    """Personal data sent for a booking whose personal data was erased (its key is gone)."""
+
+    code = "personal_data_erased"
+
+
 class SubscriptionNotFound(LedgerError):
     code = "subscription_not_found"
 

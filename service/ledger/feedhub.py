@@ -19,6 +19,8 @@ visibility fence serves both: nothing skipped, nothing twice, in position order.
   bench/README.md, "Where the time goes"). Each event is kept encoded
   once, by the `encode` its owner gives (the API's event stream keeps SSE messages), and the
   ring's bound counts those bytes.
+- When the feed brings a booking's PersonalDataErased event, the ring's events of that booking are
+  kept again with their personal data erased (its key was destroyed before the event was written).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 
+from core import personal
 from core.events import Event
 from core.outbox import OUTBOX_CHANNEL
 from service.ledger.notify import listen
@@ -114,6 +118,8 @@ class FeedHub:
             if not events:
                 return
             for event in events:
+                if event.type == personal.ERASED_TYPE:
+                    self._forget(event.booking_code)
                 item = FeedItem(event.position, event, self._encode(event))
                 self._ring.append(item)
                 self._ring_bytes += len(item.chunk)
@@ -122,6 +128,16 @@ class FeedHub:
                 dropped = self._ring.popleft()
                 self._ring_bytes -= len(dropped.chunk)
                 self.start = dropped.position
+
+    def _forget(self, code: str) -> None:
+        """Booking `code`'s personal data was erased: the ring's copies of its events show it erased
+        too (the key went first, so a reader reading Postgres sees it already)."""
+        for index, item in enumerate(self._ring):
+            if item.event.booking_code == code and item.event.data and personal.FIELD in item.event.data:
+                event = msgspec.structs.replace(item.event, data={**item.event.data, personal.FIELD: personal.ERASED})
+                forgotten = FeedItem(item.position, event, self._encode(event))
+                self._ring_bytes += len(forgotten.chunk) - len(item.chunk)
+                self._ring[index] = forgotten
 
     def _reset(self) -> None:
         self._ring.clear()

@@ -54,6 +54,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from core import personal
 from core.events import BOOKING_CODE_PATTERN, MAX_DATA_BYTES, BookingCode, EventType, data_size, utc_instant, whole
 from core.money import PriceIn
 from core.outbox import OUTBOX_CHANNEL
@@ -95,6 +96,11 @@ class ImportLine(msgspec.Struct, forbid_unknown_fields=True):
             self.occurred_at = utc_instant(self.occurred_at)
         if self.data is not None and data_size(self.data) > MAX_DATA_BYTES:
             raise ValueError(f"data is over {MAX_DATA_BYTES} bytes of compact JSON")
+        # Personal data is sealed with its booking's key, which only the API holds: it comes through the API.
+        if self.data is not None and personal.FIELD in self.data:
+            raise ValueError("data.personal is not imported: send personal data through the API, which seals it")
+        if self.type == personal.ERASED_TYPE:
+            raise ValueError(f"{personal.ERASED_TYPE} is appended by an erasure only")
 
     def event(self) -> NewEvent:
         return NewEvent(self.event_id, self.type, self.price.money() if self.price else None, self.data,

@@ -27,7 +27,7 @@ import asyncpg
 from service.ledger.db import retrying, translate_errors
 from service.ledger.notify import listen
 
-SCOPES = ("read", "write", "write:any", "subscribe")
+SCOPES = ("read", "write", "write:any", "subscribe", "erase")
 DEFAULT_SCOPES = ("read", "write")
 # Checked with fullmatch: `$` with match() would let a final newline through.
 DEPARTMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

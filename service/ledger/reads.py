@@ -1,4 +1,5 @@
-"""Reads, all from Postgres, the system of record: a read after a 2xx append always sees it."""
+"""Reads, all from Postgres, the system of record: a read after a 2xx append always sees it. Events come
+with their personal data opened for the reader, or "erased" (service/ledger/personal.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from core import personal
 from core.events import EVENT_COLUMN_NAMES, EVENT_COLUMNS, Event, Price, event_from_row, price_of
 from core.pg import standby_holds
 from service.ledger.db import retrying
 from service.ledger.errors import BookingNotFound
+from service.ledger.personal import revealed
 
 BOOKING_SQL = """
 SELECT code, department, version, price_amount, price_currency, created_at, updated_at
@@ -104,21 +107,25 @@ def event_json(table: str) -> str:
                                 || to_json({c['price_currency']}) || '}}' END
     || ',"data":' || coalesce({c['data']}::text, 'null') || ',"department":' || to_json({c['department']})
     || ',"occurred_at":' || coalesce({_utc_text(c['occurred_at'])}, 'null')
-    || ',"recorded_at":' || {_utc_text(c['recorded_at'])} || ',"position":' || {c['position']} || '}}'"""
+    || ',"recorded_at":' || {_utc_text(c['recorded_at'])} || ',"position":' || {c['position']}
+    || ',"hash":"' || encode({c['hash']}, 'hex') || '"}}'"""
 
 
 # The same pages as BOOKING_EVENTS_SQL and FEED_SQL, each as one row: the events' JSON texts
-# joined by commas (the inside of the answer's array), and what the next cursor needs.
+# joined by commas (the inside of the answer's array), what the next cursor needs, and whether an
+# event of the page carries personal data (which only the decoded path can open).
 BOOKING_EVENTS_JSON_SQL = f"""
 SELECT b.version AS booking_version, max(e.version) AS last_version,
-       coalesce(string_agg({event_json("e")}, ',' ORDER BY e.version), '') AS events
+       coalesce(string_agg({event_json("e")}, ',' ORDER BY e.version), '') AS events,
+       coalesce(bool_or(e.data ? '{personal.FIELD}'), false) AS personal
   FROM bookings b
   LEFT JOIN LATERAL ({_bounded(_BOOKING_PAGE, "version").format(max_bytes="$4")}) e ON true
  WHERE b.code = $1
  GROUP BY b.version
 """
 FEED_JSON_SQL = f"""
-SELECT max(f.position) AS last_position, coalesce(string_agg({event_json("f")}, ',' ORDER BY f.position), '') AS events
+SELECT max(f.position) AS last_position, coalesce(string_agg({event_json("f")}, ',' ORDER BY f.position), '') AS events,
+       coalesce(bool_or(f.data ? '{personal.FIELD}'), false) AS personal
   FROM ({FEED_SQL}) f
 """
 
@@ -162,13 +169,20 @@ async def read_booking_events(
 ) -> tuple[list[Event], int | None]:
     """Events of one booking from `from_version` on (at most `limit`, about `max_bytes`), and the
     version to read next (None: none left)."""
-    rows = await retrying(pool, lambda conn: conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit, max_bytes))
-    if not rows:
+    page = await retrying(pool, lambda conn: _booking_page(conn, code, from_version, limit, max_bytes))
+    if page is None:
         raise BookingNotFound("no booking with this code")
-    events = [event_from_row(row) for row in rows if row["event_id"] is not None]
+    return page
+
+
+async def _booking_page(conn: asyncpg.Connection, code: str, from_version: int, limit: int,
+                        max_bytes: int) -> tuple[list[Event], int | None] | None:
+    rows = await conn.fetch(BOOKING_EVENTS_SQL, code, from_version, limit, max_bytes)
+    if not rows:
+        return None
+    events = await revealed(conn, [event_from_row(row) for row in rows if row["event_id"] is not None])
     last = events[-1].version if events else from_version - 1
-    next_from = last + 1 if last < rows[0]["booking_version"] else None
-    return events, next_from
+    return events, last + 1 if last < rows[0]["booking_version"] else None
 
 
 async def read_feed(
@@ -180,38 +194,57 @@ async def read_feed(
     reader of the feed (the paged feed, the event stream) is ever handed an event
     that a failover then discards. While no standby takes commits, a page with events waits, as
     appends do, and the request ends 503 after the retry budget."""
-    rows = await retrying(pool, lambda conn: _feed_page(conn, after, limit, max_bytes))
-    events = [event_from_row(row) for row in rows]
+    events = await retrying(pool, lambda conn: _feed_page(conn, after, limit, max_bytes))
     return events, events[-1].position if events else after
 
 
-async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> list[asyncpg.Record]:
+async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> list[Event]:
     rows = await conn.fetch(FEED_SQL, after, limit, max_bytes)
     if rows:
         await standby_holds(conn)
-    return rows
+    return await revealed(conn, [event_from_row(row) for row in rows])
+
+
+# A page whose events carry personal data is read again the decoded way (the rows, their sealed
+# personal data opened with the booking's key or shown erased, encoded by msgspec): Postgres cannot
+# open it (the keys never reach SQL). Pages without it, nearly all, pass through.
+def _joined(events: list[Event]) -> bytes:
+    return b",".join(msgspec.json.encode(event) for event in events)
 
 
 async def read_booking_events_json(
     pool: asyncpg.Pool, code: str, from_version: int, limit: int, max_bytes: int = MAX_PAGE_BYTES
 ) -> JsonPage:
-    """`read_booking_events`, the events as Postgres wrote their JSON."""
-    row = await retrying(pool, lambda conn: conn.fetchrow(BOOKING_EVENTS_JSON_SQL, code, from_version, limit,
-                                                          max_bytes))
-    if row is None:
+    """`read_booking_events`, the events as Postgres wrote their JSON (or, for a page with personal
+    data, as msgspec writes the decoded events: the same JSON values)."""
+    async def read(conn: asyncpg.Connection) -> JsonPage | None:
+        row = await conn.fetchrow(BOOKING_EVENTS_JSON_SQL, code, from_version, limit, max_bytes)
+        if row is None:
+            return None
+        if row["personal"]:
+            page = await _booking_page(conn, code, from_version, limit, max_bytes)
+            assert page is not None  # the booking was there a statement ago, and bookings stay
+            return JsonPage(_joined(page[0]), page[1])
+        last = row["last_version"] if row["last_version"] is not None else from_version - 1
+        return JsonPage(row["events"].encode(), last + 1 if last < row["booking_version"] else None)
+
+    page = await retrying(pool, read)
+    if page is None:
         raise BookingNotFound("no booking with this code")
-    last = row["last_version"] if row["last_version"] is not None else from_version - 1
-    return JsonPage(row["events"].encode(), last + 1 if last < row["booking_version"] else None)
+    return page
 
 
 async def read_feed_json(pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> JsonPage:
-    """`read_feed`, the events as Postgres wrote their JSON (behind the same fence and barrier)."""
-    row = await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes))
-    return JsonPage(row["events"].encode(), row["last_position"] if row["last_position"] is not None else after)
+    """`read_feed`, the events as Postgres wrote their JSON (behind the same fence and barrier; a page
+    with personal data as msgspec writes the decoded events)."""
+    return await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes))
 
 
-async def _feed_json_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> asyncpg.Record:
+async def _feed_json_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> JsonPage:
     row = await conn.fetchrow(FEED_JSON_SQL, after, limit, max_bytes)
+    if row["personal"]:
+        events = await _feed_page(conn, after, limit, max_bytes)
+        return JsonPage(_joined(events), events[-1].position if events else after)
     if row["last_position"] is not None:
         await standby_holds(conn)
-    return row
+    return JsonPage(row["events"].encode(), row["last_position"] if row["last_position"] is not None else after)

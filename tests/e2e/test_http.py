@@ -52,7 +52,7 @@ async def test_walkthrough_create_collide_append_retry_read(api: str, keys: Keys
     assert event["event_id"] == event_id and event["department"] == "hotel"
     assert event["price"] == {"amount": "120.00", "currency": "EUR"} and event["data"] == {"reason": "initial quote"}
     assert set(event) == {"event_id", "booking_code", "version", "type", "price", "data", "department",
-                          "occurred_at", "recorded_at", "position"}
+                          "occurred_at", "recorded_at", "position", "hash"}
 
     retried = await client.post(events_url(api, code), json=body, headers=auth(keys.hotel))
     assert retried.status_code == 200 and retried.json() == created.json()

@@ -278,6 +278,39 @@ def test_events_arrive_in_order_at_three_filtered_subscriptions_signed(
                             timeout=10).status_code == 204
 
 
+def test_deliveries_carry_the_hash_and_personal_data_sealed_as_kafka_does_then_erased(
+        subs_api: Server, worker: Worker, receiver: Receiver, database_url: str) -> None:
+    api, key = subs_api.url, make_key(database_url, department(), "read,write,subscribe,erase")
+    code = random_code("SEALED")
+    marker = f"Traveller-{uuid.uuid4().hex}"
+    live = subscribe(api, key, receiver.at("sealed"), booking_code=code)
+    answer = httpx.post(events_url(api, code), headers=auth(key), timeout=30, json={"expected_version": 0, "events": [
+        {"type": "Booked", "data": {"reason": "x", "personal": {"name": marker}}}, {"type": "Note"}]})
+    assert answer.status_code == 201, answer.text
+    written = answer.json()["events"]
+    wait_for_ids(receiver, "sealed", [e["event_id"] for e in written], timeout=30)
+    sent = {e["event_id"]: e for d in receiver.got("sealed") for e in d.events}
+    assert sent[written[0]["event_id"]]["data"]["personal"].startswith("enc:v1:")  # what Kafka carries
+    assert marker not in json.dumps(list(sent.values()))
+    for event in written:  # the rest as the API answers it, the chain's hash included
+        assert {**sent[event["event_id"]], "data": None} == {**event, "data": None} and len(event["hash"]) == 64
+
+    erased = httpx.post(f"{api}/v1/bookings/{code}/erase", headers=auth(key), timeout=30)
+    assert erased.status_code == 201, erased.text
+    ids = [e["event_id"] for e in written] + [erased.json()["event"]["event_id"]]
+    wait_for_ids(receiver, "sealed", ids[2:], timeout=30)
+    # A subscription from before the booking, made after its erasure: its events come erased.
+    later = httpx.post(f"{api}/v1/subscriptions", headers=auth(key), timeout=10, json={
+        "url": receiver.at("erased"), "filters": {"booking_code": code}, "after": written[0]["position"] - 1})
+    assert later.status_code == 201, later.text
+    wait_for_ids(receiver, "erased", ids, timeout=30)
+    again = {e["event_id"]: e for d in receiver.got("erased") for e in d.events}
+    assert again[written[0]["event_id"]]["data"] == {"reason": "x", "personal": "erased"}
+    assert [again[i]["hash"] for i in ids[:2]] == [e["hash"] for e in written]
+    for created in (live, later.json()):
+        assert httpx.delete(f"{api}/v1/subscriptions/{created['id']}", headers=auth(key), timeout=10).status_code == 204
+
+
 def test_a_failing_receiver_pauses_its_subscription_on_the_event_until_resumed(
         subs_api: Server, worker: Worker, receiver: Receiver, database_url: str) -> None:
     api, key = subs_api.url, make_key(database_url, department(), "read,write,subscribe")

@@ -8,7 +8,9 @@ before migration 0005, escapes, a missing price); `data` is jsonb's own text: th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,7 +18,9 @@ from decimal import Decimal
 import asyncpg
 import msgspec
 
+from core import personal as core_personal
 from core.money import Money
+from service.ledger import personal
 from service.ledger.append import NewEvent, append
 from service.ledger.reads import (
     read_booking_events,
@@ -100,3 +104,59 @@ async def test_the_infinities_of_old_rows_and_empty_pages(pool: asyncpg.Pool, da
     assert empty.events == b"" and empty.next is None
     head = await read_feed_json(pool, 2**62, 10)
     assert head.events == b"" and head.next == 2**62
+
+
+async def test_pages_with_personal_data_show_it_opened_then_erased_as_the_decoded_path_does(
+        pool: asyncpg.Pool) -> None:
+    code = random_code("JSONPII")
+    marker = f"Traveller-{uuid.uuid4().hex}"
+    sealed = await personal.sealed(pool, code, [
+        NewEvent(uuid.uuid4(), "BookingPriced", Money(Decimal("10.00"), "EUR"), {"personal": {"name": marker}}),
+        NewEvent(uuid.uuid4(), "Noted", None, {"reason": "x", "personal": {"seat": "1A"}, "n": 1.5}),
+    ])
+    first = await append(pool, code=code, department="hotel", may_write_any=False, expected_version=0,
+                         events=[*sealed, NewEvent(uuid.uuid4(), "Plain", data={"k": "v"})])
+    stored = [row["data"] for row in await pool.fetch("SELECT data FROM events WHERE booking_code = $1 "
+                                                      "ORDER BY version", code)]
+    assert [d.get("personal", "")[:7] for d in stored] == ["enc:v1:", "enc:v1:", ""]
+    assert marker not in json.dumps(stored)
+    after = first.events[0].position - 1
+    deadline = time.monotonic() + 30  # the feed shows them once every older transaction has ended
+    while len((await read_feed(pool, after, 3))[0]) < 3:
+        assert time.monotonic() < deadline, "the feed never reached the booking's events"
+        await asyncio.sleep(0.05)
+
+    async def both_ways() -> tuple[list[dict], list[dict]]:
+        events, next_from = await read_booking_events(pool, code, 1, 100)
+        page = await read_booking_events_json(pool, code, 1, 100)
+        assert page.next == next_from is None
+        _check(page.events, events)
+        feed, cursor = await read_feed(pool, after, 3)
+        feed_page = await read_feed_json(pool, after, 3)
+        assert feed_page.next == cursor == first.events[-1].position
+        _check(feed_page.events, feed)
+        return json.loads(b"[" + page.events + b"]"), json.loads(b"[" + feed_page.events + b"]")
+
+    opened, opened_feed = await both_ways()
+    assert [e["data"].get("personal") for e in opened] == [{"name": marker}, {"seat": "1A"}, None]
+    assert [e["hash"] for e in opened] == [e.hash for e in first.events]
+    assert opened_feed == opened
+    plain = await read_booking_events_json(pool, code, 3, 100)  # a page without personal data passes through
+    _check(plain.events, (await read_booking_events(pool, code, 3, 100))[0])
+
+    await personal.erase(pool, code)
+    erased, erased_feed = await both_ways()
+    assert [e["data"].get("personal") for e in erased] == ["erased", "erased", None]
+    assert [{**e, "data": None} for e in erased] == [{**e, "data": None} for e in opened]  # hashes and all
+    assert erased_feed == erased and marker not in json.dumps(erased)
+
+
+async def test_concurrent_first_uses_of_a_bookings_key_agree_on_one_key(pool: asyncpg.Pool) -> None:
+    code = random_code("KEY1ST")
+    sealed = await asyncio.gather(*(personal.sealed(pool, code, [NewEvent(uuid.uuid4(), "Noted", None,
+                                                                          {"personal": {"n": n}})])
+                                    for n in range(8)))
+    data_key = await pool.fetchval("SELECT data_key FROM personal_keys WHERE booking_code = $1", code)
+    for n, [event] in enumerate(sealed):
+        assert event.data is not None
+        assert core_personal.open_sealed(data_key, code, event.event_id, event.data["personal"]) == {"n": n}

@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Callable
 
 import asyncpg
+import pytest
+import sqlalchemy.exc
 
 from devstack.postgres import LocalPostgres
 from migrations.runner import downgrade, head_revision, upgrade
@@ -27,14 +29,27 @@ async def test_migrations_up_from_empty_down_and_up_again(postgres: LocalPostgre
         conn = await asyncpg.connect(url)
         try:
             tables = [r[0] for r in await conn.fetch(TABLES_SQL)]
-            assert tables == ["alembic_version", "api_keys", "bookings", "console_sessions", "events",
-                              "ledger_position_offset", "outbox", "subscription_skips", "subscriptions"]
+            assert tables == ["alembic_version", "api_keys", "bookings", "checkpoints", "console_sessions",
+                              "events", "ledger_position_offset", "outbox", "personal_keys", "subscription_skips",
+                              "subscriptions"]
             assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_append'") == 1
+            # 0018's scope check takes 0015's subscribe and its own erase; its downgrade restores 0015's.
+            key = ("INSERT INTO api_keys (id, department, scopes, key_hash) "
+                   "VALUES ($1, 'd', $2, sha256(convert_to($1::text, 'UTF8')))")
+            await conn.execute(key, "both", ["read", "subscribe", "erase"])
+            with pytest.raises(sqlalchemy.exc.DBAPIError, match="scope erase exist"):
+                await asyncio.to_thread(downgrade, url, "0017")
+            await conn.execute("DELETE FROM api_keys")
+            await asyncio.to_thread(downgrade, url, "0017")
+            await conn.execute(key, "subscribe", ["subscribe"])
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(key, "erase", ["erase"])
+            await conn.execute("DELETE FROM api_keys")
             await asyncio.to_thread(downgrade, url)
             assert [r[0] for r in await conn.fetch(TABLES_SQL)] == ["alembic_version"]
             assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'ledger_append'") == 0
             await asyncio.to_thread(upgrade, url)
-            assert len(await conn.fetch(TABLES_SQL)) == 9
+            assert len(await conn.fetch(TABLES_SQL)) == 11
             assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
         finally:
             await conn.close()

@@ -22,7 +22,7 @@ from cdc.deliver import PAGE_SQL as DELIVER_PAGE_SQL
 from cdc.relay import BATCH_SQL, DELETE_SENT_SQL, RESEND_SQL
 from cdc.replay import PAGE_SQL
 from cdc.verify import PENDING_SQL
-from core import roles
+from core import personal, roles
 from core.outbox import OUTBOX_BACKLOG_SQL
 from core.settings import DatabaseSettings, Settings
 from devstack.harness import CLI, process_env, start_api
@@ -51,6 +51,13 @@ FORBIDDEN_TO_ALL = (
     "UPDATE api_keys SET scopes = ARRAY['write:any']",
     "ALTER FUNCTION ledger_append SECURITY INVOKER",
     "DELETE FROM alembic_version",
+    # The chain and the checkpoints (0016, 0017): nobody rewrites a hash, a head or a signed root.
+    "UPDATE events SET hash = hash",
+    "UPDATE bookings SET head = NULL",
+    "UPDATE checkpoints SET root = root",
+    "DELETE FROM checkpoints",
+    "SELECT ledger_microseconds(now())",
+    "DELETE FROM personal_keys",  # an erasure sets a key to NULL; no key row is ever removed
 )
 
 # What a role may not do although another role may.
@@ -62,9 +69,13 @@ FORBIDDEN = {
         "UPDATE api_keys SET revoked_at = now()",
         # The append function's parts run only inside it, as the owner (0013).
         "SELECT ledger_acquire_locks(ARRAY['X'], ARRAY[]::uuid[])",
-        "SELECT ledger_advance_booking('X', 'thief', true, NULL, ARRAY[1]::numeric[], ARRAY['EUR'], 1, 1)",
-        "SELECT count(*) FROM ledger_write_events('{}', '{}', '{}', 0, now(), '{}', '{}', '{}', '{}', '{}', '{}',"
-        " '{}', '{}', '{}', '{}')",
+        "SELECT ledger_advance_booking('X', 'thief', true, NULL, ARRAY[1]::numeric[], ARRAY['EUR'], 1, 1, 0, now(),"
+        " ARRAY[gen_random_uuid()], ARRAY['A'], ARRAY[NULL]::jsonb[], ARRAY[NULL]::timestamptz[])",
+        "SELECT count(*) FROM ledger_write_events('{}', '{}', '{}', '{}', 0, now(), '{}', '{}', '{}', '{}', '{}',"
+        " '{}', '{}', '{}', '{}', '{}')",
+        # Checkpoints are the signer's (the relay) to write.
+        "INSERT INTO checkpoints (seq) VALUES (1)",
+        "UPDATE checkpoints SET published = true",
         # Subscriptions: the API writes a secret once and never reads it back, nor changes where one points.
         "SELECT secret FROM subscriptions",
         "SELECT * FROM subscriptions",
@@ -74,6 +85,7 @@ FORBIDDEN = {
     ),
     roles.RELAY: (
         "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",  # only the API reads the bookings' data keys (0018)
         "SELECT secret FROM subscriptions",
         "SELECT * FROM console_sessions",
         "SELECT * FROM bookings",
@@ -81,14 +93,17 @@ FORBIDDEN = {
     ),
     roles.READER: (
         "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",
         "SELECT secret FROM subscriptions",
         "SELECT * FROM console_sessions",
         "DELETE FROM outbox",
         "INSERT INTO outbox (position, booking_code, version) VALUES (1, 'X', 1)",
         "SELECT count(*) FROM ledger_append(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        "INSERT INTO checkpoints (seq) VALUES (1)",
     ),
     roles.KEYS: (
         "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",
         "SELECT secret FROM subscriptions",
         "SELECT * FROM api_keys",
         "SELECT * FROM events",
@@ -98,6 +113,9 @@ FORBIDDEN = {
     ),
     roles.DELIVER: (
         "SELECT key_hash FROM api_keys",
+        "SELECT data_key FROM personal_keys",  # deliveries carry personal data sealed, as Kafka does
+        "SELECT booking_code FROM personal_keys",
+        "INSERT INTO checkpoints (seq) VALUES (1)",
         "SELECT department FROM api_keys",
         "SELECT * FROM bookings",
         "SELECT * FROM console_sessions",
@@ -241,6 +259,7 @@ async def test_the_deliver_role_reads_subscriptions_and_the_feed_and_moves_curso
         assert found[created.id]["secret"].startswith("whsec_") and not found[created.id]["revoked"]
         page = await deliver.fetch(DELIVER_PAGE_SQL, 0, None, None, code, 10)
         assert [row["position"] for row in page] == [result.events[0].position]
+        assert await deliver.fetch(personal.ERASED_BOOKINGS_SQL, [code]) == []  # erasures: from events alone
         position = result.events[0].position
         assert await deliver.fetchval(DELIVERED_SQL, created.id, 0, position, 1, 200) == created.id
         assert await deliver.fetchval(PAUSE_SQL, created.id, position, position + 1, uuid.uuid4(), 3, 500,

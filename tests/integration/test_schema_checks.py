@@ -43,7 +43,7 @@ async def test_the_driver_s_infinity_instants_are_never_stored(pool, moment: dat
 def test_a_legacy_infinity_row_is_emitted_with_an_offset() -> None:
     row = {"event_id": uuid.uuid4(), "booking_code": "R1", "version": 1, "type": "A", "price_amount": None,
            "price_currency": None, "data": None, "department": "hotel", "occurred_at": datetime.min,
-           "recorded_at": datetime.now(UTC), "position": 1}
+           "recorded_at": datetime.now(UTC), "position": 1, "hash": bytes(32)}
     assert event_from_row(row).occurred_at.utcoffset() is not None
 
 

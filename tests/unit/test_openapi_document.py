@@ -39,7 +39,8 @@ def test_every_error_answer_is_a_problem_with_its_routes_codes(document: dict[st
                 assert answer["content"][PROBLEM_JSON]["schema"] == {"$ref": "#/components/schemas/Problem"}
                 assert answer["x-problem-codes"] and set(answer["x-problem-codes"]) <= set(PROBLEM_CODES)
     append = document["paths"]["/v1/bookings/{code}/events"]["post"]["responses"]
-    assert append["409"]["x-problem-codes"] == ["booking_code_taken", "version_conflict", "event_id_conflict"]
+    assert append["409"]["x-problem-codes"] == ["booking_code_taken", "version_conflict", "event_id_conflict",
+                                                "personal_data_erased"]
     assert append["403"]["x-problem-codes"] == ["forbidden", "not_owner"]
     feed = document["paths"]["/v1/events"]["get"]["responses"]
     assert "404" not in feed and feed["401"]["x-problem-codes"] == ["unauthorized"]
