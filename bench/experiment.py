@@ -168,6 +168,7 @@ def main() -> None:
                       f"{med(r.batch):10.1f}")
     finally:
         stack.stop()
+    stack.remove()  # only after a run that ended well: a failed one keeps its logs
 
 
 if __name__ == "__main__":

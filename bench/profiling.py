@@ -110,6 +110,7 @@ def main() -> None:
         print(f"folded stacks: {args.out}")
     finally:
         stack.stop()
+    stack.remove()  # only after a run that ended well: a failed one keeps its logs
 
 
 if __name__ == "__main__":

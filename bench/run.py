@@ -442,6 +442,10 @@ def main() -> None:
     finally:
         stack.stop()
         sampling.set()
+    if bench.results["errors"]:
+        log(f"kept {stack.folder} for the failed parts' logs")
+    else:
+        stack.remove()
     bench.results["meta"] = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full",

@@ -49,13 +49,13 @@ import httpx
 import msgspec
 
 from cdc import metrics
-from cdc.backoff import Backoff
+from cdc.leadership import Lease, pause
 from core import personal, webhooks
 from core.events import Event, encode_event, event_columns, event_from_row
 from core.lease import DELIVER_LOCK
 from core.logs import direct_logger
 from core.outbox import OUTBOX_CHANNEL
-from core.pg import connect, connect_primary, init_connection, is_transient, standby_holds
+from core.pg import connect_primary, init_connection, is_transient, standby_holds
 from core.settings import Settings
 
 log = logging.getLogger("booking_ledger.deliver")
@@ -66,8 +66,7 @@ FIRST_RETRY = 0.5  # seconds before the first retry; doubles per failure, up to 
 RETRY_CAP = 30.0
 DELIVERY_NAMESPACE = uuid.UUID("5b0e4f3c-9f1d-4e5a-8c2b-6a7d8e9f0a1b")  # of the Ledger-Delivery ids
 USER_AGENT = "booking-ledger-webhooks/1"
-
-CAMPAIGN_SQL = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_try_advisory_lock($1) END"
+APPLICATION_NAME = "booking-ledger-deliver"  # its sessions in pg_stat_activity
 
 SUBSCRIPTIONS_SQL = """
 SELECT s.id, s.url, s.filter_department, s.filter_type, s.filter_booking_code, s.secret, s.position, s.status,
@@ -108,15 +107,6 @@ UPDATE subscriptions
  WHERE id = $1 AND position = $2 AND status = 'active'
 RETURNING id
 """
-
-# The leader's lock lives as long as its session: a dead peer must be noticed within seconds.
-_DEAD_PEER_DETECTION = {
-    "tcp_keepalives_idle": "5",
-    "tcp_keepalives_interval": "2",
-    "tcp_keepalives_count": "3",
-    "tcp_user_timeout": "10000",
-}
-
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The Ledger-Signature header's value for `body` sent at `timestamp` (Unix seconds)."""
@@ -159,8 +149,9 @@ class Deliverer:
         self.settings = settings
         self.webhook = settings.webhook
         self.poll_interval = poll_interval
-        self.is_leader = False
         self.metrics = metrics.DeliverMetrics()
+        self.lease = Lease("deliver", DELIVER_LOCK, settings.database.url, log, lambda: APPLICATION_NAME,
+                           lambda leading: self.metrics.leader.set(1 if leading else 0))
         self._tasks: dict[Target, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()  # replaced on every NOTIFY; the tasks wait on the current one
         self._changed = asyncio.Event()
@@ -172,53 +163,11 @@ class Deliverer:
         """Campaign for leadership and deliver while leader, until `stop` is set."""
         metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.deliver_port,
                       "deliver")
-        backoff = Backoff(log)
-        while not stop.is_set():
-            try:
-                conn = await connect(self.settings.database.url, timeout=5, command_timeout=30,
-                                     server_settings={**_DEAD_PEER_DETECTION,
-                                                      "application_name": "booking-ledger-deliver"})
-            except Exception as error:
-                if not isinstance(error, asyncpg.PostgresError) and not is_transient(error):
-                    raise
-                await _wait(stop, backoff.failed("deliver cannot reach Postgres: %r", error))
-                continue
-            backoff.succeeded("deliver reaches Postgres again")
-            try:
-                if await self._campaign(conn, stop):
-                    await self._lead(conn, stop)
-            except Exception as error:
-                if not isinstance(error, asyncpg.PostgresError) and not is_transient(error):
-                    raise
-                log.warning("deliver lost its Postgres connection or failed on it (leadership released): %r", error)
-                await _wait(stop, 0.5)
-            finally:
-                await self._stop_tasks()
-                if self.is_leader:
-                    log.info("deliver leadership released")
-                self.is_leader = False
-                self.metrics.leader.set(0)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 5)
+        await self.lease.run(stop, self._lead)
 
-    async def _campaign(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
-        announced = False
-        while not stop.is_set():
-            taken = await conn.fetchval(CAMPAIGN_SQL, DELIVER_LOCK)
-            if taken:
-                self.is_leader = True
-                self.metrics.leader.set(1)
-                log.info("deliver is the leader")
-                return True
-            if taken is None:
-                log.warning("deliver connected to a standby (read-only) server: looking for the primary")
-                await _wait(stop, 0.5)
-                return False
-            if not announced:
-                log.info("deliver is standby: another worker holds the lease")
-                announced = True
-            await _wait(stop, 1.0)
-        return False
+    @property
+    def is_leader(self) -> bool:
+        return self.lease.is_leader
 
     async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         """While leader: one task per active subscription, started and stopped as the table changes."""
@@ -227,7 +176,7 @@ class Deliverer:
         timeout = float(self.webhook.timeout_seconds)
         self._pool = await asyncpg.create_pool(
             self.settings.database.url, connect=connect_primary, min_size=0, max_size=8, command_timeout=30,
-            init=init_connection, server_settings={"application_name": "booking-ledger-deliver"})
+            init=init_connection, server_settings={"application_name": APPLICATION_NAME})
         self._client = httpx.AsyncClient(
             follow_redirects=False, trust_env=False, timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
@@ -235,7 +184,7 @@ class Deliverer:
             while not stop.is_set():
                 self._changed.clear()
                 await self._refresh(await conn.fetch(SUBSCRIPTIONS_SQL))
-                await _wait(stop, self.poll_interval, self._changed)
+                await pause(stop, self.poll_interval, self._changed)
         finally:
             await self._stop_tasks()
             await self._client.aclose()
@@ -478,13 +427,3 @@ def _bounded(error: str | None) -> str | None:
     return None if error is None else error.encode()[:1000].decode(errors="ignore")
 
 
-async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
-    """Sleep up to `seconds`, returning early when `stop` (or `wake`) is set."""
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waiters.append(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

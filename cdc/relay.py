@@ -46,12 +46,13 @@ from confluent_kafka import KafkaException, Producer
 from cdc import metrics
 from cdc.backoff import Backoff
 from cdc.kafka import CREATED, EXISTING, ensure_topic, producer_config
+from cdc.leadership import Lease, pause
 from core import checkpoints, tracing
 from core.events import encode_event, event_columns, event_from_row
 from core.lease import LEADER_LOCK, relay_application_name, relay_identity
 from core.logs import direct_logger
 from core.outbox import OUTBOX_BACKLOG_SQL, OUTBOX_CHANNEL
-from core.pg import connect, is_transient, standby_holds
+from core.pg import standby_holds
 from core.settings import Settings
 
 log = logging.getLogger("booking_ledger.relay")
@@ -82,29 +83,6 @@ SELECT {checkpoints.CHECKPOINT_COLUMNS} FROM checkpoints
 """
 PUBLISHED_SQL = "UPDATE checkpoints SET published = true WHERE seq = $1"
 
-# The lease is taken only on a primary. Advisory locks are not replicated, so after a failover the
-# lease is free on the new primary and the first relay to reach it takes it; the relays still
-# connected to the old one lose their sessions when Patroni demotes it (demotion restarts Postgres),
-# and a frozen old primary answers nothing. One check per session is enough: a server never turns
-# from primary into standby without a restart, which ends this session and its lock. So the leader
-# never reads or deletes outbox rows on a standby. What the old primary removed from its outbox
-# without waiting for replication (_delete_sent) reappears on the new one and is sent again.
-CAMPAIGN_SQL = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_try_advisory_lock($1) END"
-
-
-class StandbyConnection(Exception):
-    """The relay's connection landed on a standby (a single-host URL naming a replica)."""
-
-
-# The leader's lock lives as long as its session. If the leader's host dies without closing the
-# socket, Postgres must notice within seconds, not after the OS default of two hours.
-_DEAD_PEER_DETECTION = {
-    "tcp_keepalives_idle": "5",
-    "tcp_keepalives_interval": "2",
-    "tcp_keepalives_count": "3",
-    "tcp_user_timeout": "10000",
-}
-
 async def _delete_sent(conn: asyncpg.Connection, positions: list[int]) -> None:
     """Remove sent rows from the outbox, without waiting for a WAL flush: a removal lost in a
     Postgres crash only means those events are sent again (at least once; the sink's writes are
@@ -119,7 +97,6 @@ class Relay:
         self.settings = settings
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.is_leader = False
         host, pid = relay_identity()
         self._identity = (host, str(pid))
         # The leader's sending state, set up anew each time it takes the lease (_lead).
@@ -127,6 +104,8 @@ class Relay:
         self._send_backoff = Backoff(log)
         self._topic_checked = self._backlog_checked = 0.0
         self.metrics = metrics.RelayMetrics()
+        self.lease = Lease("relay", LEADER_LOCK, settings.database.url, log, relay_application_name, self._leading,
+                           peers="relay")
         self._sent_log = direct_logger("booking_ledger.relay.sent")
         self._signer: checkpoints.Signer | None = None
         self._checkpoint_due = 0.0
@@ -139,61 +118,19 @@ class Relay:
             self._signer = checkpoints.Signer.load(Path(self.settings.audit.checkpoint_key_file))
             log.info("relay signs checkpoints with key %s every %d s", self._signer.key_id,
                      self.settings.audit.checkpoint_seconds)
-        backoff = Backoff(log)
-        while not stop.is_set():
-            try:
-                conn = await connect(self.settings.database.url, timeout=5, command_timeout=30,
-                                     server_settings={**_DEAD_PEER_DETECTION,
-                                                      "application_name": relay_application_name()})
-            except Exception as error:
-                if not isinstance(error, asyncpg.PostgresError) and not is_transient(error):
-                    raise
-                # Not transient (a missing schema, a refused role): wait and try again all the same,
-                # saying so; the relay is a daemon and an operator may fix it meanwhile.
-                await _wait(stop, backoff.failed("relay cannot reach Postgres: %r", error))
-                continue
-            backoff.succeeded("relay reaches Postgres again")
-            try:
-                if await self._campaign(conn, stop):
-                    await self._lead(conn, stop)
-            except StandbyConnection as error:
-                log.warning("relay %s", error)
-                await _wait(stop, 0.5)
-            except Exception as error:
-                if not isinstance(error, asyncpg.PostgresError) and not is_transient(error):
-                    raise
-                if is_transient(error):
-                    log.warning("relay lost its Postgres connection (and with it any leadership): %r", error)
-                else:
-                    log.error("relay failed on a Postgres error (leadership released): %r", error)
-                await _wait(stop, 0.5)
-            finally:
-                if self.is_leader:
-                    log.info("relay leadership released")
-                self.is_leader = False
-                self.metrics.leader.set(0)
-                with contextlib.suppress(KeyError):
-                    self.metrics.leader_info.remove(*self._identity)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 5)
+        await self.lease.run(stop, self._lead)
 
-    async def _campaign(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
-        announced = False
-        while not stop.is_set():
-            taken = await conn.fetchval(CAMPAIGN_SQL, LEADER_LOCK)
-            if taken is None:
-                raise StandbyConnection("connected to a standby (read-only) server: looking for the primary")
-            if taken:
-                self.is_leader = True
-                self.metrics.leader.set(1)
-                self.metrics.leader_info.labels(*self._identity).set(1)
-                log.info("relay is the leader")
-                return True
-            if not announced:
-                log.info("relay is standby: another relay holds the lease")
-                announced = True
-            await _wait(stop, 1.0)
-        return False
+    @property
+    def is_leader(self) -> bool:
+        return self.lease.is_leader
+
+    def _leading(self, leading: bool) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        if leading:
+            self.metrics.leader_info.labels(*self._identity).set(1)
+        else:
+            with contextlib.suppress(KeyError):
+                self.metrics.leader_info.remove(*self._identity)
 
     async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         """While leader: send the outbox to Kafka batch by batch, oldest first, until `stop` is set."""
@@ -268,7 +205,7 @@ class Relay:
     async def _wait_for_topic(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
         """Wait until the topic exists (creating it if missing); False when stopped first."""
         while not await self._topic_ready(conn):
-            await _wait(stop, 2.0)
+            await pause(stop, 2.0)
             if stop.is_set():
                 return False
         return True
@@ -286,7 +223,7 @@ class Relay:
         if time.monotonic() - self._topic_checked > TOPIC_CHECK_SECONDS:  # a broker restart while idle
             await self._topic_ready(conn)
             self._topic_checked = time.monotonic()
-        await _wait(stop, self.poll_interval, wake)
+        await pause(stop, self.poll_interval, wake)
 
     async def _relay_batch(self, conn: asyncpg.Connection, stop: asyncio.Event, rows: list[asyncpg.Record]) -> None:
         """Send one batch and delete from the outbox exactly the prefix Kafka acknowledged; after any
@@ -308,7 +245,7 @@ class Relay:
         self._producer = Producer(producer_config(self.settings.kafka))
         delay = self._send_backoff.failed("Kafka did not acknowledge %d of %d events; resending from the oldest "
                                           "unsent", len(rows) - delivered, len(rows))
-        await _wait(stop, delay)
+        await pause(stop, delay)
         await self._topic_ready(conn)  # the topic may have been deleted meanwhile
 
     def _log_sent(self, rows: list[asyncpg.Record]) -> None:
@@ -386,13 +323,3 @@ def _discard(producer: Producer) -> None:
     producer.flush(0)
 
 
-async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
-    """Sleep up to `seconds`, returning early when `stop` (or `wake`) is set."""
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waiters.append(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

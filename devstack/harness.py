@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -176,6 +177,10 @@ class Stack:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o755)  # the cluster may belong to the postgres user (when we run as root)
         self.postgres = LocalPostgres(self.folder / "postgres", free_port())
+
+    def remove(self) -> None:
+        """Delete the stack's folder (data and logs), once it is stopped."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def start_postgres(self, **server_settings: str) -> None:
         """Start Postgres; `server_settings` are applied with ALTER SYSTEM (values as SQL literals)."""

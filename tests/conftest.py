@@ -104,6 +104,7 @@ def postgres() -> Iterator[LocalPostgres]:
         yield server
     finally:
         server.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
@@ -26,6 +27,12 @@ from tests.conftest import free_port, sql
 
 __all__ = ["CLI", "Pipeline", "Worker", "Writer", "wait_until"]
 LOGS = Path(tempfile.mkdtemp(prefix="booking-ledger-test-logs-"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The servers' and workers' logs are kept only when a test failed."""
+    if exitstatus == 0:
+        shutil.rmtree(LOGS, ignore_errors=True)
 
 
 @dataclass
