@@ -13,7 +13,7 @@ from litestar.params import Parameter
 
 from core import tracing
 from service.api import metrics
-from service.api.auth import READ_SCOPES, WRITE_SCOPES, authenticated
+from service.api.auth import READ_SCOPES, WRITE_SCOPES, authenticated, deadline_of
 from service.api.http_rules import check_json_body, read_body
 from service.api.openapi import APPEND, BOOKING_READ, KEY_REQUIRED, MAX_POSITION, V1_READ, BookingCode
 from service.api.schemas import (
@@ -70,7 +70,7 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
                 events=body.new_events(),
                 size=len(raw),
                 traceparent=trace.traceparent,
-            ))
+            ), deadline_of(request))
         count.answered(result)
     if not result.replayed:
         app_state.notifier.poke()
@@ -88,9 +88,9 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
     opt={"scopes": READ_SCOPES, "read_route": "booking", "problems": BOOKING_READ},
     operation_id="get_booking",
 )
-async def booking(code: BookingCode, app_state: AppState) -> Booking:
+async def booking(request: Request, code: BookingCode, app_state: AppState) -> Booking:
     with metrics.counting_read("booking"):
-        return await get_booking(app_state.pool, code)
+        return await get_booking(app_state.pool, code, deadline_of(request))
 
 
 @get(
@@ -104,13 +104,15 @@ async def booking(code: BookingCode, app_state: AppState) -> Booking:
                                     generate_examples=False)},
 )
 async def booking_events(
+    request: Request,
     code: BookingCode,
     app_state: AppState,
     from_version: Annotated[int, Parameter(ge=1, le=2**31 - 1)] = 1,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> Response[bytes]:
     with metrics.counting_read("booking_events"):
-        page = await read_booking_events_json(app_state.pool, code, from_version, limit)
+        page = await read_booking_events_json(app_state.pool, code, from_version, limit,
+                                              deadline=deadline_of(request))
     return json_answer(b'{"booking_code":%s,"events":[%s],"next_from_version":%s}',
                        msgspec.json.encode(code), page.events, msgspec.json.encode(page.next))
 
@@ -125,12 +127,13 @@ async def booking_events(
     responses={200: ResponseSpec(FeedOut, description="Request fulfilled, document follows", generate_examples=False)},
 )
 async def feed(
+    request: Request,
     app_state: AppState,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
 ) -> Response[bytes]:
     with metrics.counting_read("feed"):
-        page = await read_feed_json(app_state.pool, after, limit)
+        page = await read_feed_json(app_state.pool, after, limit, deadline=deadline_of(request))
     return json_answer(b'{"events":[%s],"next_after":%d}', page.events, page.next)
 
 

@@ -10,7 +10,7 @@ import msgspec
 
 from core.events import EVENT_COLUMN_NAMES, EVENT_COLUMNS, Event, Price, event_from_row, price_of
 from core.pg import standby_holds
-from service.ledger.db import retrying
+from service.ledger.db import Tries, retrying
 from service.ledger.errors import BookingNotFound
 
 BOOKING_SQL = """
@@ -141,8 +141,9 @@ class Booking(msgspec.Struct, frozen=True):
     updated_at: datetime
 
 
-async def get_booking(pool: asyncpg.Pool, code: str) -> Booking:
-    row = await retrying(pool, lambda conn: conn.fetchrow(BOOKING_SQL, code))
+async def get_booking(pool: asyncpg.Pool, code: str, deadline: float | None = None) -> Booking:
+    """The booking `code`; read by `deadline` (a request's, service.ledger.db.request_deadline)."""
+    row = await retrying(pool, lambda conn: conn.fetchrow(BOOKING_SQL, code), Tries(deadline=deadline))
     if row is None:
         raise BookingNotFound("no booking with this code")
     return Booking(
@@ -191,20 +192,23 @@ async def _feed_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes
 
 
 async def read_booking_events_json(
-    pool: asyncpg.Pool, code: str, from_version: int, limit: int, max_bytes: int = MAX_PAGE_BYTES
+    pool: asyncpg.Pool, code: str, from_version: int, limit: int, max_bytes: int = MAX_PAGE_BYTES,
+    deadline: float | None = None,
 ) -> JsonPage:
-    """`read_booking_events`, the events as Postgres wrote their JSON."""
+    """`read_booking_events`, the events as Postgres wrote their JSON; read by `deadline`."""
     row = await retrying(pool, lambda conn: conn.fetchrow(BOOKING_EVENTS_JSON_SQL, code, from_version, limit,
-                                                          max_bytes))
+                                                          max_bytes), Tries(deadline=deadline))
     if row is None:
         raise BookingNotFound("no booking with this code")
     last = row["last_version"] if row["last_version"] is not None else from_version - 1
     return JsonPage(row["events"].encode(), last + 1 if last < row["booking_version"] else None)
 
 
-async def read_feed_json(pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> JsonPage:
-    """`read_feed`, the events as Postgres wrote their JSON (behind the same fence and barrier)."""
-    row = await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes))
+async def read_feed_json(pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES,
+                         deadline: float | None = None) -> JsonPage:
+    """`read_feed`, the events as Postgres wrote their JSON (behind the same fence and barrier);
+    read by `deadline`."""
+    row = await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes), Tries(deadline=deadline))
     return JsonPage(row["events"].encode(), row["last_position"] if row["last_position"] is not None else after)
 
 
