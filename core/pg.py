@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +31,9 @@ PER_HOST_CONNECT_TIMEOUT = 2.0
 
 # url -> index of the host that last accepted: the likely primary, tried first next time.
 _last_good: dict[str, int] = {}
+# When a host's connect last timed out, by (url, host index); such a host is tried last for a while.
+_timed_out: dict[tuple[str, int], float] = {}
+TIMED_OUT_LAST_SECONDS = 10.0
 
 # Errors after which the next host is worth trying: refused, reset, frozen, a standby
 # (TargetServerAttributeNotMatched is an InternalClientError), starting up or shutting down.
@@ -87,8 +91,14 @@ async def connect_primary(url: str, **options: Any) -> asyncpg.Connection:
     options.pop("loop", None)
     deadline = time.monotonic() + total
     first = _last_good.get(url, 0) % len(hosts)
+    order = [*range(first, len(hosts)), *range(first)]
+    # A host whose connect timed out a moment ago (cut off, frozen: most likely the old primary)
+    # goes last: otherwise each attempt during a failover spends its timeout there before it
+    # reaches the new primary.
+    now = time.monotonic()
+    order.sort(key=lambda i: now - _timed_out.get((url, i), -math.inf) < TIMED_OUT_LAST_SECONDS)
     last_error: BaseException | None = None
-    for index in [*range(first, len(hosts)), *range(first)]:
+    for index in order:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -97,9 +107,12 @@ async def connect_primary(url: str, **options: Any) -> asyncpg.Connection:
             conn = await asyncpg.connect(url, host=host, port=port,
                                          timeout=min(PER_HOST_CONNECT_TIMEOUT, remaining), **options)
         except _TRY_NEXT as error:
+            if isinstance(error, TimeoutError):
+                _timed_out[(url, index)] = time.monotonic()
             last_error = error
             continue
         _last_good[url] = index
+        _timed_out.pop((url, index), None)
         return conn
     if last_error is None:
         raise TimeoutError(f"no host of the ledger's database answered within {total:g}s")
