@@ -38,6 +38,8 @@ ACQUIRE_TIMEOUT = 5.0
 # it lets the work answer by itself (a batch's call ends at its members' last deadline), the other
 # half is for the answer's way out, so that the client hears within the budget.
 ANSWER_RESERVE_SECONDS = 1.0
+# No try starts with less than this left before its deadline.
+LAST_TRY_SECONDS = 0.05
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -174,7 +176,8 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
             try:
                 return await _try(pool, work, tries)
             except StoreUnavailable as error:
-                if policy is None or not error.transient or time.monotonic() + delay > deadline:
+                left = deadline - time.monotonic()
+                if policy is None or not error.transient or left < LAST_TRY_SECONDS:
                     raise
                 if not waiting:
                     if policy.waiting >= policy.max_waiting:
@@ -183,7 +186,8 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
                     policy.waiting += 1
                     waiting = True
                     log.info("ledger store unavailable (%s); trying again for up to %gs", error.detail, policy.seconds)
-            await asyncio.sleep(delay)
+            # The last try comes just before the deadline: the budget is used up before a 503 says so.
+            await asyncio.sleep(min(delay, left - LAST_TRY_SECONDS))
             delay = min(delay * 2, 0.5)
     finally:
         if waiting and policy is not None:

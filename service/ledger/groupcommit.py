@@ -14,7 +14,8 @@ taken by the API when the request arrived, so its key's look-up counts too), wha
 meanwhile: a batch's call ends at its members' last deadline, and an append still waiting when its
 own deadline passes is answered then: 503 `unavailable` if it was still queued (it is taken out: nothing of it is ever
 written), 503 `unknown_outcome` if its batch was under way (it may commit; the same request sent
-again says). A batch with too little time left is not sent at all (503 `unavailable`). Without
+again says). A batch with too little time left is not sent at all (503 `unavailable`, at each
+member's deadline). Without
 this, appends queued behind a call that hangs (a commit waiting for a standby that is gone)
 waited for it, then for their own call, one after the other.
 """
@@ -125,8 +126,11 @@ class GroupCommit:
             self.on_batch(len(batch))
         deadline = _deadline(batch)
         if deadline is not None and deadline - time.monotonic() < MIN_TRY_SECONDS:
+            # Not sent; each is answered at its own deadline, not before: its budget is spent first.
+            loop = asyncio.get_running_loop()
             for waiting in batch:
-                _answer(waiting, StoreUnavailable(NOT_TAKEN))
+                loop.call_later(max(waiting.deadline - time.monotonic(), 0.0), _answer, waiting,
+                                StoreUnavailable(NOT_TAKEN))
             return
         try:
             answers: list[Answer] = await append_batch(self.pool, [waiting.append for waiting in batch], deadline)
