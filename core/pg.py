@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +31,11 @@ PER_HOST_CONNECT_TIMEOUT = 2.0
 
 # url -> index of the host that last accepted: the likely primary, tried first next time.
 _last_good: dict[str, int] = {}
+# When a host's connect last timed out, by (url, host index); such a host is tried last for a while.
+_timed_out: dict[tuple[str, int], float] = {}
+TIMED_OUT_LAST_SECONDS = 10.0
+# While the host tried has not answered for this long, the next one is tried beside it.
+HEDGE_SECONDS = 0.25
 
 # Errors after which the next host is worth trying: refused, reset, frozen, a standby
 # (TargetServerAttributeNotMatched is an InternalClientError), starting up or shutting down.
@@ -77,8 +83,11 @@ async def connect_primary(url: str, **options: Any) -> asyncpg.Connection:
     """A connection to the first host of `url` that accepts it (for a multi-host URL with
     target_session_attrs=read-write: the primary), each host tried with its own timeout.
 
-    `timeout` in `options` bounds the whole attempt. Raises the last host's error when none
-    accepts. Also usable as asyncpg.create_pool(connect=...).
+    Hosts are tried in turn, starting with the one that accepted last; while one has not answered
+    within HEDGE_SECONDS the next is tried beside it (a host that is cut off or frozen then costs
+    that, not its whole timeout, before the others are asked). `timeout` in `options` bounds the
+    whole attempt. Raises the last host's error when none accepts. Also usable as
+    asyncpg.create_pool(connect=...).
     """
     hosts = hosts_of(url)
     if len(hosts) < 2:
@@ -87,23 +96,49 @@ async def connect_primary(url: str, **options: Any) -> asyncpg.Connection:
     options.pop("loop", None)
     deadline = time.monotonic() + total
     first = _last_good.get(url, 0) % len(hosts)
+    queue = [*range(first, len(hosts)), *range(first)]
+    # A host whose connect timed out a moment ago (cut off, frozen: most likely the old primary)
+    # goes last: otherwise each attempt during a failover starts with it.
+    now = time.monotonic()
+    queue.sort(key=lambda i: now - _timed_out.get((url, i), -math.inf) < TIMED_OUT_LAST_SECONDS)
+    trying: dict[asyncio.Task[asyncpg.Connection], int] = {}
     last_error: BaseException | None = None
-    for index in [*range(first, len(hosts)), *range(first)]:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        host, port = hosts[index]
-        try:
-            conn = await asyncpg.connect(url, host=host, port=port,
-                                         timeout=min(PER_HOST_CONNECT_TIMEOUT, remaining), **options)
-        except _TRY_NEXT as error:
-            last_error = error
-            continue
-        _last_good[url] = index
-        return conn
+    try:
+        while queue or trying:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if queue:
+                host, port = hosts[queue[0]]
+                task = asyncio.ensure_future(asyncpg.connect(
+                    url, host=host, port=port, timeout=min(PER_HOST_CONNECT_TIMEOUT, remaining), **options))
+                trying[task] = queue.pop(0)
+            done, _ = await asyncio.wait(trying, timeout=HEDGE_SECONDS if queue else remaining,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                index = trying.pop(task)
+                error = task.exception()
+                if error is None:
+                    _last_good[url] = index
+                    _timed_out.pop((url, index), None)
+                    return task.result()
+                if not isinstance(error, _TRY_NEXT):
+                    raise error
+                if isinstance(error, TimeoutError):
+                    _timed_out[(url, index)] = time.monotonic()
+                last_error = error
+    finally:
+        for task in trying:  # the others' tries: a connection they still make is closed at once
+            task.add_done_callback(_close_unused)
+            task.cancel()
     if last_error is None:
         raise TimeoutError(f"no host of the ledger's database answered within {total:g}s")
     raise last_error
+
+
+def _close_unused(task: asyncio.Task[asyncpg.Connection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().terminate()
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

@@ -80,8 +80,9 @@ class DatabaseSettings:
     retry_seconds: int = _env_int(
         "LEDGER_WRITE_RETRY_SECONDS", 20,
         "Seconds the API keeps retrying a request while the Postgres primary is unavailable (a failover), "
-        "with the same event ids, before it answers 503; 0 = no retry. An append is answered within "
-        "max(this, LEDGER_DB_TIMEOUT) whatever the fault (503 unknown_outcome when it may have been stored).",
+        "with the same event ids, before it answers 503; 0 = no retry. A request is answered within "
+        "max(this, LEDGER_DB_TIMEOUT) from its arrival, its key's look-up included, whatever the fault "
+        "(an append: 503 unknown_outcome when it may have been stored).",
     )
     retry_max_waiting: int = _env_int(
         "LEDGER_RETRY_MAX_WAITING", 256,

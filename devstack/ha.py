@@ -6,9 +6,13 @@ as found on this stack (deploy/RUNBOOK.md has the same table for production):
 - Patroni's `etcd:` (v2 API) section, etcd started with `--enable-v2=true`. Never `etcd3:` with
   Patroni 3.0.2: its leader update there is an unconditional put, and a leader frozen past the TTL
   took the key back on resume and threw away the new leader's acknowledged commits.
-- `ttl: 10, loop_wait: 2, retry_timeout: 4`: a lost leader is replaced about 10 s after it stopped
-  renewing its key (the TTL); loop_wait + 2 × retry_timeout ≤ ttl, so a leader that cannot reach
-  etcd demotes itself before its key can expire and another node be promoted.
+- `ttl: 8, loop_wait: 1, retry_timeout: 3`: a lost leader's key expires 7-8 s after it was cut
+  off (the TTL from its last renewal, one loop ago at most); loop_wait + 2 × retry_timeout < ttl,
+  so a leader that cannot reach etcd demotes itself before its key can expire and another node be
+  promoted. Writes come back about 3 s after the expiry (a replica's loop, promotion, the other
+  replica streaming from the new leader, the API's reconnect): 10-11 s, inside the 15 s the
+  partition campaign allows a primary cut off. retry_timeout 3 (Patroni's documented minimum)
+  rides out an etcd leader election (1-2 s at etcd's defaults) without demoting anyone.
 - `synchronous_mode` and `synchronous_mode_strict`: a commit is acknowledged only once a standby
   has it on disk, only that standby may be promoted, and with no standby left nothing is
   acknowledged at all (rather than on one disk only).
@@ -18,6 +22,13 @@ as found on this stack (deploy/RUNBOOK.md has the same table for production):
   directory) is cloned afresh from the leader instead of staying down ("start failed"). What it
   throws away was never acknowledged: strict synchronous mode put every acknowledged commit on the
   standby that was promoted, and nothing else left the ledger (the relay and the feed wait for it).
+- `wal_sender_timeout` and `wal_receiver_timeout` 5 s (default 60 s), and TCP keepalives on both
+  ends of every replication connection (`tcp_keepalives_*` for the walsender's socket; for the
+  walreceiver's, a libpq service file, `SERVICE_FILE`, since Patroni writes primary_conninfo from
+  a fixed list of keywords that has no keepalives): a replication link that is cut, or left
+  half-open by a lost reset (a replica "running" while its lag only grows, seen in the partition
+  campaign), is ended within seconds instead of a minute or two hours, the walsender of a lost
+  synchronous standby goes (so Patroni names another one), and the replica connects again.
 - `log_directory` outside PGDATA: pg_rewind overwrites PGDATA/log.
 - `wal_retrieve_retry_interval: 500ms` (default 5 s): a promotion and a replica's switch to the
   new leader each waited out one such interval after the old leader vanished.
@@ -83,11 +94,26 @@ class Etcd(ChildServer):
         ]
 
 
+# libpq's defaults for every connection Patroni and its Postgres make (a service file named by
+# PGSERVICEFILE and PGSERVICE in their environment): the walreceiver's replication connection,
+# pg_rewind's and pg_basebackup's. Keepalives probe an idle connection after 3 s and give up after
+# 3 unanswered probes 1 s apart; a peer that closed the connection answers the first probe with a
+# reset. The connect timeout bounds the blocking connects (pg_rewind, pg_basebackup) to a host that
+# is cut off; the walreceiver's own connect is bounded by the keepalives and wal_receiver_timeout.
+SERVICE = "booking-ledger-node"
+SERVICE_FILE = f"""[{SERVICE}]
+keepalives=1
+keepalives_idle=3
+keepalives_interval=1
+keepalives_count=3
+connect_timeout=5
+"""
+
 # The cluster-wide settings Patroni writes to etcd when it bootstraps the cluster.
 BOOTSTRAP_DCS: dict[str, Any] = {
-    "ttl": 10,
-    "loop_wait": 2,
-    "retry_timeout": 4,
+    "ttl": 8,
+    "loop_wait": 1,
+    "retry_timeout": 3,
     "maximum_lag_on_failover": 1048576,
     "synchronous_mode": True,
     "synchronous_mode_strict": True,
@@ -109,6 +135,17 @@ BOOTSTRAP_DCS: dict[str, Any] = {
             # and 5 s more before the other replica streamed from the new leader
             # (and strict synchronous commits could complete).
             "wal_retrieve_retry_interval": "500ms",
+            # A replication connection that carries nothing for this long is ended, on the
+            # primary (a standby that stopped answering: its walsender goes, and with it its
+            # claim to be the synchronous standby) and on the replica (a primary that went
+            # silent: it connects again, to whoever leads). Each side asks the other for a reply
+            # after half of it, so a live but idle link never reaches it.
+            "wal_sender_timeout": "5s",
+            "wal_receiver_timeout": "5s",
+            # The server's side of every connection, the walsender's included.
+            "tcp_keepalives_idle": 3,
+            "tcp_keepalives_interval": 1,
+            "tcp_keepalives_count": 3,
         },
     },
 }
@@ -145,6 +182,11 @@ class PatroniNode(Child):
     @property
     def rest(self) -> str:
         return f"http://{self.host}:{self.rest_port}"
+
+    @property
+    def service_file(self) -> Path:
+        """libpq's defaults for this node's connections (SERVICE_FILE), beside its patroni.yml."""
+        return self.config_file.with_name("pg_service.conf")
 
     def config(self) -> dict[str, Any]:
         trust = ["local all all trust", f"host all all {self.trusted} trust",
@@ -196,9 +238,10 @@ class PatroniNode(Child):
             folder.mkdir(parents=True, exist_ok=True)
         # Patroni reads YAML; JSON is YAML, and needs no YAML library here.
         self.config_file.write_text(json.dumps(self.config(), indent=2))
+        self.service_file.write_text(SERVICE_FILE)
         owner = _postgres_user()
         if owner is not None:
-            for path in (self.root / self.name, self.log_dir, self.socket_dir, self.config_file):
+            for path in (self.root / self.name, self.log_dir, self.socket_dir, self.config_file, self.service_file):
                 os.chown(path, *owner)
             if self.data_dir.exists():
                 os.chown(self.data_dir, *owner)
@@ -206,13 +249,18 @@ class PatroniNode(Child):
     def command(self) -> list[str]:
         return [PATRONI, str(self.config_file)]
 
+    def environment(self) -> dict[str, str]:
+        """Patroni's environment; it passes it on to Postgres, and so to the walreceiver's libpq."""
+        return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name),
+                "PGSERVICEFILE": str(self.service_file), "PGSERVICE": SERVICE}
+
     def workdir(self) -> Path:
         return self.root / self.name
 
     def start(self) -> None:
         self.prepare()
         owner = _postgres_user()
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root / self.name)}
+        env = self.environment()
         if owner is None:
             self.launch(env=env)
         elif self.wrapper:  # `ip netns exec` needs root: it switches to postgres through setpriv (an exec, no fork)

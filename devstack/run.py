@@ -105,8 +105,8 @@ def _programs(bin_dir: Path, cluster: HACluster | None) -> Programs:
     if cluster is not None:
         programs["etcd"] = (cluster.etcd.command(), "TERM", "", cluster.root)
         for node in cluster.nodes:
-            programs[node.name] = (node.command(), "TERM", f'HOME="{node.root / node.name}",LANG="C.UTF-8"',
-                                   node.root / node.name)
+            env = ",".join(f'{name}="{value}"' for name, value in node.environment().items() if name != "PATH")
+            programs[node.name] = (node.command(), "TERM", env, node.root / node.name)
     if not os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
         broker = KafkaCluster(data / "kafka", [(BROKER_PORT, CONTROLLER_PORT)]).nodes[0]
         broker.metrics_port = BROKER_METRICS_PORT

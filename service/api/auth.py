@@ -11,6 +11,7 @@ from service.api import metrics
 from service.api.http_rules import check_parameters
 from service.api.problems import ApiError
 from service.api.state import app_state_of
+from service.ledger.db import request_deadline
 from service.ledger.keys import ApiKey, authenticate
 
 
@@ -36,9 +37,11 @@ async def authenticated(request: Request[Any, Any, Any]) -> None:
     valid key gets 401 whatever else is wrong with it; then come the rules every /v1 request
     keeps (http_rules.check_parameters). (A hook, not a guard: Litestar copies the route handler
     for every guard call, a cost on every request.) The route's scopes come from its `opt`; the
-    key is left in `request.state.api_key`.
+    key is left in `request.state.api_key`, and the request's deadline (taken first, so that the
+    key's look-up counts against it) in `request.state.deadline` (`deadline_of`).
     """
     handler = request.route_handler
+    request.scope["state"]["deadline"] = request_deadline(app_state_of(request).pool)
     try:
         key = await require_key(request, handler.opt["scopes"])
         check_parameters(request)
@@ -58,7 +61,7 @@ async def require_key(request: ASGIConnection[Any, Any, Any, Any], scopes: tuple
     if scheme.lower() != "bearer" or not presented:
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'", _CHALLENGE)
     state = app_state_of(request)
-    key = await authenticate(state.pool, presented, state.key_cache)
+    key = await authenticate(state.pool, presented, state.key_cache, deadline_of(request))
     if key is None:
         raise ApiError(401, "unauthorized", "the API key is unknown or revoked", _CHALLENGE)
     wait = state.rate_limiter.retry_after(key.id)
@@ -69,6 +72,12 @@ async def require_key(request: ASGIConnection[Any, Any, Any, Any], scopes: tuple
     if not any(key.allows(scope) for scope in scopes):
         raise ApiError(403, "forbidden", f"this key has none of the scopes {', '.join(scopes)}")
     return key
+
+
+def deadline_of(request: ASGIConnection[Any, Any, Any, Any]) -> float | None:
+    """The request's deadline (service.ledger.db.request_deadline), taken when it arrived: what it
+    asks of Postgres, its key's look-up included, ends by then, so it is answered within one budget."""
+    return request.scope.get("state", {}).get("deadline")
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}

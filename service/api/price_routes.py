@@ -8,12 +8,12 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import get
+from litestar import Request, get
 from litestar.params import Parameter
 
 from core.events import Price, utc_instant
 from service.api import metrics
-from service.api.auth import READ_SCOPES, authenticated
+from service.api.auth import READ_SCOPES, authenticated, deadline_of
 from service.api.openapi import BOOKING_READ, KEY_REQUIRED, BookingCode
 from service.api.problems import ApiError
 from service.api.schemas import MAX_VERSION
@@ -68,6 +68,7 @@ def parse_moment(text: str) -> datetime:
     operation_id="get_price",
 )
 async def booking_price(
+    request: Request,
     code: BookingCode,
     app_state: AppState,
     at: Annotated[str | None, Parameter(description="RFC 3339 time with an offset", max_length=64)] = None,
@@ -81,13 +82,13 @@ async def booking_price(
         if version is not None:
             if clock is not None:
                 raise ApiError(422, "validation_error", "clock applies to at, not to version")
-            found: PriceInForce = await price_at_version(pool, code, version)
+            found: PriceInForce = await price_at_version(pool, code, version, deadline_of(request))
             return PriceAtVersionOut(booking_code=code, price=found.price, version=found.version,
                                      event_id=found.event_id, as_of_version=version)
         assert at is not None
         moment = parse_moment(at)
         chosen: Clock = clock or "recorded"
-        found = await price_at(pool, code, moment, chosen)
+        found = await price_at(pool, code, moment, chosen, deadline_of(request))
         return PriceAtOut(booking_code=code, price=found.price, version=found.version, event_id=found.event_id,
                           at=moment, clock=chosen)
 

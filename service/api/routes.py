@@ -16,7 +16,7 @@ from litestar.params import Parameter
 from core import personal as core_personal
 from core import tracing
 from service.api import metrics
-from service.api.auth import ERASE_SCOPES, READ_SCOPES, WRITE_SCOPES, authenticated
+from service.api.auth import ERASE_SCOPES, READ_SCOPES, WRITE_SCOPES, authenticated, deadline_of
 from service.api.http_rules import check_json_body, read_body
 from service.api.openapi import APPEND, BOOKING_READ, ERASE, KEY_REQUIRED, MAX_POSITION, V1_READ, BookingCode
 from service.api.schemas import (
@@ -79,7 +79,7 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
                 events=events,
                 size=len(raw),
                 traceparent=trace.traceparent,
-            ))
+            ), deadline_of(request))
         count.answered(result)
     if not result.replayed:
         app_state.notifier.poke()
@@ -101,7 +101,7 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
 )
 async def erase_personal_data(request: Request, code: BookingCode, app_state: AppState) -> Response[ErasedOut]:
     key: ApiKey = request.scope["state"]["api_key"]  # set by `authenticated`
-    booking = await get_booking(app_state.pool, code)
+    booking = await get_booking(app_state.pool, code, deadline_of(request))
     if booking.department != key.department and not key.allows("write:any"):
         raise NotOwner("booking belongs to another department", department=booking.department)
     # The key goes first: from that moment no read opens the booking's personal data, whatever follows.
@@ -110,7 +110,7 @@ async def erase_personal_data(request: Request, code: BookingCode, app_state: Ap
         result = await app_state.writer.append(Append(
             code=code, department=key.department, may_write_any=key.allows("write:any"), expected_version=None,
             events=[NewEvent(uuid4(), core_personal.ERASED_TYPE)], traceparent=trace.traceparent,
-        ))
+        ), deadline_of(request))
     app_state.notifier.poke()
     log.info("personal data of booking %s erased (version %d)", code, result.version)
     return Response(ErasedOut(booking_code=code, version=result.version, event=result.events[0]), status_code=201)
@@ -124,9 +124,9 @@ async def erase_personal_data(request: Request, code: BookingCode, app_state: Ap
     opt={"scopes": READ_SCOPES, "read_route": "booking", "problems": BOOKING_READ},
     operation_id="get_booking",
 )
-async def booking(code: BookingCode, app_state: AppState) -> Booking:
+async def booking(request: Request, code: BookingCode, app_state: AppState) -> Booking:
     with metrics.counting_read("booking"):
-        return await get_booking(app_state.pool, code)
+        return await get_booking(app_state.pool, code, deadline_of(request))
 
 
 @get(
@@ -140,13 +140,15 @@ async def booking(code: BookingCode, app_state: AppState) -> Booking:
                                     generate_examples=False)},
 )
 async def booking_events(
+    request: Request,
     code: BookingCode,
     app_state: AppState,
     from_version: Annotated[int, Parameter(ge=1, le=2**31 - 1)] = 1,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> Response[bytes]:
     with metrics.counting_read("booking_events"):
-        page = await read_booking_events_json(app_state.pool, code, from_version, limit)
+        page = await read_booking_events_json(app_state.pool, code, from_version, limit,
+                                              deadline=deadline_of(request))
     return json_answer(b'{"booking_code":%s,"events":[%s],"next_from_version":%s}',
                        msgspec.json.encode(code), page.events, msgspec.json.encode(page.next))
 
@@ -161,12 +163,13 @@ async def booking_events(
     responses={200: ResponseSpec(FeedOut, description="Request fulfilled, document follows", generate_examples=False)},
 )
 async def feed(
+    request: Request,
     app_state: AppState,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
 ) -> Response[bytes]:
     with metrics.counting_read("feed"):
-        page = await read_feed_json(app_state.pool, after, limit)
+        page = await read_feed_json(app_state.pool, after, limit, deadline=deadline_of(request))
     return json_answer(b'{"events":[%s],"next_after":%d}', page.events, page.next)
 
 

@@ -84,7 +84,7 @@ async def append_batch(pool: asyncpg.Pool, appends: Sequence[Append], deadline: 
     `deadline` (time.monotonic()) bounds the call, tries and waits together; past it the call
     raises StoreUnavailable, or OutcomeUnknown when a try may have committed.
     """
-    tries = Tries(deadline=deadline)
+    tries = Tries(deadline=deadline, bounds_itself=True)  # _call: a COMMIT is never cancelled from outside
     arguments = batch_arguments(appends)
     try:
         rows = await retrying(pool, lambda conn: _call(conn, arguments, tries), tries)

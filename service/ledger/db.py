@@ -34,6 +34,12 @@ T = TypeVar("T")
 
 # Seconds to wait for a free pooled connection, or for a new one to connect, before answering 503.
 ACQUIRE_TIMEOUT = 5.0
+# A request's deadline lies this much before the end of its budget (at most a tenth of it): half of
+# it lets the work answer by itself (a batch's call ends at its members' last deadline), the other
+# half is for the answer's way out, so that the client hears within the budget.
+ANSWER_RESERVE_SECONDS = 1.0
+# No try starts with less than this left before its deadline.
+LAST_TRY_SECONDS = 0.05
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -55,9 +61,25 @@ class RetryPolicy:
 
     @property
     def budget(self) -> float:
-        """How long a write may take in all, its tries and waits together: the retry budget, and at
+        """How long a request may take in all, its tries and waits together: the retry budget, and at
         least one statement's timeout (so that LEDGER_WRITE_RETRY_SECONDS=0 still allows one try)."""
         return max(self.seconds, self.command_timeout or 0.0)
+
+    @property
+    def reserve(self) -> float:
+        """The part of the budget kept for the answer (ANSWER_RESERVE_SECONDS, at most a tenth)."""
+        return min(ANSWER_RESERVE_SECONDS, self.budget / 10)
+
+
+def request_deadline(pool: asyncpg.Pool) -> float | None:
+    """The deadline (time.monotonic()) of a request that arrives now: every call made for it with
+    this deadline (`retrying` through `Tries`, the group commit's append) ends by then, its key
+    lookup and its reads or append together, so that their tries never add up past one budget.
+    None when the pool has no RetryPolicy (no deadline)."""
+    policy: RetryPolicy | None = getattr(pool, "retry", None)
+    if policy is None:
+        return None
+    return time.monotonic() + policy.budget - policy.reserve
 
 
 class LedgerPool(asyncpg.Pool):
@@ -107,6 +129,9 @@ class Tries:
     unknown_outcome: bool = False  # a try failed after its statement may have reached Postgres
     deadline: float | None = None  # time.monotonic() by which the call gives up (None: the policy's budget)
     command_timeout: float | None = None
+    # `work` bounds its own statements by `timeout()` (the append: its COMMIT must not be cancelled,
+    # see `_try`); otherwise each try is cut at `timeout()` from outside.
+    bounds_itself: bool = False
 
     def timeout(self) -> float | None:
         """The bound for a statement of the current try: what is left before the deadline, at most
@@ -129,9 +154,11 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
     ledger's idempotency on the next. Beyond the policy's `max_waiting` operations waiting at
     once, the error is raised at once (503), so a long outage does not pile up requests.
 
-    With `tries.deadline` set, no try starts after it and each waits for a connection at most
-    until it; `work` bounds its statements by `tries.timeout()`, so the call ends near the
-    deadline whatever Postgres does (an append whose commit waits for a standby that is gone).
+    With `tries.deadline` set (a request's: `request_deadline`), no try starts after it, each
+    waits for a connection at most until it, and each is bounded by `tries.timeout()` (by `work`
+    itself when `tries.bounds_itself`, else from outside), so the call ends near the deadline
+    whatever Postgres does (an append whose commit waits for a standby that is gone, a read on a
+    primary that was cut off).
     """
     policy: RetryPolicy | None = getattr(pool, "retry", None)
     tries = tries or Tries()
@@ -149,7 +176,8 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
             try:
                 return await _try(pool, work, tries)
             except StoreUnavailable as error:
-                if policy is None or not error.transient or time.monotonic() + delay > deadline:
+                left = deadline - time.monotonic()
+                if policy is None or not error.transient or left < LAST_TRY_SECONDS:
                     raise
                 if not waiting:
                     if policy.waiting >= policy.max_waiting:
@@ -158,7 +186,8 @@ async def retrying(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awai
                     policy.waiting += 1
                     waiting = True
                     log.info("ledger store unavailable (%s); trying again for up to %gs", error.detail, policy.seconds)
-            await asyncio.sleep(delay)
+            # The last try comes just before the deadline: the budget is used up before a 503 says so.
+            await asyncio.sleep(min(delay, left - LAST_TRY_SECONDS))
             delay = min(delay * 2, 0.5)
     finally:
         if waiting and policy is not None:
@@ -172,7 +201,10 @@ async def _try(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitabl
     with translate_errors():
         async with pool.acquire(timeout=wait) as conn:
             try:
-                return await work(conn)
+                if tries.deadline is None or tries.bounds_itself:
+                    return await work(conn)
+                # Reads only (an append bounds itself): cancelling them leaves nothing half-done.
+                return await asyncio.wait_for(work(conn), tries.timeout())
             except Exception as error:
                 translated = translate(error)
                 if isinstance(translated, StoreUnavailable) and translated.transient:

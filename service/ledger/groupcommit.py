@@ -9,11 +9,13 @@ unexpected reason (bad data that Postgres refuses, a bug), its members are redon
 so a poisoned request hurts only itself.
 
 Every append is answered within its budget from its arrival (the retry budget, at least one
-statement's timeout; its deadline lies a little before the end), whatever Postgres does meanwhile: a batch's call ends
-at its members' last deadline, and an append still waiting when its own deadline passes is
-answered then: 503 `unavailable` if it was still queued (it is taken out: nothing of it is ever
+statement's timeout; its deadline lies a little before the end: service.ledger.db.request_deadline,
+taken by the API when the request arrived, so its key's look-up counts too), whatever Postgres does
+meanwhile: a batch's call ends at its members' last deadline, and an append still waiting when its
+own deadline passes is answered then: 503 `unavailable` if it was still queued (it is taken out: nothing of it is ever
 written), 503 `unknown_outcome` if its batch was under way (it may commit; the same request sent
-again says). A batch with too little time left is not sent at all (503 `unavailable`). Without
+again says). A batch with too little time left is not sent at all (503 `unavailable`, at each
+member's deadline). Without
 this, appends queued behind a call that hangs (a commit waiting for a standby that is gone)
 waited for it, then for their own call, one after the other.
 """
@@ -29,15 +31,12 @@ from collections.abc import Callable
 import asyncpg
 
 from service.ledger.append import UNKNOWN_WORDS, Answer, Append, AppendResult, append_batch, settled
+from service.ledger.db import RetryPolicy, request_deadline
 from service.ledger.errors import OutcomeUnknown, StoreUnavailable
 
 log = logging.getLogger("booking_ledger.groupcommit")
 
 
-# An append's deadline lies this much before the end of its budget (at most a tenth of it): half of
-# it lets its batch answer it itself (the call ends at its last member's deadline), the other half
-# is for the answer's way out, so that the client hears within the budget.
-ANSWER_RESERVE_SECONDS = 1.0
 # A batch whose members have less time than this left is not sent: a call cut that short would most
 # likely end with its outcome unknown, where not sending it leaves none.
 MIN_TRY_SECONDS = 0.5
@@ -67,11 +66,13 @@ class GroupCommit:
         self.batches = 0  # calls made, and the appends they carried (the bench reads them)
         self.appends = 0
 
-    async def append(self, item: Append) -> AppendResult:
-        """The answer `service.ledger.append.append` would give for `item` (raises its LedgerErrors)."""
-        policy = getattr(self.pool, "retry", None)
-        reserve = min(ANSWER_RESERVE_SECONDS, policy.budget / 10) if policy is not None else 0.0
-        deadline = time.monotonic() + policy.budget - reserve if policy is not None else None
+    async def append(self, item: Append, deadline: float | None = None) -> AppendResult:
+        """The answer `service.ledger.append.append` would give for `item` (raises its LedgerErrors),
+        by `deadline` (the request's: service.ledger.db.request_deadline; None: one taken now)."""
+        policy: RetryPolicy | None = getattr(self.pool, "retry", None)
+        reserve = policy.reserve if policy is not None else 0.0
+        if deadline is None:
+            deadline = request_deadline(self.pool)
         if self.max_events <= 0:
             [answer] = await append_batch(self.pool, [item], deadline)
             return settled(answer)
@@ -125,8 +126,11 @@ class GroupCommit:
             self.on_batch(len(batch))
         deadline = _deadline(batch)
         if deadline is not None and deadline - time.monotonic() < MIN_TRY_SECONDS:
+            # Not sent; each is answered at its own deadline, not before: its budget is spent first.
+            loop = asyncio.get_running_loop()
             for waiting in batch:
-                _answer(waiting, StoreUnavailable(NOT_TAKEN))
+                loop.call_later(max(waiting.deadline - time.monotonic(), 0.0), _answer, waiting,
+                                StoreUnavailable(NOT_TAKEN))
             return
         try:
             answers: list[Answer] = await append_batch(self.pool, [waiting.append for waiting in batch], deadline)

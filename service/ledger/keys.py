@@ -24,7 +24,7 @@ from datetime import datetime
 
 import asyncpg
 
-from service.ledger.db import retrying, translate_errors
+from service.ledger.db import Tries, retrying, translate_errors
 from service.ledger.notify import listen
 
 SCOPES = ("read", "write", "write:any", "subscribe", "erase")
@@ -173,8 +173,10 @@ class KeyCache:
         self._on_listening(False)
 
 
-async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | None = None) -> ApiKey | None:
-    """The active key `presented` is, or None for a malformed, unknown or revoked key."""
+async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | None = None,
+                       deadline: float | None = None) -> ApiKey | None:
+    """The active key `presented` is, or None for a malformed, unknown or revoked key; a look-up
+    ends by `deadline` (the request's, service.ledger.db.request_deadline) whatever Postgres does."""
     match = _KEY.fullmatch(presented)
     if match is None:
         return None
@@ -182,7 +184,7 @@ async def authenticate(pool: asyncpg.Pool, presented: str, cache: KeyCache | Non
     row = cache.get(key_id) if cache is not None else None
     if row is None:
         generation = cache.generation() if cache is not None else 0
-        found = await retrying(pool, lambda conn: conn.fetchrow(LOOKUP_SQL, key_id))
+        found = await retrying(pool, lambda conn: conn.fetchrow(LOOKUP_SQL, key_id), Tries(deadline=deadline))
         if found is None:
             return None
         row = _Row(ApiKey(found["id"], found["department"], frozenset(found["scopes"]), found["created_at"]),

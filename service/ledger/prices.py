@@ -28,7 +28,7 @@ import asyncpg
 import msgspec
 
 from core.events import Price, price_of
-from service.ledger.db import retrying
+from service.ledger.db import Tries, retrying
 from service.ledger.errors import BookingNotFound
 
 Clock = Literal["recorded", "occurred"]
@@ -74,18 +74,21 @@ class PriceInForce(msgspec.Struct, frozen=True):
     event_id: UUID | None
 
 
-async def price_at(pool: asyncpg.Pool, code: str, at: datetime, clock: Clock = "recorded") -> PriceInForce:
-    """The price of booking `code` in force at `at` (inclusive) by `clock`; BookingNotFound."""
-    return await _price(pool, clock, code, at)
+async def price_at(pool: asyncpg.Pool, code: str, at: datetime, clock: Clock = "recorded",
+                   deadline: float | None = None) -> PriceInForce:
+    """The price of booking `code` in force at `at` (inclusive) by `clock`; BookingNotFound. Read
+    by `deadline` (a request's, service.ledger.db.request_deadline)."""
+    return await _price(pool, clock, code, at, deadline)
 
 
-async def price_at_version(pool: asyncpg.Pool, code: str, version: int) -> PriceInForce:
-    """The price of booking `code` in force at `version` (inclusive); BookingNotFound."""
-    return await _price(pool, "version", code, version)
+async def price_at_version(pool: asyncpg.Pool, code: str, version: int, deadline: float | None = None) -> PriceInForce:
+    """The price of booking `code` in force at `version` (inclusive); BookingNotFound. Read by `deadline`."""
+    return await _price(pool, "version", code, version, deadline)
 
 
-async def _price(pool: asyncpg.Pool, kind: str, code: str, bound: datetime | int) -> PriceInForce:
-    row = await retrying(pool, lambda conn: conn.fetchrow(PRICE_SQL[kind], code, bound))
+async def _price(pool: asyncpg.Pool, kind: str, code: str, bound: datetime | int,
+                 deadline: float | None) -> PriceInForce:
+    row = await retrying(pool, lambda conn: conn.fetchrow(PRICE_SQL[kind], code, bound), Tries(deadline=deadline))
     if row is None:
         raise BookingNotFound("no booking with this code")
     return PriceInForce(price=price_of(row["price_amount"], row["price_currency"]), version=row["version"],

@@ -12,7 +12,7 @@ import msgspec
 from core import personal
 from core.events import EVENT_COLUMN_NAMES, EVENT_COLUMNS, Event, Price, event_from_row, price_of
 from core.pg import standby_holds
-from service.ledger.db import retrying
+from service.ledger.db import Tries, retrying
 from service.ledger.errors import BookingNotFound
 from service.ledger.personal import revealed
 
@@ -150,8 +150,9 @@ class Booking(msgspec.Struct, frozen=True):
     updated_at: datetime
 
 
-async def get_booking(pool: asyncpg.Pool, code: str) -> Booking:
-    row = await retrying(pool, lambda conn: conn.fetchrow(BOOKING_SQL, code))
+async def get_booking(pool: asyncpg.Pool, code: str, deadline: float | None = None) -> Booking:
+    """The booking `code`; read by `deadline` (a request's, service.ledger.db.request_deadline)."""
+    row = await retrying(pool, lambda conn: conn.fetchrow(BOOKING_SQL, code), Tries(deadline=deadline))
     if row is None:
         raise BookingNotFound("no booking with this code")
     return Booking(
@@ -213,10 +214,11 @@ def _joined(events: list[Event]) -> bytes:
 
 
 async def read_booking_events_json(
-    pool: asyncpg.Pool, code: str, from_version: int, limit: int, max_bytes: int = MAX_PAGE_BYTES
+    pool: asyncpg.Pool, code: str, from_version: int, limit: int, max_bytes: int = MAX_PAGE_BYTES,
+    deadline: float | None = None,
 ) -> JsonPage:
     """`read_booking_events`, the events as Postgres wrote their JSON (or, for a page with personal
-    data, as msgspec writes the decoded events: the same JSON values)."""
+    data, as msgspec writes the decoded events: the same JSON values). Read by `deadline`."""
     async def read(conn: asyncpg.Connection) -> JsonPage | None:
         row = await conn.fetchrow(BOOKING_EVENTS_JSON_SQL, code, from_version, limit, max_bytes)
         if row is None:
@@ -228,16 +230,17 @@ async def read_booking_events_json(
         last = row["last_version"] if row["last_version"] is not None else from_version - 1
         return JsonPage(row["events"].encode(), last + 1 if last < row["booking_version"] else None)
 
-    page = await retrying(pool, read)
+    page = await retrying(pool, read, Tries(deadline=deadline))
     if page is None:
         raise BookingNotFound("no booking with this code")
     return page
 
 
-async def read_feed_json(pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES) -> JsonPage:
+async def read_feed_json(pool: asyncpg.Pool, after: int, limit: int, max_bytes: int = MAX_PAGE_BYTES,
+                         deadline: float | None = None) -> JsonPage:
     """`read_feed`, the events as Postgres wrote their JSON (behind the same fence and barrier; a page
-    with personal data as msgspec writes the decoded events)."""
-    return await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes))
+    with personal data as msgspec writes the decoded events); read by `deadline`."""
+    return await retrying(pool, lambda conn: _feed_json_page(conn, after, limit, max_bytes), Tries(deadline=deadline))
 
 
 async def _feed_json_page(conn: asyncpg.Connection, after: int, limit: int, max_bytes: int) -> JsonPage:

@@ -53,7 +53,7 @@ def test_a_lost_replica_pauses_writes_until_the_other_is_synchronous(
           f"{pause:.1f}s; kill to first 2xx {load.unavailable_for(killed_at):.1f}s; {summary}")
     assert not load.server_errors(), [(o.status, o.kind, round(o.done - o.sent, 1)) for o in load.server_errors()]
     assert not load.unexpected, load.unexpected[:5]
-    assert pause < 8  # Patroni names another synchronous standby within a loop or two (loop_wait 2 s)
+    assert pause < 6  # Patroni names another synchronous standby within a loop or two (loop_wait 1 s)
 
 
 def test_with_both_replicas_lost_nothing_is_acknowledged_until_one_returns(
