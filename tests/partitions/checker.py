@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from service.ledger.db import ANSWER_RESERVE_SECONDS
+from service.ledger.db import ANSWER_RESERVE_SECONDS, LAST_TRY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -352,8 +352,10 @@ def answered(history: History, retry_budget: float, deadline: float) -> list[str
         if op.status is None:
             found.append(f"{what}: no answer within {deadline:.0f} s (gave up after {took:.1f} s)")
         # The API answers a little before its budget ends, so that the answer arrives within it
-        # (service/ledger/db.py: ANSWER_RESERVE_SECONDS); a 5xx in that last stretch is the budget spent.
-        elif op.status >= 500 and took < retry_budget - ANSWER_RESERVE_SECONDS:  # status 0: a broken connection
+        # (service/ledger/db.py: ANSWER_RESERVE_SECONDS), and starts no try with less than
+        # LAST_TRY_SECONDS left: a 5xx in that last stretch is the budget spent.
+        # (Status 0: a broken connection.)
+        elif op.status >= 500 and took < retry_budget - ANSWER_RESERVE_SECONDS - LAST_TRY_SECONDS:
             found.append(f"{what}: {op.status} after {took:.1f} s, inside the {retry_budget:.0f} s retry budget")
     return found
 

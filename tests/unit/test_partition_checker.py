@@ -143,8 +143,10 @@ def test_no_answer_or_an_early_5xx_breaks_answered_and_counts_in_its_fault() -> 
     history.writes.append(Write("c3", "api1", "C", "hotel", 2.0, 2.0 + DEADLINE, None, (Sent("x", "T"),)))
     history.writes.append(Write("c3", "api2", "D", "hotel", 3.0, 4.0, 503, (Sent("y", "T"),)))
     history.writes.append(Write("c3", "api2", "E", "hotel", 3.0, 3.0 + BUDGET + 1, 503, (Sent("z", "T"),)))
+    # The API's own deadline: its budget less the answer's reserve, and no try started in the last 50 ms.
+    history.writes.append(Write("c3", "api2", "G", "hotel", 3.0, 3.0 + BUDGET - 1.04, 503, (Sent("v", "T"),)))
     history.writes.append(Write("c3", "api2", "F", "hotel", 3.0, 3.1, 0, (Sent("w", "T"),)))  # its API was killed
     verdict = check(history, final, BUDGET, DEADLINE)
     assert len(verdict.violations["answered"]) == 2  # the 503 after the whole budget is allowed
     assert {name for name, found in verdict.violations.items() if found} == {"answered"}
-    assert verdict.unavailability["isolate"]["5xx"] == 2
+    assert verdict.unavailability["isolate"]["5xx"] == 3  # every 5xx counts in its fault's window
