@@ -74,6 +74,37 @@ def where(message: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
+
+# Seen in a 55-minute partition campaign: a consumer whose group coordinator had become unreachable
+# blocked in close() for good (its requests queued, never sent), and the sink with it, after its
+# stall check had decided to replace it. A close is given this long; then the sink goes on.
+CLOSE_SECONDS = 10.0
+
+
+def close_within(consumer: Consumer, seconds: float = CLOSE_SECONDS) -> bool:
+    """Close `consumer`, committing the offsets stored so far; True when it closed within `seconds`.
+    A consumer still closing after that is left to finish in the background: what it had not
+    committed is read again by the next one (at least once; the sink's writes are idempotent)."""
+    failed: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            consumer.close()
+        except BaseException as error:  # handed to the caller below
+            failed.append(error)
+
+    closing = threading.Thread(target=close, name="kafka-consumer-close", daemon=True)
+    closing.start()
+    closing.join(seconds)
+    if failed:
+        raise failed[0]
+    if closing.is_alive():
+        log.warning("sink's consumer did not close within %.0f s (its group coordinator is unreachable): "
+                    "going on without it; what it had not committed is read again", seconds)
+        return False
+    return True
+
+
 class Sink:
     """One sink process: batches of up to `batch_size` events, each written by `threads` DynamoDB writers."""
 
@@ -112,14 +143,14 @@ class Sink:
                     self._read_committed(consumer)
                     messages = self._fetch(consumer)
                     if self._stalled(consumer, messages):
-                        consumer.close()  # commits the offsets stored so far
+                        close_within(consumer)  # commits the offsets stored so far
                         consumer = self._subscribe()
                         continue
                     self._write_batch(consumer, messages, dynamodb, executor, stop)
         except Stopped:
             log.info("sink stopping with a batch unwritten; its offsets were not stored")
         finally:
-            consumer.close()  # commits the offsets stored so far
+            close_within(consumer)  # commits the offsets stored so far
             self._dead_letters.close()
 
     def _wait_for_table_and_topic(self, dynamodb: Any, stop: threading.Event) -> None:
