@@ -90,20 +90,25 @@ def _tracing(service: str) -> Iterator[None]:
         tracing.shutdown()
 
 
-def _relay(args: argparse.Namespace) -> int:
-    from cdc.relay import Relay
+def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """`run(stop)` in an event loop of its own, where SIGINT or SIGTERM sets `stop`."""
 
-    _logging()
-
-    async def run() -> None:
+    async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Relay(get_settings()).run(stop)
+        await run(stop)
 
+    asyncio.run(main())
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from cdc.relay import Relay
+
+    _logging()
     with _tracing("relay"):
-        asyncio.run(run())
+        _until_signalled(lambda stop: Relay(get_settings()).run(stop))
     return 0
 
 
@@ -111,15 +116,7 @@ def _deliver(args: argparse.Namespace) -> int:
     from cdc.deliver import Deliverer
 
     _logging()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await Deliverer(get_settings()).run(stop)
-
-    asyncio.run(run())
+    _until_signalled(lambda stop: Deliverer(get_settings()).run(stop))
     return 0
 
 
