@@ -32,6 +32,7 @@ from service.ledger.feedhub import FeedHub
 from service.ledger.groupcommit import GroupCommit
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
+from service.ledger.personal import DataKeys
 
 
 @asynccontextmanager
@@ -51,7 +52,8 @@ async def _running(settings: Settings, schema_head: str) -> AsyncIterator[AppSta
     feed_hub.start_tasks()
     try:
         yield AppState(settings=settings, schema_head=schema_head, pool=pool, writer=writer, notifier=notifier,
-                       key_cache=key_cache, feed_hub=feed_hub, streams=StreamAdmission(settings.stream, feed_hub),
+                       key_cache=key_cache, data_keys=DataKeys(pool), feed_hub=feed_hub,
+                       streams=StreamAdmission(settings.stream, feed_hub),
                        rate_limiter=RateLimiter(settings.http.rate_limit), read_store=ReadStore(settings.dynamo))
     finally:
         await feed_hub.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 from uuid import uuid4
 
@@ -68,18 +69,20 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
         count.start()
         body = decode_append(raw)
         sent = body.new_events()
-        events = await personal.sealed(app_state.pool, code, sent)
+        deadline = deadline_of(request)
         with tracing.span("ledger.append", request.scope["state"].get("trace"), booking_code=code,
                           events=len(body.events)) as trace:
-            result = await app_state.writer.append(Append(
+            item = Append(
                 code=code,
                 department=key.department,
                 may_write_any=key.allows("write:any"),
                 expected_version=body.expected_version,
-                events=events,
+                events=sent,
                 size=len(raw),
                 traceparent=trace.traceparent,
-            ), deadline_of(request))
+            )
+            write = partial(app_state.writer.append, deadline=deadline)
+            result = await personal.appended(app_state.data_keys, write, item, deadline)  # sealed there
         count.answered(result)
     if not result.replayed:
         app_state.notifier.poke()
@@ -105,7 +108,7 @@ async def erase_personal_data(request: Request, code: BookingCode, app_state: Ap
     if booking.department != key.department and not key.allows("write:any"):
         raise NotOwner("booking belongs to another department", department=booking.department)
     # The key goes first: from that moment no read opens the booking's personal data, whatever follows.
-    await personal.erase(app_state.pool, code)
+    await app_state.data_keys.erase(code)
     with tracing.span("ledger.erase", request.scope["state"].get("trace"), booking_code=code) as trace:
         result = await app_state.writer.append(Append(
             code=code, department=key.department, may_write_any=key.allows("write:any"), expected_version=None,

@@ -16,6 +16,7 @@ from service.ledger.feedhub import FeedHub
 from service.ledger.groupcommit import GroupCommit
 from service.ledger.keys import KeyCache
 from service.ledger.notify import OutboxNotifier
+from service.ledger.personal import DataKeys
 
 APP_STATE = "app_state"  # the name of the dependency, and the state's key in the app's State
 
@@ -28,6 +29,7 @@ class AppState:
     writer: GroupCommit  # appends, committed in groups
     notifier: OutboxNotifier  # wakes the relay after appends commit
     key_cache: KeyCache
+    data_keys: DataKeys  # the bookings' data keys this worker sealed with last
     feed_hub: FeedHub  # the feed's in-memory tail, for the event streams
     streams: StreamAdmission  # the open event streams and their caps
     rate_limiter: RateLimiter

@@ -24,9 +24,9 @@ from core.events import Event, event_from_row
 from core.money import Money
 from core.pg import warned_of_early_commit
 from service.ledger.db import Tries, retrying
-from service.ledger.errors import REFUSALS, InvalidData, OutcomeUnknown, StoreUnavailable
+from service.ledger.errors import REFUSALS, DataKeyStale, InvalidData, OutcomeUnknown, StoreUnavailable
 
-BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+BATCH_SQL = "SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 # Each append's outcome alone: the import counts the stored events where they are.
 OUTCOMES_SQL = f"SELECT append_no, min(outcome) AS outcome FROM ({BATCH_SQL}) answer GROUP BY append_no"
 STORED = ("created", "appended", "replayed")
@@ -49,6 +49,8 @@ class Append:
 
     expected_version 0 creates the booking, owned by `department`; n >= 1 appends only at version
     n; None appends at whatever version the booking is. `size` is what it weighs (its body's bytes).
+    `data_key`: the key the events' personal data is sealed with (service/ledger/personal.py), None
+    when they carry none.
     """
 
     code: str
@@ -58,6 +60,7 @@ class Append:
     events: Sequence[NewEvent]
     size: int = 0
     traceparent: str | None = None
+    data_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,12 @@ async def append(pool: asyncpg.Pool, *, code: str, department: str, may_write_an
                  expected_version: int | None, events: Sequence[NewEvent]) -> AppendResult:
     """One append (see `Append`), a batch of one; raises the LedgerError subclasses of
     service.ledger.errors."""
-    [answer] = await append_batch(pool, [Append(code, department, may_write_any, expected_version, events)])
+    return await append_one(pool, Append(code, department, may_write_any, expected_version, events))
+
+
+async def append_one(pool: asyncpg.Pool, item: Append) -> AppendResult:
+    """One append, a batch of one; raises its refusal."""
+    [answer] = await append_batch(pool, [item])
     return settled(answer)
 
 
@@ -151,6 +159,8 @@ def _answer(item: Append, rows: list[asyncpg.Record], unknown_outcome: bool) -> 
     if outcome in REFUSALS:
         kind, words = REFUSALS[outcome]
         return kind(words, **detail)
+    if outcome == DataKeyStale.code:
+        return DataKeyStale(DataKeyStale.words)
     return InvalidData(f"the ledger cannot store this input: {detail.get('message', outcome)}")
 
 
@@ -163,8 +173,8 @@ def _caused(outcome: str, item: Append, unknown_outcome: bool) -> str:
 
 
 def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
-    """ledger_append_batch's twelve arguments (per-append arrays, per-event arrays, then each append's
-    traceparent) for `appends`."""
+    """ledger_append_batch's thirteen arguments (per-append arrays, per-event arrays, then each append's
+    traceparent and data key) for `appends`."""
     codes: list[str] = []
     departments: list[str] = []
     may_write_any: list[bool] = []
@@ -177,6 +187,7 @@ def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
     data: list[dict[str, Any] | None] = []
     occurred_at: list[datetime | None] = []
     traceparents: list[str | None] = []
+    keys: list[bytes | None] = []
     for item in appends:
         codes.append(item.code)
         departments.append(item.department)
@@ -184,6 +195,7 @@ def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
         expected.append(item.expected_version)
         counts.append(len(item.events))
         traceparents.append(item.traceparent)
+        keys.append(item.data_key)
         for e in item.events:
             event_ids.append(e.event_id)
             types.append(e.type)
@@ -192,5 +204,5 @@ def batch_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
             data.append(e.data)
             occurred_at.append(e.occurred_at)
     return (codes, departments, may_write_any, expected, counts, event_ids, types, amounts, currencies, data,
-            occurred_at, traceparents)
+            occurred_at, traceparents, keys)
 

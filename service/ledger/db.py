@@ -19,6 +19,7 @@ from core.settings import DatabaseSettings
 from service.ledger.errors import (
     REFUSALS,
     BookingCodeTaken,
+    DataKeyStale,
     EventIdConflict,
     InvalidData,
     LedgerError,
@@ -269,6 +270,8 @@ def _translate_postgres(error: asyncpg.PostgresError) -> Exception:
             return EventIdConflict(REFUSALS[EventIdConflict.code][1])
         if error.constraint_name == "bookings_pkey":
             return BookingCodeTaken(REFUSALS[BookingCodeTaken.code][1])
+        if error.constraint_name == "personal_keys_pkey":  # a key stored meanwhile (0019)
+            return DataKeyStale(DataKeyStale.words)
     if isinstance(error, asyncpg.CheckViolationError) and error.constraint_name == "events_position_floor":
         # A call of the pre-0007 ledger_append still running while 0007 committed: try again
         # (with the new function). Also what a restore into lower transaction ids gives.

@@ -42,6 +42,14 @@ class PersonalDataErased(LedgerError):
     code = "personal_data_erased"
 
 
+class DataKeyStale(Exception):
+    """An append sealed with a data key that is not its booking's (another API process stored the
+    booking's first key meanwhile): the API reads the booking's key and seals again. Never an answer."""
+
+    code = "data_key_stale"
+    words = "the append was sealed with a data key that is not its booking's"
+
+
 class SubscriptionNotFound(LedgerError):
     code = "subscription_not_found"
 
@@ -74,6 +82,8 @@ REFUSALS: dict[str, tuple[type[LedgerError], str]] = {
     NotOwner.code: (NotOwner, "booking belongs to another department"),
     EventIdConflict.code: (EventIdConflict,
                            "an event_id is already recorded with other content or for another booking"),
+    PersonalDataErased.code: (PersonalDataErased,
+                              "this booking's personal data was erased: no more is taken for it"),
 }
 
 

@@ -1,10 +1,11 @@
-"""The bookings' data keys (migration 0018): sealing personal data before an append, opening it for
-readers, and erasing it. The cryptography is core/personal.py's; only the API's role reads the keys.
+"""The bookings' data keys (migrations 0018, 0019): sealing personal data for an append, opening it
+for readers, and erasing it. The cryptography is core/personal.py's; only the API's role reads the keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 import asyncpg
@@ -12,54 +13,111 @@ import msgspec
 
 from core import personal
 from core.events import Event
-from service.ledger.append import NewEvent
-from service.ledger.db import retrying
-from service.ledger.errors import PersonalDataErased
+from service.ledger.append import Append, AppendResult, NewEvent
+from service.ledger.db import Tries, retrying
+from service.ledger.errors import REFUSALS, DataKeyStale, EventIdConflict, PersonalDataErased
 
 KEYS_SQL = "SELECT booking_code, data_key FROM personal_keys WHERE booking_code = ANY($1::text[])"
-# The booking's key, made ($2) on first use, in one round trip: the row this statement inserted, or
-# the one there before (data_key NULL: erased). No row when a concurrent first use committed its key
-# after this statement's snapshot was taken; the statement run again finds it.
-KEY_SQL = """
-WITH made AS (
-    INSERT INTO personal_keys (booking_code, data_key) VALUES ($1, $2)
-    ON CONFLICT (booking_code) DO NOTHING RETURNING data_key
-)
-SELECT data_key FROM made
-UNION ALL
-SELECT data_key FROM personal_keys WHERE booking_code = $1
-LIMIT 1
-"""
+# The booking's key: no row while it has none, data_key NULL once erased.
+KEY_SQL = "SELECT data_key FROM personal_keys WHERE booking_code = $1"
 # The key destroyed; a booking that never had one is recorded as erased too (later personal data is refused).
 ERASE_SQL = """
 INSERT INTO personal_keys AS k (booking_code, data_key, erased_at) VALUES ($1, NULL, now())
 ON CONFLICT (booking_code) DO UPDATE SET data_key = NULL, erased_at = coalesce(k.erased_at, now())
 """
+ERASED_WORDS = REFUSALS[PersonalDataErased.code][1]
+KEYS_KEPT = 100_000  # data keys an API process keeps (32 bytes each, and the booking code)
+TRIES = 3  # seals of one append: the key kept, the booking's read, and one more if it changed meanwhile
 
 
 def carries_personal(events: Sequence[NewEvent]) -> bool:
     return any(e.data is not None and personal.FIELD in e.data for e in events)
 
 
-async def sealed(pool: asyncpg.Pool, code: str, events: Sequence[NewEvent]) -> list[NewEvent]:
-    """`events` with each `data.personal` sealed under booking `code`'s key (made on first use).
-    Raises PersonalDataErased when the booking's personal data was erased."""
-    if not carries_personal(events):
-        return list(events)
+class DataKeys:
+    """The data keys this API process sealed with last, by booking (at most `kept`, the least
+    recently used go first). A key kept here is checked by the append function under the booking's
+    lock (0019): another process may have erased the booking meanwhile (the append is refused), or
+    stored the booking's first key (the append is sealed again with the one read then). A new
+    booking's key is made here and stored by the append that creates it: no statement of its own."""
 
-    async def key(conn: asyncpg.Connection) -> bytes | None:
-        for _ in range(3):
-            row = await conn.fetchrow(KEY_SQL, code, personal.new_key())
-            if row is not None:
-                found: bytes | None = row["data_key"]
-                return found
-        raise RuntimeError(f"no data key for booking {code} after three tries")
+    def __init__(self, pool: asyncpg.Pool, kept: int = KEYS_KEPT) -> None:
+        self._pool = pool
+        self._kept = kept
+        self._keys: OrderedDict[str, bytes] = OrderedDict()
 
-    data_key = await retrying(pool, key)
-    if data_key is None:
-        raise PersonalDataErased("this booking's personal data was erased: no more is taken for it")
-    return [replace(e, data={**e.data, personal.FIELD: personal.seal(data_key, code, e.event_id,
-                                                                      e.data[personal.FIELD])})
+    async def key(self, code: str, *, creating: bool, deadline: float | None) -> bytes:
+        """The key to seal booking `code`'s personal data with: the one kept, or a new one for an
+        append that creates the booking, or else the booking's (a new one when it has none).
+        Raises PersonalDataErased when the booking's personal data was erased."""
+        kept = self._keys.get(code)
+        if kept is not None:
+            self._keys.move_to_end(code)
+            return kept
+        if creating:
+            return self.new(code)
+        stored = await self.read(code, deadline)
+        return stored if stored is not None else self.new(code)
+
+    async def read(self, code: str, deadline: float | None) -> bytes | None:
+        """Booking `code`'s key as stored (kept from now on); None while it has none. Raises
+        PersonalDataErased when its personal data was erased."""
+        row = await retrying(self._pool, lambda conn: conn.fetchrow(KEY_SQL, code), Tries(deadline=deadline))
+        if row is None:
+            return None
+        if row["data_key"] is None:
+            self.forget(code)
+            raise PersonalDataErased(ERASED_WORDS)
+        return self._keep(code, row["data_key"])
+
+    def new(self, code: str) -> bytes:
+        """A new key for booking `code`, kept (the append that uses it first stores it)."""
+        return self._keep(code, personal.new_key())
+
+    def forget(self, code: str) -> None:
+        self._keys.pop(code, None)
+
+    async def erase(self, code: str) -> None:
+        """Destroy booking `code`'s key (at once, for every reader and every copy of the ciphertext)."""
+        self.forget(code)
+        await retrying(self._pool, lambda conn: conn.execute(ERASE_SQL, code))
+
+    def _keep(self, code: str, key: bytes) -> bytes:
+        self._keys[code] = key
+        self._keys.move_to_end(code)
+        if len(self._keys) > self._kept:
+            self._keys.popitem(last=False)
+        return key
+
+
+async def appended(keys: DataKeys, write: Callable[[Append], Awaitable[AppendResult]], item: Append,
+                   deadline: float | None) -> AppendResult:
+    """`item` written by `write` with each `data.personal` sealed under its booking's key (DataKeys).
+    Raises what `write` raises, and PersonalDataErased when the booking's personal data was erased."""
+    if not carries_personal(item.events):
+        return await write(item)
+    key = await keys.key(item.code, creating=item.expected_version == 0, deadline=deadline)
+    for _ in range(TRIES):
+        try:
+            return await write(replace(item, events=sealed(key, item.code, item.events), data_key=key))
+        except PersonalDataErased:
+            keys.forget(item.code)
+            raise
+        except (DataKeyStale, EventIdConflict) as error:
+            # Sealed with a key that is not the booking's. An idempotent retry shows it as an event id
+            # conflict (its events were stored sealed with the booking's key): a conflict only if that
+            # key is the one used, or the booking has none.
+            keys.forget(item.code)
+            stored = await keys.read(item.code, deadline)
+            if isinstance(error, EventIdConflict) and stored in (None, key):
+                raise
+            key = stored if stored is not None else keys.new(item.code)
+    raise RuntimeError(f"booking {item.code}'s data key changed under {TRIES} seals of one append")
+
+
+def sealed(key: bytes, code: str, events: Sequence[NewEvent]) -> list[NewEvent]:
+    """`events` with each `data.personal` sealed under `key`, booking `code`'s."""
+    return [replace(e, data={**e.data, personal.FIELD: personal.seal(key, code, e.event_id, e.data[personal.FIELD])})
             if e.data is not None and personal.FIELD in e.data else e for e in events]
 
 
@@ -85,7 +143,3 @@ async def revealed(conn: asyncpg.Connection, events: list[Event]) -> list[Event]
                                                               keys.get(e.booking_code)))
             if e.booking_code in codes else e for e in events]
 
-
-async def erase(pool: asyncpg.Pool, code: str) -> None:
-    """Destroy booking `code`'s data key (at once, for every reader and every copy of the ciphertext)."""
-    await retrying(pool, lambda conn: conn.execute(ERASE_SQL, code))

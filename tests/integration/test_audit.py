@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import uuid
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -23,7 +24,7 @@ from core.checkpoints import Signer
 from core.money import Money
 from devstack.harness import as_role
 from service.ledger import personal
-from service.ledger.append import NewEvent, append
+from service.ledger.append import Append, NewEvent, append, append_one
 from service.ledger.db import create_pool
 from tests.conftest import random_code, sql
 from tests.integration.conftest import CLI, Pipeline, wait_until
@@ -71,17 +72,16 @@ async def with_pool(pipeline: Pipeline, work):
 def write_personal(pipeline: Pipeline, code: str, marker: str) -> list:
     """A booking whose two events carry personal data, sealed as the API seals it."""
     async def work(pool):
-        events = await personal.sealed(pool, code, [
+        item = Append(code, "hotel", False, 0, [
             NewEvent(uuid.uuid4(), "BookingPriced", Money.parse("10", "EUR"), {"personal": {"name": marker}}),
             NewEvent(uuid.uuid4(), "Note", None, {"personal": {"email": f"{marker}@example.org"}, "seat": "2B"})])
-        return (await append(pool, code=code, department="hotel", may_write_any=False, expected_version=0,
-                             events=events)).events
+        return (await personal.appended(personal.DataKeys(pool), partial(append_one, pool), item, None)).events
     return asyncio.run(with_pool(pipeline, work))
 
 
 def erase(pipeline: Pipeline, code: str) -> list:
     async def work(pool):
-        await personal.erase(pool, code)
+        await personal.DataKeys(pool).erase(code)
         return (await append(pool, code=code, department="hotel", may_write_any=False, expected_version=None,
                              events=[NewEvent(uuid.uuid4(), core_personal.ERASED_TYPE)])).events
     return asyncio.run(with_pool(pipeline, work))

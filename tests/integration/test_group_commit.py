@@ -330,7 +330,7 @@ async def _call_and_roll_back(conn: asyncpg.Connection, function: str, arguments
         if function == "ledger_append_batch":
             rows = await conn.fetch(BATCH_SQL, *arguments)
         else:  # 0011's function takes no trace context (0014)
-            rows = await conn.fetch(BATCH_SQL.replace("ledger_append_batch", function).replace(", $12", ""),
+            rows = await conn.fetch(BATCH_SQL.replace("ledger_append_batch", function).replace(", $12, $13", ""),
                                     *arguments[:11])
         base = await conn.fetchval("SELECT (pg_current_xact_id()::text::bigint"
                                    " + (SELECT xid_offset FROM ledger_position_offset)) * 65536")

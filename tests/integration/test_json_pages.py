@@ -14,6 +14,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 
 import asyncpg
 import msgspec
@@ -21,7 +22,7 @@ import msgspec
 from core import personal as core_personal
 from core.money import Money
 from service.ledger import personal
-from service.ledger.append import NewEvent, append
+from service.ledger.append import Append, NewEvent, append, append_one
 from service.ledger.reads import (
     read_booking_events,
     read_booking_events_json,
@@ -110,12 +111,12 @@ async def test_pages_with_personal_data_show_it_opened_then_erased_as_the_decode
         pool: asyncpg.Pool) -> None:
     code = random_code("JSONPII")
     marker = f"Traveller-{uuid.uuid4().hex}"
-    sealed = await personal.sealed(pool, code, [
+    keys = personal.DataKeys(pool)
+    first = await personal.appended(keys, partial(append_one, pool), Append(code, "hotel", False, 0, [
         NewEvent(uuid.uuid4(), "BookingPriced", Money(Decimal("10.00"), "EUR"), {"personal": {"name": marker}}),
         NewEvent(uuid.uuid4(), "Noted", None, {"reason": "x", "personal": {"seat": "1A"}, "n": 1.5}),
-    ])
-    first = await append(pool, code=code, department="hotel", may_write_any=False, expected_version=0,
-                         events=[*sealed, NewEvent(uuid.uuid4(), "Plain", data={"k": "v"})])
+        NewEvent(uuid.uuid4(), "Plain", data={"k": "v"}),
+    ]), None)
     stored = [row["data"] for row in await pool.fetch("SELECT data FROM events WHERE booking_code = $1 "
                                                       "ORDER BY version", code)]
     assert [d.get("personal", "")[:7] for d in stored] == ["enc:v1:", "enc:v1:", ""]
@@ -144,7 +145,7 @@ async def test_pages_with_personal_data_show_it_opened_then_erased_as_the_decode
     plain = await read_booking_events_json(pool, code, 3, 100)  # a page without personal data passes through
     _check(plain.events, (await read_booking_events(pool, code, 3, 100))[0])
 
-    await personal.erase(pool, code)
+    await keys.erase(code)
     erased, erased_feed = await both_ways()
     assert [e["data"].get("personal") for e in erased] == ["erased", "erased", None]
     assert [{**e, "data": None} for e in erased] == [{**e, "data": None} for e in opened]  # hashes and all
@@ -152,11 +153,17 @@ async def test_pages_with_personal_data_show_it_opened_then_erased_as_the_decode
 
 
 async def test_concurrent_first_uses_of_a_bookings_key_agree_on_one_key(pool: asyncpg.Pool) -> None:
+    """Eight API processes (a DataKeys each) send a booking's first personal data at once, each sealed
+    with a key of its own making: one key is stored, and every event opens with it."""
     code = random_code("KEY1ST")
-    sealed = await asyncio.gather(*(personal.sealed(pool, code, [NewEvent(uuid.uuid4(), "Noted", None,
-                                                                          {"personal": {"n": n}})])
-                                    for n in range(8)))
+    await append(pool, code=code, department="hotel", may_write_any=False, expected_version=0,
+                 events=[NewEvent(uuid.uuid4(), "Created")])
+    results = await asyncio.gather(*(
+        personal.appended(personal.DataKeys(pool), partial(append_one, pool), Append(
+            code, "hotel", False, None, [NewEvent(uuid.uuid4(), "Noted", None, {"personal": {"n": n}})]), None)
+        for n in range(8)))
+    assert sorted(r.version for r in results) == list(range(2, 10))
     data_key = await pool.fetchval("SELECT data_key FROM personal_keys WHERE booking_code = $1", code)
-    for n, [event] in enumerate(sealed):
-        assert event.data is not None
-        assert core_personal.open_sealed(data_key, code, event.event_id, event.data["personal"]) == {"n": n}
+    rows = await pool.fetch("SELECT event_id, data FROM events WHERE booking_code = $1 AND version > 1", code)
+    assert sorted(core_personal.open_sealed(data_key, code, row["event_id"], row["data"]["personal"])["n"]
+                  for row in rows) == list(range(8))
