@@ -39,6 +39,10 @@ TARGETS = [
      "<=", 5),
     ("import events/s (200,000-event file)", ("importing", "events_per_s"), ">=", 10_000),
     ("stream commit-to-client p50 (ms), 50 streams, 200 appends/s", ("streaming", "p50_ms"), "<=", 20),
+    # The hash chain and sealed personal data (issue 29): at most 10 % off the appends at 32 in flight.
+    ("appends/s with data.personal, head vs the code before the audit (0015), 32 in flight",
+     ("audit", "head_vs_0015"), ">=", 0.9),
+    ("the same by the ratio to the raw loop", ("audit", "head_vs_0015_by_raw"), ">=", 0.9),
 ]
 
 
@@ -181,7 +185,7 @@ def markdown(results: dict) -> str:
                      f"{run['lag_not_seen']} not seen); outbox backlog max "
                      f"{max((n for _, n, _ in run['backlog_series']), default=0):,}")
     lines += importing.markdown(results.get("importing")) + streaming.markdown(results.get("streaming"))
-    lines += _replicated(results.get("replicated"))
+    lines += _replicated(results.get("replicated")) + _audit(results.get("audit"))
     memory = results.get("memory")
     if memory:
         lines += ["", "## Memory (peak RSS)", "",
@@ -191,6 +195,25 @@ def markdown(results: dict) -> str:
         lines += ["", "## Not measured", ""] + [f"- {k}: {v}" for k, v in results["errors"].items()]
     lines += ["", "Plots: throughput.png, latency.png, e2e_lag.png. Raw numbers: latest.json.", ""]
     return "\n".join(lines)
+
+
+def _audit(audit: dict | None) -> list[str]:
+    if not audit:
+        return []
+    lines = ["", "## The audit's cost (bench/audit_cost.py)", "",
+             f"Appends over HTTP at 32 in flight, each with `data.personal`, by head and by the code at "
+             f"{audit['before']} (schema 0015: no hash chain, no sealing), alternating, medians of "
+             f"{audit['head']['rounds']} rounds:", "",
+             "| code | appends/s | vs raw | p50 / p99 ms | Postgres CPU ms/append | API CPU ms/append | mean batch |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("0015", "head"):
+        r = audit[name]
+        lines.append(f"| {name} | {r['appends_per_s']:,.0f} | {r['api_vs_raw']:.2f} | {r['p50_ms']:.1f} / "
+                     f"{r['p99_ms']:.1f} | {r['postgres_cpu_ms_per_append']:.2f} | {r['api_cpu_ms_per_append']:.2f} | "
+                     f"{r['mean_batch']:.1f} |")
+    lines += ["", f"Head vs 0015: **{audit['head_vs_0015']:.2f}** by appends/s, "
+                  f"{audit['head_vs_0015_by_raw']:.2f} by the ratio to the raw loop."]
+    return lines
 
 
 def _replicated(replicated: dict | None) -> list[str]:
