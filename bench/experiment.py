@@ -15,7 +15,8 @@ variant 2, raw, ...) round by round, each round starting with the next variant. 
 variant and level, appends/s, its ratio to the raw run right after it, CPU per append (Postgres
 and the API's processes, from /proc) and the mean group-commit batch (from /metrics).
 
-`--personal` puts a made-up traveller under `data.personal` in every append (bench/load.lua). With a
+`--personal every` puts a made-up traveller under `data.personal` in every append (bench/load.lua),
+`--personal creates` in those that create a booking (one in four). With a
 variant `before:tree=DIR,schema=DIR` on an export of the code before the audit migrations
 (`git archive`; bench/README.md, issue 29), it measures what the hash chain and the sealing of
 personal data cost the append path over HTTP.
@@ -101,7 +102,7 @@ Apis = dict[str, tuple[LedgerProcess, str, str]]  # variant -> (its API, its URL
 
 
 def start_variants(stack: Stack, url: str, variants: list[tuple[str, dict[str, str]]],
-                   prefix: str = "ledger_experiment", personal: bool = False) -> Apis:
+                   prefix: str = "ledger_experiment", personal: str = "none") -> Apis:
     """Each variant's API on the ledger at `url`, or on a database of its own (`schema`), warmed up."""
     apis: Apis = {}
     key = stack.api_key(url)
@@ -122,7 +123,7 @@ def start_variants(stack: Stack, url: str, variants: list[tuple[str, dict[str, s
 
 
 def alternate(stack: Stack, url: str, apis: Apis, concurrency: list[int], rounds: int, seconds: float,
-              feed: bool = False, personal: bool = False, echo: Callable[[str], None] = print,
+              feed: bool = False, personal: str = "none", echo: Callable[[str], None] = print,
               ) -> dict[tuple[str, int], Runs]:
     """The variants' runs, each next to the raw baseline on `url`'s schema (appends, or with `feed` the
     500-event pages), round by round: (variant or "raw", level) -> its runs."""
@@ -173,7 +174,8 @@ def main() -> None:
     parser.add_argument("--feed", action="store_true",
                         help="read 500-event feed pages instead of appending; the baseline is the same "
                              "page as JSON built by Postgres and passed through (bench.run FEED_JSON)")
-    parser.add_argument("--personal", action="store_true", help="data.personal in every append")
+    parser.add_argument("--personal", choices=load.PERSONAL, default="none",
+                        help="which appends carry data.personal: none, every one, or those that create a booking")
     args = parser.parse_args()
     stack = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-experiment-")))
     try:

@@ -3,7 +3,8 @@
 --   append BOOKINGS N RUN   price changes of BENCH-0 .. BENCH-(BOOKINGS-1), and every Nth request
 --                           (0 = none) a new booking NEW-RUN-...; RUN keeps created codes unique
 --   get PATH                GET one path over and over
--- BENCH_PERSONAL=1 puts a made-up traveller under data.personal in every append (the ledger seals it).
+-- BENCH_PERSONAL=every puts a made-up traveller under data.personal in every append (the ledger seals
+-- it), BENCH_PERSONAL=creates in the appends that create a booking only.
 -- Prints one JSON object when done.
 
 local threads = {}
@@ -26,10 +27,13 @@ function init(args)
   headers["Content-Type"] = "application/json"
   append_body = '{"events":[{"type":"PriceChanged","price":{"amount":"123.45","currency":"EUR"},"data":{"reason":"bench"}}]}'
   create_body = '{"expected_version":0,"events":[{"type":"BookingPriced","price":{"amount":"99.90","currency":"EUR"}}]}'
-  if os.getenv("BENCH_PERSONAL") == "1" then
-    local traveller = '"personal":{"name":"Bench Traveller","email":"traveller@example.org"}'
+  local personal = os.getenv("BENCH_PERSONAL")
+  local traveller = '"personal":{"name":"Bench Traveller","email":"traveller@example.org"}'
+  if personal == "every" then
     append_body = '{"events":[{"type":"PriceChanged","price":{"amount":"123.45","currency":"EUR"},' ..
                   '"data":{"reason":"bench",' .. traveller .. '}}]}'
+  end
+  if personal == "every" or personal == "creates" then
     create_body = '{"expected_version":0,"events":[{"type":"BookingPriced","price":{"amount":"99.90",' ..
                   '"currency":"EUR"},"data":{' .. traveller .. '}}]}'
   end

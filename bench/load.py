@@ -44,21 +44,24 @@ class Sample:
                    data["p50_us"] / 1e3, data["p99_us"] / 1e3)
 
 
-def wrk(url: str, key: str, concurrency: int, seconds: float, *args: object, personal: bool = False) -> Sample:
-    """wrk running bench/load.lua; `personal`: every append carries data.personal."""
+PERSONAL = ("none", "every", "creates")  # which appends carry data.personal (bench/load.lua)
+
+
+def wrk(url: str, key: str, concurrency: int, seconds: float, *args: object, personal: str = "none") -> Sample:
+    """wrk running bench/load.lua; `personal`: which appends carry data.personal (PERSONAL)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make install` (scripts/system-deps.sh)")
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                "-s", str(HERE / "load.lua"), url, "--", *map(str, args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
-                          env={**os.environ, "BENCH_API_KEY": key, "BENCH_PERSONAL": "1" if personal else "0"})
+                          env={**os.environ, "BENCH_API_KEY": key, "BENCH_PERSONAL": personal})
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
     return Sample.parse(done.stdout)
 
 
 def api_appends(url: str, key: str, concurrency: int, seconds: float, bookings: int,
-                personal: bool = False) -> Sample:
+                personal: str = "none") -> Sample:
     return wrk(url, key, concurrency, seconds, "append", bookings, CREATE_EVERY, uuid.uuid4().hex[:8],
                personal=personal)
 

@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--get", help="profile GETs of this path instead of appends")
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--personal", choices=load.PERSONAL, default="none", help="which appends carry data.personal")
     parser.add_argument("--native", action="store_true", help="native frames too (granian, asyncpg, msgspec)")
     parser.add_argument("--hide", nargs="*", default=["<module>", "run (runners.py)", "run_forever", "_run_once"])
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="booking-ledger-profile-")))
@@ -82,7 +83,7 @@ def main() -> None:
         fill(url, "BENCH-", BOOKINGS)
         key = stack.api_key(url)
         api, api_url = stack.start_bench_api(url)
-        load.api_appends(api_url, key, 8, 2, BOOKINGS)  # warm-up
+        load.api_appends(api_url, key, 8, 2, BOOKINGS, personal=args.personal)  # warm-up
         workers = api.pids()[1:]
         spies = [record(pid, args.seconds + 1, args.out / f"worker-{pid}.folded", args.rate,
                         args.native) for pid in workers]
@@ -93,7 +94,8 @@ def main() -> None:
             if args.get:
                 result.append(load.api_reads(api_url, key, args.get, args.concurrency, args.seconds))
             else:
-                result.append(load.api_appends(api_url, key, args.concurrency, args.seconds, BOOKINGS))
+                result.append(load.api_appends(api_url, key, args.concurrency, args.seconds, BOOKINGS,
+                                               personal=args.personal))
 
         loader = threading.Thread(target=run)
         loader.start()

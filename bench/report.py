@@ -40,9 +40,12 @@ TARGETS = [
     ("import events/s (200,000-event file)", ("importing", "events_per_s"), ">=", 10_000),
     ("stream commit-to-client p50 (ms), 50 streams, 200 appends/s", ("streaming", "p50_ms"), "<=", 20),
     # The hash chain and sealed personal data (issue 29): at most 10 % off the appends at 32 in flight.
-    ("appends/s with data.personal, head vs the code before the audit (0015), 32 in flight",
-     ("audit", "head_vs_0015"), ">=", 0.9),
-    ("the same by the ratio to the raw loop", ("audit", "head_vs_0015_by_raw"), ">=", 0.9),
+    ("appends/s, data.personal in every append, head vs the code before the audit (0015), 32 in flight",
+     ("audit", "every", "head_vs_0015"), ">=", 0.9),
+    ("the same by the ratio to the raw loop", ("audit", "every", "head_vs_0015_by_raw"), ">=", 0.9),
+    ("appends/s, data.personal in the creating appends only, head vs 0015, 32 in flight",
+     ("audit", "creates", "head_vs_0015"), ">=", 0.9),
+    ("the same by the ratio to the raw loop", ("audit", "creates", "head_vs_0015_by_raw"), ">=", 0.9),
 ]
 
 
@@ -201,18 +204,21 @@ def _audit(audit: dict | None) -> list[str]:
     if not audit:
         return []
     lines = ["", "## The audit's cost (bench/audit_cost.py)", "",
-             f"Appends over HTTP at 32 in flight, each with `data.personal`, by head and by the code at "
+             f"Appends over HTTP at 32 in flight (one in four creates a booking) by head and by the code at "
              f"{audit['before']} (schema 0015: no hash chain, no sealing), alternating, medians of "
-             f"{audit['head']['rounds']} rounds:", "",
-             "| code | appends/s | vs raw | p50 / p99 ms | Postgres CPU ms/append | API CPU ms/append | mean batch |",
-             "|---|---|---|---|---|---|---|"]
-    for name in ("0015", "head"):
-        r = audit[name]
-        lines.append(f"| {name} | {r['appends_per_s']:,.0f} | {r['api_vs_raw']:.2f} | {r['p50_ms']:.1f} / "
-                     f"{r['p99_ms']:.1f} | {r['postgres_cpu_ms_per_append']:.2f} | {r['api_cpu_ms_per_append']:.2f} | "
-                     f"{r['mean_batch']:.1f} |")
-    lines += ["", f"Head vs 0015: **{audit['head_vs_0015']:.2f}** by appends/s, "
-                  f"{audit['head_vs_0015_by_raw']:.2f} by the ratio to the raw loop."]
+             f"{audit['every']['head']['rounds']} rounds; `data.personal` in every append, or in the creating "
+             "ones only:", "",
+             "| data.personal in | code | appends/s | vs raw | p50 / p99 ms | Postgres CPU ms/append "
+             "| API CPU ms/append | mean batch | head vs 0015 (by raw) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mix in ("every", "creates"):
+        for name in ("0015", "head"):
+            r = audit[mix][name]
+            versus = (f"**{audit[mix]['head_vs_0015']:.2f}** ({audit[mix]['head_vs_0015_by_raw']:.2f})"
+                      if name == "head" else "")
+            lines.append(f"| {mix} | {name} | {r['appends_per_s']:,.0f} | {r['api_vs_raw']:.2f} | {r['p50_ms']:.1f} / "
+                         f"{r['p99_ms']:.1f} | {r['postgres_cpu_ms_per_append']:.2f} | "
+                         f"{r['api_cpu_ms_per_append']:.2f} | {r['mean_batch']:.1f} | {versus} |")
     return lines
 
 

@@ -150,9 +150,11 @@ class Bench:
     def audit(self) -> None:
         from bench import audit_cost  # it uses bench.experiment, which imports this module
 
-        self.results["audit"] = audit_cost.measure(self.stack, self.plan.audit_rounds, self.plan.seconds, self.log)
-        self.log(f"  head vs 0015 with data.personal: {self.results['audit']['head_vs_0015']} (appends/s), "
-                 f"{self.results['audit']['head_vs_0015_by_raw']} (by the ratio to raw)")
+        self.results["audit"] = audit = audit_cost.measure(self.stack, self.plan.audit_rounds, self.plan.seconds,
+                                                           self.log)
+        for mix in audit_cost.MIXES:
+            self.log(f"  head vs 0015, data.personal in {mix}: {audit[mix]['head_vs_0015']} (appends/s), "
+                     f"{audit[mix]['head_vs_0015_by_raw']} (by the ratio to raw)")
 
     # -- the cost of synchronous replication: one Postgres against make run-ha's cluster ------------
     def replicated(self) -> None:
