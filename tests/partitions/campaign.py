@@ -550,10 +550,11 @@ def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int
             if faults.not_recovered:
                 verdict.violations["rejoined"] = faults.not_recovered
             restarts = dict(stack.restarts)
+            consumer = sink_notes(root / "sink.log")
             save_history(root / "history.json", history, final)
         finally:
             stack.stop()
-    report = render(verdict, history, log, seed, duration, began, restarts, str(net.subnet), hold)
+    report = render(verdict, history, log, seed, duration, began, restarts, consumer, str(net.subnet), hold)
     print(report)
     if results is not None:
         results.mkdir(parents=True, exist_ok=True)
@@ -562,7 +563,7 @@ def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int
         (results / f"{name}.json").write_text(json.dumps({
             "seed": seed, "duration_s": duration, "began": began.isoformat(), "ok": verdict.ok,
             "violations": verdict.violations, "unavailability": verdict.unavailability, "counts": verdict.counts,
-            "faults": [asdict(f) for f in history.faults], "restarts": restarts,
+            "faults": [asdict(f) for f in history.faults], "restarts": restarts, "sink_consumer": consumer,
         }, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
         print(f"report: {results / name}.md", flush=True)
     if verdict.ok and not os.environ.get("LEDGER_PARTITIONS_KEEP"):
@@ -573,8 +574,18 @@ def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int
     return 0 if verdict.ok else 1
 
 
+# What the sink's log says of its consumer (cdc/sink.py): replaced after a stall, and closes cut short.
+SINK_NOTES = {"replaced after a stall": "rejoining the group", "closes cut short": "did not close within"}
+
+
+def sink_notes(log_file: Path) -> dict[str, int]:
+    """How often the sink's log (all its runs) says each of SINK_NOTES."""
+    text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    return {name: text.count(words) for name, words in SINK_NOTES.items()}
+
+
 def render(verdict: Verdict, history: History, log: list[str], seed: int, duration: float, began: datetime,
-           restarts: dict[str, int], subnet: str, hold: tuple[float, float]) -> str:
+           restarts: dict[str, int], consumer: dict[str, int], subnet: str, hold: tuple[float, float]) -> str:
     kinds: dict[str, int] = {}
     for fault in history.faults:
         kinds[fault.kind] = kinds.get(fault.kind, 0) + 1
@@ -595,7 +606,8 @@ def render(verdict: Verdict, history: History, log: list[str], seed: int, durati
         lines.append(f"| {kind} | {row['faults']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['max']:.2f} "
                      f"| {row['5xx']:.0f} |")
     lines += ["", "## Counts", "", ", ".join(f"{k}: {v}" for k, v in verdict.counts.items()),
-              f"; our processes restarted by their supervisor: {restarts or 'none'}", "",
+              f"; our processes restarted by their supervisor: {restarts or 'none'}"
+              f"; the sink's consumer: {', '.join(f'{k} {n}' for k, n in consumer.items())}", "",
               "## Violations (up to 20 per invariant)", ""]
     for name, found in verdict.violations.items():
         for line in found[:20]:
