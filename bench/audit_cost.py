@@ -21,7 +21,6 @@ from bench.fill import fill
 from bench.stack import Stack
 
 BEFORE = "0d705c6"  # the last commit at schema 0015: no hash chain, no sealing
-BOOKINGS = 1000
 CONCURRENCY = 32
 MIXES = ("every", "creates")  # which appends carry data.personal
 
@@ -38,7 +37,7 @@ def export(commit: str, into: Path) -> Path:
 def measure(stack: Stack, rounds: int, seconds: float, log) -> dict:
     before = str(export(BEFORE, stack.folder / "code-0015"))
     url = stack.database("ledger_audit")
-    fill(url, "BENCH-", BOOKINGS)
+    fill(url, "BENCH-", experiment.BOOKINGS)
     apis = experiment.start_variants(stack, url, [("0015", {"PYTHONPATH": before, "schema": before}), ("head", {})],
                                      prefix="ledger_audit", personal="every")
     results: dict = {"before": BEFORE}
