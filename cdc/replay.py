@@ -13,6 +13,7 @@ past it (`booking-ledger migrate --advance-positions --past POSITION`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
@@ -29,10 +30,15 @@ COUNT_SQL = "SELECT count(*) FROM events WHERE position > $1"
 PAGE_SQL = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
 
 
-async def replay(settings: Settings, after: int = 0, page_size: int = 1000, progress: bool = True) -> int:
-    """Write every ledger event with a position above `after` to DynamoDB; returns how many."""
+async def replay(settings: Settings, after: int = 0, page_size: int = 1000, progress: bool = True,
+                 written_through: Callable[[int], None] = lambda _: None) -> int:
+    """Write every ledger event with a position above `after` to DynamoDB; returns how many.
+
+    Pages are read in position order, the next one while the last is written; after each page,
+    `written_through(position)` says that every event up to `position` is in DynamoDB (a replay
+    killed midway goes on from there: `replay --checkpoint`)."""
     conn = await connect(settings.database.url, timeout=10)
-    dynamodb = dynamodb_client(settings.dynamo)
+    dynamodb = dynamodb_client(settings.dynamo, validate=False)
     await asyncio.to_thread(ensure_table, dynamodb, settings.dynamo.table)
     written = 0
     try:
@@ -40,20 +46,25 @@ async def replay(settings: Settings, after: int = 0, page_size: int = 1000, prog
         with ThreadPoolExecutor(8) as executor, tqdm(
             total=total, unit="event", desc="replay", disable=not progress, dynamic_ncols=True
         ) as bar:
+            in_flight = None  # the page being written: (its write, its last position, its events)
             while True:
                 rows = await conn.fetch(PAGE_SQL, after, page_size)
+                items = await ledger_items(conn, rows)
+                if in_flight is not None:
+                    write, through, count = in_flight
+                    await write
+                    written += count
+                    bar.update(count)
+                    written_through(through)
                 if not rows:
                     break
-                items = await ledger_items(conn, rows)
-                await asyncio.to_thread(dynamodb_writes.write_items, dynamodb, settings.dynamo.table, items,
-                                        executor=executor)
                 after = rows[-1]["position"]
-                written += len(rows)
-                bar.update(len(rows))
+                in_flight = (asyncio.create_task(asyncio.to_thread(
+                    dynamodb_writes.write_items, dynamodb, settings.dynamo.table, items, executor=executor)),
+                    after, len(rows))
     finally:
         await conn.close()
     return written
-
 
 
 async def prune(settings: Settings) -> tuple[int, int]:

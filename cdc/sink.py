@@ -131,7 +131,7 @@ class Sink:
     def run(self, stop: threading.Event) -> None:
         """Consume the topic into DynamoDB until `stop` is set."""
         metrics.serve(self.metrics.registry, self.settings.metrics.host, self.settings.metrics.sink_port, "sink")
-        dynamodb = dynamodb_client(self.settings.dynamo)
+        dynamodb = dynamodb_client(self.settings.dynamo, validate=False)
         self._wait_for_table_and_topic(dynamodb, stop)
         if stop.is_set():
             return

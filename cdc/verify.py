@@ -96,7 +96,7 @@ async def verify(settings: Settings, grace: float = 5.0, since: int | None = Non
                  threads: int = 16, segments: int = 4) -> Report:
     """Compare ledger and DynamoDB; with `since`, only the events above that position (no Scan)."""
     conn = await connect(settings.database.url, timeout=10)
-    dynamodb = dynamodb_client(settings.dynamo)
+    dynamodb = dynamodb_client(settings.dynamo, validate=False)
     read_raw(dynamodb)
     check = _Check(settings.database.url, conn, dynamodb, settings.dynamo.table, Report(since=since))
     try:
@@ -258,7 +258,7 @@ async def stored_extras(settings: Settings, on_extra: Callable[[list[Key]], None
     conn = await connect(settings.database.url, timeout=10)
     try:
         with ThreadPoolExecutor(threads) as executor:
-            return await _scan_for_extra(asyncio.get_running_loop(), executor, conn, dynamodb_client(settings.dynamo),
+            return await _scan_for_extra(asyncio.get_running_loop(), executor, conn, dynamodb_client(settings.dynamo, validate=False),
                                          settings.dynamo.table, segments, on_extra)
     finally:
         await conn.close()

@@ -133,14 +133,36 @@ def _sink(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     from cdc.replay import prune, replay
+
+    table = get_settings().dynamo.table
+    after = args.after
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if after is None and checkpoint is not None and checkpoint.exists():
+        try:
+            kept = json.loads(checkpoint.read_text())
+            after = int(kept["replayed_through"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"cannot read the checkpoint {checkpoint}: {error!r}") from None
+        if kept.get("table") != table:
+            raise UsageError(f"the checkpoint {checkpoint} is of DynamoDB table {kept.get('table')!r}, not {table!r}")
+
+    def written_through(position: int) -> None:
+        if checkpoint is not None:
+            written = checkpoint.with_name(checkpoint.name + ".new")
+            written.write_text(json.dumps({"replayed_through": position, "table": table}) + "\n")
+            written.replace(checkpoint)  # whole or not at all
 
     if args.prune:
         deleted, highest = asyncio.run(prune(get_settings()))
-        print(f"pruned {deleted} items the ledger does not hold from DynamoDB table {get_settings().dynamo.table}; "
+        print(f"pruned {deleted} items the ledger does not hold from DynamoDB table {table}; "
               f"the highest position it held was {highest}")
-    written = asyncio.run(replay(get_settings(), after=args.after, progress=not args.quiet))
-    print(f"replayed {written} events into DynamoDB table {get_settings().dynamo.table}")
+    written = asyncio.run(replay(get_settings(), after=after or 0, progress=not args.quiet,
+                                 written_through=written_through))
+    print(f"replayed {written} events into DynamoDB table {table}" + (f" after position {after}" if after else ""))
     return 0
 
 
@@ -326,7 +348,12 @@ def parser() -> argparse.ArgumentParser:
 def _add_read_store_commands(commands: Commands) -> None:
     """replay, verify and audit: the read store (and the topic) against the ledger."""
     replay = commands.add_parser("replay", help="rebuild the DynamoDB read store from the ledger")
-    replay.add_argument("--after", type=int, default=0, help="only events with a position above this")
+    replay.add_argument("--after", type=int, default=None, metavar="POSITION",
+                        help="only events with a position above this")
+    replay.add_argument("--checkpoint", metavar="FILE", default=None,
+                        help="keep here, after each page, the position through which every event is written; a run "
+                             "given a FILE that exists starts after it (a replay killed midway goes on where it "
+                             "stopped); --after wins when given")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.add_argument("--prune", action="store_true",
                         help="first delete DynamoDB items of events the ledger does not hold (after a restore)")
