@@ -256,10 +256,11 @@ async def stored_extras(settings: Settings, on_extra: Callable[[list[Key]], None
     """Scan DynamoDB for items the ledger lacks, handing each page's extra keys to `on_extra`;
     returns the highest position DynamoDB holds (replay --prune deletes what it is given)."""
     conn = await connect(settings.database.url, timeout=10)
+    dynamodb = dynamodb_client(settings.dynamo, validate=False)
     try:
         with ThreadPoolExecutor(threads) as executor:
-            return await _scan_for_extra(asyncio.get_running_loop(), executor, conn, dynamodb_client(settings.dynamo, validate=False),
-                                         settings.dynamo.table, segments, on_extra)
+            return await _scan_for_extra(asyncio.get_running_loop(), executor, conn, dynamodb, settings.dynamo.table,
+                                         segments, on_extra)
     finally:
         await conn.close()
 
