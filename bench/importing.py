@@ -62,12 +62,16 @@ def history_file(path: Path, events: int, seed: int = 15) -> dict[str, int]:
     return {"events": written, "bookings": bookings, "bytes": path.stat().st_size}
 
 
+def import_env(database_url: str) -> dict[str, str]:
+    """The environment of `booking-ledger import` into `database_url`, as the import's own role."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    return as_role({**env, "LEDGER_DATABASE_URL": database_url}, "import")
+
+
 def run_import(database_url: str, path: Path) -> tuple[float, str]:
     """(seconds, summary text) of `booking-ledger import path`, as the import's own role."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env["LEDGER_DATABASE_URL"] = database_url
     started = time.perf_counter()
-    done = subprocess.run([CLI, "import", "--quiet", str(path)], env=as_role(env, "import"),
+    done = subprocess.run([CLI, "import", "--quiet", str(path)], env=import_env(database_url),
                           capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - started
     if done.returncode != 0:

@@ -26,9 +26,7 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import re
-import statistics
 import subprocess
 import tempfile
 import time
@@ -41,12 +39,13 @@ import asyncpg
 
 from bench import load
 from bench.fill import fill
-from bench.importing import history_file
+from bench.importing import history_file, import_env
 from bench.pipeline import outbox, scrape
+from bench.run import median, summarize
 from bench.stack import LedgerProcess, Stack, fetch_value, free_port, run_sql
 from bench.verifying import run_cli
 from cdc.kafka import ensure_topic
-from devstack.harness import CLI, as_role
+from devstack.harness import CLI
 from devstack.processes import wait_until
 
 BOOKINGS = 1000  # the bookings the appends go to (BENCH-0 .. BENCH-999), in both databases
@@ -72,18 +71,13 @@ class Ledger:
         return self.api.url
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
 def import_files(url: str, paths: list[Path]) -> None:
     """`booking-ledger import` of each file, all at once (one process each), as the import's role."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env = as_role({**env, "LEDGER_DATABASE_URL": url}, "import")
+    env = import_env(url)
     running = [subprocess.Popen([CLI, "import", "--quiet", str(p)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for p in paths]
     for process, path in zip(running, paths, strict=True):
@@ -157,17 +151,9 @@ def nightly(ledger: Ledger, after: int, tail: int) -> dict:
             "verify_said": out.splitlines()[-1] if out else ""}
 
 
-def sample(s: load.Sample) -> dict:
-    return {"ops_per_s": round(s.rate, 1), "p50_ms": round(s.p50_ms, 2), "p99_ms": round(s.p99_ms, 2),
-            "errors": s.errors}
-
-
 def compared(runs: dict[str, list[load.Sample]]) -> dict:
     """Medians per ledger, and grown/small per round for the rate and p99."""
-    found: dict = {name: {"ops_per_s": round(median([s.rate for s in ss]), 1),
-                          "p50_ms": round(median([s.p50_ms for s in ss]), 2),
-                          "p99_ms": round(median([s.p99_ms for s in ss]), 2),
-                          "errors": sum(s.errors for s in ss)} for name, ss in runs.items()}
+    found: dict = {name: summarize(samples) for name, samples in runs.items()}
     pairs = list(zip(runs["small"], runs["grown"], strict=True))
     found["rate_ratio"] = round(median([g.rate / s.rate for s, g in pairs if s.rate]), 3)
     found["p99_ratio"] = round(median([g.p99_ms / s.p99_ms for s, g in pairs if s.p99_ms]), 3)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
@@ -132,29 +134,35 @@ def _sink(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+def _read_checkpoint(path: Path, field: str) -> tuple[int, object]:
+    """(the position under `field`, the DynamoDB table) of a checkpoint file that replay or verify keeps."""
+    try:
+        kept = json.loads(path.read_text())
+        return int(kept[field]), kept.get("table")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"cannot read the checkpoint {path}: {error!r}") from None
 
+
+def _write_checkpoint(path: Path, content: dict) -> None:
+    written = path.with_name(path.name + ".new")
+    written.write_text(json.dumps(content) + "\n")
+    written.replace(path)  # whole or not at all
+
+
+def _replay(args: argparse.Namespace) -> int:
     from cdc.replay import prune, replay
 
     table = get_settings().dynamo.table
     after = args.after
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if after is None and checkpoint is not None and checkpoint.exists():
-        try:
-            kept = json.loads(checkpoint.read_text())
-            after = int(kept["replayed_through"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise UsageError(f"cannot read the checkpoint {checkpoint}: {error!r}") from None
-        if kept.get("table") != table:
-            raise UsageError(f"the checkpoint {checkpoint} is of DynamoDB table {kept.get('table')!r}, not {table!r}")
+        after, kept_table = _read_checkpoint(checkpoint, "replayed_through")
+        if kept_table != table:
+            raise UsageError(f"the checkpoint {checkpoint} is of DynamoDB table {kept_table!r}, not {table!r}")
 
     def written_through(position: int) -> None:
         if checkpoint is not None:
-            written = checkpoint.with_name(checkpoint.name + ".new")
-            written.write_text(json.dumps({"replayed_through": position, "table": table}) + "\n")
-            written.replace(checkpoint)  # whole or not at all
+            _write_checkpoint(checkpoint, {"replayed_through": position, "table": table})
 
     if args.prune:
         deleted, highest = asyncio.run(prune(get_settings()))
@@ -167,18 +175,12 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from cdc.verify import verify
 
     since = args.since
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if since is None and checkpoint is not None and checkpoint.exists():
-        try:
-            since = int(json.loads(checkpoint.read_text())["checked_through"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise UsageError(f"cannot read the checkpoint {checkpoint}: {error!r}") from None
+        since, _ = _read_checkpoint(checkpoint, "checked_through")
     report = asyncio.run(verify(get_settings(), grace=args.grace, since=since))
     for drift in report.drift[: args.max_lines]:
         print(drift)
@@ -186,10 +188,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"... and {len(report.drift) - args.max_lines} more (--max-lines)")
     print(report.summary())
     if checkpoint is not None:
-        written = checkpoint.with_name(checkpoint.name + ".new")
-        written.write_text(json.dumps({"checked_through": report.checked_through,
-                                       "table": get_settings().dynamo.table}) + "\n")
-        written.replace(checkpoint)  # whole or not at all
+        _write_checkpoint(checkpoint, {"checked_through": report.checked_through, "table": get_settings().dynamo.table})
     return 1 if report.drift else 0
 
 
@@ -212,8 +211,6 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from core import checkpoints
 
     key_file = get_settings().audit.checkpoint_key_file
@@ -241,8 +238,6 @@ def _checkpoint(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from service.ledger.db import create_pool
