@@ -94,7 +94,7 @@ soak: install
 # seeded network and process faults for DURATION, then the history checker; exit 1 on any violation.
 # Its report goes to bench/results/partitions/ (tests/partitions/campaign.py says what it does).
 partitions: install
-	$(BIN)/python -m tests.partitions.campaign --duration $(DURATION) $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m tests.partitions.campaign --duration $(DURATION) $(if $(SEED),--seed $(SEED)) $(if $(KINDS),--kinds $(KINDS))
 
 # The benchmarks (bench/README.md says what and how long): bench/results/latest.{json,md} and plots.
 bench: install

@@ -6,13 +6,19 @@ as found on this stack (deploy/RUNBOOK.md has the same table for production):
 - Patroni's `etcd:` (v2 API) section, etcd started with `--enable-v2=true`. Never `etcd3:` with
   Patroni 3.0.2: its leader update there is an unconditional put, and a leader frozen past the TTL
   took the key back on resume and threw away the new leader's acknowledged commits.
-- `ttl: 8, loop_wait: 1, retry_timeout: 3`: a lost leader's key expires 7-8 s after it was cut
-  off (the TTL from its last renewal, one loop ago at most); loop_wait + 2 × retry_timeout < ttl,
-  so a leader that cannot reach etcd demotes itself before its key can expire and another node be
-  promoted. Writes come back about 3 s after the expiry (a replica's loop, promotion, the other
-  replica streaming from the new leader, the API's reconnect): 10-11 s, inside the 15 s the
-  partition campaign allows a primary cut off. retry_timeout 3 (Patroni's documented minimum)
-  rides out an etcd leader election (1-2 s at etcd's defaults) without demoting anyone.
+- `ttl: 7, loop_wait: 1, retry_timeout: 3`: a lost leader's key expires 6-7 s after it was cut
+  off (the TTL from its last renewal, one loop ago at most); loop_wait + 2 × retry_timeout <= ttl,
+  Patroni's rule for a leader that cannot reach etcd to demote itself before its key can expire.
+  The synchronous standby then asks the old leader's REST API whether it still runs (2 s, Patroni's
+  own timeout, for a host that is cut off), promotes itself, the other replica streams from it, and
+  the API reconnects: writes come back 10-13 s after the cut, inside the 15 s the partition
+  campaign allows a primary cut off. retry_timeout 3 (Patroni's documented minimum) rides out an
+  etcd leader election (1-2 s at etcd's defaults) without demoting anyone.
+- etcd with `--pre-vote`: an etcd member that was cut off keeps calling elections with ever higher
+  terms; without the pre-vote phase, its return forced the majority into a new election, Patroni's
+  requests failed for seconds, and a leader promoted a moment before demoted itself again (seen in
+  the partition campaign: writes back after 30 s instead of 12). With it, a member that cannot win
+  does not disturb the leader the others follow.
 - `synchronous_mode` and `synchronous_mode_strict`: a commit is acknowledged only once a standby
   has it on disk, only that standby may be promoted, and with no standby left nothing is
   acknowledged at all (rather than on one disk only).
@@ -90,7 +96,7 @@ class Etcd(ChildServer):
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", self.initial_cluster or f"{self.member}={peer}", "--enable-v2=true",
-            "--logger", "zap", "--log-level", "warn",
+            "--pre-vote=true", "--logger", "zap", "--log-level", "warn",
         ]
 
 
@@ -111,7 +117,7 @@ connect_timeout=5
 
 # The cluster-wide settings Patroni writes to etcd when it bootstraps the cluster.
 BOOTSTRAP_DCS: dict[str, Any] = {
-    "ttl": 8,
+    "ttl": 7,
     "loop_wait": 1,
     "retry_timeout": 3,
     "maximum_lag_on_failover": 1048576,

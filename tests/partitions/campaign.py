@@ -8,7 +8,8 @@ Clients in the root namespace append, read and tail the feed through both API ho
 each request and answer with wall times. A fault thread picks, from the seed, one fault at a time
 among the kinds below (each kind once per round of seven, in a seeded order), holds it for a time
 drawn from --hold (3-20 s by default), heals it, and waits until the cluster is whole again (a
-leader, two streaming replicas, every process up) before the next:
+leader, two replicas caught up and one of them synchronous, every process up, and an append sent
+after the heal acknowledged) before the next:
 
 - isolate:  one host cut off from every other host (the primary most often);
 - split:    two sides, {primary, some of: the leading relay, one API host, one etcd member} |
@@ -68,11 +69,14 @@ from tests.partitions.checker import (
     Verdict,
     Write,
     check,
+    writes_back,
 )
 
 KINDS = ("isolate", "split", "one_way", "delay", "loss", "pause", "kill")
 DEPARTMENTS = ("hotel", "car", "flight")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "partitions"
+CAUGHT_UP = 1 << 20  # bytes of WAL a replica may be behind and count as caught up (maximum_lag_on_failover)
+SLOWEST = 10  # faults listed in the report with the longest time until writes were back
 RETRY_SECONDS, DB_TIMEOUT = 20, 5
 DEADLINE = RETRY_SECONDS + DB_TIMEOUT + 10  # a client gives up on an answer after this many seconds
 
@@ -220,9 +224,11 @@ class Faults:
     """The seeded schedule: one fault at a time, each held a bounded time, healed, then recovery awaited."""
 
     def __init__(self, stack: HostedStack, net: Network, rng: random.Random, history: History,
-                 hold: tuple[float, float], log: list[str]) -> None:
+                 hold: tuple[float, float], log: list[str], kinds: tuple[str, ...] = KINDS) -> None:
         self.stack, self.net, self.rng, self.history, self.hold, self.log = stack, net, rng, history, hold, log
+        self.kinds = kinds
         self.not_recovered: list[str] = []
+        self.until = math.inf  # when the clients stop writing (set by run)
         self.frozen: list = []
         self.stopped = threading.Event()
 
@@ -232,10 +238,11 @@ class Faults:
         print(line, flush=True)
 
     def run(self, until: float) -> None:
+        self.until = until
         cycle: list[str] = []
         while time.time() < until and not self.stopped.is_set():
             if not cycle:
-                cycle = list(KINDS)
+                cycle = list(self.kinds)
                 self.rng.shuffle(cycle)
             kind = cycle.pop()
             try:
@@ -362,15 +369,35 @@ class Faults:
         self.frozen.clear()
 
     def whole(self) -> bool:
+        """A leader, two replicas running within CAUGHT_UP bytes of it (one of them synchronous),
+        and every process up. (Not lag 0: under the clients' writes the positions Patroni compares
+        are read a loop apart, and a replica that streams is seldom exactly level.)"""
         cluster = self.stack.cluster
-        if cluster.primary() is None or len(cluster.replicas()) < 2:
+        if cluster.primary() is None:
+            return False
+        replicas = [m for m in cluster.members() if m.get("role") in ("replica", "sync_standby")
+                    and m.get("state") in ("running", "streaming") and isinstance(m.get("lag"), int)
+                    and m["lag"] < CAUGHT_UP]
+        if len(replicas) < 2 or not any(m["role"] == "sync_standby" for m in replicas):
             return False
         return all(child.alive for child in self.stack.children().values())
 
+    def writing(self, since: float) -> bool:
+        """Whether an append sent after `since` was acknowledged (the clients' thread appends them),
+        or the clients have stopped."""
+        if time.time() >= self.until:
+            return True
+        return any(w.start >= since and w.versions for w in reversed(self.history.writes[-400:]))
+
     def recover(self, timeout: float = 120) -> None:
+        """Until the cluster is whole (a leader, two replicas caught up, one of them synchronous,
+        every process up) and an append sent after the heal was acknowledged: the next fault starts
+        from a cluster that has recovered from the last, so that each fault's time until writes
+        are back is its own."""
         started = time.time()
         try:
-            wait_until(self.whole, timeout, interval=0.5, what="the cluster to be whole")
+            wait_until(lambda: self.whole() and self.writing(started), timeout, interval=0.5,
+                       what="the cluster to be whole and writing")
         except TimeoutError:
             members = [(m.get("name"), m.get("role"), m.get("state")) for m in self.stack.cluster.members()]
             dead = [name for name, child in self.stack.children().items() if not child.alive]
@@ -509,7 +536,7 @@ def wait_downstream(stack: HostedStack, ledger_events: int, timeout: float = 180
 
 
 def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int, pace: float,
-             results: Path | None) -> int:
+             results: Path | None, kinds: tuple[str, ...] = KINDS) -> int:
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="booking-ledger-partitions-"))
     root.chmod(0o755)
@@ -527,7 +554,7 @@ def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int
             keys = {department: stack.key(department) for department in DEPARTMENTS}
             print(f"up in {time.monotonic() - set_up:.0f}s on {len(net.hosts)} hosts ({net.subnet})", flush=True)
             clients = Clients(stack.api_urls, keys, history, rng, writers, pace)
-            faults = Faults(stack, net, random.Random(rng.random()), history, hold, log)
+            faults = Faults(stack, net, random.Random(rng.random()), history, hold, log, kinds)
             until = time.time() + duration
             thread = threading.Thread(target=faults.run, args=(until,), name="faults")
             thread.start()
@@ -605,6 +632,13 @@ def render(verdict: Verdict, history: History, log: list[str], seed: int, durati
     for kind, row in verdict.unavailability.items():
         lines.append(f"| {kind} | {row['faults']:.0f} | {row['p50']:.2f} | {row['p99']:.2f} | {row['max']:.2f} "
                      f"| {row['5xx']:.0f} |")
+    back = writes_back(history)
+    slowest = sorted(back, key=back.__getitem__, reverse=True)[:SLOWEST]
+    lines += ["", f"## The {len(slowest)} slowest: writes back after the fault", "",
+              "| began (UTC) | fault | held s | writes back after s |", "| --- | --- | --- | --- |"]
+    for fault in slowest:
+        lines.append(f"| {datetime.fromtimestamp(fault.start, UTC):%H:%M:%S} | {fault.kind} {fault.target} "
+                     f"| {fault.end - fault.start:.1f} | {back[fault]:.2f} |")
     lines += ["", "## Counts", "", ", ".join(f"{k}: {v}" for k, v in verdict.counts.items()),
               f"; our processes restarted by their supervisor: {restarts or 'none'}"
               f"; the sink's consumer: {', '.join(f'{k} {n}' for k, n in consumer.items())}", "",
@@ -623,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", default="3m", help="time of faults, e.g. 90s, 3m, 1h")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--hold", default="3,20", help="seconds each fault is held: min,max")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"the fault kinds to draw from, comma-separated (default: all of {', '.join(KINDS)})")
     parser.add_argument("--writers", type=int, default=4, help="concurrent writing clients")
     parser.add_argument("--pace", type=float, default=0.15, help="mean seconds between one client's requests")
     parser.add_argument("--results", default=str(RESULTS), help="folder of the report ('' for none)")
@@ -633,8 +669,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     low, high = (float(x) for x in args.hold.split(","))
     seed = args.seed if args.seed is not None else random.randrange(2**31)
+    kinds = tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip())
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        print(f"unknown fault kinds: {', '.join(unknown) or '(none given)'}; known: {', '.join(KINDS)}",
+              file=sys.stderr)
+        return 2
     return campaign(parse_duration(args.duration), seed, (low, high), args.writers, args.pace,
-                    Path(args.results) if args.results else None)
+                    Path(args.results) if args.results else None, kinds)
 
 
 if __name__ == "__main__":

@@ -365,9 +365,21 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def writes_back(history: History) -> dict[Fault, float]:
+    """Per fault: seconds from its start to the end of the first 2xx append sent after it (a fault
+    after which no append succeeded has none)."""
+    done = sorted((w.start, w.end) for w in history.writes if _ok(w.status))
+    gaps: dict[Fault, float] = {}
+    for fault in history.faults:
+        firsts = [end for start, end in done if start >= fault.start]
+        if firsts:
+            gaps[fault] = min(firsts) - fault.start
+    return gaps
+
+
 def unavailability(history: History, after_heal: float = 30.0) -> dict[str, dict[str, float]]:
     """Per fault kind: fault → first 2xx append sent after it (p50/p99/max s), and 5xx answers in its window."""
-    done = sorted((w.start, w.end) for w in history.writes if _ok(w.status))
+    back = writes_back(history)
     kinds: dict[str, list[Fault]] = defaultdict(list)
     for fault in history.faults:
         kinds[fault.kind].append(fault)
@@ -377,11 +389,7 @@ def unavailability(history: History, after_heal: float = 30.0) -> dict[str, dict
               if op.status is not None and op.status >= 500]
     table: dict[str, dict[str, float]] = {}
     for kind, faults in sorted(kinds.items()):
-        gaps = []
-        for fault in faults:
-            firsts = [end for start, end in done if start >= fault.start]
-            if firsts:
-                gaps.append(min(firsts) - fault.start)
+        gaps = [back[fault] for fault in faults if fault in back]
         table[kind] = {
             "faults": len(faults),
             "p50": statistics.median(gaps) if gaps else float("nan"),

@@ -1,9 +1,8 @@
 """The short seeded partition campaign: 75 s of faults, seed 20261203, each held 3-12 s.
 
-Marked `campaign` (pyproject.toml): it needs root for its network namespaces and takes about two
-and a half minutes (a minute of set-up and tear-down, 75 s of faults). `make test` leaves it out until
-the campaign's invariants hold on every run (`make test PYTEST_ARGS="-m campaign"` runs it alone;
-bench/results/partitions/ has the long runs).
+In `make test` (root only: it makes network namespaces): about two and a half minutes, a minute of
+it setting up and tearing down the hosts. bench/results/partitions/ has the long runs
+(`make partitions`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.partitions, pytest.mark.campaign]
+pytestmark = pytest.mark.partitions
 
 if os.geteuid() != 0:
     pytest.skip("network namespaces need root", allow_module_level=True)
