@@ -5,9 +5,8 @@ walreceiver of a cut link wait a minute (the timeouts' default), and one left ha
 reset waits two hours (the kernel's keepalive default) while Patroni reports the replica "running".
 
 Real processes: a three-member etcd and three Patroni/Postgres nodes, each on a host of its own.
-Marked `campaign`, out of `make test`: it takes about 40 s, most of it starting the cluster on its
-hosts, and the short campaign in `make test` cuts such links among its faults;
-`make test PYTEST_ARGS="-m campaign"` runs it.
+Marked `campaign` (out of `make test`, as the short campaign is): it takes about 40 s, most of it
+starting the cluster on its hosts; `make test PYTEST_ARGS="-m campaign"` runs it.
 """
 
 from __future__ import annotations
