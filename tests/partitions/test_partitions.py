@@ -2,9 +2,8 @@
 
 Marked `campaign` (pyproject.toml), out of `make test`: it needs root for its network namespaces and
 takes about two and a half minutes on a quiet machine (a minute of set-up and tear-down, 75 s of
-faults). With it, a fresh clone's `.ci/run` beside a CPU hog took 21.7 minutes (2026-12-04, 1867b78),
-its long tests 1.6-1.9 times as long as in the same check without it the session before (13.2
-minutes): past the suite's 15-minute budget.
+faults). Beside a CPU hog, a fresh clone's `.ci/run` took 21.7 minutes with it and 18.0 without it
+(2026-12-04, one machine): it would add minutes the suite's 15-minute budget does not have.
 `make test PYTEST_ARGS="-m campaign"` runs it alone; bench/results/partitions/ has the long runs.
 """
 
