@@ -446,12 +446,14 @@ class HACluster:
                 return list(body.get("members", []))
         return []
 
-    def replicas(self, synchronous: bool = False) -> list[str]:
-        """Names of the replicas streaming from the leader (only the synchronous ones if asked)."""
+    def replicas(self, synchronous: bool = False, max_lag: int = 0) -> list[str]:
+        """Names of the replicas streaming from the leader at most `max_lag` bytes behind it (only
+        the synchronous ones if asked). Under writes a streaming replica is seldom exactly level:
+        Patroni compares positions read a loop apart."""
         roles = ("sync_standby",) if synchronous else ("sync_standby", "replica")
         return [m["name"] for m in self.members()
                 if m.get("role") in roles and m.get("state") in ("running", "streaming")
-                and m.get("lag", 0) in (0, "0")]
+                and str(m.get("lag", 0)).isdigit() and int(m.get("lag", 0)) <= max_lag]
 
     def wait_replicas(self, count: int, synchronous: bool = False, timeout: float = 60) -> list[str]:
         return wait_until(lambda: len(names := self.replicas(synchronous)) >= count and names,

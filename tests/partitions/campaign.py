@@ -369,16 +369,11 @@ class Faults:
         self.frozen.clear()
 
     def whole(self) -> bool:
-        """A leader, two replicas running within CAUGHT_UP bytes of it (one of them synchronous),
-        and every process up. (Not lag 0: under the clients' writes the positions Patroni compares
-        are read a loop apart, and a replica that streams is seldom exactly level.)"""
+        """A leader, two replicas within CAUGHT_UP bytes of it (one of them synchronous), and every
+        process up."""
         cluster = self.stack.cluster
-        if cluster.primary() is None:
-            return False
-        replicas = [m for m in cluster.members() if m.get("role") in ("replica", "sync_standby")
-                    and m.get("state") in ("running", "streaming") and isinstance(m.get("lag"), int)
-                    and m["lag"] < CAUGHT_UP]
-        if len(replicas) < 2 or not any(m["role"] == "sync_standby" for m in replicas):
+        if cluster.primary() is None or len(cluster.replicas(max_lag=CAUGHT_UP)) < 2 \
+                or not cluster.replicas(synchronous=True, max_lag=CAUGHT_UP):
             return False
         return all(child.alive for child in self.stack.children().values())
 
