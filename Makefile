@@ -83,7 +83,7 @@ lint: $(STAMP)
 	cd client && ../$(BIN)/mypy
 
 test: install lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not campaign" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The chaos soak: load plus faults (kills, freezes, restarts) for DURATION, then every invariant.
 # HA=1: on the replicated cluster (make run-ha's), with node faults (leader/replica killed, leader frozen).

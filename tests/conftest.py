@@ -34,7 +34,7 @@ __all__ = ["free_port", "random_code", "sql"]
 WHOLE_FOLDERS = {"docker", "ha", "soak", "bench", "partitions"}
 ON_THE_HA_CLUSTER = {"e2e/test_console_browser.py"}  # outside tests/ha, its cluster's other user
 # The longest groups go first, so that neither worker is left with a long one at the end.
-LONGEST_FIRST = ["soak", "docker", "ha", "integration/test_kafka_faults.py", "bench"]
+LONGEST_FIRST = ["soak", "docker", "ha", "partitions", "integration/test_kafka_faults.py", "bench"]
 
 
 def group_of(nodeid: str) -> str:

@@ -1,10 +1,8 @@
 """The short seeded partition campaign: 75 s of faults, seed 20261203, each held 3-12 s.
 
-Marked `campaign` (pyproject.toml), out of `make test`: it needs root for its network namespaces and
-takes about two and a half minutes on a quiet machine (a minute of set-up and tear-down, 75 s of
-faults). Beside a CPU hog, a fresh clone's `.ci/run` took 21.7 minutes with it and 18.0 without it
-(2026-12-04, one machine): it would add minutes the suite's 15-minute budget does not have.
-`make test PYTEST_ARGS="-m campaign"` runs it alone; bench/results/partitions/ has the long runs.
+It needs root for its network namespaces and takes about two and a half minutes on a quiet machine
+(a minute of set-up and tear-down, 75 s of faults); tests/conftest.py starts it early so that it
+runs beside other tests rather than at the end. bench/results/partitions/ has the long runs.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.partitions, pytest.mark.campaign]
+pytestmark = pytest.mark.partitions
 
 if os.geteuid() != 0:
     pytest.skip("network namespaces need root", allow_module_level=True)

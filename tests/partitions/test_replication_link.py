@@ -5,8 +5,7 @@ walreceiver of a cut link wait a minute (the timeouts' default), and one left ha
 reset waits two hours (the kernel's keepalive default) while Patroni reports the replica "running".
 
 Real processes: a three-member etcd and three Patroni/Postgres nodes, each on a host of its own.
-Marked `campaign` (out of `make test`, as the short campaign is): it takes about 40 s, most of it
-starting the cluster on its hosts; `make test PYTEST_ARGS="-m campaign"` runs it.
+It takes about 40 s, most of it starting the cluster on its hosts.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from devstack.netns import Network
 from devstack.processes import wait_until
 from tests.conftest import sql
 
-pytestmark = [pytest.mark.partitions, pytest.mark.campaign]
+pytestmark = pytest.mark.partitions
 
 if os.geteuid() != 0:
     pytest.skip("network namespaces need root", allow_module_level=True)
