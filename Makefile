@@ -82,8 +82,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	cd client && ../$(BIN)/mypy
 
+# The whole suite builds the Docker images beside its first tests (tests/conftest.py); a selection does not.
 test: install lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(if $(PYTEST_ARGS),,--docker-images-early) $(PYTEST_ARGS)
 
 # The chaos soak: load plus faults (kills, freezes, restarts) for DURATION, then every invariant.
 # HA=1: on the replicated cluster (make run-ha's), with node faults (leader/replica killed, leader frozen).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -358,6 +359,23 @@ class Images:
         return found[-1]
 
 
+def prepare(engine: Engine) -> tuple[bool, Timings]:
+    """Start the engine unless it runs, and build the images that are missing or out of date: (whether
+    this call started the engine, the build's timings). One caller at a time across processes (a lock
+    file in the engine's home): a test session's early build (tests/conftest.py) and the container
+    tests' fixture, or two `python -m devstack.docker images`; the second finds the images built."""
+    engine.home.mkdir(parents=True, exist_ok=True)
+    with open(engine.home / "images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = engine.start()
+        try:
+            return started, Images(engine).build()
+        except BaseException:
+            if started:  # a failed build leaves no engine of its own running
+                engine.stop()
+            raise
+
+
 def build_wheelhouse(target: Path = WHEELHOUSE) -> None:
     """`pip wheel -c constraints.txt .` into `target`: the project's wheel and every dependency's."""
     target.mkdir(parents=True, exist_ok=True)
@@ -475,10 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "stop":
         engine.stop()
     elif args.command == "images":
-        engine.start()
-        images = Images(engine)
-        images.build()
-        for tag in images.all():
+        prepare(engine)
+        for tag in Images(engine).all():
             print(f"{tag}\t{engine.image_size(tag) / 1e6:.0f} MB")
     elif args.command == "up":
         _up(engine)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,8 +35,10 @@ __all__ = ["free_port", "random_code", "sql"]
 WHOLE_FOLDERS = {"docker", "ha", "soak", "bench", "partitions"}
 ON_THE_HA_CLUSTER = {"e2e/test_console_browser.py"}  # outside tests/ha, its cluster's other user
 # The longest groups go first, longest first, so that neither worker is left with a long one at the end
-# (a quiet run of 2026-12-04: ha about 250 s, bench 240, docker 195, partitions 185, Kafka faults 150, soak 95).
-LONGEST_FIRST = ["ha", "bench", "docker", "partitions", "integration/test_kafka_faults.py", "soak"]
+# (a quiet run of 2026-12-04: bench about 235 s, partitions 200, ha 200, Kafka faults 150, docker 110 once its
+# images are built, soak 90). tests/docker comes after minutes of other tests: by then `make test` has built
+# its images beside them (EarlyImages below; 150-200 s on a fresh clone).
+LONGEST_FIRST = ["bench", "partitions", "ha", "integration/test_kafka_faults.py", "docker", "soak"]
 
 
 def group_of(nodeid: str) -> str:
@@ -72,12 +75,68 @@ SESSION_START = pytest.StashKey[float]()
 DOCKER_SUMMARY = "booking-ledger/docker-summary"  # in pytest's cache: tests/docker writes it, the summary reads it
 
 
+class EarlyImages(threading.Thread):
+    """The Docker engine started and the images built beside the first tests (`make test`): on a fresh
+    clone the build takes minutes, mostly apt's downloads and unpacking, which would otherwise hold one
+    of the two workers idle in tests/docker's fixture (it waits for this build, then finds it done)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="docker-images", daemon=True)
+        from devstack.docker import Engine
+
+        self.engine = Engine()
+        self.started_engine = False
+        self.seconds: float | None = None
+        self.steps: dict[str, float] = {}
+        self.error: str | None = None
+
+    def run(self) -> None:
+        from devstack.docker import prepare
+
+        began = time.monotonic()
+        try:
+            self.started_engine, timings = prepare(self.engine)
+            self.steps = timings.steps
+        except Exception as error:  # the fixture builds again and fails the container tests with it
+            self.error = f"{type(error).__name__}: {error}"
+        self.seconds = round(time.monotonic() - began, 1)
+
+    def finish(self) -> None:
+        """Wait for the build, and stop the engine when this build started it and no container is left."""
+        self.join()
+        if self.started_engine and self.engine.running() and not self.engine.containers():
+            self.engine.stop()
+
+
+EARLY_IMAGES = pytest.StashKey[EarlyImages]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--docker-images-early", action="store_true",
+                     help="start the project's Docker engine and build its images beside the first tests")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_START] = time.time()
+    if config.getoption("--docker-images-early") and not hasattr(config, "workerinput"):  # once, not per worker
+        config.stash[EARLY_IMAGES] = early = EarlyImages()
+        early.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if EARLY_IMAGES in session.config.stash:  # before the summary, which reports the build
+        session.config.stash[EARLY_IMAGES].finish()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     """The Docker engine's start and the image builds, also when a pytest-xdist worker ran tests/docker."""
+    early = config.stash.get(EARLY_IMAGES, None)
+    if early is not None and early.seconds is not None:
+        terminalreporter.section("docker: engine and image builds, beside the first tests")
+        failed = f" (failed: {early.error})" if early.error else ""
+        terminalreporter.write_line(f"{early.seconds:7.1f} s  in all{failed}")
+        for step, seconds in early.steps.items():
+            terminalreporter.write_line(f"{seconds:7.1f} s  {step}")
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     summary = cache.get(DOCKER_SUMMARY, None) if cache is not None else None
     if not summary or summary["at"] < config.stash[SESSION_START]:

@@ -2,7 +2,9 @@
 
 The session fixture starts dockerd (devstack/docker.py) unless it already runs, builds the images
 that are missing or out of date (cached in .local/docker between runs), and at the end removes the
-containers these tests made and stops the engine when it started it.
+containers these tests made and stops the engine when it started it. Under `make test` the session
+has started both beside its first tests (tests/conftest.py, --docker-images-early): the fixture
+waits for that build and finds the images made.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.docker import Engine, Images
+from devstack.docker import Engine, Images, prepare
 from tests.conftest import DOCKER_SUMMARY
 
 TEST_PROJECT_PREFIX = "booking-ledger-test-"
@@ -25,15 +27,15 @@ SIZES: dict[str, int] = {}
 def docker_engine(pytestconfig: pytest.Config) -> Iterator[Engine]:
     engine = Engine()
     started_at = time.monotonic()
-    started = engine.start()
-    TIMINGS["engine start"] = round(time.monotonic() - started_at, 1)
+    # Waits for `make test`'s early build (tests/conftest.py), when one runs, and finds the images built.
+    started, timings = prepare(engine)
+    TIMINGS["engine start and image builds"] = round(time.monotonic() - started_at, 1)
     # testcontainers reads its settings from the environment when imported (tests import it late).
     for name in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED", "TESTCONTAINERS_CONNECTION_MODE"):
         os.environ[name] = engine.env()[name]
     try:
-        images = Images(engine)
-        TIMINGS.update(images.build().steps)
-        SIZES.update({tag: engine.image_size(tag) for tag in images.all()})
+        TIMINGS.update(timings.steps)
+        SIZES.update({tag: engine.image_size(tag) for tag in Images(engine).all()})
         if (cache := getattr(pytestconfig, "cache", None)) is not None:
             cache.set(DOCKER_SUMMARY, {"at": time.time(), "timings": TIMINGS, "sizes": SIZES})
         yield engine
