@@ -55,7 +55,11 @@ def test_writes_ride_through_a_killed_leader(
     # The relay followed the primary (its lease is taken on the new one) and sent what the old one
     # may have removed from its outbox unreplicated; the sink never touched Postgres.
     wait_until(lambda: ha_pipeline.outbox() == 0, timeout=90, interval=0.5, what="the outbox to drain")
-    report = ha_pipeline.verify()
+    # The sink writes what the relay sent a moment later: beside a CPU hog, 124 of 2,830 events were
+    # not in DynamoDB yet when the outbox had drained. Verify again until nothing differs, or 60 s.
+    deadline = time.monotonic() + 60
+    while (report := ha_pipeline.verify()).drift and time.monotonic() < deadline:
+        time.sleep(1)
     print(f"\nkill -9 of {old.name}: new leader {new_leader}; unavailable to clients {unavailable:.1f}s; "
           f"slowest request {load.slowest(killed_at):.1f}s; {len(load.outcomes)} appends; {summary}; "
           f"relay sent {_relay_sent(ha_pipeline):.0f} events; verify: {report.summary()}")
