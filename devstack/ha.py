@@ -372,8 +372,8 @@ class HACluster:
         hosts = ",".join(f"{n.host}:{n.pg_port}" for n in self.nodes)
         return f"postgresql://{ROLE}@{hosts}/{DATABASE}?target_session_attrs=read-write"
 
-    def node_url(self, node: PatroniNode) -> str:
-        return f"postgresql://{ROLE}@{node.host}:{node.pg_port}/{DATABASE}"
+    def node_url(self, node: PatroniNode, database: str = DATABASE) -> str:
+        return f"postgresql://{ROLE}@{node.host}:{node.pg_port}/{database}"
 
     def start(self, timeout: float = 90) -> None:
         """Start etcd and every node; return when a leader accepts writes, the ledger database

@@ -40,8 +40,8 @@ def streaming_to(cluster: HostedCluster, leader: PatroniNode) -> list[str]:
 def receiving(cluster: HostedCluster, node: PatroniNode) -> str:
     """The replica's walreceiver: its status, and its connection string ('' when it has none). Asked in
     the `postgres` database: a replica may stream before it has replayed the ledger database's creation."""
-    postgres = cluster.node_url(node).rsplit("/", 1)[0] + "/postgres"
-    row = sql(postgres, "SELECT coalesce(max(status || ' ' || conninfo), '') FROM pg_stat_wal_receiver")
+    row = sql(cluster.node_url(node, "postgres"),
+              "SELECT coalesce(max(status || ' ' || conninfo), '') FROM pg_stat_wal_receiver")
     return str(row)
 
 
