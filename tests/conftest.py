@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from devstack.harness import CLI, as_role, fetch_value, free_port
 from devstack.postgres import LocalPostgres
 from migrations.runner import upgrade
 from service.ledger.db import create_pool
+from tests import scratch
 
 __all__ = ["free_port", "random_code", "sql"]
 
@@ -116,16 +116,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="start the project's Docker engine and build its images beside the first tests")
 
 
+SCRATCH = pytest.StashKey[scratch.Run]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_START] = time.time()
+    if not hasattr(config, "workerinput"):  # the run's scratch folder, named to the workers (tests/scratch.py)
+        config.stash[SCRATCH] = run = scratch.Run()
+        run.begin()
     if config.getoption("--docker-images-early") and not hasattr(config, "workerinput"):  # once, not per worker
         config.stash[EARLY_IMAGES] = early = EarlyImages()
         early.start()
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if EARLY_IMAGES in session.config.stash:  # before the summary, which reports the build
         session.config.stash[EARLY_IMAGES].finish()
+    if SCRATCH in session.config.stash:  # kept when the run failed, for a post-mortem
+        passed = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+        session.config.stash[SCRATCH].end(passed)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -160,8 +169,7 @@ def sql(url: str, statement: str, *args: object) -> object:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[LocalPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="booking-ledger-test-"))
-    base.chmod(0o755)  # the cluster may belong to the postgres user (when the suite runs as root)
+    base = scratch.folder("booking-ledger-test-")
     server = LocalPostgres(base / "pg", free_port())
     server.start()
     try:
@@ -191,8 +199,7 @@ HA_KEEP = bool(os.environ.get("LEDGER_HA_KEEP"))  # set it to keep the nodes' lo
 
 @pytest.fixture(scope="session")
 def ha_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="ledger-ha-"))
-    root.chmod(0o755)  # the postgres user runs the nodes
+    root = scratch.folder("ledger-ha-", keep=HA_KEEP)
     yield root
     if not HA_KEEP:
         shutil.rmtree(root, ignore_errors=True)

@@ -8,16 +8,15 @@ DATABASE would fail the second time)."""
 from __future__ import annotations
 
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from core.settings import Settings
 from devstack.harness import LedgerProcess, Stack
+from tests import scratch
 from tests.e2e.conftest import make_key
 
 
@@ -60,7 +59,7 @@ class ClientStack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[ClientStack]:
-    own = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-client-")))
+    own = Stack(scratch.folder("booking-ledger-client-"))
     try:
         own.start_postgres()
         own.start_pipeline_servers()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from booking_ledger_client import (
 
 from devstack.harness import Stack
 from devstack.processes import wait_until
+from tests import scratch
 from tests.client.conftest import ClientStack
 from tests.conftest import free_port, random_code
 from tests.e2e.conftest import make_key
@@ -276,7 +276,7 @@ def test_wait_for_read_store_times_out_with_the_version_it_has(stack: ClientStac
 def test_a_create_rides_through_a_postgres_restart() -> None:
     """503 (with Retry-After) and refused connections while Postgres is down are retried; the
     create lands once when it is back. An impatient client gets Unavailable with the answer's hint."""
-    own = Stack(Path(tempfile.mkdtemp(prefix="booking-ledger-client-pg-")))
+    own = Stack(scratch.folder("booking-ledger-client-pg-"))
     try:
         own.start_postgres()
         url = own.database("client_restart")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from core.settings import DatabaseSettings, Settings
 from devstack.harness import CLI, LedgerProcess, as_role, process_env, start_api
+from tests import scratch
 from tests.conftest import free_port
 
 Server = LedgerProcess  # an API: its `url`, `log_path`, `stop()`
@@ -27,7 +26,7 @@ def cli(database_url: str, *args: str, check: bool = True) -> subprocess.Complet
 
 def start_server(database_url: str, workers: int = 2, ready_path: str = "/health/ready", **env: str) -> Server:
     """`booking-ledger api` on `database_url` (and nothing else), once ready."""
-    log_path = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
+    log_path = scratch.folder("booking-ledger-api-") / "api.log"
     settings = Settings(database=DatabaseSettings(url=database_url))
     return start_api(process_env(settings, **env), log_path, workers, ready_path)
 

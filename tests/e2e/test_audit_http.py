@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import tempfile
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 
@@ -16,6 +14,7 @@ from core import merkle
 from core.checkpoints import Checkpoint, Signer
 from devstack.harness import CLI, as_role
 from devstack.processes import wait_until
+from tests import scratch
 from tests.conftest import random_code
 from tests.e2e.conftest import Keys, auth
 from tests.e2e.test_http import assert_problem, events_url, priced
@@ -57,7 +56,7 @@ def test_the_proof_is_the_chain_of_the_events_read(api: str, keys: Keys) -> None
 
 
 def test_checkpoints_are_signed_linked_and_prove_an_event(api: str, keys: Keys, database_url: str) -> None:
-    key_file = Path(tempfile.mkdtemp(prefix="booking-ledger-key-")) / "checkpoint.pem"
+    key_file = scratch.folder("booking-ledger-key-") / "checkpoint.pem"
     signer = Signer.create(key_file)
     code = random_code("CKPT")
     with httpx.Client(timeout=10) as client:

@@ -5,11 +5,9 @@ answered within one budget."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -17,14 +15,14 @@ import pytest
 
 from devstack.postgres import LocalPostgres
 from migrations.runner import upgrade
+from tests import scratch
 from tests.conftest import free_port, random_code, sql
 from tests.e2e.conftest import auth, make_key, start_server
 
 
 @pytest.fixture
 def own_postgres():
-    base = Path(tempfile.mkdtemp(prefix="booking-ledger-restart-"))
-    base.chmod(0o755)
+    base = scratch.folder("booking-ledger-restart-")
     server = LocalPostgres(base / "pg", free_port())
     server.start()
     upgrade(server.url)

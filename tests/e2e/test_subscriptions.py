@@ -10,13 +10,11 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -37,6 +35,7 @@ from devstack.harness import LedgerProcess, free_port, process_env
 from devstack.postgres import LocalPostgres
 from devstack.processes import wait_until
 from migrations.runner import upgrade
+from tests import scratch
 from tests.conftest import random_code
 from tests.e2e.conftest import Server, auth, cli, make_key, signed_in, start_server
 from tests.e2e.test_http import assert_problem, events_url
@@ -164,7 +163,7 @@ class Worker:
     process: LedgerProcess | None = None
 
     def start(self) -> None:
-        log = Path(tempfile.mkdtemp(prefix="booking-ledger-deliver-")) / "deliver.log"
+        log = scratch.folder("booking-ledger-deliver-") / "deliver.log"
         self.process = LedgerProcess("deliver", self.env, log).start()
         self.process.wait_for_log("deliver is the leader", timeout=30)
 
@@ -410,7 +409,7 @@ def test_a_standby_worker_takes_over_when_the_leader_dies(
     subscribe(api, key, receiver.at("standby"), booking_code=code)
     port = free_port()
     standby = LedgerProcess("deliver", {**worker.env, "LEDGER_DELIVER_METRICS_PORT": str(port)},
-                            Path(tempfile.mkdtemp(prefix="booking-ledger-deliver-")) / "standby.log").start()
+                            scratch.folder("booking-ledger-deliver-") / "standby.log").start()
     standby.wait_for_log("deliver is standby", timeout=30)
     assert worker.process is not None
     worker.process.kill()
@@ -484,8 +483,7 @@ def test_scope_ownership_and_the_limit(subs_api: Server, receiver: Receiver, dat
 
 
 def test_delivery_goes_on_after_the_ledgers_postgres_restarts(receiver: Receiver) -> None:
-    base = Path(tempfile.mkdtemp(prefix="booking-ledger-subs-restart-"))
-    base.chmod(0o755)  # the cluster may belong to the postgres user (when the suite runs as root)
+    base = scratch.folder("booking-ledger-subs-restart-")
     server = LocalPostgres(base / "pg", free_port())
     server.start()
     upgrade(server.url)

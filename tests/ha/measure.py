@@ -23,7 +23,6 @@ import collections
 import json
 import shutil
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import asyncpg
 
 from devstack.ha import HACluster, PatroniNode
 from devstack.processes import wait_until
+from tests import scratch
 from tests.e2e.conftest import cli, make_key, start_server
 from tests.ha.load import Load
 
@@ -152,8 +152,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the runs and the summary here")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's folder (the nodes' logs)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ledger-ha-measure-"))
-    root.chmod(0o755)
+    root = scratch.folder("ledger-ha-measure-")
     cluster = HACluster.on_free_ports(root / "cluster")
     cluster.start()
     apis = []

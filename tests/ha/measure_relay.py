@@ -19,10 +19,8 @@ import dataclasses
 import json
 import shutil
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 
@@ -35,6 +33,7 @@ from core.settings import DatabaseSettings, KafkaSettings, MetricsSettings, Sett
 from devstack.ha import HACluster
 from devstack.harness import APPEND_SQL, free_port
 from devstack.kafka import KafkaCluster
+from tests import scratch
 from tests.e2e.conftest import cli
 
 
@@ -104,8 +103,7 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=8000)
     parser.add_argument("--lone", type=int, default=200)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ledger-measure-relay-"))
-    root.chmod(0o755)
+    root = scratch.folder("ledger-measure-relay-")
     cluster = HACluster.on_free_ports(root / "cluster")
     broker = KafkaCluster(root / "kafka", [(free_port(), free_port())], heap="384m")
     results: dict[str, list[dict[str, float | None]]] = {"waits for the standby": [], "no wait (before)": []}

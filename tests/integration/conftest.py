@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -23,10 +21,11 @@ from devstack.processes import DynamoDBLocal, wait_until
 from migrations.runner import upgrade
 from service.ledger.append import Append, AppendResult, append
 from service.ledger.groupcommit import GroupCommit
+from tests import scratch
 from tests.conftest import free_port, sql
 
 __all__ = ["CLI", "Pipeline", "Worker", "Writer", "wait_until"]
-LOGS = Path(tempfile.mkdtemp(prefix="booking-ledger-test-logs-"))
+LOGS = scratch.folder("booking-ledger-test-logs-")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

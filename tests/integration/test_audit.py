@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import tempfile
 import uuid
 from decimal import Decimal
 from functools import partial
@@ -26,6 +25,7 @@ from devstack.harness import as_role
 from service.ledger import personal
 from service.ledger.append import Append, NewEvent, append, append_one
 from service.ledger.db import create_pool
+from tests import scratch
 from tests.conftest import random_code, sql
 from tests.integration.conftest import CLI, Pipeline, wait_until
 from tests.integration.test_pipeline import append_events, wait_replicated
@@ -88,7 +88,7 @@ def erase(pipeline: Pipeline, code: str) -> list:
 
 
 def test_audit_names_altered_events_and_a_deleted_item(pipeline: Pipeline) -> None:
-    key_file = Path(tempfile.mkdtemp(prefix="booking-ledger-key-")) / "checkpoint.pem"
+    key_file = scratch.folder("booking-ledger-key-") / "checkpoint.pem"
     signer = Signer.create(key_file)
     codes = [random_code("AUDIT") for _ in range(3)]
     events = append_events(pipeline, codes, per_booking=3)

@@ -10,11 +10,9 @@ import asyncio
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +24,7 @@ from devstack.harness import CLI, process_env
 from devstack.postgres import LocalPostgres
 from devstack.processes import DynamoDBLocal, wait_until
 from migrations.runner import upgrade
+from tests import scratch
 from tests.conftest import free_port, random_code, sql
 
 APPEND = """SELECT position FROM ledger_append($1, 'hotel', false, $2, ARRAY[gen_random_uuid()],
@@ -35,8 +34,7 @@ APPEND = """SELECT position FROM ledger_append($1, 'hotel', false, $2, ARRAY[gen
 @pytest.fixture
 def archiving() -> Iterator[tuple[LocalPostgres, PgBackRest]]:
     """A cluster of its own that archives every WAL segment into a pgBackRest repository."""
-    base = Path(tempfile.mkdtemp(prefix="booking-ledger-pitr-"))
-    base.chmod(0o755)
+    base = scratch.folder("booking-ledger-pitr-")
     server = LocalPostgres(base / "pg", free_port())
     backrest = PgBackRest(base / "repo", [Node(server.data_dir, server.port, server.data_dir)])
     server.init()

@@ -4,10 +4,8 @@ below the recorded ones. `migrate` and the API's readiness refuse then, and say 
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +15,7 @@ from devstack.harness import CLI, database_url, free_port, process_env, run_sql,
 from devstack.postgres import LocalPostgres
 from devstack.processes import wait_until
 from migrations.runner import upgrade
+from tests import scratch
 from tests.conftest import sql
 
 APPEND = """SELECT count(*) FROM ledger_append($1, 'hotel', false, 0, ARRAY[gen_random_uuid()], ARRAY['BookingPriced'],
@@ -25,8 +24,7 @@ APPEND = """SELECT count(*) FROM ledger_append($1, 'hotel', false, 0, ARRAY[gen_
 
 @pytest.fixture
 def fresh_cluster() -> Iterator[LocalPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="booking-ledger-restore-"))
-    base.chmod(0o755)
+    base = scratch.folder("booking-ledger-restore-")
     server = LocalPostgres(base / "pg", free_port())
     server.start()
     try:
@@ -63,7 +61,7 @@ def test_a_restore_into_a_new_cluster_is_refused_until_positions_can_grow(
     assert migrated.returncode == 1
     assert "positions would go backwards" in migrated.stderr and str(highest) in migrated.stderr
 
-    log = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
+    log = scratch.folder("booking-ledger-api-") / "api.log"
     api = start_api(env, log, workers=1, ready_path="/health/live")  # as ledger_api (start_api's own role)
     try:
         answer = httpx.get(api.url + "/health/ready", timeout=5)

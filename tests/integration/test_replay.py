@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import uuid
-from pathlib import Path
 
 from bench.fill import fill
 from core.settings import DatabaseSettings, DynamoSettings, Settings
 from devstack.harness import CLI, as_role, process_env
 from devstack.postgres import LocalPostgres
 from devstack.processes import DynamoDBLocal, wait_until
+from tests import scratch
 from tests.conftest import random_code, sql
 
 
@@ -26,7 +25,7 @@ def test_a_replay_killed_midway_goes_on_from_its_checkpoint(
     total = int(sql(url, "SELECT count(*) FROM events"))  # type: ignore[arg-type]
     settings = Settings(database=DatabaseSettings(url=url),
                         dynamo=DynamoSettings(endpoint=dynamodb_local.endpoint, table=name, region="eu-west-1"))
-    checkpoint = Path(tempfile.mkdtemp(prefix="booking-ledger-replay-")) / "replay.json"
+    checkpoint = scratch.folder("booking-ledger-replay-") / "replay.json"
     replay = [CLI, "replay", "--quiet", "--checkpoint", str(checkpoint)]
 
     # Killed -9 as soon as its first page is written.

@@ -8,10 +8,8 @@ the e2e and pipeline tests show that everything each process does still works.
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -32,6 +30,7 @@ from service.ledger.append import NewEvent, append
 from service.ledger.db import create_pool
 from service.ledger.reads import get_booking, read_feed
 from service.ledger.subscriptions import Filters, create_subscription
+from tests import scratch
 from tests.conftest import random_code, sql
 
 DENIED = asyncpg.InsufficientPrivilegeError
@@ -288,7 +287,7 @@ def test_the_api_refuses_to_start_as_a_superuser(database_url: str) -> None:
 
 def test_the_api_runs_as_a_superuser_only_when_allowed(database_url: str) -> None:
     env = process_env(Settings(database=DatabaseSettings(url=database_url, allow_privileged_role=True)))
-    log = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
+    log = scratch.folder("booking-ledger-api-") / "api.log"
     api = start_api(env, log, workers=1, own_role=False)
     api.stop()
 
@@ -300,7 +299,7 @@ def test_readiness_says_why_when_the_role_gains_the_owners_privileges(database_u
         sql(database_url, statement)  # as the suite's superuser
 
     run(f"CREATE ROLE {probe} LOGIN IN ROLE {roles.API}")
-    log = Path(tempfile.mkdtemp(prefix="booking-ledger-api-")) / "api.log"
+    log = scratch.folder("booking-ledger-api-") / "api.log"
     env = process_env(Settings(database=DatabaseSettings(url=as_role(database_url, probe))))
     api = start_api(env, log, workers=1, own_role=False)
     try:

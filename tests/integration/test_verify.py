@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import tempfile
 import uuid
-from pathlib import Path
 
 from cdc.replay import replay
 from cdc.verify import verify
@@ -17,6 +15,7 @@ from core.settings import DatabaseSettings, DynamoSettings, Settings
 from devstack.harness import CLI, as_role, process_env
 from devstack.postgres import LocalPostgres
 from devstack.processes import DynamoDBLocal
+from tests import scratch
 from tests.conftest import random_code, sql
 
 APPEND = """SELECT position FROM ledger_append($1, 'hotel', false, $2, ARRAY[gen_random_uuid()],
@@ -32,7 +31,7 @@ def test_incremental_verify_checks_only_new_events_and_keeps_its_checkpoint_behi
                         dynamo=DynamoSettings(endpoint=dynamodb_local.endpoint, table=f"verify_{name}",
                                               region="eu-west-1"))
     env = as_role(process_env(settings), "verify")
-    checkpoint = Path(tempfile.mkdtemp(prefix="booking-ledger-verify-")) / "checkpoint.json"
+    checkpoint = scratch.folder("booking-ledger-verify-") / "checkpoint.json"
 
     def run() -> tuple[int, list[str], int]:
         done = subprocess.run([CLI, "verify", "--grace", "0", "--checkpoint", str(checkpoint)], env=env,

@@ -42,7 +42,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -57,6 +56,7 @@ from devstack.ha import PatroniNode
 from devstack.hosts import HostedStack
 from devstack.netns import Network
 from devstack.processes import wait_until
+from tests import scratch
 from tests.partitions.checker import (
     INVARIANTS,
     Fault,
@@ -533,8 +533,7 @@ def wait_downstream(stack: HostedStack, ledger_events: int, timeout: float = 180
 def campaign(duration: float, seed: int, hold: tuple[float, float], writers: int, pace: float,
              results: Path | None, kinds: tuple[str, ...] = KINDS) -> int:
     rng = random.Random(seed)
-    root = Path(tempfile.mkdtemp(prefix="booking-ledger-partitions-"))
-    root.chmod(0o755)
+    root = scratch.folder("booking-ledger-partitions-", keep=bool(os.environ.get("LEDGER_PARTITIONS_KEEP")))
     history = History()
     log: list[str] = []
     began = datetime.now(UTC)

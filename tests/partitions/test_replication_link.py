@@ -11,9 +11,7 @@ It takes about 40 s, most of it starting the cluster on its hosts.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +19,7 @@ from devstack.ha import PatroniNode
 from devstack.hosts import HostedCluster
 from devstack.netns import Network
 from devstack.processes import wait_until
+from tests import scratch
 from tests.conftest import sql
 
 pytestmark = pytest.mark.partitions
@@ -47,8 +46,7 @@ def receiving(cluster: HostedCluster, node: PatroniNode) -> str:
 
 @pytest.mark.timeout(180)
 def test_a_silently_cut_replication_link_ends_within_seconds_and_streams_again_after_the_heal() -> None:
-    root = Path(tempfile.mkdtemp(prefix="booking-ledger-replink-"))
-    root.chmod(0o755)
+    root = scratch.folder("booking-ledger-replink-")
     with Network(log_dir=root) as net:
         cluster = HostedCluster(root / "ha", net)
         cluster.start()

@@ -25,7 +25,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from devstack.ha import HACluster, PatroniNode
 from devstack.harness import CLI, LedgerProcess, Stack, as_role, free_port
 from devstack.kafka import KafkaNode
 from devstack.processes import wait_for_port, wait_until
+from tests import scratch
 
 DEPARTMENTS = ("hotel", "car", "flight")
 FAULTS = ("kill_api_worker", "kill_relay", "kill_sink", "freeze_broker", "freeze_dynamodb",
@@ -474,8 +474,7 @@ def unavailability(record: Record, since: float) -> float:
 
 def soak(duration: float, rate: float, seed: int, fault_every: tuple[float, float], ha: bool = False) -> int:
     rng = random.Random(seed)
-    root = Path(tempfile.mkdtemp(prefix="booking-ledger-soak-"))
-    root.chmod(0o755)
+    root = scratch.folder("booking-ledger-soak-")
     stack = SoakStack(root, ha=ha)
     record = Record()
     where = " on the HA cluster" if ha else ""
