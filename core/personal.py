@@ -44,12 +44,29 @@ def _associated(booking_code: str, event_id: UUID) -> bytes:
     return f"{booking_code}\n{event_id}".encode()
 
 
+class Sealer:
+    """One booking's data key, ready to seal with: its cipher and its nonce's HMAC are made once (an API
+    process keeps one per booking it writes to: service/ledger/personal.py)."""
+
+    __slots__ = ("_cipher", "_mac", "key")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self._cipher = AESGCM(key)
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+
+    def seal(self, booking_code: str, event_id: UUID, personal: dict[str, Any]) -> str:
+        plaintext = msgspec.json.encode(personal)
+        associated = _associated(booking_code, event_id)
+        mac = self._mac.copy()
+        mac.update(associated + b"\n" + plaintext)
+        nonce = mac.digest()[:_NONCE_BYTES]
+        sealed = nonce + self._cipher.encrypt(nonce, plaintext, associated)
+        return PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+
+
 def seal(key: bytes, booking_code: str, event_id: UUID, personal: dict[str, Any]) -> str:
-    plaintext = msgspec.json.encode(personal)
-    associated = _associated(booking_code, event_id)
-    nonce = hmac.new(key, associated + b"\n" + plaintext, hashlib.sha256).digest()[:_NONCE_BYTES]
-    sealed = nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
-    return PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+    return Sealer(key).seal(booking_code, event_id, personal)
 
 
 def is_sealed(value: object) -> bool:

@@ -1,17 +1,24 @@
 """core/personal.py: sealing is AES-256-GCM bound to its event, deterministic for a retry, and opens
 only with its booking's key; the import refuses personal data; a live stream's buffer forgets it."""
 
+import base64
+import hashlib
+import hmac
 import json
 import uuid
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core import personal
 from core.events import Event
+from core.money import Money
+from service.ledger.append import NewEvent
 from service.ledger.feedhub import FeedHub, FeedItem
 from service.ledger.importer import parse_line
+from service.ledger.personal import sealed
 
 KEY = bytes(range(32))
 EVENT = uuid.UUID("3f0c6b1e-8a3c-4c7e-9f2a-1b2c3d4e5f60")
@@ -32,6 +39,32 @@ def test_sealing_is_deterministic_per_event_and_plaintext() -> None:
     assert personal.seal(KEY, "ABC123", EVENT, TRAVELLER) == sealed  # a retry stays a retry
     assert personal.seal(KEY, "ABC123", EVENT, {**TRAVELLER, "name": "Bob"}) != sealed
     assert personal.seal(KEY, "ABC123", uuid.uuid4(), TRAVELLER)[:23] != sealed[:23]  # another nonce
+
+
+def test_a_kept_sealer_seals_as_the_spec_says_every_time() -> None:
+    # The nonce is HMAC-SHA256(key, booking code "\n" event id "\n" plaintext)[:12], then AES-256-GCM
+    # (core/personal.py's docstring), computed here from those words; a Sealer reused keeps no state.
+    sealer = personal.Sealer(KEY)
+    plaintext = msgspec.json.encode(TRAVELLER)
+    associated = f"ABC123\n{EVENT}".encode()
+    nonce = hmac.new(KEY, associated + b"\n" + plaintext, hashlib.sha256).digest()[:12]
+    raw = nonce + AESGCM(KEY).encrypt(nonce, plaintext, associated)
+    expected = "enc:v1:" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    other = uuid.uuid4()
+    assert [sealer.seal("ABC123", EVENT, TRAVELLER), sealer.seal("ABC123", other, TRAVELLER),
+            sealer.seal("ABC123", EVENT, TRAVELLER)] == [expected, personal.seal(KEY, "ABC123", other, TRAVELLER),
+                                                         expected]
+
+
+def test_sealing_an_append_changes_only_its_personal_data() -> None:
+    price = Money.parse("120.00", "EUR")
+    when = datetime(2026, 12, 4, tzinfo=UTC)
+    events = [NewEvent(EVENT, "BookingPriced", price, {"reason": "x", "personal": TRAVELLER}, when),
+              NewEvent(uuid.uuid4(), "PriceChanged", price, {"reason": "y"})]
+    first, second = sealed(personal.Sealer(KEY), "ABC123", events)
+    assert first == NewEvent(EVENT, "BookingPriced", price,
+                             {"reason": "x", "personal": personal.seal(KEY, "ABC123", EVENT, TRAVELLER)}, when)
+    assert second is events[1] and events[0].data == {"reason": "x", "personal": TRAVELLER}
 
 
 def test_readers_see_it_opened_or_erased_and_the_rest_unchanged() -> None:
