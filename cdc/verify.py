@@ -18,9 +18,11 @@ Memory stays bounded by the page size and the number of pages in flight, whateve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import asyncpg
 
@@ -48,7 +50,15 @@ COUNT_BELOW_SQL = "SELECT count(*) FROM events WHERE position < $1"
 PENDING_BELOW_SQL = "SELECT booking_code, version, position FROM outbox WHERE position < $1 LIMIT $2"
 PENDING_LIMIT = 100_000  # a longer outbox (an outage) makes a full run find missing events the ledger's way
 SUSPECT_LIMIT = 10_000  # drifted keys kept for the second look; beyond it drift is reported as first seen
-SCAN_PAGE = 1000  # items per Scan page: memory is segments x 2 pages (one compared, one on its way)
+SCAN_PAGE = 1000  # items per Scan page: memory is SCAN_PARALLEL x 2 pages (one compared, one on its way)
+# A Scan is cut into about one segment per SEGMENT_ITEMS items (by the ledger's count), SCAN_PARALLEL
+# scanned at a time. DynamoDB Local's CPU per scanned item grows with its segment's size: at 1,000,000
+# items 4 segments cost it about 200 us an item, 64 segments 26 (bench/README.md, issue 26); DynamoDB
+# itself charges by the item either way.
+SEGMENT_ITEMS = 10_000
+SCAN_PARALLEL = 4
+MAX_SEGMENTS = 1_000_000  # DynamoDB's bound on TotalSegments
+COUNT_SQL = "SELECT count(*) FROM events"
 BATCH_GET_LIMIT = 100  # BatchGetItem's maximum keys per call
 
 
@@ -93,8 +103,9 @@ class Report:
 
 
 async def verify(settings: Settings, grace: float = 5.0, since: int | None = None, page_size: int = 2000,
-                 threads: int = 16, segments: int = 4) -> Report:
-    """Compare ledger and DynamoDB; with `since`, only the events above that position (no Scan)."""
+                 threads: int = 16, segments: int | None = None) -> Report:
+    """Compare ledger and DynamoDB; with `since`, only the events above that position (no Scan).
+    `segments`: the Scan's (None: scan_segments of the ledger's events)."""
     conn = await connect(settings.database.url, timeout=10)
     dynamodb = dynamodb_client(settings.dynamo, validate=False)
     read_raw(dynamodb)
@@ -174,7 +185,7 @@ class _Check:
         finally:
             await reader.close()
 
-    async def scan(self, fence: int, segments: int) -> int | None:
+    async def scan(self, fence: int, segments: int | None) -> int | None:
         """DynamoDB -> ledger: a parallel Scan of whole items, each round's pages looked up in the
         ledger with one query (extra, different). What is missing shows in the counts: the ledger's
         events below the fence, less those found, less those still pending. Returns that number, or
@@ -183,25 +194,11 @@ class _Check:
         pending = {(r["booking_code"], r["version"]): r["position"]
                    for r in await self.conn.fetch(PENDING_BELOW_SQL, fence, PENDING_LIMIT)}
         counting = len(pending) < PENDING_LIMIT
-        expected_count = await self.conn.fetchval(COUNT_BELOW_SQL, fence) if counting else 0
+        expected_count = await self.conn.fetchval(COUNT_BELOW_SQL, fence)
         found = 0
         pending_seen: set[Key] = set()  # pending events DynamoDB has already (sent again, say)
-        starts: list[dict | None] = [None] * segments
-        active = list(range(segments))
-
-        def next_round() -> asyncio.Future:
-            return asyncio.gather(*(loop.run_in_executor(self._executor(), _scan_items, self.dynamodb, self.table,
-                                                         s, segments, starts[s]) for s in active))
-
-        upcoming: asyncio.Future | None = next_round()
-        while upcoming is not None:
-            pages = await upcoming
-            items: list[Item] = []
-            for segment, page in zip(active, pages, strict=True):
-                items.extend(page["Items"])
-                starts[segment] = page.get("LastEvaluatedKey")
-            active = [s for s in active if starts[s]]
-            upcoming = next_round() if active else None  # fetched while these are compared
+        scan = partial(_scan_items, self.dynamodb, self.table)
+        async for items in _scanned(loop, self._executor(), scan, segments or scan_segments(expected_count)):
             found += await self._compare(items, fence, pending, pending_seen)
         if not counting:
             return None
@@ -251,18 +248,56 @@ class _Check:
         return self.executor
 
 
-async def stored_extras(settings: Settings, on_extra: Callable[[list[Key]], None], segments: int = 4,
+async def stored_extras(settings: Settings, on_extra: Callable[[list[Key]], None], segments: int | None = None,
                         threads: int = 8) -> int:
     """Scan DynamoDB for items the ledger lacks, handing each page's extra keys to `on_extra`;
-    returns the highest position DynamoDB holds (replay --prune deletes what it is given)."""
+    returns the highest position DynamoDB holds (replay --prune deletes what it is given).
+    `segments`: the Scan's (None: scan_segments of the ledger's events)."""
     conn = await connect(settings.database.url, timeout=10)
     dynamodb = dynamodb_client(settings.dynamo, validate=False)
     try:
+        segments = segments or scan_segments(await conn.fetchval(COUNT_SQL))
         with ThreadPoolExecutor(threads) as executor:
             return await _scan_for_extra(asyncio.get_running_loop(), executor, conn, dynamodb, settings.dynamo.table,
                                          segments, on_extra)
     finally:
         await conn.close()
+
+
+def scan_segments(items: int) -> int:
+    """The segments of a Scan of about `items` items: one per SEGMENT_ITEMS, at least one."""
+    return max(1, min(MAX_SEGMENTS, -(-items // SEGMENT_ITEMS)))
+
+
+async def _scanned(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
+                   scan: Callable[[int, int, dict | None], dict], segments: int) -> AsyncIterator[list[Item]]:
+    """The items of a Scan in `segments` segments, SCAN_PARALLEL of them at a time, a round of pages
+    (one page of each segment under way) at a time; the next round is fetched while the caller
+    works on this one. `scan(segment, segments, start)` reads one page."""
+    waiting = deque(range(segments))
+    active: list[int] = []
+    starts: dict[int, dict | None] = {}
+
+    def next_round() -> asyncio.Future | None:
+        while len(active) < SCAN_PARALLEL and waiting:
+            active.append(waiting.popleft())
+            starts[active[-1]] = None
+        if not active:
+            return None
+        return asyncio.gather(*(loop.run_in_executor(executor, scan, s, segments, starts[s]) for s in active))
+
+    upcoming = next_round()
+    while upcoming is not None:
+        pages = await upcoming
+        items: list[Item] = []
+        for segment, page in zip(list(active), pages, strict=True):
+            items.extend(page["Items"])
+            starts[segment] = page.get("LastEvaluatedKey")
+            if not starts[segment]:
+                active.remove(segment)
+                del starts[segment]
+        upcoming = next_round()
+        yield items
 
 
 def _judge(key: Key, expected: Item | None, stored: Item | None, pending: bool) -> Drift | None:
@@ -309,23 +344,16 @@ async def _scan_for_extra(loop: asyncio.AbstractEventLoop, executor: ThreadPoolE
     """Scan the keys in `segments` parallel segments; extra keys go to `on_extra`; returns the
     highest position seen."""
     highest = 0
-    starts: list[dict | None] = [None] * segments
-    active = list(range(segments))
-    while active:
-        pages = await asyncio.gather(*(loop.run_in_executor(executor, _scan_keys, dynamodb, table, s, segments,
-                                                            starts[s]) for s in active))
+    async for items in _scanned(loop, executor, partial(_scan_keys, dynamodb, table), segments):
         keys: list[Key] = []
-        for segment, page in zip(active, pages, strict=True):
-            for item in page["Items"]:
-                keys.append((item["booking_code"]["S"], int(item["version"]["N"])))
-                if "position" in item:
-                    highest = max(highest, int(item["position"]["N"]))
-            starts[segment] = page.get("LastEvaluatedKey")
+        for item in items:
+            keys.append((item["booking_code"]["S"], int(item["version"]["N"])))
+            if "position" in item:
+                highest = max(highest, int(item["position"]["N"]))
         if keys:
             absent = await conn.fetch(ABSENT_SQL, [k[0] for k in keys], [k[1] for k in keys])
             if absent:
                 on_extra([(r["code"], r["version"]) for r in absent])
-        active = [s for s in active if starts[s]]
     return highest
 
 
