@@ -4,8 +4,9 @@
    start (every transaction still open then writes above it, so the range checked is final);
    each page is looked up with BatchGetItem (100 keys a call, calls in parallel) and compared
    item by item: missing or different.
-2. DynamoDB -> ledger (a full run only): a parallel Scan of the keys (segments on threads), each
-   page looked up in the ledger with one query: items the ledger lacks are extra.
+2. DynamoDB -> ledger (a full run only): a Scan in segments (one per SEGMENT_ITEMS of the ledger's
+   events, SCAN_PARALLEL on threads at a time), each round of pages looked up in the ledger with one
+   query: items the ledger lacks are extra.
 Events still in the outbox are on their way, not drift: they are counted as pending. Keys that
 drift on the first look are looked at again after a grace period, so events in flight between
 relay and sink are not reported; what remains is drift.
