@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 import time
@@ -132,6 +133,7 @@ def main() -> None:
         print(json.dumps(measure(stack.database("ledger_import"), args.events, folder)))
     finally:
         stack.stop()
+    shutil.rmtree(folder, ignore_errors=True)  # after a run that ended well: a failed one keeps its logs
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def main() -> None:
             print(json.dumps(run_case(stack, case, args.hot, args.small, args.timeout)), flush=True)
     finally:
         stack.stop()
+    stack.remove()  # only after a run that ended well: a failed one keeps its logs
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -135,6 +136,8 @@ def main() -> None:
             (args.out / "latest.md").write_text("\n".join(markdown(result, when)) + "\n")
     finally:
         stack.stop()
+    # After a run that ended well (about 2 GB at 1,000,000 events); a failed one keeps its logs.
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
