@@ -1,6 +1,6 @@
 """Scratch folders for the suite's servers and logs, under one folder per `pytest` run.
 
-The run's folder (BASE/<start time>-<random>) is made by the pytest process that runs the session
+The run's folder (BASE/run-<random>) is made by the pytest process that runs the session
 (pytest-xdist's controller, or pytest alone) and named to its workers in SCRATCH_ENV. It is removed
 when the run passes, and kept when it fails, for a post-mortem: the next run removes all but the
 newest KEPT of those. A run holds a lock on its folder while it lasts, so two runs on one machine
@@ -14,7 +14,6 @@ import fcntl
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import IO
 
@@ -44,7 +43,8 @@ class Run:
         BASE.mkdir(exist_ok=True)
         BASE.chmod(0o1777)  # any user's runs, as /tmp itself
         _prune()
-        self.path = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=BASE))
+        # Short: a Postgres socket path must fit in 107 bytes, and a Patroni node's lies four folders down.
+        self.path = Path(tempfile.mkdtemp(prefix="run-", dir=BASE))
         self.path.chmod(0o755)
         self._lock = (self.path / LOCK).open("wb")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
