@@ -121,10 +121,11 @@ SCRATCH = pytest.StashKey[scratch.Run]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_START] = time.time()
-    if not hasattr(config, "workerinput"):  # the run's scratch folder, named to the workers (tests/scratch.py)
-        config.stash[SCRATCH] = run = scratch.Run()
-        run.begin()
-    if config.getoption("--docker-images-early") and not hasattr(config, "workerinput"):  # once, not per worker
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller did the rest
+        return
+    config.stash[SCRATCH] = run = scratch.Run()  # the run's scratch folder, named to the workers
+    run.begin()
+    if config.getoption("--docker-images-early"):
         config.stash[EARLY_IMAGES] = early = EarlyImages()
         early.start()
 
