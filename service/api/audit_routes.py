@@ -10,7 +10,7 @@ from litestar.params import Parameter
 from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated
 from service.api.openapi import BOOKING_READ, KEY_REQUIRED, MAX_POSITION, V1_READ, BookingCode
-from service.api.state import AppState
+from service.api.state import InjectedState
 from service.ledger.proofs import CheckpointsPage, Proof, SigningKeys, read_checkpoints, read_proof, signing_keys
 
 
@@ -24,7 +24,7 @@ from service.ledger.proofs import CheckpointsPage, Proof, SigningKeys, read_chec
 )
 async def booking_proof(
     code: BookingCode,
-    app_state: AppState,
+    app_state: InjectedState,
     from_version: Annotated[int, Parameter(ge=1, le=2**31 - 1)] = 1,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> Proof:
@@ -41,7 +41,7 @@ async def booking_proof(
     opt={"scopes": READ_SCOPES, "read_route": "audit_key", "problems": V1_READ},
     operation_id="get_audit_key",
 )
-async def audit_key(app_state: AppState) -> SigningKeys:
+async def audit_key(app_state: InjectedState) -> SigningKeys:
     with metrics.counting_read("audit_key"):
         return await signing_keys(app_state.pool)
 
@@ -55,7 +55,7 @@ async def audit_key(app_state: AppState) -> SigningKeys:
     operation_id="get_checkpoints",
 )
 async def audit_checkpoints(
-    app_state: AppState,
+    app_state: InjectedState,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     prove: Annotated[int | None, Parameter(ge=0, le=MAX_POSITION, description="an event's position")] = None,

@@ -10,7 +10,7 @@ from litestar import Request, Response, get
 from service.api import metrics
 from service.api.openapi import ANY_ROUTE, READY
 from service.api.problems import problem
-from service.api.state import AppState
+from service.api.state import InjectedState
 from service.ledger.db import connection
 from service.ledger.errors import StoreUnavailable
 from service.ledger.privileges import positions_behind, privileged_role
@@ -30,7 +30,7 @@ async def live() -> dict[str, str]:
 
 @get("/health/ready", summary="Postgres answers and its schema is at the code's head revision",
      operation_id="ready", opt={"problems": READY})
-async def ready(app_state: AppState) -> Response[Readiness]:
+async def ready(app_state: InjectedState) -> Response[Readiness]:
     expected = app_state.schema_head
     refusal = None
     try:

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Request, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, Parameter
 
 from core.events import Price, utc_instant
 from service.api import metrics
@@ -17,7 +17,7 @@ from service.api.auth import READ_SCOPES, authenticated, deadline_of
 from service.api.openapi import BOOKING_READ, KEY_REQUIRED, BookingCode
 from service.api.problems import ApiError
 from service.api.schemas import MAX_VERSION
-from service.api.state import AppState
+from service.api.state import InjectedState
 from service.ledger.prices import Clock, PriceInForce, price_at, price_at_version
 
 _Moment = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -70,9 +70,9 @@ def parse_moment(text: str) -> datetime:
 async def booking_price(
     request: Request,
     code: BookingCode,
-    app_state: AppState,
+    app_state: InjectedState,
     at: Annotated[str | None, Parameter(description="RFC 3339 time with an offset", max_length=64)] = None,
-    clock: Literal["recorded", "occurred"] | None = None,
+    clock: FromQuery[Literal["recorded", "occurred"] | None] = None,  # its description: service/api/openapi.py
     version: Annotated[int | None, Parameter(ge=1, le=MAX_VERSION)] = None,
 ) -> PriceAtOut | PriceAtVersionOut:
     with metrics.counting_read("price"):

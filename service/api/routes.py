@@ -27,7 +27,7 @@ from service.api.schemas import (
     FeedOut,
     decode_append,
 )
-from service.api.state import AppState
+from service.api.state import InjectedState
 from service.ledger import personal
 from service.ledger.append import Append, NewEvent
 from service.ledger.errors import NotOwner
@@ -61,7 +61,7 @@ class _AppendOperation(Operation):
     summary="Append events to a booking (expected_version 0 creates it)",
     responses={200: ResponseSpec(AppendOut, description="idempotent retry: the events recorded before")},
 )
-async def append_events(request: Request, code: BookingCode, app_state: AppState) -> Response[AppendOut]:
+async def append_events(request: Request, code: BookingCode, app_state: InjectedState) -> Response[AppendOut]:
     key: ApiKey = request.scope["state"]["api_key"]  # set by `authenticated`
     with metrics.counting_append() as count:
         check_json_body(request)
@@ -102,7 +102,7 @@ async def append_events(request: Request, code: BookingCode, app_state: AppState
     operation_id="erase_personal_data",
     summary="Erase a booking's personal data: its key is destroyed, a PersonalDataErased event appended",
 )
-async def erase_personal_data(request: Request, code: BookingCode, app_state: AppState) -> Response[ErasedOut]:
+async def erase_personal_data(request: Request, code: BookingCode, app_state: InjectedState) -> Response[ErasedOut]:
     key: ApiKey = request.scope["state"]["api_key"]  # set by `authenticated`
     booking = await get_booking(app_state.pool, code, deadline_of(request))
     if booking.department != key.department and not key.allows("write:any"):
@@ -127,7 +127,7 @@ async def erase_personal_data(request: Request, code: BookingCode, app_state: Ap
     opt={"scopes": READ_SCOPES, "read_route": "booking", "problems": BOOKING_READ},
     operation_id="get_booking",
 )
-async def booking(request: Request, code: BookingCode, app_state: AppState) -> Booking:
+async def booking(request: Request, code: BookingCode, app_state: InjectedState) -> Booking:
     with metrics.counting_read("booking"):
         return await get_booking(app_state.pool, code, deadline_of(request))
 
@@ -145,7 +145,7 @@ async def booking(request: Request, code: BookingCode, app_state: AppState) -> B
 async def booking_events(
     request: Request,
     code: BookingCode,
-    app_state: AppState,
+    app_state: InjectedState,
     from_version: Annotated[int, Parameter(ge=1, le=2**31 - 1)] = 1,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> Response[bytes]:
@@ -167,7 +167,7 @@ async def booking_events(
 )
 async def feed(
     request: Request,
-    app_state: AppState,
+    app_state: InjectedState,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
 ) -> Response[bytes]:

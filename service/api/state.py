@@ -1,5 +1,6 @@
 """The app's state: what the handlers of one API worker share, made by the app's lifespan and
-closed after it. Handlers take it as their `app_state` dependency; hooks read it with `app_state_of`."""
+closed after it. Handlers take it as their `app_state` dependency (`app_state: InjectedState`); hooks
+read it with `app_state_of`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import asyncpg
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 
 from core.settings import Settings
 from service.api.limits import RateLimiter, StreamAdmission
@@ -34,6 +36,11 @@ class AppState:
     streams: StreamAdmission  # the open event streams and their caps
     rate_limiter: RateLimiter
     read_store: ReadStore  # the DynamoDB copy, as the console shows it
+
+
+# A handler's parameter for the state, injected by its name: declared so (Litestar 3 drops dependencies
+# inferred from a parameter's name alone).
+InjectedState = NamedDependency[AppState]
 
 
 def app_state_of(request: ASGIConnection[Any, Any, Any, Any]) -> AppState:

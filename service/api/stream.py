@@ -39,7 +39,7 @@ from service.api import metrics
 from service.api.auth import READ_SCOPES, authenticated, header
 from service.api.openapi import KEY_REQUIRED, MAX_POSITION, V1_READ
 from service.api.problems import ApiError
-from service.api.state import AppState
+from service.api.state import AppState, InjectedState
 from service.ledger.keys import DEPARTMENT, ApiKey, authenticate
 from service.ledger.reads import read_feed
 
@@ -267,7 +267,7 @@ def _last_event_id(request: Request) -> int | None:
 )
 async def event_stream(
     request: Request,
-    app_state: AppState,
+    app_state: InjectedState,
     after: Annotated[int, Parameter(ge=0, le=MAX_POSITION)] = 0,
     department: Annotated[str | None, Parameter(pattern=whole(DEPARTMENT.pattern), max_length=64)] = None,
     type: Annotated[str | None, Parameter(pattern=EVENT_TYPE_PATTERN, max_length=100)] = None,  # noqa: A002

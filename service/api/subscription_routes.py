@@ -11,6 +11,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.params import FromPath
 from litestar.types import AnyCallable
 from msgspec import Meta
 
@@ -28,7 +29,7 @@ from service.api.openapi import (
     V1_READ,
     Problems,
 )
-from service.api.state import AppState
+from service.api.state import InjectedState
 from service.ledger import subscriptions
 from service.ledger.errors import SubscriptionNotFound, WebhookUrlRefused
 from service.ledger.keys import DEPARTMENT, ApiKey
@@ -110,7 +111,7 @@ def _id(subscription_id: str) -> uuid.UUID:
         status_code=201,
         operation_class=_CreateOperation,
         request_max_body_size=MAX_BODY_BYTES)
-async def create_subscription(request: Request, app_state: AppState) -> Response[SubscriptionCreated]:
+async def create_subscription(request: Request, app_state: InjectedState) -> Response[SubscriptionCreated]:
     key = _key(request)
     check_json_body(request)
     raw = await read_body(request, MAX_BODY_BYTES, app_state.settings.http.body_timeout)
@@ -129,33 +130,35 @@ async def create_subscription(request: Request, app_state: AppState) -> Response
 
 
 @_route(get, "/v1/subscriptions", V1_READ, summary="The subscriptions of the key's department")
-async def list_subscriptions(request: Request, app_state: AppState) -> SubscriptionsOut:
+async def list_subscriptions(request: Request, app_state: InjectedState) -> SubscriptionsOut:
     return SubscriptionsOut(await subscriptions.list_subscriptions(app_state.pool, _key(request).department))
 
 
 @_route(get, "/v1/subscriptions/{subscription_id:str}", SUBSCRIPTION,
         summary="One subscription: status, cursor, the last error, the event it is paused on")
-async def get_subscription(request: Request, subscription_id: str, app_state: AppState) -> Subscription:
+async def get_subscription(request: Request, subscription_id: FromPath[str], app_state: InjectedState) -> Subscription:
     return await subscriptions.get_subscription(app_state.pool, _key(request).department, _id(subscription_id))
 
 
 @_route(delete, "/v1/subscriptions/{subscription_id:str}", SUBSCRIPTION,
         summary="Delete a subscription: nothing more is delivered to it")
-async def delete_subscription(request: Request, subscription_id: str, app_state: AppState) -> None:
+async def delete_subscription(request: Request, subscription_id: FromPath[str], app_state: InjectedState) -> None:
     await subscriptions.delete_subscription(app_state.pool, _key(request).department, _id(subscription_id))
 
 
 @_route(post, "/v1/subscriptions/{subscription_id:str}/resume", SUBSCRIPTION_CHANGE,
         summary="Resume a paused subscription: the event it is paused on is delivered again first",
         status_code=200)
-async def resume_subscription(request: Request, subscription_id: str, app_state: AppState) -> Subscription:
+async def resume_subscription(request: Request, subscription_id: FromPath[str],
+                              app_state: InjectedState) -> Subscription:
     return await subscriptions.resume_subscription(app_state.pool, _key(request).department, _id(subscription_id))
 
 
 @_route(post, "/v1/subscriptions/{subscription_id:str}/skip", SUBSCRIPTION_CHANGE,
         summary="Skip exactly the event a paused subscription is paused on (recorded), and deliver on",
         status_code=200)
-async def skip_subscription_event(request: Request, subscription_id: str, app_state: AppState) -> Subscription:
+async def skip_subscription_event(request: Request, subscription_id: FromPath[str],
+                                  app_state: InjectedState) -> Subscription:
     key = _key(request)
     return await subscriptions.skip_paused_event(app_state.pool, key.department, key.id, _id(subscription_id))
 

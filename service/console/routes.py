@@ -28,13 +28,13 @@ from litestar import Request, Response, Router, get, post
 from litestar.datastructures import Cookie, ResponseHeader
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template import TemplateConfig
 
 from core.events import BOOKING_CODE_PATTERN
-from service.api.state import AppState, app_state_of
+from service.api.state import InjectedState, app_state_of
 from service.console import cluster, status
 from service.console.chart import price_points, step_chart
 from service.ledger import sessions, subscriptions
@@ -137,7 +137,7 @@ class SignInForm:
 
 
 @get("/", name="console:home")
-async def home(request: Request, notice: str | None = None) -> Template:
+async def home(request: Request, notice: FromQuery[str | None] = None) -> Template:
     try:
         key = await _signed_in(request)
     except _SignInFirst:
@@ -148,7 +148,7 @@ async def home(request: Request, notice: str | None = None) -> Template:
 @post("/sign-in", status_code=303)
 async def sign_in(
     request: Request, data: Annotated[SignInForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
-    app_state: AppState,
+    app_state: InjectedState,
 ) -> Response[Any]:
     if not _same_origin(request):
         return _page("sign_in.html", None, 403, error="This sign-in did not come from the console's own page.")
@@ -164,7 +164,7 @@ async def sign_in(
 
 
 @post("/sign-out", status_code=303)
-async def sign_out(request: Request, app_state: AppState) -> Response[Any]:
+async def sign_out(request: Request, app_state: InjectedState) -> Response[Any]:
     if not _same_origin(request):
         return _page("sign_in.html", None, 403, error="This sign-out did not come from the console's own page.")
     await sessions.end(app_state.pool, request.cookies.get(COOKIE, ""))
@@ -185,8 +185,8 @@ def _moment(text: str) -> datetime:
 
 
 @get("/booking")
-async def booking(request: Request, app_state: AppState, code: str = "", at: str = "",
-                  clock: str = "recorded") -> Template | Redirect:
+async def booking(request: Request, app_state: InjectedState, code: FromQuery[str] = "", at: FromQuery[str] = "",
+                  clock: FromQuery[str] = "recorded") -> Template | Redirect:
     key = await _signed_in(request)
     code = code.strip()
     if not code:
@@ -224,7 +224,7 @@ async def booking(request: Request, app_state: AppState, code: str = "", at: str
 
 
 @get("/pipeline")
-async def pipeline(request: Request, app_state: AppState) -> Template:
+async def pipeline(request: Request, app_state: InjectedState) -> Template:
     key = await _signed_in(request)
     pool = app_state.pool
     outbox = await status.outbox(pool)
@@ -255,7 +255,7 @@ def _freshness(outbox: status.Outbox, sink: status.SinkProgress | None) -> float
 
 
 @get("/subscriptions")
-async def subscriptions_page(request: Request, app_state: AppState, notice: str = "") -> Template:
+async def subscriptions_page(request: Request, app_state: InjectedState, notice: FromQuery[str] = "") -> Template:
     """The signed-in department's webhooks: status, lag, the last error, and resume/skip for a paused one."""
     key = await _signed_in(request)
     found = await subscriptions.list_subscriptions(app_state.pool, key.department)
@@ -272,8 +272,8 @@ _SUBSCRIPTION_NOTICES = {
 
 
 @post("/subscriptions/{subscription_id:uuid}/{action:str}", status_code=303)
-async def change_subscription(request: Request, subscription_id: uuid.UUID, action: str,
-                              app_state: AppState) -> Response[Any]:
+async def change_subscription(request: Request, subscription_id: FromPath[uuid.UUID], action: FromPath[str],
+                              app_state: InjectedState) -> Response[Any]:
     """Resume, or skip the event it is paused on. CSRF: the session cookie is SameSite=Strict, and
     the POST must come from the console's own origin (as sign-in and sign-out)."""
     key = await _signed_in(request)
@@ -295,7 +295,7 @@ async def change_subscription(request: Request, subscription_id: uuid.UUID, acti
 
 
 @get("/cluster")
-async def cluster_page(request: Request, app_state: AppState) -> Template:
+async def cluster_page(request: Request, app_state: InjectedState) -> Template:
     key = await _signed_in(request)
     return _page("cluster.html", key, view=await cluster.read(app_state.settings.cluster))
 
