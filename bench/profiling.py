@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -24,7 +25,7 @@ from bench.fill import fill
 from bench.run import BOOKINGS
 from bench.stack import Stack
 
-SPY = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "py-spy"
+SPY = Path(sys.executable).parent / "py-spy"  # the environment running this, as granian is found
 
 
 def record(pid: int, seconds: float, out: Path, rate: int, native: bool) -> subprocess.Popen:
@@ -45,7 +46,7 @@ def summarize(folded: list[Path], top: int, hide: tuple[str, ...]) -> str:
     total: collections.Counter[str] = collections.Counter()
     samples = 0
     for path in folded:
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():  # a frame may name non-UTF-8 bytes
             stack, _, count = line.rpartition(" ")
             frames = [frame_name(f) for f in stack.split(";")[1:]]  # the first is the thread
             n = int(count)
