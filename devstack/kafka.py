@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -24,6 +25,7 @@ KAFKA_LIBS = TOOLS / "kafka" / "libs"
 KAFKA_AGENTS = TOOLS / "kafka" / "agents"  # the JMX exporter's agent (the same pom)
 LOG_CONFIG = Path(__file__).resolve().parent / "kafka-broker" / "log4j2.yaml"
 JMX_EXPORTER_CONFIG = Path(__file__).resolve().parent / "kafka-broker" / "jmx-exporter.yml"
+FORMAT_HEAP = "128m"  # kafka.tools.StorageTool's: a short command (formatting took 0.8 s with it)
 
 
 def new_cluster_id() -> str:
@@ -95,9 +97,20 @@ class KafkaNode(ChildServer):
             return
         # `--cluster-id=ID`, not `--cluster-id ID`: a random id may begin with "-" (1 in 64), which the
         # tool would read as an option.
-        subprocess.run(self._java("kafka.tools.StorageTool", "format", "--ignore-formatted",
-                                  f"--cluster-id={self.cluster_id}", "--config", str(self.properties_file)),
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The tool gets a small heap of its own, not the broker's. It failed once in a CI run (exit 1,
+        # its output not kept): a failure now says why, and a second try follows a first failure
+        # (formatting is idempotent with --ignore-formatted).
+        format_command = self._java("kafka.tools.StorageTool", "format", "--ignore-formatted",
+                                    f"--cluster-id={self.cluster_id}", "--config", str(self.properties_file),
+                                    heap=FORMAT_HEAP)
+        failures = []
+        for _ in range(2):
+            done = subprocess.run(format_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if done.returncode == 0:
+                return
+            failures.append(f"exit {done.returncode}: {done.stdout.strip()[-2000:]}")
+            print(f"Kafka's storage format of {self.folder} failed, {failures[-1]}", file=sys.stderr)
+        raise RuntimeError(f"Kafka's storage format of {self.folder} failed twice: {' | '.join(failures)}")
 
     def command(self) -> list[str]:
         agent = []
@@ -105,8 +118,9 @@ class KafkaNode(ChildServer):
             agent = [f"-javaagent:{jmx_exporter_agent()}=127.0.0.1:{self.metrics_port}:{JMX_EXPORTER_CONFIG}"]
         return self._java("kafka.Kafka", str(self.properties_file), agent=agent)
 
-    def _java(self, main: str, *args: str, agent: list[str] | None = None) -> list[str]:
-        return ["java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+    def _java(self, main: str, *args: str, agent: list[str] | None = None, heap: str | None = None) -> list[str]:
+        heap = heap or self.heap
+        return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                 "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true", *(agent or []),
                 f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", f"{KAFKA_LIBS}/*", main, *args]
 
