@@ -22,7 +22,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from litestar import Litestar, Request, Response, post
 from bench import load
 from bench.cpu import process_seconds
 from devstack.harness import free_port
+from devstack.processes import wait_until
 
 GRANIAN = Path(sys.executable).parent / "granian"
 SERVERS = {  # name -> (granian's target, its interface)
@@ -97,18 +97,17 @@ def measure(name: str, concurrency: int, seconds: float) -> tuple[float, float, 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:  # up once both workers answer; a POST proves the route
+
+        def answers() -> bool:  # a POST proves the route
             try:
-                if httpx.post(f"{url}/v1/bookings/X/events", content=b'{"events": [{}]}', timeout=1).status_code == 201:
-                    break
+                answer = httpx.post(f"{url}/v1/bookings/X/events", content=b'{"events": [{}]}', timeout=1)
+                return answer.status_code == 201
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.2)
+                return False
+
+        wait_until(answers, 30, 0.2, f"{name} to answer")
+        load.api_appends(url, "none", concurrency, 1, 1000)  # warm-up: both workers are up after it
         pids = [server.pid, *map(int, Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split())]
-        load.api_appends(url, "none", concurrency, 1, 1000)  # warm-up
         before = process_seconds(pids)
         sample = load.api_appends(url, "none", concurrency, seconds, 1000)
         cpu = process_seconds(pids) - before

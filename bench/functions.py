@@ -19,13 +19,13 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from bench import experiment, load
 from bench.audit_cost import export
 from bench.fill import fill
 from bench.stack import Stack, fetch_value, run_sql
+from devstack.processes import wait_until
 
 COUNTERS_SQL = "SELECT coalesce(json_object_agg(funcname, json_build_array(calls, self_time, total_time)), '{}') " \
                "FROM pg_stat_user_functions"
@@ -34,16 +34,11 @@ COUNTERS_SQL = "SELECT coalesce(json_object_agg(funcname, json_build_array(calls
 def counters(url: str, batches: float, timeout: float = 30) -> dict[str, list[float]]:
     """The database's function counters once they count `batches` calls of ledger_append_batch: a
     backend sends its counters at most once a second, and an idle one only after a while."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = fetch_value(url, COUNTERS_SQL)
-        assert isinstance(found, str)
-        by_name: dict[str, list[float]] = json.loads(found)
-        if by_name.get("ledger_append_batch", [0])[0] >= batches:
-            return by_name
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Postgres counted {by_name.get('ledger_append_batch', [0])[0]} batches of {batches}")
-        time.sleep(0.5)
+    def counted() -> dict[str, list[float]] | None:
+        by_name: dict[str, list[float]] = json.loads(str(fetch_value(url, COUNTERS_SQL)))
+        return by_name if by_name.get("ledger_append_batch", [0])[0] >= batches else None
+
+    return wait_until(counted, timeout, 0.5, f"Postgres' counters of {batches} batches")
 
 
 def measure(url: str, api_url: str, key: str, concurrency: int, seconds: float, personal: str) -> dict[str, tuple]:
